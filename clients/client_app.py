@@ -1,0 +1,94 @@
+"""The Flower ClientApp: one virtual (or real) client answering query, train and evaluate.
+
+The client's identity is ``client-<partition-id>`` in simulation (``client-id`` in the node
+config on a real node); everything else it needs — settings, its shard, its accountant and
+signing key — it reads from the run directory named in the message, so any Ray actor can serve
+any client in any round. Replies carry a ``reply`` ConfigRecord: client id, status
+(``trained``/``declined``), the reason for declining, and the signed privacy report.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
+from veilfed.coordinator.settings import SimSettings
+from veilfed.coordinator.strategies import UNIT_WEIGHT_KEY, WEIGHT_KEY
+from veilfed.data.partition import client_name
+
+app = ClientApp()
+
+
+def client_id(context: Context) -> str:
+    """``client-id`` from a real node's config, else derived from the simulation partition."""
+    cfg = context.node_config
+    if "client-id" in cfg:
+        return str(cfg["client-id"])
+    return client_name(int(cfg["partition-id"]))
+
+
+def _settings(msg: Message) -> SimSettings:
+    return SimSettings.load(str(msg.content["config"]["run-dir"]))
+
+
+def injected_failure(seed: int, cid: str, rnd: int, rate: float) -> bool:
+    """Deterministic coin flip per (seed, client, round): the same clients fail on a re-run."""
+    if rate <= 0:
+        return False
+    h = zlib.crc32(f"{seed}/{cid}/{rnd}".encode())
+    return h / 2**32 < rate
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    reply = ConfigRecord({"client-id": client_id(context)})
+    return Message(RecordDict({REPLY_KEY: reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from veilfed.clients.trainer import train_round
+
+    settings = _settings(msg)
+    cid = client_id(context)
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    if injected_failure(settings.seed, cid, rnd, settings.federated.failure_rate):
+        raise RuntimeError(f"client {cid}: injected failure in round {rnd} (failure_rate)")
+    arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+    result = train_round(
+        settings, cid, rnd, arrays, proximal_mu=float(config.get("proximal-mu", 0.0))
+    )
+    info = ConfigRecord({"client-id": cid})
+    if result.declined is not None:
+        info["status"] = STATUS_DECLINED
+        info["reason"] = result.declined
+        return Message(RecordDict({REPLY_KEY: info}), reply_to=msg)
+    info["status"] = STATUS_TRAINED
+    if result.report is not None:
+        info["report"] = result.report
+    metrics = MetricRecord(
+        {WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss}
+    )
+    content = RecordDict(
+        {"arrays": ArrayRecord(result.arrays), "metrics": metrics, REPLY_KEY: info}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    from veilfed.clients.trainer import evaluate_round
+
+    settings = _settings(msg)
+    cid = client_id(context)
+    arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+    num_examples, metrics = evaluate_round(settings, cid, arrays)
+    record = MetricRecord({WEIGHT_KEY: num_examples})
+    for task, values in metrics.items():
+        for metric, value in values.items():
+            record[f"eval/{task}/{metric}"] = float(value)
+    info = ConfigRecord({"client-id": cid})
+    return Message(RecordDict({"metrics": record, REPLY_KEY: info}), reply_to=msg)

@@ -1,0 +1,245 @@
+"""A client's local round: decrypt its shard in memory, DP-SGD on the shared model core, report.
+
+Only the model core's public API is used (``create_model``, ``model(batch)``, ``model.loss``,
+``evaluate``, ``state_dict``). DP-SGD is Opacus with Poisson sampling; the accountant is the
+client's persisted one (``NodeState``), attached to the PrivacyEngine before ``make_private`` so
+every step lands in the cumulative history. σ comes from the target ε over *all* planned rounds
+(``calibrate_noise``) unless given. Every round is seeded from (seed, client, round), so a
+re-run of the same round is bit-identical (see ``node.py`` for why that matters).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from veilfed.clients.node import NodeState
+from veilfed.coordinator.settings import SimSettings, load_shards
+from veilfed.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    loss: float
+    report: str | None  # SignedReport JSON (or plain report JSON when signing is off)
+    declined: str | None = None
+
+
+def _seed(settings: SimSettings, cid: str, rnd: int) -> int:
+    return int(np.random.SeedSequence([settings.seed, zlib.crc32(cid.encode()), rnd]).generate_state(1)[0])
+
+
+def _threads() -> None:
+    # A virtual client gets one Ray CPU; more torch threads would oversubscribe the machine.
+    torch.set_num_threads(1)
+
+
+@functools.lru_cache(maxsize=2)
+def _experiment(config_json: str) -> Any:
+    import json
+
+    from veilfed.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict(json.loads(config_json), source="run settings")
+
+
+def experiment(settings: SimSettings) -> Any:
+    import json
+
+    return _experiment(json.dumps(settings.config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _store(path: str, key_file: str) -> Any:
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.store import EncryptedStore
+
+    return EncryptedStore.open(path, read_key_file(key_file))
+
+
+@functools.lru_cache(maxsize=4)
+def _shards(run_dir: str) -> dict[str, list[str]]:
+    return load_shards(run_dir)
+
+
+def split_shard(settings: SimSettings, cid: str) -> tuple[list[str], list[str]]:
+    """(train ids, held-out ids) of a client's shard; the split is fixed per (seed, client)."""
+    ids = _shards(settings.run_dir).get(cid)
+    if not ids:
+        raise UsageError(f"client {cid}: no shard in {settings.run_dir}/shards.json")
+    rng = np.random.default_rng([settings.seed, zlib.crc32(cid.encode())])
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    n_eval = min(len(ids) - 1, max(1, round(settings.federated.holdout * len(ids))))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _dataset(settings: SimSettings, ids: list[str]) -> Any:
+    from veilfed.data.dataset import ClipDataset
+
+    exp = experiment(settings)
+    return ClipDataset(_store(settings.store, settings.key_file), exp.world, ids=ids)
+
+
+def _model(settings: SimSettings, arrays: dict[str, np.ndarray] | None) -> torch.nn.Module:
+    from veilfed.model import create_model
+
+    model = create_model(experiment(settings).model)
+    if arrays is not None:
+        state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+        model.load_state_dict(state)
+    return model
+
+
+def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def initial_arrays(settings: SimSettings) -> dict[str, np.ndarray]:
+    """The global model every run starts from: the model core initialised with the run seed."""
+    _threads()
+    torch.manual_seed(settings.seed)
+    return _numpy_state(_model(settings, None))
+
+
+def noise_multiplier(settings: SimSettings, sample_rate: float, steps_per_round: int) -> float:
+    """σ as given, or calibrated so that *every* planned round together stays within ε."""
+    from veilfed.privacy.accounting import calibrate_noise
+
+    p = settings.privacy
+    if p.noise_multiplier > 0:
+        return p.noise_multiplier
+    return calibrate_noise(
+        p.epsilon,
+        p.delta,
+        sample_rate,
+        steps_per_round * settings.federated.rounds,
+        accountant=p.accountant,
+    )
+
+
+def _proximal(model: torch.nn.Module, anchor: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx term μ/2·‖w − w_global‖² (its gradient is clipped and noised like the rest)."""
+    total = torch.zeros(())
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            total = total + (param - anchor[name]).pow(2).sum()
+    return 0.5 * mu * total
+
+
+def train_round(
+    settings: SimSettings,
+    cid: str,
+    rnd: int,
+    arrays: dict[str, np.ndarray],
+    proximal_mu: float = 0.0,
+) -> RoundResult:
+    """One local round of (DP-)SGD on the client's training split, starting from ``arrays``."""
+    from veilfed.data.dataset import collate
+    from veilfed.privacy.accounting import attach, plan_round
+    from veilfed.privacy.reports import record_round, sign
+
+    _threads()
+    torch.manual_seed(_seed(settings, cid, rnd))
+    exp = experiment(settings)
+    p = settings.privacy
+    train_ids, _ = split_shard(settings, cid)
+    batch_size = min(exp.train.batch_size, len(train_ids))
+    plan = plan_round(len(train_ids), batch_size, settings.federated.local_epochs)
+    node = NodeState(settings.run_dir, cid)
+    acc = None
+    sigma = 0.0
+    if p.enabled:
+        acc = node.accountant_before(rnd, p.accountant)
+        sigma = noise_multiplier(settings, plan.sample_rate, plan.steps)
+        reason = acc.refusal(p.epsilon_budget, p.delta, sigma, plan.sample_rate, plan.steps)
+        if reason is not None:
+            return RoundResult({}, 0, math.nan, None, declined=reason)
+
+    model = _model(settings, arrays)
+    model.train()
+    anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=exp.train.lr, momentum=0.0)
+    loader = DataLoader(_dataset(settings, train_ids), batch_size=batch_size, collate_fn=collate)
+    net: torch.nn.Module = model
+    if acc is not None:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant=p.accountant)
+        attach(engine, acc)
+        net, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=p.max_grad_norm,
+            poisson_sampling=True,
+        )
+    losses: list[float] = []
+    for _ in range(settings.federated.local_epochs):
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if _batch_size(batch) == 0:
+                optimizer.step()  # an empty Poisson batch is still a (noise-only) DP step
+                continue
+            outputs = net(batch)
+            loss, _ = model.loss(outputs, batch)
+            if proximal_mu > 0:
+                loss = loss + _proximal(model, anchor, proximal_mu)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    report = None
+    if acc is not None:
+        rep = record_round(
+            acc, round=rnd, max_grad_norm=p.max_grad_norm, delta=p.delta,
+            epsilon_budget=p.epsilon_budget,
+        )
+        if settings.federated.sign_reports:
+            report = sign(rep, node.signing_key()).to_json()
+        else:
+            import json
+            from dataclasses import asdict
+
+            report = json.dumps(asdict(rep), sort_keys=True)
+        node.save_accountant(rnd, acc)
+    return RoundResult(
+        _numpy_state(model),
+        len(train_ids),
+        float(np.mean(losses)) if losses else math.nan,
+        report,
+    )
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict) and isinstance(batch.get("video"), torch.Tensor):
+        return int(batch["video"].shape[0])
+    return 0
+
+
+def evaluate_round(
+    settings: SimSettings, cid: str, arrays: dict[str, np.ndarray]
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """Per-task metrics of the global model on the client's held-out split."""
+    from veilfed.data.dataset import collate
+    from veilfed.model import evaluate
+
+    _threads()
+    _, eval_ids = split_shard(settings, cid)
+    model = _model(settings, arrays)
+    model.eval()
+    exp = experiment(settings)
+    loader = DataLoader(
+        _dataset(settings, eval_ids), batch_size=exp.train.batch_size, collate_fn=collate
+    )
+    with torch.no_grad():
+        metrics = evaluate(model, loader)
+    return len(eval_ids), metrics

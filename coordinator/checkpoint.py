@@ -1,0 +1,68 @@
+"""Coordinator checkpoint, written atomically after every round so a killed run can resume.
+
+It holds what the coordinator alone knows: the global model, the strategy's state (FedOpt
+moments, adaptive clip norm), the global RNG states, the exhausted clients and the per-round
+history that becomes MLflow metrics and summary.json. Client accountants live on the nodes
+(``clients/<id>/``), one snapshot per round, so resuming re-runs only the unfinished round.
+
+The file is a pickle written by this coordinator into its own run directory; it is never
+accepted from anyone else (same trust as the run directory itself).
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veilfed.errors import UsageError
+from veilfed.io import write_bytes_atomic
+
+FILE = "checkpoint.pkl"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    arrays: dict[str, np.ndarray]
+    strategy: list[dict[str, Any]]
+    rng: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exhausted: dict[str, str] = field(default_factory=dict)
+    version: int = VERSION
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states the coordinator's libraries draw from (Flower's DP noise: numpy)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save(run_dir: str | Path, ckpt: Checkpoint) -> Path:
+    path = Path(run_dir) / FILE
+    write_bytes_atomic(path, pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def load(run_dir: str | Path) -> Checkpoint | None:
+    """The last completed round's checkpoint, or None before the first round finished."""
+    path = Path(run_dir) / FILE
+    if not path.exists():
+        return None
+    try:
+        ckpt = pickle.loads(path.read_bytes())
+    except Exception as exc:
+        raise UsageError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, Checkpoint) or ckpt.version != VERSION:
+        raise UsageError(f"{path}: not a version {VERSION} veilfed checkpoint")
+    return ckpt

@@ -1,0 +1,416 @@
+"""The Flower ServerApp: the federated round loop with screening, budgets and checkpoints.
+
+Flower's ``Strategy.start`` runs rounds without hooks for checkpoint/resume, so the loop is ours
+and Flower's strategies do what they are good at: configuring train messages (FedProx's μ, DP
+wrappers' clipping) and aggregating the replies we accepted. Per round:
+
+1. sample ``fraction × clients`` among clients that still have budget, with an RNG derived from
+   (seed, round) — a resumed run samples exactly what the uninterrupted run would have;
+2. send train messages; replies that errored (crash/dropout) count as ``failed``, clients that
+   declined for budget are never sampled again, updates with NaN/Inf, wrong tensors, over the
+   norm bound or a privacy report that does not verify are ``rejected``; the round goes on;
+3. aggregate if at least ``min_fit_clients`` updates were accepted (else keep the model);
+4. federated evaluation on the clients' held-out shards;
+5. log to MLflow, store signed reports, write the checkpoint atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from veilfed.coordinator import checkpoint as ckpt_io
+from veilfed.coordinator.aggregation import screen_update
+from veilfed.coordinator.settings import SimSettings
+from veilfed.coordinator.strategies import (
+    UNIT_WEIGHT_KEY,
+    WEIGHT_KEY,
+    FixedNodes,
+    build_strategy,
+    central_epsilon,
+    load_strategy_state,
+    strategy_state,
+)
+from veilfed.errors import CheckFailed, UsageError, VeilfedError
+
+log = logging.getLogger("veilfed.coordinator")
+
+REPLY_KEY = "reply"  # ConfigRecord every client reply carries (client id, status, report)
+STATUS_TRAINED = "trained"
+STATUS_DECLINED = "declined"
+
+
+@dataclass
+class RoundLog:
+    """What one round did; becomes MLflow metrics and the run's history."""
+
+    round: int
+    sampled: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    declined: dict[str, str] = field(default_factory=dict)
+    aggregated: bool = False
+    train_loss: float = math.nan
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    eps: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def metrics(self, all_eps: dict[str, float], central_eps: float | None) -> dict[str, float]:
+        out: dict[str, float] = {
+            "round/sampled": len(self.sampled),
+            "round/accepted": len(self.accepted),
+            "round/failed": len(self.failed),
+            "round/rejected": len(self.rejected),
+            "round/declined": len(self.declined),
+            "round/wall_s": self.wall_s,
+            "train/loss": self.train_loss,
+        }
+        for task, values in self.eval.items():
+            for metric, value in values.items():
+                out[f"eval/{task}/{metric}"] = value
+        finite = [e for e in all_eps.values() if math.isfinite(e)]
+        if finite:
+            out["privacy/eps_max"] = max(finite)
+            out["privacy/eps_mean"] = float(np.mean(finite))
+        for cid, eps in self.eps.items():
+            out[f"privacy/client/{cid}/eps"] = eps
+        if central_eps is not None:
+            out["privacy/central_eps"] = central_eps
+        return out
+
+
+def sample_clients(seed: int, rnd: int, eligible: list[str], k: int) -> list[str]:
+    """``k`` of ``eligible`` without replacement, a pure function of (seed, round, eligible)."""
+    rng = np.random.default_rng([seed, rnd])
+    pool = sorted(eligible)
+    picks = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
+    return sorted(pool[int(i)] for i in picks)
+
+
+def discover(grid: Grid, run_dir: str, timeout: float) -> dict[str, int]:
+    """Ask every connected node which client it is (node ids are random per run)."""
+    node_ids = sorted(grid.get_node_ids())
+    msgs = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"run-dir": run_dir})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=nid,
+        )
+        for nid in node_ids
+    ]
+    mapping: dict[str, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            raise UsageError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+        cid = str(reply.content[REPLY_KEY]["client-id"])
+        mapping[cid] = reply.metadata.src_node_id
+    return mapping
+
+
+def _reply_info(reply: Message) -> dict[str, Any]:
+    rec = reply.content.config_records.get(REPLY_KEY)
+    return dict(rec) if rec is not None else {}
+
+
+def _weighted(values: Iterable[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the replies that report it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for weight, metrics in values:
+        for key, value in metrics.items():
+            if weight > 0 and math.isfinite(value):
+                sums[key] = sums.get(key, 0.0) + weight * value
+                weights[key] = weights.get(key, 0.0) + weight
+    return {k: sums[k] / weights[k] for k in sums}
+
+
+class Coordinator:
+    """One simulation's server side: state, round loop, logging and checkpoints."""
+
+    def __init__(self, grid: Grid, settings: SimSettings, tracker: Any) -> None:
+        from veilfed.clients.trainer import initial_arrays
+        from veilfed.privacy.reports import KeyRegistry
+
+        self.grid = grid
+        self.s = settings
+        self.fed = settings.federated
+        self.tracker = tracker
+        self.run_dir = Path(settings.run_dir)
+        self.keys = KeyRegistry(self.run_dir / "keys")
+        self.strategy = build_strategy(
+            self.fed.strategy,
+            sampled_per_round=self.fed.sampled_per_round,
+            central_dp=self.fed.central_dp,
+            central_noise_multiplier=self.fed.central_noise_multiplier,
+            central_clipping_norm=self.fed.central_clipping_norm,
+            proximal_mu=self.fed.proximal_mu,
+            server_lr=self.fed.server_lr,
+            server_tau=self.fed.server_tau,
+            trim_beta=self.fed.trim_beta,
+        )
+        ckpt = ckpt_io.load(self.run_dir)
+        if ckpt is None:
+            self.round = 0
+            self.arrays = initial_arrays(settings)
+            self.history: list[dict[str, Any]] = []
+            self.clients: dict[str, dict[str, Any]] = {}
+            self.exhausted: dict[str, str] = {}
+            self.releases = 0
+            np.random.seed(settings.seed)
+        else:
+            self.round = ckpt.round
+            self.arrays = ckpt.arrays
+            self.history = ckpt.history
+            self.clients = ckpt.clients
+            self.exhausted = ckpt.exhausted
+            self.releases = sum(1 for h in ckpt.history if h["aggregated"])
+            load_strategy_state(self.strategy, ckpt.strategy)
+            ckpt_io.restore_rng(ckpt.rng)
+            log.info("resuming after round %d", ckpt.round)
+
+    # -- one round ------------------------------------------------------------------------
+    def _train(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
+        eligible = [c for c in node_of if c not in self.exhausted]
+        rlog.sampled = sample_clients(self.s.seed, rnd, eligible, self.fed.sampled_per_round)
+        if not rlog.sampled:
+            return
+        cid_of = {node_of[c]: c for c in rlog.sampled}
+        global_rec = ArrayRecord({k: _array(v) for k, v in self.arrays.items()})
+        config = ConfigRecord({"run-dir": str(self.run_dir)})
+        messages = list(
+            self.strategy.configure_train(
+                rnd, global_rec, config, FixedNodes(sorted(cid_of))  # type: ignore[arg-type]
+            )
+        )
+        replies = list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout_s))
+        answered = set()
+        accepted: list[Message] = []
+        losses: list[tuple[float, dict[str, float]]] = []
+        for reply in replies:
+            cid = cid_of.get(reply.metadata.src_node_id)
+            if cid is None:
+                continue
+            answered.add(cid)
+            if reply.has_error():
+                rlog.failed[cid] = reply.error.reason
+                log.warning("round %d: client %s failed: %s", rnd, cid, reply.error.reason)
+                continue
+            info = _reply_info(reply)
+            if info.get("status") == STATUS_DECLINED:
+                rlog.declined[cid] = str(info.get("reason", "budget exhausted"))
+                self.exhausted[cid] = rlog.declined[cid]
+                log.warning("round %d: %s", rnd, rlog.declined[cid])
+                continue
+            reason = self._screen(rnd, cid, reply, info)
+            if reason is not None:
+                rlog.rejected[cid] = reason
+                log.warning("round %d: rejected update of client %s: %s", rnd, cid, reason)
+                continue
+            accepted.append(reply)
+            rlog.accepted.append(cid)
+            metrics = dict(next(iter(reply.content.metric_records.values())))
+            losses.append((float(metrics.get(WEIGHT_KEY, 0)), {"loss": metrics["train/loss"]}))
+        for cid in set(rlog.sampled) - answered:
+            rlog.failed[cid] = "no reply before the round timeout"
+        rlog.train_loss = _weighted(losses).get("loss", math.nan)
+        if len(accepted) >= self.fed.min_fit_clients:
+            arrays, _ = self.strategy.aggregate_train(rnd, accepted)
+            if arrays is not None:
+                new = {k: a.numpy() for k, a in arrays.items()}
+                # Aggregation may promote dtypes (e.g. int buffers); keep the model's own.
+                self.arrays = {k: new[k].astype(v.dtype, copy=False) for k, v in self.arrays.items()}
+                rlog.aggregated = True
+                self.releases += 1
+        else:
+            log.warning(
+                "round %d: %d accepted updates < min_fit_clients %d; global model unchanged",
+                rnd,
+                len(accepted),
+                self.fed.min_fit_clients,
+            )
+
+    def _screen(self, rnd: int, cid: str, reply: Message, info: dict[str, Any]) -> str | None:
+        """Reason to reject this update, or None; privacy report checked before the arrays."""
+        if info.get("client-id") != cid:
+            return f"reply claims to be client {info.get('client-id')!r}"
+        metrics = list(reply.content.metric_records.values())
+        if len(metrics) != 1 or WEIGHT_KEY not in metrics[0] or "train/loss" not in metrics[0]:
+            return "reply lacks its training metrics"
+        weight = metrics[0][WEIGHT_KEY]
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            return f"invalid {WEIGHT_KEY} {weight!r}"
+        if self.s.privacy.enabled:
+            try:
+                self._check_report(rnd, cid, info)
+            except VeilfedError as exc:
+                return str(exc)
+        arrays = list(reply.content.array_records.values())
+        verdict = screen_update(
+            arrays[0] if len(arrays) == 1 else None,
+            self.arrays,
+            self.fed.norm_bound if self.fed.norm_bound > 0 else None,
+        )
+        return verdict.reason
+
+    def _check_report(self, rnd: int, cid: str, info: dict[str, Any]) -> None:
+        from veilfed.privacy.reports import PrivacyReport, SignedReport
+
+        raw = info.get("report")
+        if not isinstance(raw, str):
+            raise CheckFailed(f"client {cid}: update has no privacy report; refused")
+        if self.fed.sign_reports:
+            signed = SignedReport.from_json(raw, f"client {cid} round {rnd} report")
+            report = self.keys.verify(signed, cid)
+        else:
+            report = PrivacyReport.from_dict(json.loads(raw), f"client {cid} round {rnd} report")
+        if report.round != rnd:
+            raise CheckFailed(f"client {cid}: report is for round {report.round}, not {rnd}")
+        budget = self.s.privacy.epsilon_budget
+        if report.epsilon > budget * (1 + 1e-9):
+            raise CheckFailed(
+                f"client {cid}: reported epsilon {report.epsilon:.4g} exceeds budget {budget:g}"
+            )
+        entry = self.clients.setdefault(cid, {"rounds": 0})
+        entry.update(
+            epsilon=report.epsilon,
+            delta=report.delta,
+            noise_multiplier=report.noise_multiplier,
+            sample_rate=report.sample_rate,
+            steps=report.steps_total,
+            max_grad_norm=report.max_grad_norm,
+            accountant=report.accountant,
+            rounds=entry["rounds"] + 1,
+            report=raw,
+        )
+
+    def _evaluate(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
+        pool = sorted(node_of)
+        chosen = sample_clients(self.s.seed + 1, rnd, pool, self.fed.evaluated_per_round)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: _array(v) for k, v in self.arrays.items()}),
+                "config": ConfigRecord({"run-dir": str(self.run_dir), "server-round": rnd}),
+            }
+        )
+        msgs = [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of[c])
+            for c in chosen
+        ]
+        results: list[tuple[float, dict[str, float]]] = []
+        for reply in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout_s):
+            if reply.has_error():
+                continue
+            metrics = dict(next(iter(reply.content.metric_records.values())))
+            weight = float(metrics.pop(WEIGHT_KEY, 0))
+            results.append((weight, {k: float(v) for k, v in metrics.items()}))
+        for key, value in _weighted(results).items():
+            _, task, metric = key.split("/", 2)
+            rlog.eval.setdefault(task, {})[metric] = value
+
+    def run(self) -> None:
+        node_of = discover(self.grid, str(self.run_dir), self.fed.round_timeout_s)
+        missing = self.fed.clients - len(node_of)
+        if missing:
+            raise UsageError(f"{missing} of {self.fed.clients} clients did not answer discovery")
+        for rnd in range(self.round + 1, self.fed.rounds + 1):
+            if all(c in self.exhausted for c in node_of):
+                log.warning("round %d: every client has spent its budget; stopping", rnd)
+                break
+            start = time.perf_counter()
+            rlog = RoundLog(rnd)
+            self._train(rnd, node_of, rlog)
+            self._evaluate(rnd, node_of, rlog)
+            rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.accepted if c in self.clients}
+            rlog.wall_s = time.perf_counter() - start
+            self._finish_round(rlog)
+
+    def _finish_round(self, rlog: RoundLog) -> None:
+        all_eps = {c: float(v["epsilon"]) for c, v in self.clients.items()}
+        central = (
+            central_epsilon(self.fed.central_noise_multiplier, self.releases, self.s.privacy.delta)
+            if self.fed.central_dp != "off"
+            else None
+        )
+        record = {
+            "round": rlog.round,
+            "metrics": rlog.metrics(all_eps, central),
+            "aggregated": rlog.aggregated,
+            "failed": rlog.failed,
+            "rejected": rlog.rejected,
+            "declined": rlog.declined,
+            "sampled": rlog.sampled,
+        }
+        self.history.append(record)
+        self.tracker.log_metrics(record["metrics"], step=rlog.round)
+        self._log_reports(rlog)
+        self.round = rlog.round
+        ckpt_io.save(
+            self.run_dir,
+            ckpt_io.Checkpoint(
+                round=self.round,
+                arrays=self.arrays,
+                strategy=strategy_state(self.strategy),
+                rng=ckpt_io.rng_state(),
+                history=self.history,
+                clients=self.clients,
+                exhausted=self.exhausted,
+            ),
+        )
+        log.info(
+            "round %d: sampled %d, accepted %d, failed %d, rejected %d, declined %d (%.1fs)",
+            rlog.round,
+            len(rlog.sampled),
+            len(rlog.accepted),
+            len(rlog.failed),
+            len(rlog.rejected),
+            len(rlog.declined),
+            rlog.wall_s,
+        )
+
+    def _log_reports(self, rlog: RoundLog) -> None:
+        if not (self.s.privacy.enabled and self.fed.sign_reports and rlog.accepted):
+            return
+        from veilfed.privacy.reports import SignedReport, log_reports
+
+        signed = [SignedReport.from_json(self.clients[c]["report"]) for c in rlog.accepted]
+        keys = {c: self.keys.path(c) for c in rlog.accepted}
+        log_reports(self.tracker.run_id, signed, keys, tracking_uri=self.tracker.tracking_uri)
+
+
+def _array(value: np.ndarray) -> Any:
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(value))
+
+
+def make_server_app(run_dir: str | Path, tracker: Any) -> ServerApp:
+    """A ServerApp bound to a prepared run directory and its open MLflow run."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        Coordinator(grid, SimSettings.load(run_dir), tracker).run()
+
+    return app
+
+
+# ``flwr run .``: the run is prepared from [tool.flwr.app.config] inside the ServerApp.
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from veilfed.cli.simulate import run_from_flwr_config
+
+    run_from_flwr_config(grid, dict(context.run_config))

@@ -1,0 +1,209 @@
+"""The ``[federated]`` config section and the resolved settings one simulation runs with.
+
+``SimSettings`` is written once to ``runs/<run_id>/settings.json`` by whoever starts the run
+(``veilfed simulate`` or the ServerApp under ``flwr run``); coordinator and every virtual client
+read that file, so a resumed run continues with exactly the settings it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from veilfed.errors import UsageError
+from veilfed.io import write_text_atomic
+
+SETTINGS_FILE = "settings.json"
+SHARDS_FILE = "shards.json"
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """``[federated]``: who trains, how updates are combined, and fault injection."""
+
+    clients: int = 8
+    rounds: int = 3
+    fraction: float = 0.5  # of all clients, sampled per round for training
+    fraction_evaluate: float = 1.0  # of all clients, evaluating the global model per round
+    min_fit_clients: int = 1  # fewer accepted updates than this: round keeps the old model
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | median | trimmed_mean
+    proximal_mu: float = 0.01
+    server_lr: float = 0.1
+    server_tau: float = 1e-3
+    trim_beta: float = 0.2
+    norm_bound: float = 0.0  # > 0: reject updates that move the model further (L2)
+    local_epochs: int = 1
+    partition: str = "iid"  # iid | dirichlet | quantity
+    alpha: float = 0.5
+    holdout: float = 0.25  # share of each client's shard kept for federated evaluation
+    failure_rate: float = 0.0  # probability a sampled client crashes (fault-injection tests)
+    round_timeout_s: float = 900.0
+    cpus_per_client: float = 1.0
+    central_dp: str = "off"  # off | fixed | adaptive (client-level DP at the coordinator)
+    central_noise_multiplier: float = 1.0
+    central_clipping_norm: float = 1.0
+    sign_reports: bool = True  # clients sign privacy reports; coordinator verifies them
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(known)}")
+        defaults = cls()
+        for key, value in data.items():
+            expected = type(getattr(defaults, key))
+            ok = isinstance(value, expected) and not (
+                expected is not bool and isinstance(value, bool)
+            )
+            if expected is float and _num(value):
+                value = float(value)
+                data = {**data, key: value}
+                ok = True
+            if not ok:
+                raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        cfg = cls(**data)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "[federated]") -> None:
+        from veilfed.coordinator.strategies import CENTRAL_DP, STRATEGIES
+
+        if self.clients < 1:
+            raise UsageError(f"{where}.clients must be >= 1 (got {self.clients})")
+        if self.rounds < 1:
+            raise UsageError(f"{where}.rounds must be >= 1 (got {self.rounds})")
+        for name in ("fraction", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not (0 < value <= 1):
+                raise UsageError(f"{where}.{name} must be in (0, 1] (got {value})")
+        if self.strategy not in STRATEGIES:
+            raise UsageError(
+                f"{where}.strategy {self.strategy!r} is unknown; valid: "
+                + ", ".join(STRATEGIES.names())
+            )
+        if self.central_dp not in CENTRAL_DP:
+            raise UsageError(
+                f"{where}.central_dp {self.central_dp!r}: use one of {', '.join(CENTRAL_DP)}"
+            )
+        if not 1 <= self.min_fit_clients <= self.sampled_per_round:
+            raise UsageError(
+                f"{where}.min_fit_clients must be in [1, {self.sampled_per_round}] "
+                f"(the clients sampled per round), got {self.min_fit_clients}"
+            )
+        if not 0 <= self.failure_rate < 1:
+            raise UsageError(f"{where}.failure_rate must be in [0, 1) (got {self.failure_rate})")
+        if not 0 < self.holdout < 1:
+            raise UsageError(f"{where}.holdout must be in (0, 1) (got {self.holdout})")
+        if self.local_epochs < 1:
+            raise UsageError(f"{where}.local_epochs must be >= 1 (got {self.local_epochs})")
+        if not 0 <= self.trim_beta < 0.5:
+            raise UsageError(f"{where}.trim_beta must be in [0, 0.5) (got {self.trim_beta})")
+        if self.norm_bound < 0 or self.cpus_per_client <= 0 or self.round_timeout_s <= 0:
+            raise UsageError(
+                f"{where}: norm_bound must be >= 0, cpus_per_client and round_timeout_s > 0"
+            )
+
+    @property
+    def sampled_per_round(self) -> int:
+        return max(1, min(self.clients, round(self.fraction * self.clients)))
+
+    @property
+    def evaluated_per_round(self) -> int:
+        return max(1, min(self.clients, round(self.fraction_evaluate * self.clients)))
+
+
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """Client-side DP-SGD: σ from ``epsilon`` over all planned rounds, or ``noise_multiplier``."""
+
+    epsilon: float = 8.0  # math.inf: no DP (non-private baseline)
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0  # > 0: use as given instead of calibrating from epsilon
+    max_grad_norm: float = 1.0
+    budget: float = 0.0  # per-client ε budget; 0: the target epsilon
+    accountant: str = "rdp"
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0 or math.isfinite(self.epsilon)
+
+    @property
+    def epsilon_budget(self) -> float:
+        return self.budget if self.budget > 0 else self.epsilon
+
+    def validate(self, num_examples_min: int, where: str = "privacy") -> None:
+        if not self.epsilon > 0:
+            raise UsageError(f"{where}.epsilon must be > 0 (got {self.epsilon:g})")
+        if not 0 < self.delta < 1:
+            raise UsageError(f"{where}.delta must be in (0, 1) (got {self.delta:g})")
+        if self.enabled and self.delta >= 1 / num_examples_min:
+            raise UsageError(
+                f"{where}.delta {self.delta:g} must be < 1/n = {1 / num_examples_min:.3g} "
+                f"(n = {num_examples_min}, the smallest client's training examples)"
+            )
+        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or self.budget < 0:
+            raise UsageError(
+                f"{where}: noise_multiplier and budget must be >= 0, max_grad_norm > 0"
+            )
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Everything a run needs, resolved once; clients and a resumed coordinator reload it."""
+
+    run_id: str
+    run_dir: str
+    experiment: str
+    config: dict[str, Any]  # the experiment config (model, data, train sections), overrides applied
+    store: str
+    key_file: str
+    seed: int
+    federated: FederatedConfig
+    privacy: ClientPrivacy
+    tracking_uri: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self) -> Path:
+        path = Path(self.run_dir) / SETTINGS_FILE
+        data = asdict(self)
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=_jsonable))
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> SimSettings:
+        path = Path(run_dir) / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_constant)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: cannot read run settings ({exc})") from None
+        data["federated"] = FederatedConfig(**data["federated"])
+        data["privacy"] = ClientPrivacy(**data["privacy"])
+        return cls(**data)
+
+
+def _jsonable(value: Any) -> Any:
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _constant(name: str) -> float:
+    return {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[name]
+
+
+def save_shards(run_dir: str | Path, shards: dict[str, list[str]]) -> None:
+    write_text_atomic(Path(run_dir) / SHARDS_FILE, json.dumps(shards, sort_keys=True))
+
+
+def load_shards(run_dir: str | Path) -> dict[str, list[str]]:
+    path = Path(run_dir) / SHARDS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read client shards ({exc})") from None

@@ -1,0 +1,174 @@
+"""Flower strategies by name, optionally wrapped in central (client-level) DP.
+
+The round loop (``server_app.py``) owns sampling, screening and checkpointing; a strategy here
+only turns the *accepted* replies into the next global model. Aggregation rules are Flower's own
+(``flwr.serverapp.strategy``); we only configure them so that they never sample or wait on their
+own (sampling is done by the loop through :class:`FixedNodes`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+from veilfed.errors import UsageError
+from veilfed.registry import Registry
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+WEIGHT_KEY = "num-examples"  # sample-weighted FedAvg (Flower's default key)
+UNIT_WEIGHT_KEY = "unit-weight"  # central DP needs equal weights for its sensitivity bound
+CENTRAL_DP = ("off", "fixed", "adaptive")
+
+# Sampling is the loop's job: a strategy sees exactly the nodes it is given, never waits.
+_NO_SAMPLING: dict[str, Any] = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 1.0,
+    "min_train_nodes": 0,
+    "min_evaluate_nodes": 0,
+    "min_available_nodes": 0,
+}
+
+
+class FixedNodes:
+    """A Grid stand-in for ``configure_*``: it offers exactly the nodes the loop sampled."""
+
+    def __init__(self, node_ids: Iterable[int]) -> None:
+        self._ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._ids)
+
+
+@STRATEGIES.register("fedavg")
+def _fedavg(weight_key: str = WEIGHT_KEY, **_: Any) -> Strategy:
+    return FedAvg(weighted_by_key=weight_key, **_NO_SAMPLING)
+
+
+@STRATEGIES.register("fedprox")
+def _fedprox(weight_key: str = WEIGHT_KEY, proximal_mu: float = 0.01, **_: Any) -> Strategy:
+    return FedProx(weighted_by_key=weight_key, proximal_mu=proximal_mu, **_NO_SAMPLING)
+
+
+@STRATEGIES.register("fedadam")
+def _fedadam(
+    weight_key: str = WEIGHT_KEY, server_lr: float = 0.1, server_tau: float = 1e-3, **_: Any
+) -> Strategy:
+    return FedAdam(weighted_by_key=weight_key, eta=server_lr, tau=server_tau, **_NO_SAMPLING)
+
+
+@STRATEGIES.register("fedyogi")
+def _fedyogi(
+    weight_key: str = WEIGHT_KEY, server_lr: float = 0.1, server_tau: float = 1e-3, **_: Any
+) -> Strategy:
+    return FedYogi(weighted_by_key=weight_key, eta=server_lr, tau=server_tau, **_NO_SAMPLING)
+
+
+@STRATEGIES.register("median")
+def _median(weight_key: str = WEIGHT_KEY, **_: Any) -> Strategy:
+    return FedMedian(weighted_by_key=weight_key, **_NO_SAMPLING)
+
+
+@STRATEGIES.register("trimmed_mean")
+def _trimmed(weight_key: str = WEIGHT_KEY, trim_beta: float = 0.2, **_: Any) -> Strategy:
+    return FedTrimmedAvg(weighted_by_key=weight_key, beta=trim_beta, **_NO_SAMPLING)
+
+
+def build_strategy(
+    name: str,
+    *,
+    sampled_per_round: int,
+    central_dp: str = "off",
+    central_noise_multiplier: float = 0.0,
+    central_clipping_norm: float = 1.0,
+    **options: Any,
+) -> Strategy:
+    """The named aggregation rule, wrapped in server-side DP clipping + noise when asked.
+
+    With central DP every client weighs the same (``unit-weight``) so that one client's
+    influence on the average is bounded by ``clipping_norm / sampled``, the sensitivity the
+    Gaussian noise is calibrated to.
+    """
+    if central_dp not in CENTRAL_DP:
+        raise UsageError(f"federated.central_dp {central_dp!r}: use one of {', '.join(CENTRAL_DP)}")
+    weight_key = WEIGHT_KEY if central_dp == "off" else UNIT_WEIGHT_KEY
+    base = STRATEGIES.build(name, weight_key=weight_key, **options)
+    if central_dp == "fixed":
+        return DifferentialPrivacyServerSideFixedClipping(
+            base, central_noise_multiplier, central_clipping_norm, sampled_per_round
+        )
+    if central_dp == "adaptive":
+        return DifferentialPrivacyServerSideAdaptiveClipping(
+            base,
+            central_noise_multiplier,
+            sampled_per_round,
+            initial_clipping_norm=central_clipping_norm,
+        )
+    return base
+
+
+def _state_owner(strategy: Strategy) -> list[Strategy]:
+    """The strategy and the one it wraps (DP wrappers keep the inner one in ``.strategy``)."""
+    inner = getattr(strategy, "strategy", None)
+    return [strategy, *_state_owner(inner)] if isinstance(inner, Strategy) else [strategy]
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, np.ndarray | int | float | str | bool | type(None)):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
+    """Everything a strategy learned across rounds (FedOpt moments, adaptive clip norm, ...).
+
+    Only plain data attributes are kept (numbers, arrays, dicts of them); Flower records such as
+    ``current_arrays`` of the DP wrappers are rebuilt by ``configure_train`` every round.
+    """
+    return [
+        {k: v for k, v in vars(s).items() if _plain(v) and not k.startswith("__")}
+        for s in _state_owner(strategy)
+    ]
+
+
+def load_strategy_state(strategy: Strategy, state: list[dict[str, Any]]) -> None:
+    owners = _state_owner(strategy)
+    if len(owners) != len(state):
+        raise UsageError("checkpoint: strategy state does not match the configured strategy")
+    for owner, attrs in zip(owners, state, strict=True):
+        for k, v in attrs.items():
+            setattr(owner, k, v)
+
+
+def central_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """ε of ``releases`` Gaussian releases at σ without subsampling amplification (RDP).
+
+    Sampling a fixed number of clients without replacement is not the Poisson sampling the
+    amplification theorems assume, so we do not claim it: this bound is conservative.
+    """
+    if releases == 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(noise_multiplier, 1.0, releases)]
+    return float(acc.get_epsilon(delta))

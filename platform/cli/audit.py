@@ -1,0 +1,102 @@
+"""``veilfed audit``: check every ε claim of a run; exit 0 ok, 1 violation, 2 cannot audit."""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+from veilfed.cli.common import console, handle_errors
+from veilfed.errors import CheckFailed
+from veilfed.io import write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from veilfed.privacy.audit import AuditResult
+
+# Same as veilfed.privacy.audit.DEFAULT_TOLERANCE (asserted in the tests); importing that module
+# here would load MLflow and dp-accounting for every ``veilfed --help``.
+DEFAULT_TOLERANCE = 0.01
+
+
+class _RunByDefault(TyperGroup):
+    """Makes ``veilfed audit RUN_ID ...`` mean ``veilfed audit run RUN_ID ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_RunByDefault, no_args_is_help=True)
+
+
+class Format(StrEnum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+PLOT_FILE = "eps_by_round.png"
+
+
+def _render(result: AuditResult, fmt: Format, with_plot_file: bool) -> tuple[str, bytes | None]:
+    from veilfed.privacy.audit import plot_png, render_html, render_markdown
+
+    if fmt is Format.json:
+        return json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", None
+    png = plot_png(result)
+    if fmt is Format.html:
+        return render_html(result, png), None
+    return render_markdown(result, PLOT_FILE if with_plot_file else None), png
+
+
+@app.command("run")
+@handle_errors
+def run(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a simulation or training run.")],
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="ε budget; default: each report's epsilon_budget."),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option("--delta", help="δ for the budget check; default: each report's δ."),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Allowed relative claim error.")
+    ] = DEFAULT_TOLERANCE,
+    fmt: Annotated[Format, typer.Option("--format", help="Report format.")] = Format.md,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write audit.<format> (and the plot) here; else stdout."),
+    ] = None,
+) -> None:
+    """Verify signatures and hash chains, recompute every ε (RDP, PLD), flag violations.
+
+    The store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
+    """
+    # An unreachable tracking server must fail fast with one line, not retry for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from veilfed.privacy.audit import audit_run
+
+    result = audit_run(run_id, budget=budget, delta=delta, tolerance=tolerance)
+    text, png = _render(result, fmt, with_plot_file=out is not None)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        if png is not None:
+            write_bytes_atomic(out / PLOT_FILE, png)
+        target = out / f"audit.{fmt.value}"
+        write_text_atomic(target, text)
+        console.print(f"audit report written to {target}")
+    if not result.ok:
+        first = result.violations[0]
+        more = len(result.violations) - 1
+        raise CheckFailed(f"{first}" + (f" (and {more} more violation(s))" if more else ""))

@@ -1,0 +1,173 @@
+"""``veilfed data``: synthetic world, ingestion, encrypted store and shard bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from veilfed.cli.common import fail, handle_errors, print_json, progress
+from veilfed.data import synth
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("synth")
+@handle_errors
+def synth_cmd(
+    clips: int = typer.Option(64, "--clips", min=1, help="Number of clips."),
+    out: Path | None = typer.Option(None, "--out", help="New directory: MP4 + JSON sidecars."),
+    store: Path | None = typer.Option(None, "--store", help="Encrypted store to write instead."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of the store."),
+    seed: int = typer.Option(0, "--seed"),
+    frames: int = typer.Option(synth.WorldConfig.frames, "--frames"),
+    size: int = typer.Option(synth.WorldConfig.height, "--size", help="Frame height and width."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Generate a synthetic world as real MP4 files, or straight into an encrypted store."""
+    if (out is None) == (store is None):
+        raise fail("give exactly one of --out DIR (plain files) or --store DIR (encrypted)")
+    if store is not None and key_file is None:
+        raise fail("--store needs --key-file K (create one with 'veilfed keys new --out K')")
+    cfg = synth.WorldConfig(frames=frames, height=size, width=size, seed=seed)
+    with progress() as bar:
+        task = bar.add_task("synthesizing", total=clips)
+
+        def advance(done: int) -> None:
+            bar.update(task, completed=done)
+
+        if out is not None:
+            from veilfed.data.files import write_world
+
+            manifest = write_world(cfg, clips, out, on_clip=advance)
+            with_audio = sum(c["has_audio"] for c in manifest["clips"])
+            total = sum(c["bytes"] for c in manifest["clips"])
+            target = str(out)
+        else:
+            from veilfed.crypto.keys import read_key_file
+            from veilfed.data.files import encode_clip
+            from veilfed.data.store import EncryptedStore
+
+            enc = EncryptedStore.create(store, read_key_file(key_file))
+            with_audio = total = 0
+            with enc.batch():  # MP4 bytes go from memory straight into Fernet tokens
+                for i, clip in enumerate(synth.iter_world(cfg, clips), 1):
+                    data = encode_clip(clip)
+                    enc.put(clip.clip_id, data, clip.labels)
+                    with_audio += clip.audio is not None
+                    total += len(data)
+                    advance(i)
+            target = str(store)
+    summary = {"clips": clips, "with_audio": with_audio, "bytes": total, "out": target,
+               "encrypted": store is not None, "world": cfg.to_dict()}
+    if as_json:
+        print_json(summary)
+    else:
+        kind = "encrypted store" if store is not None else "MP4 + sidecars"
+        print(f"wrote {clips} clips ({with_audio} with audio, {total / 1e6:.1f} MB) to "
+              f"{target} as {kind}; world {frames}x{size}x{size}, seed {seed}")
+
+
+def _open_store(store: Path, key_file: Path):  # type: ignore[no-untyped-def]
+    """Open an encrypted store (imports stay lazy so `--help` is fast)."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.store import EncryptedStore
+
+    return EncryptedStore.open(store, read_key_file(key_file))
+
+
+@app.command("ingest")
+@handle_errors
+def ingest_cmd(
+    sources: list[Path] = typer.Argument(..., help="Video files or directories (searched deeply)."),
+    store: Path = typer.Option(..., "--store", help="Encrypted store (created if missing)."),
+    key_file: Path = typer.Option(..., "--key-file", help="Fernet key file of the store."),
+    labels: Path | None = typer.Option(None, "--labels", help="Per-file labels, CSV or JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Encrypt real videos (MP4/MOV/MKV/WebM) into a store; exit 2 if nothing was ingested."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.ingest import ingest
+    from veilfed.data.store import EncryptedStore
+
+    key = read_key_file(key_file)
+    enc = EncryptedStore.create(store, key, exist_ok=True)
+    summary = ingest(sources, enc, labels).to_json()
+    if as_json:
+        print_json(summary)
+    else:
+        for s in summary["skipped_files"]:
+            print(f"skipped {s['file']}: {s['reason']}")
+        print(f"ingested {summary['ingested']} videos into {store}, skipped {summary['skipped']}")
+    if not summary["ingested"]:
+        raise fail(f"{store}: no video was ingested; check the SRC paths and the skip reasons")
+
+
+@app.command("verify")
+@handle_errors
+def verify_cmd(
+    store: Path = typer.Option(..., "--store", help="Encrypted store directory."),
+    key_file: Path = typer.Option(..., "--key-file", help="Fernet key file of the store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Decrypt and check every clip; exit 1 naming the first bad clip and chunk."""
+    n = _open_store(store, key_file).verify()
+    if as_json:
+        print_json({"store": str(store), "clips": n, "ok": True})
+    else:
+        print(f"{store}: {n} clips decrypt and are complete")
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    store: Path = typer.Option(..., "--store", help="Encrypted store directory."),
+    key_file: Path = typer.Option(..., "--key-file", help="Fernet key file of the store."),
+    client: str = typer.Option(..., "--client", help="Client id, e.g. client-0000."),
+    out: Path = typer.Option(..., "--out", help="Bundle file to write (.vfs)."),
+    client_key_file: Path | None = typer.Option(
+        None, "--client-key-file", help="Client's key; default: derived (`veilfed keys derive`)."),
+    clips: Path | None = typer.Option(None, "--clips", help="File listing the clip ids to send."),
+    num_clients: int | None = typer.Option(None, "--num-clients", min=1,
+                                           help="Partition the store among N clients."),
+    scheme: str = typer.Option("iid", "--partition", help="iid, dirichlet or quantity."),
+    alpha: float = typer.Option(0.5, "--alpha"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write one client's clips as a bundle encrypted under that client's key."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.bundle import export_bundle, partition_ids, read_clip_list
+
+    enc = _open_store(store, key_file)
+    if clips is not None and num_clients is not None:
+        raise fail("give at most one of --clips FILE and --num-clients N")
+    ids = read_clip_list(clips) if clips is not None else None
+    if num_clients is not None:
+        ids = partition_ids(enc, client, num_clients, scheme, alpha, seed)
+    key = read_key_file(client_key_file) if client_key_file is not None else None
+    summary = export_bundle(enc, client, out, key, ids)
+    if as_json:
+        print_json(summary)
+    else:
+        print(f"exported {summary['clips']} clips for {client} to {out} "
+              f"(client key {summary['key_id']})")
+
+
+@app.command("import")
+@handle_errors
+def import_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle file from `veilfed data export`."),
+    store: Path = typer.Option(..., "--store", help="Node store to create or add to."),
+    key_file: Path = typer.Option(..., "--key-file", help="This client's key file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Check a bundle and add its clips, still encrypted, to this node's store."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.bundle import import_bundle
+
+    summary = import_bundle(bundle, store, read_key_file(key_file))
+    if as_json:
+        print_json(summary)
+    else:
+        print(f"imported {summary['clips']} clips for {summary['client']} into {store}")

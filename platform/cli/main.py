@@ -1,0 +1,38 @@
+"""Entry point of the ``veilfed`` console script: registers each command group."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="veilfed",
+    help="Federated, privacy-preserving training of multimodal video models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module under veilfed.cli, group name or None for a top-level command module, help)
+_GROUPS: list[tuple[str, str | None, str]] = [
+    ("data", "data", "Synthetic world, real-video ingestion, encrypted store, shard bundles."),
+    ("audit", "audit", "Verify a run's signed ε claims (veilfed audit RUN_ID); canary audit."),
+    ("keys", "keys", "Fernet key files and store key rotation."),
+    ("he", "he", "CKKS keys for secure aggregation: secret (clients) and public (coordinator)."),
+]
+
+for _module, _name, _help in _GROUPS:
+    _mod = importlib.import_module(f"veilfed.cli.{_module}")
+    if _name is None:
+        _mod.register(app)
+    else:
+        app.add_typer(_mod.app, name=_name, help=_help)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

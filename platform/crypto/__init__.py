@@ -1,0 +1,1 @@
+"""Key files, raw Fernet tokens (``keys``) and homomorphic encryption contexts (``he``)."""

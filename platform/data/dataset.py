@@ -1,0 +1,226 @@
+"""Dataset and collate over any clip source: in memory, plain files or the encrypted store.
+
+A *ClipSource* has ``ids()`` and ``read(clip_id) -> (payload, labels)`` where the payload is MP4
+bytes (decoded here, in memory) or an already decoded :class:`~veilfed.data.video.DecodedClip`.
+Samples follow docs/contracts.md; targets are rendered from the labels' geometry at the requested
+resolution, so restoration, segmentation and next-frame targets are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from veilfed.data import schema, synth
+from veilfed.data.files import encode_clip
+from veilfed.data.text import Tokenizer
+from veilfed.data.video import DecodedClip, decode
+
+Sample = dict[str, Any]
+# Tasks whose labels a real (non-synthetic) clip can carry, by label key.
+_SCALAR_TASKS = {"action": torch.long, "sentiment": torch.long, "moderation": torch.float32,
+                 "quality": torch.float32}
+
+
+class ClipSource(Protocol):
+    def ids(self) -> list[str]: ...
+
+    def read(self, clip_id: str) -> tuple[bytes | DecodedClip, dict[str, Any]]: ...
+
+
+class MemorySource:
+    """Clips held in memory, either raw (no codec: fastest) or as MP4 bytes."""
+
+    def __init__(self, clips: Iterable[synth.Clip], encode: bool = False) -> None:
+        self._items: dict[str, tuple[bytes | DecodedClip, dict[str, Any]]] = {}
+        for clip in clips:
+            payload: bytes | DecodedClip
+            if encode:
+                payload = encode_clip(clip)
+            else:
+                n = clip.labels["world"]["frames"] * clip.labels["world"]["sample_rate"] \
+                    // clip.labels["world"]["fps"]
+                audio = clip.audio if clip.audio is not None else np.zeros(n, np.float32)
+                payload = DecodedClip(clip.video, audio, clip.audio is not None,
+                                      float(clip.labels["world"]["fps"]), len(clip.video))
+            self._items[clip.clip_id] = (payload, clip.labels)
+
+    @classmethod
+    def world(cls, cfg: synth.WorldConfig, n: int, encode: bool = False) -> MemorySource:
+        return cls(synth.iter_world(cfg, n), encode=encode)
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+    def read(self, clip_id: str) -> tuple[bytes | DecodedClip, dict[str, Any]]:
+        return self._items[clip_id]
+
+
+def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    if frames.shape[1:3] == (height, width):
+        return frames
+    t = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def _to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [T, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def synthetic_targets(labels: dict[str, Any], frames: int, height: int, width: int,
+                      next_frames: int, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    """Every task's target for a synthetic clip, rendered at (frames, height, width)."""
+    objects = labels["objects"]
+    boxes = torch.zeros(frames, schema.MAX_OBJECTS, 4)
+    box_classes = torch.full((frames, schema.MAX_OBJECTS), -1, dtype=torch.long)
+    for i, obj in enumerate(objects):
+        boxes[:, i] = torch.tensor(obj["boxes"][:frames])
+        box_classes[:, i] = obj["class"]
+    inst = torch.from_numpy(synth.instance_masks(labels, height, width, range(frames))).long()
+    class_of_instance = torch.tensor([0] + [o["class"] + 1 for o in objects])
+    kp = torch.tensor(labels["keypoints"][:frames], dtype=torch.float32)
+    qa = labels["qa"]
+    total = labels["world"]["frames"] + labels["world"]["next_frames"]
+    future = range(frames, min(frames + next_frames, total))
+    return {
+        "action": torch.tensor(labels["action"]),
+        "sentiment": torch.tensor(labels["sentiment"]),
+        "moderation": torch.tensor(float(labels["moderation"])),
+        "quality": torch.tensor(float(labels["quality"])),
+        "boxes": boxes,
+        "box_classes": box_classes,
+        "segmentation": class_of_instance[inst],
+        "keypoints": kp,
+        "keypoint_visible": torch.ones(kp.shape[:2], dtype=torch.bool),
+        "caption": torch.tensor(tokenizer.encode(labels["caption"], schema.MAX_CAPTION_TOKENS,
+                                                 bos_eos=True)),
+        "questions": torch.tensor([tokenizer.encode(q["question"], schema.MAX_QUESTION_TOKENS)
+                                   for q in qa]),
+        "answers": torch.tensor([schema.ANSWERS.index(q["answer"]) for q in qa]),
+        "keyframes": torch.tensor(labels["keyframes"][:frames], dtype=torch.float32),
+        "clean": _to_video_tensor(synth.render(labels, height, width, range(frames))),
+        "next_frames": _to_video_tensor(synth.render(labels, height, width, future)),
+    }
+
+
+def empty_targets(frames: int, height: int, width: int, next_frames: int) -> dict[str, Any]:
+    """Placeholder-shaped targets for clips without labels (masked out by ``target_mask``)."""
+    p = len(schema.KEYPOINTS)
+    q = len(schema.QA_TYPES)
+    return {
+        "action": torch.tensor(0), "sentiment": torch.tensor(0),
+        "moderation": torch.tensor(0.0), "quality": torch.tensor(0.0),
+        "boxes": torch.zeros(frames, schema.MAX_OBJECTS, 4),
+        "box_classes": torch.full((frames, schema.MAX_OBJECTS), -1, dtype=torch.long),
+        "segmentation": torch.zeros(frames, height, width, dtype=torch.long),
+        "keypoints": torch.zeros(frames, p, 2),
+        "keypoint_visible": torch.zeros(frames, p, dtype=torch.bool),
+        "caption": torch.zeros(schema.MAX_CAPTION_TOKENS, dtype=torch.long),
+        "questions": torch.zeros(q, schema.MAX_QUESTION_TOKENS, dtype=torch.long),
+        "answers": torch.zeros(q, dtype=torch.long),
+        "keyframes": torch.zeros(frames),
+        "clean": torch.zeros(frames, 3, height, width),
+        "next_frames": torch.zeros(next_frames, 3, height, width),
+    }
+
+
+class ClipDataset(Dataset[Sample]):
+    """Samples (docs/contracts.md) from a ClipSource at the geometry of ``world``.
+
+    ``drop_modalities`` simulates a client that lacks a modality (zeros + mask off);
+    ``augment`` is applied per sample (see :mod:`veilfed.augment`).
+    """
+
+    def __init__(self, source: ClipSource, world: synth.WorldConfig,
+                 ids: Sequence[str] | None = None,
+                 augment: Callable[[Sample], Sample] | None = None,
+                 drop_modalities: Iterable[str] = (),
+                 tokenizer: Tokenizer | None = None) -> None:
+        self.source = source
+        self.world = world
+        self.ids = list(ids) if ids is not None else source.ids()
+        self.augment = augment
+        self.drop = frozenset(drop_modalities)
+        unknown = self.drop - set(schema.MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)[0]!r}; valid: "
+                             f"{', '.join(schema.MODALITIES)}")
+        self.tokenizer = tokenizer or Tokenizer()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def labels(self, index: int) -> dict[str, Any]:
+        return self.source.read(self.ids[index])[1]
+
+    def __getitem__(self, index: int) -> Sample:
+        w = self.world
+        cid = self.ids[index]
+        payload, labels = self.source.read(cid)
+        if isinstance(payload, DecodedClip):
+            clip = payload
+            frames = _resize_frames(clip.video, w.height, w.width)
+        else:
+            clip = decode(payload, w.frames, (w.height, w.width), w.sample_rate, w.audio_samples,
+                          name=cid)
+            frames = clip.video
+        modalities = labels.get("modalities", {})
+        present = {
+            "video": "video" not in self.drop,
+            "audio": clip.has_audio and "audio" not in self.drop,
+            "text": bool(labels.get("transcript")) and modalities.get("text", True)
+            and "text" not in self.drop,
+        }
+        video = _to_video_tensor(frames) if present["video"] else \
+            torch.zeros(w.frames, 3, w.height, w.width)
+        audio = torch.from_numpy(clip.audio[: w.audio_samples].copy()) if present["audio"] \
+            else torch.zeros(w.audio_samples)
+        text = torch.tensor(self.tokenizer.encode(labels.get("transcript", ""),
+                                                  schema.MAX_TEXT_TOKENS)) if present["text"] \
+            else torch.zeros(schema.MAX_TEXT_TOKENS, dtype=torch.long)
+        if labels.get("synthetic"):
+            targets = synthetic_targets(labels, w.frames, w.height, w.width, w.next_frames,
+                                        self.tokenizer)
+            target_mask = dict.fromkeys(schema.TASKS, True)
+        else:
+            targets = empty_targets(w.frames, w.height, w.width, w.next_frames)
+            target_mask = dict.fromkeys(schema.TASKS, False)
+            for key, dtype in _SCALAR_TASKS.items():
+                if key in labels:
+                    targets[key] = torch.tensor(labels[key], dtype=dtype)
+                    target_mask[key] = True
+        sample: Sample = {
+            "clip_id": cid,
+            "video": video,
+            "audio": audio,
+            "text": text,
+            "modality_mask": torch.tensor([present[m] for m in schema.MODALITIES]),
+            "targets": targets,
+            "target_mask": {k: torch.tensor(v) for k, v in target_mask.items()},
+        }
+        return self.augment(sample) if self.augment else sample
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Stack samples into a batch (docs/contracts.md); clip ids stay a list."""
+    def stack(key: str, group: str | None = None) -> torch.Tensor:
+        items = [s[group][key] if group else s[key] for s in samples]
+        return torch.stack(items)
+
+    first = samples[0]
+    return {
+        "clip_id": [s["clip_id"] for s in samples],
+        "video": stack("video"),
+        "audio": stack("audio"),
+        "text": stack("text"),
+        "modality_mask": stack("modality_mask"),
+        "targets": {k: stack(k, "targets") for k in first["targets"]},
+        "target_mask": {k: stack(k, "target_mask") for k in first["target_mask"]},
+    }

@@ -1,0 +1,161 @@
+"""Real videos (MP4/MOV/MKV/WebM, any size, rate, with or without audio) into an encrypted store.
+
+The store keeps each file's *original bytes*, not a normalised re-encode: nothing is lost to a
+second lossy encode, the training resolution/frame count stays a config choice made at read time
+(``ClipDataset`` decodes to the world geometry), and labels that refer to the original timeline stay
+valid. Each file is probed and fully decoded once at ingest so unreadable or truncated files are
+skipped with a reason instead of failing a training run later. The plaintext file is only read,
+never copied; what is written is Fernet tokens.
+
+Labels (``--labels FILE``): CSV with a ``file`` column (or ``path``/``clip_id``) or JSON
+(``{"name.mp4": {...}}`` or a list of objects with ``file``), matched by path, file name or stem.
+``action``/``sentiment`` may be a class name or index, ``moderation`` 0/1/true/false, ``quality`` a
+float in [0, 1], ``transcript`` text; other fields are kept as given.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veilfed.data import schema, video
+from veilfed.data.store import EncryptedStore
+from veilfed.errors import UsageError
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
+_KEY_COLUMNS = ("file", "path", "clip_id")
+
+
+@dataclass
+class IngestSummary:
+    store: str
+    ingested: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"store": self.store, "ingested": len(self.ingested), "skipped": len(self.skipped),
+                "clips": self.ingested, "skipped_files": self.skipped}
+
+
+def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files given explicitly (any extension), plus video files found under given directories."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*")
+                              if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            yield p
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Labels the dataset reads as targets, in the types it expects."""
+    classes = {"action": schema.ACTIONS, "sentiment": schema.SENTIMENTS}.get(name)
+    text = str(value).strip()
+    try:
+        if classes is not None:
+            if text in classes:
+                return classes.index(text)
+            index = int(text)
+            if not 0 <= index < len(classes):
+                raise ValueError
+            return index
+        if name == "moderation":
+            return {"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0}[text.lower()]
+        if name == "quality":
+            q = float(text)
+            if not 0.0 <= q <= 1.0:
+                raise ValueError
+            return q
+    except (ValueError, KeyError):
+        valid = ", ".join(classes) if classes else {"moderation": "0/1/true/false",
+                                                     "quality": "a number in [0, 1]"}[name]
+        raise UsageError(f"{where}: field {name!r} = {text[:40]!r} is invalid; use {valid}")\
+            from None
+    return value
+
+
+def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Labels file -> {key (path, name or stem): labels}."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read labels file ({exc}); check --labels") from None
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        if isinstance(data, dict):
+            rows = [(str(k), v) for k, v in data.items()]
+        elif isinstance(data, list):
+            rows = [(str(next((r[c] for c in _KEY_COLUMNS if c in r), "")), r)
+                    for r in data if isinstance(r, dict)]
+    else:
+        reader = csv.DictReader(text.splitlines())
+        key = next((c for c in _KEY_COLUMNS if c in (reader.fieldnames or [])), None)
+        if key is None:
+            raise UsageError(f"{path}: labels CSV needs a 'file' column naming each video")
+        rows = [(row[key], row) for row in reader]
+    out: dict[str, dict[str, Any]] = {}
+    for n, (name, row) in enumerate(rows, start=1):
+        if not name or not isinstance(row, dict):
+            raise UsageError(f"{path}: entry {n} has no file name; add a 'file' field")
+        where = f"{path}: entry {n} ({name})"
+        out[name] = {k: _coerce(k, v, where) if k in {"action", "sentiment", "moderation",
+                                                      "quality"} else v
+                     for k, v in row.items() if k not in _KEY_COLUMNS and v not in ("", None)}
+    return out
+
+
+def _match(labels: dict[str, dict[str, Any]], path: Path) -> dict[str, Any]:
+    for key in (str(path), path.name, path.stem):
+        if key in labels:
+            return labels[key]
+    return {}
+
+
+def ingest(paths: Iterable[str | Path], store: EncryptedStore,
+           labels_file: str | Path | None = None) -> IngestSummary:
+    """Probe, validate and encrypt each file into ``store``; unreadable files are skipped."""
+    labels = load_labels(labels_file) if labels_file else {}
+    summary = IngestSummary(str(store.root))
+    seen: dict[str, str] = {}
+    with store.batch():
+        for path in iter_sources(paths):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                summary.skipped.append({"file": str(path), "reason": exc.strerror or str(exc)})
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:
+                summary.skipped.append({"file": str(path),
+                                        "reason": f"same content as {seen[digest]}"})
+                continue
+            try:
+                info = video.probe(data, name=str(path))
+                clip = video.decode(data, 1, (16, 16), name=str(path))
+            except video.VideoError as exc:
+                reason = str(exc).removeprefix(f"{path}: ")
+                summary.skipped.append({"file": str(path), "reason": reason})
+                continue
+            clip_id = path.stem
+            if clip_id in store or any(c["clip_id"] == clip_id for c in summary.ingested):
+                clip_id = f"{path.stem}-{digest[:8]}"
+            info["frames"] = clip.source_frames
+            record = {"synthetic": False, "source": {"name": path.name, "sha256": digest, **info},
+                      **_match(labels, path)}
+            store.put(clip_id, data, record)
+            seen[digest] = str(path)
+            summary.ingested.append({"file": str(path), "clip_id": clip_id, "bytes": len(data),
+                                     "width": info["width"], "height": info["height"],
+                                     "fps": info["fps"], "has_audio": info["has_audio"],
+                                     "labels": sorted(_match(labels, path))})
+    return summary

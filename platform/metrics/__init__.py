@@ -1,0 +1,74 @@
+"""Per-task evaluation metrics, and the head output formats they expect.
+
+Use :data:`TASK_METRICS` in evaluation loops — one fresh accumulator per task and evaluation::
+
+    meters = {t: TASK_METRICS.build(t) for t in tasks}
+    for batch in loader:
+        out = model(batch)
+        for t in tasks:
+            meters[t].update(out[t], batch["targets"], batch["target_mask"][t])
+    results = {t: m.compute() for t, m in meters.items()}   # {task: {metric: float}}
+
+Head outputs (``B`` batch, ``T`` frames, ``C = len(OBJECT_CLASSES)``, shapes from
+docs/contracts.md; logits may be any float dtype and device):
+
+============  =====================================================  ==========================
+task          head output                                            metrics
+============  =====================================================  ==========================
+action        logits ``[B, len(ACTIONS)]``                           accuracy, precision,
+sentiment     logits ``[B, len(SENTIMENTS)]``                        recall, f1 (macro)
+moderation    one logit ``[B]`` or ``[B, 1]`` (> 0 = flagged)        same, over {ok, flagged}
+quality       score ``[B]`` or ``[B, 1]`` in [0, 1]                  mae, spearman
+detection     dict ``boxes [B, T, N, 4]`` normalised xyxy and        map50 (every frame an
+              ``logits [B, T, N, C + 1]`` (last = no object, DETR);  image, IoU 0.5)
+              or ``scores [B, T, N]`` + ``classes [B, T, N]``
+              (-1 = no detection) instead of ``logits``; any N
+segmentation  logits ``[B, T, C + 1, h, w]``, any h×w (bilinearly    miou, pixel_accuracy
+              upsampled to the label size); or labels ``[B, T, H, W]``
+pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck@0.05, pck@0.1 (of the
+                                                                     frame side, visible only)
+caption       token logits ``[B, L, V]`` or ids ``[B, L]``           token_f1, bleu (BLEU-4)
+qa            logits ``[B, Q, len(ANSWERS)]`` or ids ``[B, Q]``      accuracy
+summary       importance ``[B, T]``                                  mae, spearman (per clip)
+restoration   pixels ``[B, T, 3, H, W]`` in [0, 1]                   psnr, ssim
+next_frame    pixels ``[B, K, 3, H, W]`` in [0, 1]                   psnr, ssim
+============  =====================================================  ==========================
+
+Caption and bag-of-token metrics are position-free, so logits aligned either to ``caption`` or to
+``caption[:, 1:]`` score the same; build the caption meter with the tokenizer's special ids
+(``TASK_METRICS.build("caption", ignore_ids=(pad, bos, eos), eos_id=eos)``) so they never count.
+Metrics that are undefined on the data seen (e.g. Spearman of a constant) are omitted, not NaN.
+The plain tensor functions are in :mod:`veilfed.metrics.functional`.
+"""
+
+from veilfed.metrics.functional import (
+    bleu,
+    classification,
+    detection_map50,
+    miou,
+    pck,
+    psnr,
+    qa_accuracy,
+    regression,
+    spearman,
+    ssim,
+    token_f1,
+)
+from veilfed.metrics.tasks import TASK_METRICS, TaskMetric, compute_task_metrics
+
+__all__ = [
+    "TASK_METRICS",
+    "TaskMetric",
+    "bleu",
+    "classification",
+    "compute_task_metrics",
+    "detection_map50",
+    "miou",
+    "pck",
+    "psnr",
+    "qa_accuracy",
+    "regression",
+    "spearman",
+    "ssim",
+    "token_f1",
+]

@@ -1,0 +1,264 @@
+"""Metric functions on plain tensors, one per kind of prediction.
+
+They take already-decoded predictions (class indices, boxes, label maps, token ids) so the same
+function serves any head; :mod:`veilfed.metrics.tasks` turns head outputs into these inputs.
+torchmetrics supplies the well-trodden ones (macro P/R/F1, SSIM, BLEU); Spearman, mAP@0.5, mIoU,
+PCK, token F1 and QA accuracy are small enough to own and test against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchmetrics.functional.text import bleu_score
+
+
+def classification(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1; ``preds`` are logits ``[N, C]`` or indices ``[N]``.
+
+    Macro averages skip classes that occur neither in the targets nor in the predictions, so a
+    small evaluation set is not penalised for classes it never contains.
+    """
+    if preds.is_floating_point() and preds.dim() == 2:
+        preds = preds.argmax(dim=-1)
+    preds, targets = preds.reshape(-1).long().cpu(), targets.reshape(-1).long().cpu()
+    if targets.numel() == 0:
+        return {}
+    kw = {"num_classes": num_classes, "average": "macro"}
+    return {
+        "accuracy": float((preds == targets).float().mean()),
+        "precision": float(multiclass_precision(preds, targets, **kw)),
+        "recall": float(multiclass_recall(preds, targets, **kw)),
+        "f1": float(multiclass_f1_score(preds, targets, **kw)),
+    }
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their mean rank (as scipy.stats.rankdata)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2)[inverse]
+
+
+def spearman(preds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Rank correlation (ties get average ranks); NaN when either side is constant."""
+    p = preds.detach().reshape(-1).double().cpu().numpy()
+    t = targets.detach().reshape(-1).double().cpu().numpy()
+    if p.size < 2 or p.std() == 0 or t.std() == 0:
+        return math.nan
+    return float(np.corrcoef(_average_ranks(p), _average_ranks(t))[0, 1])
+
+
+def regression(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Mean absolute error and Spearman rank correlation over all elements."""
+    preds, targets = preds.reshape(-1).float().cpu(), targets.reshape(-1).float().cpu()
+    if targets.numel() == 0:
+        return {}
+    return {"mae": float((preds - targets).abs().mean()), "spearman": spearman(preds, targets)}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
+    """All-point interpolated AP (VOC 2010+) from per-detection TP flags and scores."""
+    order = np.argsort(-scores, kind="stable")
+    tp = tp[order].astype(np.float64)
+    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1e-12)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def detection_map50(
+    pred_boxes: torch.Tensor,
+    pred_scores: torch.Tensor,
+    pred_classes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_classes: torch.Tensor,
+    iou_threshold: float = 0.5,
+) -> float:
+    """mAP at IoU 0.5 over images (frames): inputs ``[I, N, 4]``, ``[I, N]``, ``[I, N]``,
+    ``[I, M, 4]``, ``[I, M]``; class ``-1`` marks an empty slot on either side.
+
+    Greedy matching in score order within each image, all-point AP per class, mean over classes
+    that have at least one ground-truth box (COCO/VOC convention). NaN when there is no GT at all.
+    """
+    pb, ps, pc = (t.detach().float().cpu().numpy() for t in (pred_boxes, pred_scores, pred_classes))
+    gb, gc = gt_boxes.detach().float().cpu().numpy(), gt_classes.detach().cpu().numpy()
+    pc = pc.astype(np.int64)
+    aps = []
+    for cls in np.unique(gc[gc >= 0]):
+        tps, scores, n_gt = [], [], int((gc == cls).sum())
+        for i in range(pb.shape[0]):
+            p = np.nonzero(pc[i] == cls)[0]
+            if p.size == 0:
+                continue
+            p = p[np.argsort(-ps[i, p], kind="stable")]
+            g = np.nonzero(gc[i] == cls)[0]
+            tp = np.zeros(p.size, dtype=bool)
+            if g.size:
+                iou = box_iou(pb[i, p], gb[i, g])
+                taken = np.zeros(g.size, dtype=bool)
+                for k in range(p.size):
+                    cand = np.where(taken, -1.0, iou[k])
+                    j = int(cand.argmax())
+                    if cand[j] >= iou_threshold:
+                        taken[j], tp[k] = True, True
+            tps.append(tp)
+            scores.append(ps[i, p])
+        if not tps:
+            aps.append(0.0)
+            continue
+        aps.append(_average_precision(np.concatenate(tps), np.concatenate(scores), n_gt))
+    return float(np.mean(aps)) if aps else math.nan
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, C]`` counts (rows = target, columns = prediction); ignores targets outside ``[0, C)``."""
+    pred, target = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
+    keep = (target >= 0) & (target < num_classes)
+    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def miou_from_confusion(conf: torch.Tensor) -> float:
+    """Mean IoU over classes present in the target or the prediction."""
+    conf = conf.double()
+    inter = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else math.nan
+
+
+def miou(pred_labels: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> float:
+    """Mean IoU of two label maps of equal shape (background counts as a class)."""
+    return miou_from_confusion(confusion_matrix(pred_labels, gt_labels, num_classes))
+
+
+def pck(
+    pred_kp: torch.Tensor, gt_kp: torch.Tensor, visible: torch.Tensor, threshold: float = 0.1
+) -> float:
+    """Fraction of visible keypoints within ``threshold`` of the truth, in normalised units.
+
+    Coordinates are normalised to the frame, so 0.1 means a tenth of the frame side; the synthetic
+    figures have no reliable torso box to normalise by. NaN when nothing is visible.
+    """
+    vis = visible.bool().cpu()
+    if not vis.any():
+        return math.nan
+    dist = (pred_kp.float().cpu() - gt_kp.float().cpu()).norm(dim=-1)
+    return float((dist[vis] <= threshold).float().mean())
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
+    """Mean per-frame PSNR in dB over ``[..., C, H, W]``; identical frames are capped at 100 dB."""
+    pred = pred.detach().float().cpu().reshape(-1, *pred.shape[-3:])
+    target = target.detach().float().cpu().reshape(-1, *target.shape[-3:])
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    db = 10 * torch.log10(data_range**2 / mse.clamp_min(1e-10))
+    return float(db.clamp_max(100.0).mean())
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
+    """Mean per-frame SSIM (Gaussian window, shrunk for frames smaller than 11 px)."""
+    pred = pred.detach().float().cpu().reshape(-1, *pred.shape[-3:])
+    target = target.detach().float().cpu().reshape(-1, *target.shape[-3:])
+    side = min(pred.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)
+    return float(
+        structural_similarity_index_measure(
+            pred.clamp(0, data_range),
+            target.clamp(0, data_range),
+            data_range=data_range,
+            kernel_size=kernel,
+            sigma=1.5 * kernel / 11,
+        )
+    )
+
+
+def _tokens(row: torch.Tensor, ignore: frozenset[int], stop: int | None) -> list[int]:
+    out = []
+    for tok in row.tolist():
+        if stop is not None and tok == stop:
+            break
+        if tok not in ignore:
+            out.append(tok)
+    return out
+
+
+def token_f1(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+) -> float:
+    """Mean per-sequence bag-of-tokens F1 (SQuAD style) of ``[N, L]`` token id tensors.
+
+    Tokens after ``eos_id`` are dropped and ``ignore_ids`` (PAD, BOS, EOS) never count.
+    """
+    ignore = frozenset(ignore_ids)
+    scores = []
+    for p_row, r_row in zip(pred_tokens.cpu(), ref_tokens.cpu(), strict=True):
+        p, r = _tokens(p_row, ignore, eos_id), _tokens(r_row, ignore, eos_id)
+        if not p or not r:
+            scores.append(float(p == r))
+            continue
+        common = sum((Counter(p) & Counter(r)).values())
+        if common == 0:
+            scores.append(0.0)
+            continue
+        prec, rec = common / len(p), common / len(r)
+        scores.append(2 * prec * rec / (prec + rec))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def bleu(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+    n_gram: int = 4,
+) -> float:
+    """Corpus BLEU-n (add-one smoothing, short synthetic captions) over token id sequences."""
+    ignore = frozenset(ignore_ids)
+
+    def text(row: torch.Tensor) -> str:
+        return " ".join(str(t) for t in _tokens(row, ignore, eos_id))
+
+    preds = [text(r) for r in pred_tokens.cpu()]
+    refs = [[text(r)] for r in ref_tokens.cpu()]
+    if not preds:
+        return math.nan
+    return float(bleu_score(preds, refs, n_gram=n_gram, smooth=True))
+
+
+def qa_accuracy(preds: torch.Tensor, answers: torch.Tensor) -> float:
+    """Exact-match accuracy; ``preds`` logits ``[N, Q, A]`` or indices ``[N, Q]``; answers < 0 skip."""
+    if preds.is_floating_point() and preds.dim() == answers.dim() + 1:
+        preds = preds.argmax(dim=-1)
+    preds, answers = preds.long().cpu(), answers.long().cpu()
+    valid = answers >= 0
+    return float((preds[valid] == answers[valid]).float().mean()) if valid.any() else math.nan

@@ -1,0 +1,133 @@
+"""Per-frame heads on the video grid: detection, segmentation, pose, keyframe summary.
+
+Frames are predicted per grid token, ``tp = T / T'`` frames each, so the video encoder's temporal
+stride costs no temporal resolution in the outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from veilfed.data import schema
+from veilfed.model.heads.base import Head, HeadInput, SlotPool, per_sample_mean, unpatchify
+from veilfed.model.registry import HEADS
+
+
+def _tp(inp: HeadInput) -> int:
+    return inp.frames // inp.grid.shape[1]
+
+
+@HEADS.register("detection")
+class DetectionHead(Head):
+    """DETR-style fixed slots per frame (``MAX_OBJECTS``), matched to the label order.
+
+    Each slot soft-argmaxes its object's center over the grid, then regresses a center offset and
+    box size and classifies (last class = no object) from the slot's pooled feature.
+    """
+
+    task = "detection"
+    requires = ("video",)
+
+    def __init__(self, dim: int, tp: int = 2, slots: int = schema.MAX_OBJECTS, **_: object) -> None:
+        super().__init__(dim)
+        self.classes = len(schema.OBJECT_CLASSES)
+        self.pool = SlotPool(dim, slots, tp)
+        self.out = nn.Linear(dim, self.classes + 1 + 4)
+
+    def forward(self, inp: HeadInput) -> dict[str, Tensor]:
+        centers, feats = self.pool(inp.grid)
+        raw = self.out(feats)
+        logits, box = raw[..., : self.classes + 1], raw[..., self.classes + 1 :]
+        h, w = inp.grid.shape[2:4]
+        cell = torch.tensor([1.0 / w, 1.0 / h], device=box.device)
+        center = centers + torch.tanh(box[..., :2]) * cell
+        half = torch.sigmoid(box[..., 2:]) / 2
+        boxes = torch.cat([center - half, center + half], dim=-1).clamp(0.0, 1.0)
+        return {"boxes": boxes, "logits": logits}
+
+    def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        cls = targets["box_classes"]
+        target = torch.where(cls < 0, torch.full_like(cls, self.classes), cls)
+        ce = F.cross_entropy(output["logits"].flatten(0, 2), target.flatten(), reduction="none")
+        present = (cls >= 0).float().unsqueeze(-1)
+        l1 = ((output["boxes"] - targets["boxes"]).abs() * present).sum(dim=(1, 2, 3))
+        boxes_loss = l1 / present.sum(dim=(1, 2, 3)).clamp(min=1.0)
+        return per_sample_mean(ce.view(cls.shape)) + 5.0 * boxes_loss
+
+
+@HEADS.register("pose")
+class PoseHead(Head):
+    """Keypoints as soft-argmax of per-keypoint spatial heatmaps plus a learned sub-cell offset."""
+
+    task = "pose"
+    requires = ("video",)
+
+    def __init__(self, dim: int, tp: int = 2, **_: object) -> None:
+        super().__init__(dim)
+        self.pool = SlotPool(dim, len(schema.KEYPOINTS), tp)
+        self.offset = nn.Linear(dim, 2)
+
+    def forward(self, inp: HeadInput) -> Tensor:
+        centers, feats = self.pool(inp.grid)
+        h, w = inp.grid.shape[2:4]
+        cell = torch.tensor([1.0 / w, 1.0 / h], device=feats.device)
+        return centers + torch.tanh(self.offset(feats)) * cell
+
+    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        vis = targets["keypoint_visible"].float().unsqueeze(-1)
+        err = ((output - targets["keypoints"]).abs() * vis).sum(dim=(1, 2, 3))
+        return err / (2 * vis.sum(dim=(1, 2, 3))).clamp(min=1.0) * 10.0
+
+
+@HEADS.register("summary")
+class SummaryHead(Head):
+    """Keyframe importance in [0, 1] per frame from the spatially pooled grid; soft-target BCE."""
+
+    task = "summary"
+    requires = ("video",)
+
+    def __init__(self, dim: int, tp: int = 2, **_: object) -> None:
+        super().__init__(dim)
+        self.tp = tp
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, tp))
+
+    def forward(self, inp: HeadInput) -> Tensor:
+        logits = self.mlp(inp.grid.mean(dim=(2, 3)))  # [B, T', tp]
+        return logits.flatten(1).sigmoid()
+
+    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        return per_sample_mean(F.binary_cross_entropy(output, targets["keyframes"].float(),
+                                                      reduction="none"))
+
+
+@HEADS.register("segmentation")
+class SegmentationHead(Head):
+    """Per-pixel logits over background + ``OBJECT_CLASSES`` from the shared pixel decoder, painted
+    at ``1 / scale`` resolution and bilinearly upsampled to the frame."""
+
+    task = "segmentation"
+    requires = ("video",)
+    uses_pixels = True
+
+    def __init__(
+        self, dim: int, pixel_dim: int = 64, tp: int = 2, patch: int = 8, scale: int = 2, **_: object
+    ) -> None:
+        super().__init__(dim)
+        self.tp, self.patch = tp, max(1, patch // scale)
+        self.classes = len(schema.OBJECT_CLASSES) + 1
+        self.out = nn.Linear(pixel_dim, tp * self.patch**2 * self.classes)
+
+    def forward(self, inp: HeadInput) -> Tensor:
+        logits = unpatchify(self.out(inp.pixels), self.tp, self.patch, self.patch, self.classes)
+        b, t, c, h, w = logits.shape
+        size = inp.batch["video"].shape[-2:]
+        if (h, w) != tuple(size):
+            logits = F.interpolate(logits.view(b * t, c, h, w), size=size, mode="bilinear",
+                                   align_corners=False).view(b, t, c, *size)
+        return logits
+
+    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        ce = F.cross_entropy(output.transpose(1, 2), targets["segmentation"], reduction="none")
+        return per_sample_mean(ce)

@@ -1,0 +1,115 @@
+"""Ingesting real containers (MP4/MOV/MKV/WebM, odd sizes and rates, with/without audio)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from veilfed.crypto.keys import FernetKey
+from veilfed.data import video
+from veilfed.data.ingest import ingest, load_labels
+from veilfed.data.scan import scan
+from veilfed.data.store import EncryptedStore
+from veilfed.errors import UsageError
+
+
+def make_video(path: Path, codec: str, size: tuple[int, int], fps: int, frames: int = 6,
+               pix_fmt: str = "yuv420p") -> bytes:
+    """A small real video file in ``path``'s container (no audio)."""
+    h, w = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        for t in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:, : (t + 1) * w // frames] = (200, 30, 90)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (8, 36, 48, 3), dtype=np.uint8)
+    audio = (0.2 * np.sin(np.linspace(0, 200, 16000))).astype(np.float32)
+    paths = {"mp4": src / "talk.mp4", "mkv": src / "nested" / "walk.mkv",
+             "webm": src / "wave.webm", "mov": src / "Still.MOV"}
+    paths["mp4"].write_bytes(video.encode_mp4(frames, audio, 8))
+    make_video(paths["mkv"], "mpeg4", (30, 40), 12)
+    make_video(paths["webm"], "libvpx", (24, 32), 25)
+    make_video(paths["mov"], "mjpeg", (50, 66), 5, pix_fmt="yuvj420p")
+    (src / "notes.txt").write_text("not a video")  # ignored inside directories
+    return paths
+
+
+def test_ingest_any_container(sources, tmp_path) -> None:
+    key = FernetKey.generate()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,action,sentiment,moderation,transcript\n"
+                      "talk.mp4,left,positive,1,hello there\nwalk,3,0,false,\n")
+    store = EncryptedStore.create(tmp_path / "store", key)
+    summary = ingest([tmp_path / "src"], store, labels)
+    assert summary.skipped == []
+    got = {c["clip_id"]: c for c in summary.ingested}
+    assert set(got) == {"talk", "walk", "wave", "Still"}
+    assert got["talk"]["has_audio"] and not got["walk"]["has_audio"]
+    assert (got["Still"]["width"], got["Still"]["height"]) == (66, 50)
+    reopened = EncryptedStore.open(store.root, key)
+    data, record = reopened.read("talk")
+    assert data == sources["mp4"].read_bytes()  # original bytes, losslessly
+    assert record["action"] == 1 and record["sentiment"] == 2 and record["moderation"] == 1.0
+    assert record["transcript"] == "hello there" and record["synthetic"] is False
+    assert reopened.read("walk")[1]["action"] == 3
+    decoded = video.decode(reopened.read("wave")[0], 4, (16, 16))
+    assert decoded.video.shape == (4, 16, 16, 3)
+    assert scan([tmp_path / "store"], [p.read_bytes() for p in sources.values()]) == []
+
+
+def test_unreadable_skipped_with_reason_and_duplicates(sources, tmp_path) -> None:
+    store = EncryptedStore.create(tmp_path / "store", FernetKey.generate())
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(sources["mp4"].read_bytes()[:300])
+    copy = tmp_path / "talk.mp4"
+    copy.write_bytes(sources["mp4"].read_bytes())
+    summary = ingest([sources["mp4"], copy, text, broken, tmp_path / "missing.mkv"], store)
+    assert [c["clip_id"] for c in summary.ingested] == ["talk"]
+    reasons = {Path(s["file"]).name: s["reason"] for s in summary.skipped}
+    assert set(reasons) == {"talk.mp4", "notes.txt", "broken.mp4", "missing.mkv"}
+    assert "same content" in reasons["talk.mp4"] and "video" in reasons["notes.txt"]
+    assert all("\n" not in r for r in reasons.values())
+    assert text.read_text() == "hello"  # inputs untouched
+
+
+def test_same_stem_gets_distinct_ids(sources, tmp_path) -> None:
+    store = EncryptedStore.create(tmp_path / "store", FernetKey.generate())
+    other = tmp_path / "other"
+    other.mkdir()
+    make_video(other / "talk.mkv", "mpeg4", (16, 16), 4)
+    summary = ingest([sources["mp4"], other / "talk.mkv"], store)
+    ids = [c["clip_id"] for c in summary.ingested]
+    assert ids[0] == "talk" and ids[1].startswith("talk-") and len(set(ids)) == 2
+
+
+def test_labels_json_and_bad_labels(tmp_path) -> None:
+    good = tmp_path / "l.json"
+    good.write_text(json.dumps([{"file": "a.mp4", "quality": 0.5, "note": "x"}]))
+    assert load_labels(good) == {"a.mp4": {"quality": 0.5, "note": "x"}}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,action\na.mp4,flying\n")
+    with pytest.raises(UsageError, match=r"entry 1 \(a.mp4\): field 'action' = 'flying'"):
+        load_labels(bad)
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("name,action\na.mp4,left\n")
+    with pytest.raises(UsageError, match="needs a 'file' column"):
+        load_labels(nocol)

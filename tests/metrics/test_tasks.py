@@ -1,0 +1,95 @@
+"""Task accumulators: head formats, masking, accumulation across batches, bad shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from veilfed.data.schema import ACTIONS, ANSWERS, OBJECT_CLASSES, TASKS
+from veilfed.errors import UsageError
+from veilfed.metrics import TASK_METRICS, compute_task_metrics
+
+C = len(OBJECT_CLASSES)
+
+
+def test_every_task_has_a_metric() -> None:
+    assert set(TASK_METRICS.names()) == set(TASKS)
+
+
+def test_mask_skips_unlabelled_samples() -> None:
+    logits = torch.eye(len(ACTIONS))[:4] * 5
+    targets = {"action": torch.tensor([0, 1, 7, 7])}
+    mask = torch.tensor([True, True, False, False])
+    assert compute_task_metrics("action", logits, targets, mask)["accuracy"] == 1.0
+    assert compute_task_metrics("action", logits, targets)["accuracy"] == 0.5
+    assert compute_task_metrics("action", logits, targets, torch.zeros(4, dtype=torch.bool)) == {}
+
+
+def _detection_batch(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(2, 3, 2, 2, generator=g) * 0.5
+    gt = torch.cat([xy, xy + 0.3], -1)
+    classes = torch.randint(0, C, (2, 3, 2), generator=g)
+    logits = torch.full((2, 3, 2, C + 1), -5.0)
+    logits.scatter_(-1, classes[..., None], 5.0)
+    jitter = torch.rand(gt.shape, generator=g) * 0.1
+    return {"boxes": gt + jitter, "logits": logits}, {"boxes": gt, "box_classes": classes}
+
+
+def test_detection_accumulates_like_one_batch() -> None:
+    (o1, t1), (o2, t2) = _detection_batch(0), _detection_batch(1)
+    meter = TASK_METRICS.build("detection")
+    meter.update(o1, t1)
+    meter.update(o2, t2)
+    joined = {k: torch.cat([o1[k], o2[k]]) for k in o1}
+    joined_t = {k: torch.cat([t1[k], t2[k]]) for k in t1}
+    assert meter.compute() == compute_task_metrics("detection", joined, joined_t)
+    perfect = {"boxes": t1["boxes"], "scores": torch.ones(2, 3, 2), "classes": t1["box_classes"]}
+    assert compute_task_metrics("detection", perfect, t1)["map50"] == pytest.approx(1.0)
+
+
+def test_segmentation_upsamples_low_resolution_logits() -> None:
+    gt = torch.zeros(1, 2, 8, 8, dtype=torch.long)
+    gt[..., :, 4:] = 2
+    logits = torch.zeros(1, 2, C + 1, 4, 4)
+    logits[..., 0, :, :2] = 1
+    logits[..., 2, :, 2:] = 1
+    res = compute_task_metrics("segmentation", logits, {"segmentation": gt})
+    assert res == {"miou": pytest.approx(1.0), "pixel_accuracy": pytest.approx(1.0)}
+
+
+def test_scalar_pixel_and_sequence_tasks() -> None:
+    assert compute_task_metrics(
+        "moderation", torch.tensor([[2.0], [-1.0]]), {"moderation": torch.tensor([1.0, 0.0])}
+    )["f1"] == pytest.approx(1.0)
+    q = compute_task_metrics("quality", torch.tensor([0.2, 0.4, 0.9]),
+                             {"quality": torch.tensor([0.1, 0.5, 1.0])})
+    assert q["mae"] == pytest.approx(0.1) and q["spearman"] == pytest.approx(1.0)
+    clean = torch.rand(2, 3, 3, 16, 16) * 0.8
+    r = compute_task_metrics("restoration", clean + 0.1, {"clean": clean})
+    assert r["psnr"] == pytest.approx(20.0, abs=1e-3) and r["ssim"] < 1.0
+    s = compute_task_metrics("summary", torch.tensor([[0.1, 0.5, 0.9], [0.9, 0.5, 0.1]]),
+                             {"keyframes": torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]])})
+    assert s["spearman"] == pytest.approx(0.0)  # mean of +1 and -1
+    answers = torch.tensor([[0, len(ANSWERS) - 1]])
+    qa = compute_task_metrics("qa", torch.nn.functional.one_hot(answers, len(ANSWERS)).float(),
+                              {"answers": answers})
+    assert qa["accuracy"] == 1.0
+    cap = torch.tensor([[1, 5, 6, 2, 0]])
+    logits = torch.nn.functional.one_hot(cap, 10).float()
+    res = TASK_METRICS.build("caption", ignore_ids=(0, 1, 2), eos_id=2)
+    res.update(logits, {"caption": cap})
+    assert res.compute()["token_f1"] == pytest.approx(1.0)
+    vis = torch.ones(1, 2, 7, dtype=torch.bool)
+    kp = torch.rand(1, 2, 7, 2)
+    pose = compute_task_metrics("pose", kp + 0.07, {"keypoints": kp, "keypoint_visible": vis})
+    assert pose["pck@0.05"] == 0.0 and pose["pck@0.1"] == 1.0
+
+
+def test_bad_output_shape_is_one_line_usage_error() -> None:
+    with pytest.raises(UsageError, match="action"):
+        compute_task_metrics("action", torch.zeros(2, 3), {"action": torch.zeros(2).long()})
+    with pytest.raises(UsageError, match="lack"):
+        compute_task_metrics("action", torch.zeros(2, len(ACTIONS)), {})
+    with pytest.raises(UsageError, match="unknown task metric"):
+        TASK_METRICS.build("nope")

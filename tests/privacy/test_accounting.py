@@ -1,0 +1,184 @@
+"""Persisted cumulative accounting: agreement with Opacus and dp-accounting, resume, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+
+from veilfed.errors import UsageError
+from veilfed.privacy.accounting import (
+    AccountantStore,
+    ClientAccountant,
+    attach,
+    calibrate_noise,
+    plan_round,
+)
+
+DELTA = 1e-5
+# Rounds a client joined: (noise multiplier, sample rate, steps); round 3 repeats round 1.
+ROUNDS = [(1.1, 0.05, 40), (1.3, 0.02, 100), (1.1, 0.05, 40)]
+
+
+def google_rdp(history: list[tuple[float, float, int]], delta: float = DELTA) -> float:
+    acc = rdp_privacy_accountant.RdpAccountant()
+    for sigma, q, n in history:
+        acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), n)
+    return acc.get_epsilon(delta)
+
+
+def test_cumulative_epsilon_matches_opacus_and_google() -> None:
+    acc = ClientAccountant("c0")
+    reference = RDPAccountant()
+    per_round = []
+    for sigma, q, n in ROUNDS:
+        acc.step(sigma, q, n)
+        for _ in range(n):  # Opacus records one call per optimizer step
+            reference.step(noise_multiplier=sigma, sample_rate=q)
+        per_round.append(google_rdp([(sigma, q, n)]))
+        assert acc.epsilon(DELTA) == reference.get_epsilon(DELTA)
+    total = acc.epsilon(DELTA)
+    assert acc.total_steps == 180
+    assert acc.history == ROUNDS
+    assert total == pytest.approx(google_rdp(ROUNDS), rel=0.01)
+    assert total > max(per_round) * 1.2  # cumulative, clearly not the last round alone
+
+
+def test_history_merges_consecutive_identical_segments() -> None:
+    acc = ClientAccountant("c0")
+    acc.step(1.0, 0.1, 3)
+    acc.step(1.0, 0.1, 2)
+    acc.step(0.9, 0.1, 1)
+    assert acc.history == [(1.0, 0.1, 5), (0.9, 0.1, 1)]
+    assert acc.total_steps == 6
+
+
+def test_state_round_trip_gives_identical_epsilon(tmp_path) -> None:
+    acc = ClientAccountant("node-7.a")
+    for sigma, q, n in ROUNDS:
+        acc.step(sigma, q, n)
+    acc.last_round, acc.last_report_hash, acc.reported_steps = 4, "ab" * 32, 180
+    restored = ClientAccountant.from_state_dict(json.loads(json.dumps(acc.state_dict())))
+    assert restored.epsilon(DELTA) == acc.epsilon(DELTA)
+    assert restored.state_dict() == acc.state_dict()
+
+    store = AccountantStore(tmp_path / "acc")
+    assert not store.exists("node-7.a")
+    assert store.load("node-7.a").total_steps == 0
+    store.save(acc)
+    loaded = store.load("node-7.a")
+    assert loaded.epsilon(DELTA) == acc.epsilon(DELTA)
+    assert (loaded.last_round, loaded.reported_steps) == (4, 180)
+    loaded.step(1.1, 0.05, 10)  # resumed history keeps growing
+    store.save(loaded)
+    assert store.load("node-7.a").total_steps == 190
+    assert [p.name for p in (tmp_path / "acc").iterdir()] == ["node-7.a.json"]
+
+
+def test_store_rejects_corrupt_or_mismatched_state(tmp_path) -> None:
+    store = AccountantStore(tmp_path)
+    acc = ClientAccountant("c1")
+    acc.step(1.0, 0.1, 5)
+    path = store.save(acc)
+    with pytest.raises(UsageError, match="kept with accountant 'rdp'"):
+        store.load("c1", mechanism="prv")
+    state = json.loads(path.read_text())
+    state["history"][0][2] = -3
+    path.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"c1.json: .*history\[0\]: steps"):
+        store.load("c1")
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="c1.json: cannot read accountant state"):
+        store.load("c1")
+    with pytest.raises(UsageError, match="client id"):
+        store.path("../evil")
+
+
+def test_budget_check_declines_with_reason() -> None:
+    acc = ClientAccountant("c2")
+    acc.step(1.0, 0.05, 100)
+    now = acc.epsilon(DELTA)
+    after = google_rdp([(1.0, 0.05, 200)])
+    budget = (now + after) / 2
+    assert not acc.would_exceed(after * 1.01, DELTA, 1.0, 0.05, 100)
+    assert acc.would_exceed(budget, DELTA, 1.0, 0.05, 100)
+    reason = acc.refusal(budget, DELTA, 1.0, 0.05, 100)
+    assert reason is not None and reason.startswith("client c2: declining to train")
+    assert f"> budget {budget:g}" in reason
+    assert acc.refusal(after * 1.01, DELTA, 1.0, 0.05, 100) is None
+    assert acc.total_steps == 100  # the trial did not spend anything
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
+def test_calibrate_noise_hits_target() -> None:
+    sigma = calibrate_noise(2.0, DELTA, 0.05, 200)
+    eps = google_rdp([(sigma, 0.05, 200)])
+    assert 1.95 <= eps <= 2.0 * 1.005
+    assert calibrate_noise(4.0, DELTA, 0.05, 200) < sigma
+    with pytest.raises(UsageError, match="cannot reach epsilon"):
+        calibrate_noise(1e-6, DELTA, 1.0, 10_000)
+    with pytest.raises(UsageError, match="sample_rate"):
+        calibrate_noise(1.0, DELTA, 1.5, 10)
+
+
+def test_plan_round_matches_opacus_loader() -> None:
+    plan = plan_round(dataset_size=10, batch_size=4, local_epochs=2)
+    assert (plan.steps_per_epoch, plan.steps) == (3, 6)
+    assert plan.sample_rate == 1 / 3
+    with pytest.raises(UsageError, match="batch_size"):
+        plan_round(10, 0, 1)
+
+
+def test_other_mechanisms() -> None:
+    rdp, prv = ClientAccountant("c3", "rdp"), ClientAccountant("c3", "prv")
+    for acc in (rdp, prv):
+        acc.step(1.0, 0.05, 100)
+    assert 0 < prv.epsilon(DELTA) < rdp.epsilon(DELTA)
+    with pytest.warns(UserWarning):
+        gdp = ClientAccountant("c3", "gdp")
+    gdp.step(1.0, 0.05, 10)
+    with pytest.raises(UsageError, match="constant noise multiplier"):
+        gdp.step(2.0, 0.05, 10)
+    with pytest.raises(UsageError, match="unknown accountant"):
+        ClientAccountant("c3", "moments")
+
+
+def _train_round(acc: ClientAccountant, sigma: float) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = PrivacyEngine(accountant=acc.mechanism)
+    attach(engine, acc)
+    model, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+    )
+    for x, y in loader:  # 2 Poisson batches
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_attach_records_real_opacus_training_across_rounds(tmp_path) -> None:
+    store = AccountantStore(tmp_path)
+    acc = store.load("c4")
+    _train_round(acc, 1.5)
+    assert acc.history == [(1.5, 0.5, 2)]
+    store.save(acc)
+    acc = store.load("c4")  # next round, fresh PrivacyEngine, same persisted history
+    _train_round(acc, 1.5)
+    assert acc.total_steps == 4
+    assert acc.epsilon(DELTA) == pytest.approx(google_rdp([(1.5, 0.5, 4)]), rel=0.01)
+    assert acc.epsilon(DELTA) > google_rdp([(1.5, 0.5, 2)])
