@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import zlib
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
 from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
 from veilfed.coordinator.settings import SimSettings
 from veilfed.coordinator.strategies import UNIT_WEIGHT_KEY, WEIGHT_KEY
@@ -39,6 +41,10 @@ def injected_failure(seed: int, cid: str, rnd: int, rate: float) -> bool:
         return False
     h = zlib.crc32(f"{seed}/{cid}/{rnd}".encode())
     return h / 2**32 < rate
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 @app.query()
@@ -72,9 +78,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss}
     )
-    content = RecordDict(
-        {"arrays": ArrayRecord(result.arrays), "metrics": metrics, REPLY_KEY: info}
-    )
+    content = RecordDict({"arrays": _record(result.arrays), "metrics": metrics, REPLY_KEY: info})
     return Message(content, reply_to=msg)
 
 

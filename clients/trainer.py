@@ -10,6 +10,7 @@ re-run of the same round is bit-identical (see ``node.py`` for why that matters)
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import zlib
@@ -35,7 +36,9 @@ class RoundResult:
 
 
 def _seed(settings: SimSettings, cid: str, rnd: int) -> int:
-    return int(np.random.SeedSequence([settings.seed, zlib.crc32(cid.encode()), rnd]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([settings.seed, zlib.crc32(cid.encode()), rnd]).generate_state(1)[0]
+    )
 
 
 def _threads() -> None:
@@ -47,9 +50,9 @@ def _threads() -> None:
 def _experiment(config_json: str) -> Any:
     import json
 
-    from veilfed.config import ExperimentConfig
+    from veilfed.config import parse_config
 
-    return ExperimentConfig.from_dict(json.loads(config_json), source="run settings")
+    return parse_config(json.loads(config_json), "run settings")
 
 
 def experiment(settings: SimSettings) -> Any:
@@ -86,7 +89,8 @@ def _dataset(settings: SimSettings, ids: list[str]) -> Any:
     from veilfed.data.dataset import ClipDataset
 
     exp = experiment(settings)
-    return ClipDataset(_store(settings.store, settings.key_file), exp.world, ids=ids)
+    world = exp.world.world_config()
+    return ClipDataset(_store(settings.store, settings.key_file), world, ids=ids)
 
 
 def _model(settings: SimSettings, arrays: dict[str, np.ndarray] | None) -> torch.nn.Module:
@@ -110,29 +114,73 @@ def initial_arrays(settings: SimSettings) -> dict[str, np.ndarray]:
     return _numpy_state(_model(settings, None))
 
 
-def noise_multiplier(settings: SimSettings, sample_rate: float, steps_per_round: int) -> float:
-    """σ as given, or calibrated so that *every* planned round together stays within ε."""
+def _memoize_rdp() -> None:
+    """Cache Opacus' per-order RDP of the sampled Gaussian, a pure function of (q, σ, α).
+
+    ε is queried several times per client-round (budget check, report) and each query costs
+    ~1 s of pure-Python series evaluation at fractional orders; clients of a run share (q, σ),
+    so a long-lived Ray actor computes them once. Results are unchanged (same function).
+    """
+    from opacus.accountants.analysis import rdp
+
+    if not hasattr(rdp._compute_rdp, "cache_info"):
+        rdp._compute_rdp = functools.lru_cache(maxsize=65536)(rdp._compute_rdp)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
     from veilfed.privacy.accounting import calibrate_noise
 
+    return calibrate_noise(epsilon, delta, rate, steps, accountant=accountant)
+
+
+def noise_multiplier(settings: SimSettings, sample_rate: float, steps_per_round: int) -> float:
+    """σ as given, or calibrated so that *every* planned round together stays within ε."""
     p = settings.privacy
     if p.noise_multiplier > 0:
         return p.noise_multiplier
-    return calibrate_noise(
-        p.epsilon,
-        p.delta,
-        sample_rate,
-        steps_per_round * settings.federated.rounds,
-        accountant=p.accountant,
+    _memoize_rdp()
+    return _calibrated(
+        p.epsilon, p.delta, sample_rate, steps_per_round * settings.federated.rounds, p.accountant
     )
 
 
-def _proximal(model: torch.nn.Module, anchor: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
-    """FedProx term μ/2·‖w − w_global‖² (its gradient is clipped and noised like the rest)."""
-    total = torch.zeros(())
+def _proximal_step(model: torch.nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
+    """FedProx: pull weights towards the global model, w -= lr·μ·(w − w_global).
+
+    Applied as its own step after the DP step rather than inside the loss: the term does not
+    depend on data, so it costs no privacy, and Opacus would otherwise drop its gradient (it
+    replaces ``.grad`` with the noised sum of per-sample gradients).
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.sub_(rate * (param - anchor[name]))
+
+
+_UNUSED: dict[str, frozenset[str]] = {}
+
+
+def _freeze_unused(settings: SimSettings, model: torch.nn.Module, dataset: Any) -> None:
+    """Freeze parameters the configured tasks never reach (e.g. pixel decoder without pixel
+    tasks): Opacus needs a per-sample gradient for every trainable parameter. Found once per
+    config with one plain backward pass on one sample."""
+    import json
+
+    from veilfed.data.dataset import collate
+
+    key = json.dumps(settings.config, sort_keys=True)
+    if key not in _UNUSED:
+        probe = copy.deepcopy(model)
+        batch = collate([dataset[0]])
+        loss, _ = probe.loss(probe(batch), batch)
+        loss.backward()
+        _UNUSED[key] = frozenset(
+            n for n, q in probe.named_parameters() if q.requires_grad and q.grad is None
+        )
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            total = total + (param - anchor[name]).pow(2).sum()
-    return 0.5 * mu * total
+        if name in _UNUSED[key]:
+            param.requires_grad_(False)
 
 
 def train_round(
@@ -144,7 +192,7 @@ def train_round(
 ) -> RoundResult:
     """One local round of (DP-)SGD on the client's training split, starting from ``arrays``."""
     from veilfed.data.dataset import collate
-    from veilfed.privacy.accounting import attach, plan_round
+    from veilfed.privacy.accounting import plan_round
     from veilfed.privacy.reports import record_round, sign
 
     _threads()
@@ -158,6 +206,7 @@ def train_round(
     acc = None
     sigma = 0.0
     if p.enabled:
+        _memoize_rdp()
         acc = node.accountant_before(rnd, p.accountant)
         sigma = noise_multiplier(settings, plan.sample_rate, plan.steps)
         reason = acc.refusal(p.epsilon_budget, p.delta, sigma, plan.sample_rate, plan.steps)
@@ -166,41 +215,49 @@ def train_round(
 
     model = _model(settings, arrays)
     model.train()
+    dataset = _dataset(settings, train_ids)
+    _freeze_unused(settings, model, dataset)
     anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=exp.train.lr, momentum=0.0)
-    loader = DataLoader(_dataset(settings, train_ids), batch_size=batch_size, collate_fn=collate)
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=exp.train.lr)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     net: torch.nn.Module = model
     if acc is not None:
-        from opacus import PrivacyEngine
+        from veilfed.train import make_private
 
-        engine = PrivacyEngine(accountant=p.accountant)
-        attach(engine, acc)
-        net, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=p.max_grad_norm,
-            poisson_sampling=True,
+        # hooks mode: its per-sample grads let an empty Poisson batch take a noise-only step.
+        net, optimizer, loader, _ = make_private(
+            model,
+            optimizer,
+            loader,
+            sigma,
+            p.max_grad_norm,
+            mode="hooks",
+            accountant=acc.opacus,
+            accountant_kind=p.accountant,
         )
     losses: list[float] = []
     for _ in range(settings.federated.local_epochs):
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             if _batch_size(batch) == 0:
-                optimizer.step()  # an empty Poisson batch is still a (noise-only) DP step
+                if acc is not None:
+                    _noise_only_step(optimizer)
                 continue
             outputs = net(batch)
             loss, _ = model.loss(outputs, batch)
-            if proximal_mu > 0:
-                loss = loss + _proximal(model, anchor, proximal_mu)
             loss.backward()
             optimizer.step()
+            if proximal_mu > 0:
+                _proximal_step(model, anchor, exp.train.lr * proximal_mu)
             losses.append(float(loss.detach()))
     report = None
     if acc is not None:
         rep = record_round(
-            acc, round=rnd, max_grad_norm=p.max_grad_norm, delta=p.delta,
+            acc,
+            round=rnd,
+            max_grad_norm=p.max_grad_norm,
+            delta=p.delta,
             epsilon_budget=p.epsilon_budget,
         )
         if settings.federated.sign_reports:
@@ -217,6 +274,17 @@ def train_round(
         float(np.mean(losses)) if losses else math.nan,
         report,
     )
+
+
+def _noise_only_step(optimizer: Any) -> None:
+    """An empty Poisson batch is still a DP step: zero per-sample grads, noise added, counted.
+
+    Skipping it would reveal that the batch was empty; Opacus clips/noises a 0-row grad_sample
+    and its accountant hook records the step like any other.
+    """
+    for param in optimizer.params:
+        param.grad_sample = param.new_zeros((0, *param.shape))
+    optimizer.step()
 
 
 def _batch_size(batch: Any) -> int:

@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+
 from veilfed.coordinator import checkpoint as ckpt_io
 from veilfed.coordinator.aggregation import screen_update
 from veilfed.coordinator.settings import SimSettings
 from veilfed.coordinator.strategies import (
-    UNIT_WEIGHT_KEY,
     WEIGHT_KEY,
     FixedNodes,
     build_strategy,
@@ -190,7 +189,10 @@ class Coordinator:
         config = ConfigRecord({"run-dir": str(self.run_dir)})
         messages = list(
             self.strategy.configure_train(
-                rnd, global_rec, config, FixedNodes(sorted(cid_of))  # type: ignore[arg-type]
+                rnd,
+                global_rec,
+                config,
+                FixedNodes(sorted(cid_of)),  # type: ignore[arg-type]
             )
         )
         replies = list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout_s))
@@ -229,7 +231,9 @@ class Coordinator:
             if arrays is not None:
                 new = {k: a.numpy() for k, a in arrays.items()}
                 # Aggregation may promote dtypes (e.g. int buffers); keep the model's own.
-                self.arrays = {k: new[k].astype(v.dtype, copy=False) for k, v in self.arrays.items()}
+                self.arrays = {
+                    k: new[k].astype(v.dtype, copy=False) for k, v in self.arrays.items()
+                }
                 rlog.aggregated = True
                 self.releases += 1
         else:

@@ -50,6 +50,7 @@ class FederatedConfig:
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
     sign_reports: bool = True  # clients sign privacy reports; coordinator verifies them
+    budget: float = 0.0  # per-client ε budget; 0: the target ε ([privacy].epsilon / --epsilon)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
@@ -106,9 +107,13 @@ class FederatedConfig:
             raise UsageError(f"{where}.local_epochs must be >= 1 (got {self.local_epochs})")
         if not 0 <= self.trim_beta < 0.5:
             raise UsageError(f"{where}.trim_beta must be in [0, 0.5) (got {self.trim_beta})")
-        if self.norm_bound < 0 or self.cpus_per_client <= 0 or self.round_timeout_s <= 0:
+        if (
+            min(self.norm_bound, self.budget) < 0
+            or min(self.cpus_per_client, self.round_timeout_s) <= 0
+        ):
             raise UsageError(
-                f"{where}: norm_bound must be >= 0, cpus_per_client and round_timeout_s > 0"
+                f"{where}: norm_bound and budget must be >= 0, cpus_per_client and "
+                "round_timeout_s > 0"
             )
 
     @property

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -25,6 +24,7 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Strategy,
 )
+
 from veilfed.errors import UsageError
 from veilfed.registry import Registry
 

@@ -83,7 +83,7 @@ class TrainSection:
     weight_decay: float = 0.0
     epochs: int = 1
     steps: int = 0  # > 0: train this many steps instead of ``epochs``
-    augmentations: list[str] = field(default_factory=list)
+    augmentations: list[str | dict[str, Any]] = field(default_factory=list)  # veilfed.augment
     seed: int = 0
     threads: int = 0  # torch threads; 0 = leave torch's default
 
@@ -116,6 +116,7 @@ class ExperimentConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     federated: dict[str, Any] = field(default_factory=dict)
     he: dict[str, Any] = field(default_factory=dict)
+    canary: dict[str, Any] = field(default_factory=dict)  # veilfed.privacy.canary validates it
 
 
 def _type_name(tp: Any) -> str:
@@ -260,6 +261,7 @@ def validate(cfg: ExperimentConfig) -> None:
             f"world: frames ({cfg.world.frames}) must be even and size ({cfg.world.size}) "
             "a multiple of 8 (the video encoder's strides)"
         )
+    _validate_augmentations(cfg.train.augmentations)
     p = cfg.privacy
     if p.mode not in ("auto", "hooks", "ghost"):
         raise UsageError(f"privacy.mode: {p.mode!r}; valid: auto, ghost, hooks")
@@ -267,3 +269,12 @@ def validate(cfg: ExperimentConfig) -> None:
         raise UsageError("privacy: enabled needs noise_multiplier or epsilon")
     if p.max_grad_norm <= 0:
         raise UsageError("privacy.max_grad_norm: must be > 0")
+
+
+def _validate_augmentations(specs: list[str | dict[str, Any]]) -> None:
+    from veilfed.augment import build_augmentations
+
+    try:
+        build_augmentations(specs)
+    except UsageError as exc:
+        raise UsageError(f"train.augmentations: {exc}") from None

@@ -109,8 +109,11 @@ class FrequencyMask(_AudioAugmentation):
 
     def __init__(self, max_hz: float = 1000.0, masks: int = 1, p: float = 0.5) -> None:
         super().__init__(p)
-        _check("freq_mask", 0 <= max_hz <= SAMPLE_RATE / 2 and masks >= 0,
-               f"max_hz must be in [0, {SAMPLE_RATE // 2}] and masks >= 0")
+        _check(
+            "freq_mask",
+            0 <= max_hz <= SAMPLE_RATE / 2 and masks >= 0,
+            f"max_hz must be in [0, {SAMPLE_RATE // 2}] and masks >= 0",
+        )
         self.max_hz, self.masks = max_hz, masks
 
     def wave(self, audio: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ same QA answers and words in transcript, caption and questions, and — for hori
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -29,13 +30,18 @@ _MIN_BOX_PIXELS = 1.0
 
 def _pairs(low: float, high: float, name: str, lo: float, hi: float) -> tuple[float, float]:
     if not lo <= low <= high <= hi:
-        raise UsageError(f"augmentation {name}: range ({low}, {high}) must satisfy "
-                         f"{lo} <= low <= high <= {hi}")
+        raise UsageError(
+            f"augmentation {name}: range ({low}, {high}) must satisfy {lo} <= low <= high <= {hi}"
+        )
     return float(low), float(high)
 
 
-def apply_spatial(sample: Sample, transform: Any) -> Sample:
-    """Run a v2 transform on the clip and every aligned target; ``sample`` is a fresh copy."""
+def apply_spatial(sample: Sample, transform: Any, keypoints: bool = True) -> Sample:
+    """Run a v2 transform on the clip and every aligned target; ``sample`` is a fresh copy.
+
+    ``keypoints=False`` leaves keypoints to the caller: torchvision flips them as pixel indices
+    (x -> W - 1 - x) while boxes and every other op use continuous coordinates (x -> W - x).
+    """
     video: torch.Tensor = sample["video"]
     h, w = video.shape[-2:]
     tg = sample.get("targets", {})
@@ -48,7 +54,7 @@ def apply_spatial(sample: Sample, transform: Any) -> Sample:
     if "boxes" in tg:
         abs_boxes = tg["boxes"].reshape(-1, 4) * torch.tensor([w, h, w, h])
         inputs["boxes"] = tv.BoundingBoxes(abs_boxes, format="XYXY", canvas_size=(h, w))
-    if "keypoints" in tg:
+    if keypoints and "keypoints" in tg:
         abs_kp = tg["keypoints"].reshape(-1, 2) * torch.tensor([w, h])
         inputs["keypoints"] = tv.KeyPoints(abs_kp, canvas_size=(h, w))
     out = transform(inputs)
@@ -66,8 +72,9 @@ def apply_spatial(sample: Sample, transform: Any) -> Sample:
         alive &= tg["box_classes"] >= 0
         scale = torch.tensor([ow, oh, ow, oh], dtype=b.dtype)
         tg["boxes"] = torch.where(alive[..., None], b / scale, torch.zeros_like(b))
-        tg["box_classes"] = torch.where(alive, tg["box_classes"], torch.full_like(alive, -1,
-                                                                                  dtype=torch.long))
+        tg["box_classes"] = torch.where(
+            alive, tg["box_classes"], torch.full_like(alive, -1, dtype=torch.long)
+        )
     if "keypoints" in out:
         k = out["keypoints"].as_subclass(torch.Tensor).reshape(tg["keypoints"].shape)
         k = k / torch.tensor([ow, oh], dtype=k.dtype)
@@ -83,6 +90,12 @@ def _swap(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return out
 
 
+@functools.cache
+def _word_id(word: str) -> int:
+    """Token id of a world word; fixed because schema.WORDS come first in every vocabulary."""
+    return Tokenizer().encode(word, 1)[0]
+
+
 def _swap_direction(sample: Sample, a: str, b: str) -> None:
     """Relabel everything that names direction ``a`` as ``b`` and vice versa (after a flip)."""
     tg = sample.get("targets", {})
@@ -90,9 +103,7 @@ def _swap_direction(sample: Sample, a: str, b: str) -> None:
         tg["action"] = _swap(tg["action"], ACTIONS.index(a), ACTIONS.index(b))
     if "answers" in tg:
         tg["answers"] = _swap(tg["answers"], ANSWERS.index(a), ANSWERS.index(b))
-    # Tokenizer ids of the world's words are fixed: schema.WORDS come first in every vocabulary.
-    tok = Tokenizer()
-    ia, ib = tok.encode(a, 1)[0], tok.encode(b, 1)[0]
+    ia, ib = _word_id(a), _word_id(b)
     if "text" in sample:
         sample["text"] = _swap(sample["text"], ia, ib)
     for key in ("caption", "questions"):
@@ -101,8 +112,10 @@ def _swap_direction(sample: Sample, a: str, b: str) -> None:
 
 
 _LR_PERM = [
-    KEYPOINTS.index(n.replace("left_", "right_", 1)) if n.startswith("left_")
-    else KEYPOINTS.index(n.replace("right_", "left_", 1)) if n.startswith("right_")
+    KEYPOINTS.index(n.replace("left_", "right_", 1))
+    if n.startswith("left_")
+    else KEYPOINTS.index(n.replace("right_", "left_", 1))
+    if n.startswith("right_")
     else i
     for i, n in enumerate(KEYPOINTS)
 ]
@@ -113,10 +126,12 @@ class HorizontalFlip(Augmentation):
     """Mirror left-right; relabels left/right actions, answers, words and keypoints."""
 
     def apply(self, sample: Sample) -> Sample:
-        sample = apply_spatial(sample, v2.RandomHorizontalFlip(p=1.0))
+        sample = apply_spatial(sample, v2.RandomHorizontalFlip(p=1.0), keypoints=False)
         tg = sample.get("targets", {})
         if "keypoints" in tg:
-            tg["keypoints"] = tg["keypoints"][..., _LR_PERM, :]
+            kp = tg["keypoints"].clone()
+            kp[..., 0] = 1 - kp[..., 0]
+            tg["keypoints"] = kp[..., _LR_PERM, :]
             tg["keypoint_visible"] = tg["keypoint_visible"][..., _LR_PERM]
         _swap_direction(sample, "left", "right")
         return sample
@@ -127,7 +142,12 @@ class VerticalFlip(Augmentation):
     """Mirror top-bottom; relabels up/down actions, answers and words."""
 
     def apply(self, sample: Sample) -> Sample:
-        sample = apply_spatial(sample, v2.RandomVerticalFlip(p=1.0))
+        sample = apply_spatial(sample, v2.RandomVerticalFlip(p=1.0), keypoints=False)
+        tg = sample.get("targets", {})
+        if "keypoints" in tg:
+            kp = tg["keypoints"].clone()
+            kp[..., 1] = 1 - kp[..., 1]
+            tg["keypoints"] = kp
         _swap_direction(sample, "up", "down")
         return sample
 
@@ -136,16 +156,21 @@ class VerticalFlip(Augmentation):
 class RandomResizedCrop(Augmentation):
     """Crop a random area fraction in ``scale`` and resize back to the clip's size."""
 
-    def __init__(self, scale: tuple[float, float] = (0.7, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), p: float = 0.5) -> None:
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.7, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        p: float = 0.5,
+    ) -> None:
         super().__init__(p)
         self.scale = _pairs(*scale, "random_resized_crop scale", 0.05, 1.0)
         self.ratio = _pairs(*ratio, "random_resized_crop ratio", 0.1, 10.0)
 
     def apply(self, sample: Sample) -> Sample:
         size = tuple(sample["video"].shape[-2:])
-        return apply_spatial(sample, v2.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio,
-                                                          antialias=True))
+        return apply_spatial(
+            sample, v2.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio, antialias=True)
+        )
 
 
 @AUGMENTATIONS.register("scale")
@@ -157,7 +182,10 @@ class RandomScale(Augmentation):
         self.factor = _pairs(*factor, "scale factor", 0.1, 10.0)
 
     def apply(self, sample: Sample) -> Sample:
-        return apply_spatial(sample, v2.RandomAffine(degrees=0, scale=self.factor))
+        bilinear = v2.InterpolationMode.BILINEAR  # masks always use nearest
+        return apply_spatial(
+            sample, v2.RandomAffine(degrees=0, scale=self.factor, interpolation=bilinear)
+        )
 
 
 @AUGMENTATIONS.register("rotation")
@@ -167,12 +195,15 @@ class RandomRotation(Augmentation):
     def __init__(self, degrees: float = 10.0, p: float = 0.5) -> None:
         super().__init__(p)
         if not 0 <= degrees <= MAX_ROTATION_DEGREES:
-            raise UsageError(f"augmentation rotation: degrees={degrees} must be in "
-                             f"[0, {MAX_ROTATION_DEGREES:g}] so direction labels stay true")
+            raise UsageError(
+                f"augmentation rotation: degrees={degrees} must be in "
+                f"[0, {MAX_ROTATION_DEGREES:g}] so direction labels stay true"
+            )
         self.degrees = float(degrees)
 
     def apply(self, sample: Sample) -> Sample:
-        return apply_spatial(sample, v2.RandomRotation(self.degrees))
+        bilinear = v2.InterpolationMode.BILINEAR  # masks always use nearest
+        return apply_spatial(sample, v2.RandomRotation(self.degrees, interpolation=bilinear))
 
 
 @AUGMENTATIONS.register("color_jitter")
@@ -183,13 +214,23 @@ class ColorJitter(Augmentation):
     would make the answer wrong.
     """
 
-    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
-                 hue: float = 0.02, p: float = 0.5) -> None:
+    def __init__(
+        self,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.02,
+        p: float = 0.5,
+    ) -> None:
         super().__init__(p)
         if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
             raise UsageError("augmentation color_jitter: strengths must be >= 0 and hue <= 0.5")
         self.brightness, self.contrast, self.saturation, self.hue = (
-            brightness, contrast, saturation, hue)
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        )
 
     def apply(self, sample: Sample) -> Sample:
         jitter = v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 import click
 import typer
 from typer.core import TyperGroup
-from veilfed.cli.common import console, handle_errors
+
+from veilfed.cli.common import handle_errors, print_json
 from veilfed.errors import CheckFailed
 from veilfed.io import write_bytes_atomic, write_text_atomic
 
@@ -42,6 +45,24 @@ class Format(StrEnum):
 
 
 PLOT_FILE = "eps_by_round.png"
+# An unreachable tracking server must fail in seconds with one line, not retry for minutes.
+_MLFLOW_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+@contextlib.contextmanager
+def _fail_fast_mlflow() -> Iterator[None]:
+    """Apply ``_MLFLOW_ENV`` where the user has not set these variables; restore afterwards."""
+    added = [k for k in _MLFLOW_ENV if k not in os.environ]
+    os.environ.update({k: _MLFLOW_ENV[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _render(result: AuditResult, fmt: Format, with_plot_file: bool) -> tuple[str, bytes | None]:
@@ -75,18 +96,21 @@ def run(
         Path | None,
         typer.Option("--out", help="Write audit.<format> (and the plot) here; else stdout."),
     ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys", help="Registered public keys (<client>.pub); default: the run's privacy/keys."
+        ),
+    ] = None,
 ) -> None:
     """Verify signatures and hash chains, recompute every ε (RDP, PLD), flag violations.
 
     The store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     """
-    # An unreachable tracking server must fail fast with one line, not retry for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from veilfed.privacy.audit import audit_run
 
-    result = audit_run(run_id, budget=budget, delta=delta, tolerance=tolerance)
+    with _fail_fast_mlflow():
+        result = audit_run(run_id, budget=budget, delta=delta, tolerance=tolerance, keys_dir=keys)
     text, png = _render(result, fmt, with_plot_file=out is not None)
     if out is None:
         typer.echo(text, nl=False)
@@ -95,8 +119,38 @@ def run(
             write_bytes_atomic(out / PLOT_FILE, png)
         target = out / f"audit.{fmt.value}"
         write_text_atomic(target, text)
-        console.print(f"audit report written to {target}")
+        typer.echo(f"wrote {target}")
     if not result.ok:
         first = result.violations[0]
         more = len(result.violations) - 1
         raise CheckFailed(f"{first}" + (f" (and {more} more violation(s))" if more else ""))
+
+
+@app.command("canary")
+@handle_errors
+def canary(
+    config: Annotated[
+        Path, typer.Option("--config", help="Experiment TOML: [privacy] and optional [canary].")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Empirical ε lower bound from one DP-SGD run with canaries; exit 1 if above the claim."""
+    from veilfed.privacy.canary import load_canary_config, run_canary_audit
+
+    settings, dp = load_canary_config(config)
+    result = run_canary_audit(settings, dp)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        typer.echo(
+            f"canary audit: {result.correct}/{result.guesses} guesses correct over "
+            f"{result.canaries} canaries ({result.included} included); epsilon lower bound "
+            f"{result.epsilon_lower:.3f} at {result.confidence:.0%} confidence vs claimed "
+            f"{result.epsilon_claimed:.3f} (delta={result.delta:g}, sigma="
+            f"{result.noise_multiplier:.3g}, q={result.sample_rate:.3g}, steps={result.steps})"
+        )
+    if not result.ok:
+        raise CheckFailed(
+            f"{config}: empirical epsilon lower bound {result.epsilon_lower:.3f} exceeds the "
+            f"claimed {result.epsilon_claimed:.3f}; the DP-SGD pipeline leaks more than it accounts"
+        )

@@ -86,13 +86,18 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Encrypt real videos (MP4/MOV/MKV/WebM) into a store; exit 2 if nothing was ingested."""
+    import shutil
+
     from veilfed.crypto.keys import read_key_file
     from veilfed.data.ingest import ingest
     from veilfed.data.store import EncryptedStore
 
     key = read_key_file(key_file)
+    new_store = not store.exists()
     enc = EncryptedStore.create(store, key, exist_ok=True)
     summary = ingest(sources, enc, labels).to_json()
+    if new_store and not summary["ingested"]:
+        shutil.rmtree(store)  # leave no empty store behind a failed first ingest
     if as_json:
         print_json(summary)
     else:

@@ -18,7 +18,7 @@ def _describe(ctx: HEContext) -> dict[str, Any]:
     p = ctx.params
     return {
         "key_id": ctx.key_id,
-        "secret": ctx.is_private,
+        "kind": "secret" if ctx.is_private else "public",
         "params": p.to_dict(),
         "slots": p.slots,
         "capacity": p.capacity,
@@ -45,8 +45,8 @@ def keygen_cmd(
     """Write secret.ctx (clients, mode 0600) and public.ctx (coordinator, no secret key)."""
     params = HEParams.for_bounds(max_abs_update, max_total_weight, tolerance)
     secret_path, public_path = keygen(out, params, force=force)
-    summary = {"secret": str(secret_path), "public": str(public_path)}
-    summary |= _describe(load_context(secret_path, require_secret=True))
+    summary = _describe(load_context(public_path, require_secret=False))
+    summary |= {"secret_context": str(secret_path), "public_context": str(public_path)}
     if json_out:
         print_json(summary)
     else:
@@ -73,9 +73,8 @@ def info_cmd(
         print_json(summary)
     else:
         p = summary["params"]
-        kind = "secret" if summary["secret"] else "public"
         print(
-            f"{path}: {kind} CKKS context, key id {summary['key_id']}, "
+            f"{path}: {summary['kind']} CKKS context, key id {summary['key_id']}, "
             f"N={p['poly_modulus_degree']} moduli={p['coeff_mod_bit_sizes']} "
             f"scale=2^{p['global_scale_bits']}"
         )

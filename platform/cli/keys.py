@@ -63,5 +63,7 @@ def rotate_cmd(
     if as_json:
         print_json({"store": str(store), "clips": n, "key_id": new.key_id})
     else:
-        print(f"{store}: {n} clips re-encrypted under key {new.key_id}; the old key no longer "
-              "opens it")
+        print(
+            f"{store}: {n} clips re-encrypted under key {new.key_id}; the old key no longer "
+            "opens it"
+        )

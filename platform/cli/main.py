@@ -20,6 +20,12 @@ _GROUPS: list[tuple[str, str | None, str]] = [
     ("audit", "audit", "Verify a run's signed ε claims (veilfed audit RUN_ID); canary audit."),
     ("keys", "keys", "Fernet key files and store key rotation."),
     ("he", "he", "CKKS keys for secure aggregation: secret (clients) and public (coordinator)."),
+    ("simulate", None, "Federated DP simulation on Ray."),
+    ("certs", "certs", "CA, coordinator TLS certificate and node auth keys for deployment."),
+    ("coordinator", "coordinator", "Run the SuperLink and the veilfed ServerApp (deployment)."),
+    ("node", "node", "Run a SuperNode with the veilfed ClientApp on its shard (deployment)."),
+    ("model", "model", "Model registries; Opacus check of every model combination."),
+    ("train", None, "Centralized training (DP-SGD optional)."),
 ]
 
 for _module, _name, _help in _GROUPS:

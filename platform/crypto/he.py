@@ -2,13 +2,17 @@
 
 Protocol (docs/he.md): a client flattens its (already DP-noised) update, checks it is finite and
 within the bounds the parameters were sized for, multiplies it by its sample count and appends the
-count as one extra slot, then encrypts the vector in as few ciphertexts as the ring allows. The
-coordinator, holding only the public context, checks each message's key id and shape, sums the
-ciphertexts chunk by chunk and returns the encrypted sum. Each client decrypts, checks that the
-summed count decrypts to an integer (a foreign-key or wrapped-around sum does not) and divides.
+count as one extra value, then encrypts the vector in as few ciphertexts as the ring allows, each
+ciphertext's last slot holding 1.0. The coordinator, holding only the public context, checks each
+message's key id, checksum and shape, sums the ciphertexts chunk by chunk and returns the
+encrypted sum. Each client decrypts, checks that every chunk's last slot decrypts to the number of
+clients summed (a chunk under a foreign key, corrupted, or wrapped around the modulus does not)
+and that the total sample count is an integer, then divides.
 
 Wire format of :class:`EncryptedUpdate`: ``MAGIC`` + 4-byte big-endian header length + JSON header
-+ the serialized CKKS chunks back to back (their lengths are in the header, so truncation shows).
++ the serialized CKKS chunks back to back (their lengths and CRC-32s are in the header: a forger
+can recompute any checksum, so it only has to catch accidents, and CRC-32 is 3x cheaper than SHA-256
+on these tens of megabytes).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import math
 import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,17 +58,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"VFHEUPD1"
-# Half-width of the band around an integer the decrypted total sample count must fall in. Honest
-# noise there is < 1e-4 for every parameter set here; a sum containing a ciphertext under another
-# key (or one that wrapped around the modulus) is uniform, so it is caught with probability ~98%.
-WEIGHT_TOLERANCE = 0.01
+# Half-width of the band around an integer the check slots and the total sample count must decrypt
+# into. Honest noise there is < 1e-4 for every parameter set here; a chunk under another key,
+# corrupted, or wrapped around the modulus decrypts to values spread over the whole capacity, so
+# its check slot lands within the band of the known client count with probability ~0.02/capacity.
+COUNT_TOLERANCE = 0.01
 
 
 @dataclass
 class EncryptedUpdate:
     """One client's encrypted, weighted update, or the coordinator's encrypted sum of several.
 
-    ``size`` counts model values; the chunks hold ``size + 1`` slots, the last being the weight.
+    ``size`` counts model values; the chunks hold the ``size`` weighted values then the weight,
+    ``slots - 1`` per chunk, and a last check slot of 1.0 each (see :func:`chunk_layout`).
     ``attested`` records the bounds the client(s) enforced before encrypting (the coordinator cannot
     check them itself); timings are for MLflow (``he/encrypt_ms``, ``he/aggregate_ms``).
     """
@@ -78,6 +85,7 @@ class EncryptedUpdate:
 
     def _header(self) -> bytes:
         header = {
+            "crc32": [zlib.crc32(c) for c in self.chunks],
             "key_id": self.key_id,
             "size": self.size,
             "clients": self.clients,
@@ -106,6 +114,7 @@ class EncryptedUpdate:
         try:
             h = json.loads(blob[start : start + hsize])
             lengths = [int(n) for n in h["chunks"]]
+            crcs = [int(c) for c in h["crc32"]]
             update = cls(
                 key_id=str(h["key_id"]),
                 size=int(h["size"]),
@@ -115,17 +124,24 @@ class EncryptedUpdate:
                 encrypt_ms=float(h["encrypt_ms"]),
                 aggregate_ms=float(h["aggregate_ms"]),
             )
+            if update.size < 0 or update.clients < 1:
+                raise ValueError(f"size {update.size}, clients {update.clients}")
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"malformed HE update header ({exc})") from None
         body = memoryview(blob)[start + hsize :]
+        if len(crcs) != len(lengths):
+            raise UsageError("malformed HE update header (chunk and checksum counts differ)")
         if sum(lengths) != len(body) or min(lengths, default=1) <= 0:
             raise UsageError(
                 f"truncated or padded HE update: header announces {sum(lengths)} ciphertext bytes, "
                 f"message carries {len(body)}"
             )
         offset = 0
-        for n in lengths:
-            update.chunks.append(bytes(body[offset : offset + n]))
+        for i, (n, crc) in enumerate(zip(lengths, crcs, strict=True)):
+            chunk = bytes(body[offset : offset + n])
+            if zlib.crc32(chunk) != crc:
+                raise UsageError(f"HE update chunk {i} fails its CRC-32 checksum: corrupted")
+            update.chunks.append(chunk)
             offset += n
         return update
 
@@ -194,10 +210,9 @@ def encrypt_update(
             raise CheckFailed(f"update L2 norm {norm:.4g} exceeds the norm bound {max_l2}")
     start = time.perf_counter()
     packed = np.append(values * float(weight), float(weight))
-    slots = params.slots
     chunks = [
-        ts.ckks_vector(ctx.ts_context, packed[i : i + slots]).serialize()
-        for i in range(0, packed.size, slots)
+        ts.ckks_vector(ctx.ts_context, np.append(packed[lo:hi], 1.0)).serialize()
+        for lo, hi in chunk_layout(values.size, params.slots)
     ]
     attested = {"finite": True, "max_abs": params.max_abs_update, "max_l2": max_l2}
     return EncryptedUpdate(
@@ -261,7 +276,7 @@ def aggregate(
         chunks=[v.serialize() for v in acc],
         clients=sum(u.clients for u in accepted),
         attested={
-            "finite": all(u.attested.get("finite") is True for u in accepted),
+            "finite": True,
             "max_abs": max(float(u.attested.get("max_abs", math.inf)) for u in accepted),
             "max_l2": None if None in l2_bounds else max(l2_bounds),
         },
@@ -286,15 +301,22 @@ def decrypt_average(ctx: HEContext, agg: EncryptedUpdate | bytes) -> Decrypted:
         parts = [np.asarray(v.decrypt(), dtype=np.float64) for v in _load_chunks(ctx, update)]
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"aggregate ciphertext does not fit this HE context ({exc})") from None
-    values = np.concatenate(parts)
+    checks = np.array([p[-1] for p in parts])
+    values = np.concatenate([p[:-1] for p in parts])
     weight_sum = float(values[update.size])
     total = round(weight_sum)
     limit = 2 * ctx.params.max_total_weight
-    if abs(weight_sum - total) > WEIGHT_TOLERANCE or not 1 <= total <= limit:
+    worst = float(np.max(np.abs(checks - update.clients)))
+    if worst > COUNT_TOLERANCE or abs(weight_sum - total) > COUNT_TOLERANCE or total < 1:
         raise CheckFailed(
-            f"HE aggregate failed its integrity check: total sample count decrypts to "
-            f"{weight_sum:.6g}, not an integer in [1, {limit}] (an update under another key, "
-            "or the sum exceeded the keys' capacity); discard this round"
+            f"HE aggregate of {update.clients} clients failed its integrity check: check slots "
+            f"off by up to {worst:.3g}, total sample count decrypts to {weight_sum:.6g} (an "
+            "update under another key, corrupted, or beyond the keys' capacity); discard the round"
+        )
+    if total > limit:
+        raise CheckFailed(
+            f"HE aggregate: total sample count {total} exceeds the keys' limit {limit}; "
+            "discard the round and regenerate keys with a larger --max-total-weight"
         )
     average = values[: update.size] / total
     return Decrypted(
@@ -310,6 +332,16 @@ def shadow_average(flats: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     """Plaintext FedAvg of the same updates: the reference for ``he/max_abs_error`` on test runs."""
     stacked = np.stack([np.asarray(f, dtype=np.float64).ravel() for f in flats])
     return np.average(stacked, axis=0, weights=np.asarray(weights, dtype=np.float64))
+
+
+def chunk_layout(size: int, slots: int) -> list[tuple[int, int]]:
+    """Value ranges [lo, hi) of the packed vector (``size`` values + weight) held by each chunk.
+
+    Each chunk holds ``slots - 1`` of them and one check slot, so the whole model takes
+    ``ceil((size + 1) / (slots - 1))`` ciphertexts, none of them per-tensor.
+    """
+    per_chunk = slots - 1
+    return [(lo, min(lo + per_chunk, size + 1)) for lo in range(0, size + 1, per_chunk)]
 
 
 def _parse(message: Any) -> EncryptedUpdate:
@@ -330,9 +362,11 @@ def _mismatch(
             f"encrypted under HE key {update.key_id[:8]}, coordinator holds {ctx.key_id[:8]} "
             "(stale or foreign key); the client must load the current secret.ctx"
         )
+    if update.attested.get("finite") is not True:
+        return "does not attest that its update was checked finite before encryption"
     if update.size != size:
         return f"update has {update.size} values, this round expects {size}"
-    expected_chunks = math.ceil((update.size + 1) / ctx.params.slots)
+    expected_chunks = len(chunk_layout(update.size, ctx.params.slots))
     if len(update.chunks) != expected_chunks:
         return f"{len(update.chunks)} ciphertexts, {expected_chunks} expected for {size} values"
     if require_max_l2 is not None:
@@ -344,11 +378,11 @@ def _mismatch(
 
 def _load_chunks(ctx: HEContext, update: EncryptedUpdate) -> list[ts.CKKSVector]:
     """Deserialize every chunk, checking each holds the slot count its position implies."""
-    slots, total = ctx.params.slots, update.size + 1
     vectors = []
-    for i, blob in enumerate(update.chunks):
+    layout = chunk_layout(update.size, ctx.params.slots)
+    for i, (blob, (lo, hi)) in enumerate(zip(update.chunks, layout, strict=True)):
         vector = ts.ckks_vector_from(ctx.ts_context, blob)
-        expected = min(slots, total - i * slots)
+        expected = hi - lo + 1
         if vector.size() != expected:
             raise ValueError(f"chunk {i} holds {vector.size()} values, expected {expected}")
         vectors.append(vector)

@@ -1,4 +1,4 @@
-"""CKKS key generation and context files: a secret one for clients, a public one for the coordinator.
+"""CKKS key generation and context files: a secret one for clients, a public one for the server.
 
 The coordinator's file holds only the encryption parameters (no secret key, no public key, no
 relinearisation or Galois keys): summing ciphertexts needs nothing else, so it can neither
@@ -42,7 +42,7 @@ class HEContext:
 
 
 def new_context(params: HEParams) -> HEContext:
-    """Generate a fresh secret context in memory (tests and benchmarks; files via :func:`keygen`)."""
+    """A fresh secret context in memory (tests and benchmarks; files come from :func:`keygen`)."""
     enc = ts.ENCRYPTION_TYPE.SYMMETRIC if params.symmetric else ts.ENCRYPTION_TYPE.ASYMMETRIC
     try:
         ctx = ts.context(
@@ -65,7 +65,7 @@ def public_view(ctx: HEContext) -> HEContext:
 
 
 def keygen(out_dir: str | Path, params: HEParams, force: bool = False) -> tuple[Path, Path]:
-    """Write ``secret.ctx`` (mode 0600, clients) and ``public.ctx`` (coordinator) into ``out_dir``."""
+    """Write ``secret.ctx`` (mode 0600, clients) and ``public.ctx`` (coordinator) in ``out_dir``."""
     out = Path(out_dir)
     secret_path, public_path = out / SECRET_NAME, out / PUBLIC_NAME
     if not force:
@@ -100,6 +100,10 @@ def load_context(path: str | Path, require_secret: bool) -> HEContext:
         ctx = ts.context_from(body, n_threads=1)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"{path}: corrupt HE context ({exc}); regenerate it with keygen") from None
+    params: HEParams = header["params"]
+    degree = ctx.seal_context().data.key_context_data().parms().poly_modulus_degree()
+    if degree != params.poly_modulus_degree or ctx.global_scale != 2.0**params.global_scale_bits:
+        raise UsageError(f"{path}: header parameters do not match the context; regenerate it")
     is_secret = ctx.is_private()
     if is_secret != (header["kind"] == "secret"):
         raise UsageError(f"{path}: header says {header['kind']} context but the keys disagree")
@@ -111,7 +115,7 @@ def load_context(path: str | Path, require_secret: bool) -> HEContext:
         raise UsageError(
             f"{path}: holds the HE secret key; the coordinator must load {PUBLIC_NAME} instead"
         )
-    return HEContext(ctx, header["key_id"], header["params"])
+    return HEContext(ctx, header["key_id"], params)
 
 
 def _context_bytes(ctx: HEContext, secret: bool) -> bytes:

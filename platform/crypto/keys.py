@@ -77,7 +77,8 @@ class FernetKey:
 
     def derive(self, context: str) -> FernetKey:
         """A new independent key bound to ``context`` (e.g. a client id); one-way (HKDF)."""
-        raw = _hkdf(base64.urlsafe_b64decode(self._key), b"veilfed derive v1:" + context.encode(), 32)
+        info = b"veilfed derive v1:" + context.encode()
+        raw = _hkdf(base64.urlsafe_b64decode(self._key), info, 32)
         return FernetKey(base64.urlsafe_b64encode(raw))
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:

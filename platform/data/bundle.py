@@ -28,9 +28,8 @@ from veilfed.data.partition import client_name, partition
 from veilfed.data.store import (
     ClipEntry,
     EncryptedStore,
-    decrypt_clip,
     join_records,
-    open_record,
+    open_clip,
     seal_record,
     split_records,
 )
@@ -61,24 +60,40 @@ def read_clip_list(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def partition_ids(store: EncryptedStore, client: str, num_clients: int, scheme: str = "iid",
-                  alpha: float = 0.5, seed: int = 0) -> list[str]:
+def partition_ids(
+    store: EncryptedStore,
+    client: str,
+    num_clients: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[str]:
     """The clips ``veilfed.data.partition`` gives ``client`` over the store's sorted clip ids."""
     ids = store.ids()
     names = [client_name(i) for i in range(num_clients)]
     if client not in names:
-        raise UsageError(f"--client {client}: with --num-clients {num_clients} use one of "
-                         f"{names[0]} .. {names[-1]}")
-    actions = [int(store.read(c)[1].get("action", 0)) for c in ids] if scheme == "dirichlet" \
+        raise UsageError(
+            f"--client {client}: with --num-clients {num_clients} use one of "
+            f"{names[0]} .. {names[-1]}"
+        )
+    actions = (
+        [int(store.read(c)[1].get("action", 0)) for c in ids]
+        if scheme == "dirichlet"
         else [0] * len(ids)
-    share = next(p for p in partition(actions, num_clients, scheme, alpha, seed)
-                 if p.client_id == client)
+    )
+    share = next(
+        p for p in partition(actions, num_clients, scheme, alpha, seed) if p.client_id == client
+    )
     return [ids[i] for i in share.indices]
 
 
-def export_bundle(store: EncryptedStore, client: str, out: str | Path,
-                  key: FernetKey | None = None, clip_ids: Sequence[str] | None = None
-                  ) -> dict[str, Any]:
+def export_bundle(
+    store: EncryptedStore,
+    client: str,
+    out: str | Path,
+    key: FernetKey | None = None,
+    clip_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Write the client's clips, re-encrypted under the client's key, to ``out``."""
     key = key or client_key(store.keys[0], client)
     ids = list(store.ids() if clip_ids is None else clip_ids)
@@ -89,28 +104,46 @@ def export_bundle(store: EncryptedStore, client: str, out: str | Path,
         raise UsageError(f"{store.root}: no clip {missing[0]!r} in this store; check the clip list")
     clips: list[dict[str, Any]] = []
     with atomic_writer(out, 0o600) as fh:
-        header = json.dumps({"format": FORMAT, "version": 1, "client": client,
-                             "key_id": key.key_id}).encode()
+        header = json.dumps(
+            {"format": FORMAT, "version": 1, "client": client, "key_id": key.key_id}
+        ).encode()
         fh.write(MAGIC + join_records([header]))
         body: list[bytes] = []
         for clip_id in ids:
             entry = store.entry(clip_id)
             records = store.records(clip_id)
-            decrypt_clip(store.keys, clip_id, entry, records, str(store.root))
-            for token in records:
-                kind, cid, index, count, total, nonce, payload = open_record(store.keys, token)
-                body.append(seal_record(key, cid, kind, index, count, total, nonce, payload))
-            clips.append({"id": clip_id, "chunks": entry.chunks, "length": entry.length,
-                          "nonce": entry.nonce.hex()})
-        manifest = json.dumps({"client": client, "chunk_size": store.chunk_size,
-                               "clips": clips}).encode()
+            for rec in open_clip(store.keys, clip_id, entry, records, str(store.root)):
+                body.append(
+                    seal_record(
+                        key,
+                        rec.clip_id,
+                        rec.kind,
+                        rec.index,
+                        rec.count,
+                        rec.total,
+                        rec.nonce,
+                        rec.payload,
+                    )
+                )
+            clips.append(
+                {
+                    "id": clip_id,
+                    "chunks": entry.chunks,
+                    "length": entry.length,
+                    "nonce": entry.nonce.hex(),
+                }
+            )
+        manifest = json.dumps(
+            {"client": client, "chunk_size": store.chunk_size, "clips": clips}
+        ).encode()
         fh.write(join_records([key.encrypt(manifest)]))
         fh.write(join_records(body))
     return {"client": client, "clips": len(ids), "key_id": key.key_id, "out": str(out)}
 
 
-def read_bundle(path: str | Path, key: FernetKey
-                ) -> tuple[str, int, list[tuple[str, ClipEntry, list[memoryview]]]]:
+def read_bundle(
+    path: str | Path, key: FernetKey
+) -> tuple[str, int, list[tuple[str, ClipEntry, list[memoryview]]]]:
     """Open and fully check a bundle: (client, chunk size, [(clip id, entry, tokens)])."""
     path = Path(path)
     try:
@@ -119,7 +152,7 @@ def read_bundle(path: str | Path, key: FernetKey
         raise UsageError(f"{path}: cannot read bundle ({exc.strerror})") from None
     if data[: len(MAGIC)] != MAGIC:
         raise UsageError(f"{path}: not a veilfed bundle; pass a file from `veilfed data export`")
-    records = split_records(memoryview(data)[len(MAGIC):], str(path))
+    records = split_records(memoryview(data)[len(MAGIC) :], str(path))
     try:
         header = json.loads(bytes(records[0]))
         client = str(header["client"])
@@ -134,9 +167,13 @@ def read_bundle(path: str | Path, key: FernetKey
         manifest = json.loads(key.decrypt(records[1]))
         if str(manifest["client"]) != client:
             raise ValueError
-        entries = [(str(c["id"]), ClipEntry("", int(c["chunks"]), int(c["length"]),
-                                            bytes.fromhex(c["nonce"])))
-                   for c in manifest["clips"]]
+        entries = [
+            (
+                str(c["id"]),
+                ClipEntry("", int(c["chunks"]), int(c["length"]), bytes.fromhex(c["nonce"])),
+            )
+            for c in manifest["clips"]
+        ]
         chunk_size = int(manifest["chunk_size"])
     except (IndexError, InvalidToken, ValueError, KeyError, TypeError):
         raise CheckFailed(
@@ -146,9 +183,9 @@ def read_bundle(path: str | Path, key: FernetKey
     out: list[tuple[str, ClipEntry, list[memoryview]]] = []
     pos = 2
     for clip_id, entry in entries:
-        tokens = records[pos:pos + entry.chunks + 1]
+        tokens = records[pos : pos + entry.chunks + 1]
         pos += entry.chunks + 1
-        decrypt_clip((key,), clip_id, entry, tokens, str(path), "export the bundle again")
+        open_clip((key,), clip_id, entry, tokens, str(path), "export the bundle again")
         out.append((clip_id, entry, tokens))
     if pos != len(records):
         raise CheckFailed(f"{path}: bundle has {len(records) - pos} extra records; export again")

@@ -38,16 +38,22 @@ class IngestSummary:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"store": self.store, "ingested": len(self.ingested), "skipped": len(self.skipped),
-                "clips": self.ingested, "skipped_files": self.skipped}
+        return {
+            "store": self.store,
+            "ingested": len(self.ingested),
+            "skipped": len(self.skipped),
+            "clips": self.ingested,
+            "skipped_files": self.skipped,
+        }
 
 
 def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
     """Files given explicitly (any extension), plus video files found under given directories."""
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*")
-                              if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            yield from sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS
+            )
         else:
             yield p
 
@@ -72,10 +78,14 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 raise ValueError
             return q
     except (ValueError, KeyError):
-        valid = ", ".join(classes) if classes else {"moderation": "0/1/true/false",
-                                                     "quality": "a number in [0, 1]"}[name]
-        raise UsageError(f"{where}: field {name!r} = {text[:40]!r} is invalid; use {valid}")\
-            from None
+        valid = (
+            ", ".join(classes)
+            if classes
+            else {"moderation": "0/1/true/false", "quality": "a number in [0, 1]"}[name]
+        )
+        raise UsageError(
+            f"{where}: field {name!r} = {text[:40]!r} is invalid; use {valid}"
+        ) from None
     return value
 
 
@@ -95,8 +105,11 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
         if isinstance(data, dict):
             rows = [(str(k), v) for k, v in data.items()]
         elif isinstance(data, list):
-            rows = [(str(next((r[c] for c in _KEY_COLUMNS if c in r), "")), r)
-                    for r in data if isinstance(r, dict)]
+            rows = [
+                (str(next((r[c] for c in _KEY_COLUMNS if c in r), "")), r)
+                for r in data
+                if isinstance(r, dict)
+            ]
     else:
         reader = csv.DictReader(text.splitlines())
         key = next((c for c in _KEY_COLUMNS if c in (reader.fieldnames or [])), None)
@@ -108,9 +121,11 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
         if not name or not isinstance(row, dict):
             raise UsageError(f"{path}: entry {n} has no file name; add a 'file' field")
         where = f"{path}: entry {n} ({name})"
-        out[name] = {k: _coerce(k, v, where) if k in {"action", "sentiment", "moderation",
-                                                      "quality"} else v
-                     for k, v in row.items() if k not in _KEY_COLUMNS and v not in ("", None)}
+        out[name] = {
+            k: _coerce(k, v, where) if k in {"action", "sentiment", "moderation", "quality"} else v
+            for k, v in row.items()
+            if k not in _KEY_COLUMNS and v not in ("", None)
+        }
     return out
 
 
@@ -121,8 +136,9 @@ def _match(labels: dict[str, dict[str, Any]], path: Path) -> dict[str, Any]:
     return {}
 
 
-def ingest(paths: Iterable[str | Path], store: EncryptedStore,
-           labels_file: str | Path | None = None) -> IngestSummary:
+def ingest(
+    paths: Iterable[str | Path], store: EncryptedStore, labels_file: str | Path | None = None
+) -> IngestSummary:
     """Probe, validate and encrypt each file into ``store``; unreadable files are skipped."""
     labels = load_labels(labels_file) if labels_file else {}
     summary = IngestSummary(str(store.root))
@@ -136,8 +152,9 @@ def ingest(paths: Iterable[str | Path], store: EncryptedStore,
                 continue
             digest = hashlib.sha256(data).hexdigest()
             if digest in seen:
-                summary.skipped.append({"file": str(path),
-                                        "reason": f"same content as {seen[digest]}"})
+                summary.skipped.append(
+                    {"file": str(path), "reason": f"same content as {seen[digest]}"}
+                )
                 continue
             try:
                 info = video.probe(data, name=str(path))
@@ -150,12 +167,23 @@ def ingest(paths: Iterable[str | Path], store: EncryptedStore,
             if clip_id in store or any(c["clip_id"] == clip_id for c in summary.ingested):
                 clip_id = f"{path.stem}-{digest[:8]}"
             info["frames"] = clip.source_frames
-            record = {"synthetic": False, "source": {"name": path.name, "sha256": digest, **info},
-                      **_match(labels, path)}
+            record = {
+                "synthetic": False,
+                "source": {"name": path.name, "sha256": digest, **info},
+                **_match(labels, path),
+            }
             store.put(clip_id, data, record)
             seen[digest] = str(path)
-            summary.ingested.append({"file": str(path), "clip_id": clip_id, "bytes": len(data),
-                                     "width": info["width"], "height": info["height"],
-                                     "fps": info["fps"], "has_audio": info["has_audio"],
-                                     "labels": sorted(_match(labels, path))})
+            summary.ingested.append(
+                {
+                    "file": str(path),
+                    "clip_id": clip_id,
+                    "bytes": len(data),
+                    "width": info["width"],
+                    "height": info["height"],
+                    "fps": info["fps"],
+                    "has_audio": info["has_audio"],
+                    "labels": sorted(_match(labels, path)),
+                }
+            )
     return summary

@@ -39,7 +39,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.fernet import MultiFernet
 
@@ -70,12 +70,28 @@ class ClipEntry:
     nonce: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "chunks": self.chunks, "length": self.length,
-                "nonce": self.nonce.hex()}
+        return {
+            "file": self.file,
+            "chunks": self.chunks,
+            "length": self.length,
+            "nonce": self.nonce.hex(),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ClipEntry:
         return cls(str(d["file"]), int(d["chunks"]), int(d["length"]), bytes.fromhex(d["nonce"]))
+
+
+class Record(NamedTuple):
+    """One decrypted record: its binding header and payload."""
+
+    kind: int
+    clip_id: str
+    index: int
+    count: int
+    total: int
+    nonce: bytes
+    payload: memoryview
 
 
 def _keys(key: FernetKey | Sequence[FernetKey]) -> tuple[FernetKey, ...]:
@@ -85,17 +101,24 @@ def _keys(key: FernetKey | Sequence[FernetKey]) -> tuple[FernetKey, ...]:
     return keys
 
 
-def seal_record(key: FernetKey, clip_id: str, kind: int, index: int, count: int, total: int,
-                nonce: bytes, payload: bytes | memoryview) -> bytes:
+def seal_record(
+    key: FernetKey,
+    clip_id: str,
+    kind: int,
+    index: int,
+    count: int,
+    total: int,
+    nonce: bytes,
+    payload: bytes | memoryview,
+) -> bytes:
     """Encrypt one record with its binding header."""
     cid = clip_id.encode()
     header = _HDR.pack(_HDR_MAGIC, kind, len(cid), index, count, total, nonce) + cid
     return key.encrypt(header + payload)
 
 
-def open_record(keys: Sequence[FernetKey], token: bytes | memoryview
-                ) -> tuple[int, str, int, int, int, bytes, memoryview]:
-    """Decrypt a record: (kind, clip id, index, count, total, nonce, payload)."""
+def open_record(keys: Sequence[FernetKey], token: bytes | memoryview) -> Record:
+    """Decrypt a record (with the first key that authenticates it) and parse its header."""
     for key in keys:
         try:
             plain = key.decrypt(token)
@@ -110,8 +133,8 @@ def open_record(keys: Sequence[FernetKey], token: bytes | memoryview
     if magic != _HDR_MAGIC:
         raise InvalidToken
     end = _HDR.size + id_len
-    clip_id = plain[_HDR.size:end].decode("utf-8", "replace")
-    return kind, clip_id, index, count, total, nonce, memoryview(plain)[end:]
+    clip_id = plain[_HDR.size : end].decode("utf-8", "replace")
+    return Record(kind, clip_id, index, count, total, nonce, memoryview(plain)[end:])
 
 
 def split_records(data: bytes | memoryview, where: str) -> list[memoryview]:
@@ -126,7 +149,7 @@ def split_records(data: bytes | memoryview, where: str) -> list[memoryview]:
         pos += _LEN.size
         if pos + n > len(mv):
             raise CheckFailed(f"{where}: record {len(out)} is truncated")
-        out.append(mv[pos:pos + n])
+        out.append(mv[pos : pos + n])
         pos += n
     return out
 
@@ -135,8 +158,9 @@ def join_records(tokens: Iterable[bytes | memoryview]) -> bytes:
     return b"".join(_LEN.pack(len(t)) + bytes(t) for t in tokens)
 
 
-def encrypt_clip(key: FernetKey, clip_id: str, mp4: bytes, labels: dict[str, Any],
-                 chunk_size: int) -> tuple[list[bytes], int, bytes]:
+def encrypt_clip(
+    key: FernetKey, clip_id: str, mp4: bytes, labels: dict[str, Any], chunk_size: int
+) -> tuple[list[bytes], int, bytes]:
     """Tokens (labels record first, then video chunks), chunk count and nonce for one clip."""
     nonce = os.urandom(16)
     label_bytes = json.dumps(labels, separators=(",", ":"), sort_keys=True).encode()
@@ -144,26 +168,37 @@ def encrypt_clip(key: FernetKey, clip_id: str, mp4: bytes, labels: dict[str, Any
     count = max(1, -(-len(mv) // chunk_size))
     tokens = [seal_record(key, clip_id, KIND_LABELS, 0, 1, len(label_bytes), nonce, label_bytes)]
     tokens += [
-        seal_record(key, clip_id, KIND_VIDEO, i, count, len(mv), nonce,
-                    mv[i * chunk_size:(i + 1) * chunk_size])
+        seal_record(
+            key,
+            clip_id,
+            KIND_VIDEO,
+            i,
+            count,
+            len(mv),
+            nonce,
+            mv[i * chunk_size : (i + 1) * chunk_size],
+        )
         for i in range(count)
     ]
     return tokens, count, nonce
 
 
-def decrypt_clip(keys: Sequence[FernetKey], clip_id: str, entry: ClipEntry,
-                 records: Sequence[bytes | memoryview], where: str,
-                 fix: str = "restore it from a backup or ingest it again"
-                 ) -> tuple[bytes, dict[str, Any]]:
-    """Check every record against ``entry`` and return (video bytes, labels); all or nothing."""
+def open_clip(
+    keys: Sequence[FernetKey],
+    clip_id: str,
+    entry: ClipEntry,
+    records: Sequence[bytes | memoryview],
+    where: str,
+    fix: str = "restore it from a backup or ingest it again",
+) -> list[Record]:
+    """Decrypt a clip's records and check each header against ``entry``; all or nothing."""
     if not records:
         raise CheckFailed(f"{where}: clip {clip_id!r} has no records; {fix}")
-    payloads: list[memoryview] = []
-    labels: dict[str, Any] | None = None
+    out: list[Record] = []
     for pos, token in enumerate(records):
         what = "labels record" if pos == 0 else f"chunk {pos - 1}"
         try:
-            kind, cid, index, count, total, nonce, payload = open_record(keys, bytes(token))
+            rec = open_record(keys, token)
         except InvalidToken:
             raise CheckFailed(
                 f"{where}: clip {clip_id!r} {what} does not decrypt (tampered, damaged or "
@@ -172,42 +207,63 @@ def decrypt_clip(keys: Sequence[FernetKey], clip_id: str, entry: ClipEntry,
         want_kind = KIND_LABELS if pos == 0 else KIND_VIDEO
         want_index = 0 if pos == 0 else pos - 1
         problem = None
-        if cid != clip_id or nonce != entry.nonce:
-            problem = f"belongs to clip {cid!r}" if cid != clip_id else "is from another version"
-        elif kind != want_kind or index != want_index:
-            problem = f"is {_KIND_NAMES.get(kind, 'record')} {index} (out of order or duplicated)"
-        elif kind == KIND_VIDEO and (count != entry.chunks or total != entry.length):
+        if rec.clip_id != clip_id:
+            problem = f"belongs to clip {rec.clip_id!r}"
+        elif rec.nonce != entry.nonce:
+            problem = "is from another version"
+        elif rec.kind != want_kind or rec.index != want_index:
+            name = _KIND_NAMES.get(rec.kind, "record")
+            problem = f"is {name} {rec.index} (out of order or duplicated)"
+        elif rec.kind == KIND_VIDEO and (rec.count != entry.chunks or rec.total != entry.length):
             problem = "disagrees with the manifest on chunk count or length"
+        elif rec.kind == KIND_LABELS and len(rec.payload) != rec.total:
+            problem = "is truncated"
         if problem:
             raise CheckFailed(f"{where}: clip {clip_id!r} {what} {problem}; {fix}")
-        if pos == 0:
-            if len(payload) != total:
-                raise CheckFailed(f"{where}: clip {clip_id!r} labels record is truncated; {fix}")
-            try:
-                labels = json.loads(bytes(payload))
-            except ValueError:
-                raise CheckFailed(f"{where}: clip {clip_id!r} labels are not JSON; {fix}") from None
-        else:
-            payloads.append(payload)
+        out.append(rec)
     if len(records) != entry.chunks + 1:
         raise CheckFailed(
             f"{where}: clip {clip_id!r} has {len(records) - 1} chunks, manifest says "
             f"{entry.chunks} (chunk {min(len(records) - 1, entry.chunks)} missing or extra); {fix}"
         )
-    data = payloads[0].tobytes() if len(payloads) == 1 else b"".join(payloads)
-    if len(data) != entry.length:
+    size = sum(len(r.payload) for r in out[1:])
+    if size != entry.length:
         raise CheckFailed(
-            f"{where}: clip {clip_id!r} is {len(data)} bytes, manifest says {entry.length}; {fix}"
+            f"{where}: clip {clip_id!r} is {size} bytes, manifest says {entry.length}; {fix}"
         )
-    assert labels is not None
+    return out
+
+
+def decrypt_clip(
+    keys: Sequence[FernetKey],
+    clip_id: str,
+    entry: ClipEntry,
+    records: Sequence[bytes | memoryview],
+    where: str,
+    fix: str = "restore it from a backup or ingest it again",
+) -> tuple[bytes, dict[str, Any]]:
+    """(video bytes, labels) of a clip whose every record checked out; all or nothing."""
+    opened = open_clip(keys, clip_id, entry, records, where, fix)
+    try:
+        labels = json.loads(bytes(opened[0].payload))
+    except ValueError:
+        raise CheckFailed(f"{where}: clip {clip_id!r} labels are not JSON; {fix}") from None
+    payloads = [r.payload for r in opened[1:]]
+    data = payloads[0].tobytes() if len(payloads) == 1 else b"".join(payloads)
     return data, labels
 
 
 class EncryptedStore:
     """A directory of Fernet-encrypted clips with an encrypted, authenticated manifest."""
 
-    def __init__(self, root: Path, keys: tuple[FernetKey, ...], chunk_size: int,
-                 clips: dict[str, ClipEntry], header: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keys: tuple[FernetKey, ...],
+        chunk_size: int,
+        clips: dict[str, ClipEntry],
+        header: dict[str, Any],
+    ) -> None:
         self.root = root
         self.keys = keys
         self.chunk_size = chunk_size
@@ -218,8 +274,13 @@ class EncryptedStore:
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | Path, key: FernetKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
-               exist_ok: bool = False) -> EncryptedStore:
+    def create(
+        cls,
+        root: str | Path,
+        key: FernetKey,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        exist_ok: bool = False,
+    ) -> EncryptedStore:
         """A new empty store at ``root`` (or the existing one there when ``exist_ok``)."""
         root = Path(root)
         if (root / "store.json").exists():
@@ -290,12 +351,13 @@ class EncryptedStore:
             ) from None
         if data[: len(CLIP_MAGIC)] != CLIP_MAGIC:
             raise CheckFailed(f"{path}: clip {clip_id!r} file header is damaged; restore it")
-        return split_records(memoryview(data)[len(CLIP_MAGIC):], f"{path}: clip {clip_id!r}")
+        return split_records(memoryview(data)[len(CLIP_MAGIC) :], f"{path}: clip {clip_id!r}")
 
     def read(self, clip_id: str) -> tuple[bytes, dict[str, Any]]:
         """Decrypt a clip into memory: (video bytes, labels). Raises CheckFailed if tampered."""
-        return decrypt_clip(self.keys, clip_id, self.entry(clip_id), self.records(clip_id),
-                            str(self.root))
+        return decrypt_clip(
+            self.keys, clip_id, self.entry(clip_id), self.records(clip_id), str(self.root)
+        )
 
     def verify(self) -> int:
         """Decrypt and check every clip; raise CheckFailed naming the first bad clip and chunk."""
@@ -342,8 +404,9 @@ class EncryptedStore:
                 n += 1
         return n
 
-    def put_records(self, clip_id: str, tokens: Sequence[bytes | memoryview],
-                    entry: ClipEntry) -> None:
+    def put_records(
+        self, clip_id: str, tokens: Sequence[bytes | memoryview], entry: ClipEntry
+    ) -> None:
         """Store already-encrypted records unchanged (bundle import, rotation)."""
         name = f"{secrets.token_hex(16)}.vfc"
         write_bytes_atomic(self.root / "clips" / name, CLIP_MAGIC + join_records(tokens), 0o600)
@@ -356,11 +419,16 @@ class EncryptedStore:
 
     def commit(self) -> None:
         """Atomically write the manifest, then delete replaced clip files."""
-        manifest = {"chunk_size": self.chunk_size,
-                    "clips": {cid: e.to_json() for cid, e in sorted(self._clips.items())}}
+        manifest = {
+            "chunk_size": self.chunk_size,
+            "clips": {cid: e.to_json() for cid, e in sorted(self._clips.items())},
+        }
         token = self.keys[0].encrypt(json.dumps(manifest, separators=(",", ":")).encode())
-        self._header = {**self._header, "key_id": self.keys[0].key_id,
-                        "manifest": base64.b64encode(token).decode()}
+        self._header = {
+            **self._header,
+            "key_id": self.keys[0].key_id,
+            "manifest": base64.b64encode(token).decode(),
+        }
         write_header(self.root, self._header)
         for name in self._garbage:
             with contextlib.suppress(FileNotFoundError):

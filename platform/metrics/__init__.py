@@ -25,7 +25,7 @@ detection     dict ``boxes [B, T, N, 4]`` normalised xyxy and        map50 (ever
               (-1 = no detection) instead of ``logits``; any N
 segmentation  logits ``[B, T, C + 1, h, w]``, any h×w (bilinearly    miou, pixel_accuracy
               upsampled to the label size); or labels ``[B, T, H, W]``
-pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck@0.05, pck@0.1 (of the
+pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck_0.05, pck_0.1 (of the
                                                                      frame side, visible only)
 caption       token logits ``[B, L, V]`` or ids ``[B, L]``           token_f1, bleu (BLEU-4)
 qa            logits ``[B, Q, len(ANSWERS)]`` or ids ``[B, Q]``      accuracy
@@ -34,9 +34,9 @@ restoration   pixels ``[B, T, 3, H, W]`` in [0, 1]                   psnr, ssim
 next_frame    pixels ``[B, K, 3, H, W]`` in [0, 1]                   psnr, ssim
 ============  =====================================================  ==========================
 
-Caption and bag-of-token metrics are position-free, so logits aligned either to ``caption`` or to
-``caption[:, 1:]`` score the same; build the caption meter with the tokenizer's special ids
-(``TASK_METRICS.build("caption", ignore_ids=(pad, bos, eos), eos_id=eos)``) so they never count.
+Caption metrics ignore PAD/BOS/EOS (``veilfed.data.text``) and cut at the first EOS; token F1
+is position-free, so logits aligned to ``caption`` or to ``caption[:, 1:]`` score the same, but
+greedily decoded ids (what ``MultiTaskModel.predict`` gives) are the honest input for BLEU.
 Metrics that are undefined on the data seen (e.g. Spearman of a constant) are omitted, not NaN.
 The plain tensor functions are in :mod:`veilfed.metrics.functional`.
 """

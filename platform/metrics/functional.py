@@ -4,6 +4,8 @@ They take already-decoded predictions (class indices, boxes, label maps, token i
 function serves any head; :mod:`veilfed.metrics.tasks` turns head outputs into these inputs.
 torchmetrics supplies the well-trodden ones (macro P/R/F1, SSIM, BLEU); Spearman, mAP@0.5, mIoU,
 PCK, token F1 and QA accuracy are small enough to own and test against hand-computed values.
+torchmetrics is imported inside the functions that use it: importing it pulls in torchvision and
+scipy.signal (seconds), which every ``import veilfed.model`` would otherwise pay.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.text import bleu_score
 
 
-def classification(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+def classification(
+    preds: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> dict[str, float]:
     """Accuracy and macro precision/recall/F1; ``preds`` are logits ``[N, C]`` or indices ``[N]``.
 
     Macro averages skip classes that occur neither in the targets nor in the predictions, so a
@@ -34,6 +31,12 @@ def classification(preds: torch.Tensor, targets: torch.Tensor, num_classes: int)
     preds, targets = preds.reshape(-1).long().cpu(), targets.reshape(-1).long().cpu()
     if targets.numel() == 0:
         return {}
+    from torchmetrics.functional.classification import (
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     kw = {"num_classes": num_classes, "average": "macro"}
     return {
         "accuracy": float((preds == targets).float().mean()),
@@ -137,7 +140,7 @@ def detection_map50(
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[C, C]`` counts (rows = target, columns = prediction); ignores targets outside ``[0, C)``."""
+    """``[C, C]`` counts (rows = target, columns = prediction); targets outside [0, C) skip."""
     pred, target = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
     keep = (target >= 0) & (target < num_classes)
     idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
@@ -184,6 +187,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> f
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean per-frame SSIM (Gaussian window, shrunk for frames smaller than 11 px)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     pred = pred.detach().float().cpu().reshape(-1, *pred.shape[-3:])
     target = target.detach().float().cpu().reshape(-1, *target.shape[-3:])
     side = min(pred.shape[-2:])
@@ -243,6 +248,8 @@ def bleu(
     n_gram: int = 4,
 ) -> float:
     """Corpus BLEU-n (add-one smoothing, short synthetic captions) over token id sequences."""
+    from torchmetrics.functional.text import bleu_score
+
     ignore = frozenset(ignore_ids)
 
     def text(row: torch.Tensor) -> str:
@@ -256,7 +263,7 @@ def bleu(
 
 
 def qa_accuracy(preds: torch.Tensor, answers: torch.Tensor) -> float:
-    """Exact-match accuracy; ``preds`` logits ``[N, Q, A]`` or indices ``[N, Q]``; answers < 0 skip."""
+    """Exact-match accuracy of logits ``[N, Q, A]`` or indices ``[N, Q]``; answers < 0 skip."""
     if preds.is_floating_point() and preds.dim() == answers.dim() + 1:
         preds = preds.argmax(dim=-1)
     preds, answers = preds.long().cpu(), answers.long().cpu()

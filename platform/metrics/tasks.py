@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from veilfed.data.schema import ACTIONS, ANSWERS, OBJECT_CLASSES, SENTIMENTS
+from veilfed.data.text import BOS, EOS, PAD
 from veilfed.errors import UsageError
 from veilfed.metrics import functional as M
 from veilfed.registry import Registry
@@ -79,8 +80,9 @@ def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dim() == 2 and x.shape[1] == 1:
         x = x[:, 0]
     if x.dim() != 1:
-        raise UsageError(f"metrics for task {name!r}: expected output [B] or [B, 1], got "
-                         f"{list(x.shape)}")
+        raise UsageError(
+            f"metrics for task {name!r}: expected output [B] or [B, 1], got {list(x.shape)}"
+        )
     return x
 
 
@@ -92,8 +94,10 @@ class _Classification(TaskMetric):
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.dim() != 2 or output.shape[1] != self.num_classes:
-            raise UsageError(f"metrics for task {self.task!r}: expected logits "
-                             f"[B, {self.num_classes}], got {list(output.shape)}")
+            raise UsageError(
+                f"metrics for task {self.task!r}: expected logits "
+                f"[B, {self.num_classes}], got {list(output.shape)}"
+            )
         self._keep(pred=output.argmax(-1), target=targets[self.target_keys[0]].long())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -117,8 +121,9 @@ class ModerationMetric(TaskMetric):
     task, target_keys = "moderation", ("moderation",)
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(pred=(_flat(output, self.task) > 0).long(),
-                   target=(targets["moderation"] > 0.5).long())
+        self._keep(
+            pred=(_flat(output, self.task) > 0).long(), target=(targets["moderation"] > 0.5).long()
+        )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return M.classification(parts["pred"], parts["target"], 2)
@@ -145,15 +150,19 @@ class DetectionMetric(TaskMetric):
 
     def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
         if not isinstance(output, dict) or "boxes" not in output:
-            raise UsageError("metrics for task 'detection': expected a dict with 'boxes' and "
-                             "'logits' (or 'scores' and 'classes')")
+            raise UsageError(
+                "metrics for task 'detection': expected a dict with 'boxes' and "
+                "'logits' (or 'scores' and 'classes')"
+            )
         boxes = output["boxes"]
         if "logits" in output:
             logits = output["logits"]
             if logits.shape[-1] != len(OBJECT_CLASSES) + 1:
-                raise UsageError(f"metrics for task 'detection': logits need "
-                                 f"{len(OBJECT_CLASSES) + 1} classes (last = no object), got "
-                                 f"{logits.shape[-1]}")
+                raise UsageError(
+                    f"metrics for task 'detection': logits need "
+                    f"{len(OBJECT_CLASSES) + 1} classes (last = no object), got "
+                    f"{logits.shape[-1]}"
+                )
             scores, classes = logits.float().softmax(-1)[..., :-1].max(-1)
         else:
             scores, classes = output["scores"], output["classes"]
@@ -183,8 +192,9 @@ class SegmentationMetric(TaskMetric):
             b, t, c, h, w = output.shape
             logits = output.reshape(b * t, c, h, w).float()
             if (h, w) != tuple(gt.shape[-2:]):
-                logits = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+                logits = F.interpolate(
+                    logits, size=gt.shape[-2:], mode="bilinear", align_corners=False
+                )
             pred = logits.argmax(1).reshape(gt.shape)
         else:
             pred = output
@@ -200,17 +210,21 @@ class SegmentationMetric(TaskMetric):
 
 @TASK_METRICS.register("pose")
 class PoseMetric(TaskMetric):
-    """PCK at 0.05 and 0.1 of the frame side over visible keypoints."""
+    """PCK at 0.05 and 0.1 of the frame side over visible keypoints (``pck_0.05``, ``pck_0.1``;
+    no "@": MLflow metric names allow only letters, digits and _ - . / : and space)."""
 
     task, target_keys = "pose", ("keypoints", "keypoint_visible")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(pred=output.float(), gt=targets["keypoints"].float(),
-                   vis=targets["keypoint_visible"].bool())
+        self._keep(
+            pred=output.float(),
+            gt=targets["keypoints"].float(),
+            vis=targets["keypoint_visible"].bool(),
+        )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return {
-            f"pck@{th}": M.pck(parts["pred"], parts["gt"], parts["vis"], th) for th in (0.05, 0.1)
+            f"pck_{th}": M.pck(parts["pred"], parts["gt"], parts["vis"], th) for th in (0.05, 0.1)
         }
 
 
@@ -218,13 +232,14 @@ class PoseMetric(TaskMetric):
 class CaptionMetric(TaskMetric):
     """Token F1 and BLEU-4 of predicted ids (argmax of logits) against the reference caption.
 
-    Pass the tokenizer's special ids (PAD, BOS, EOS) as ``ignore_ids`` and its ``eos_id`` so they
-    never count; the defaults ignore only PAD = 0.
+    The tokenizer's PAD/BOS/EOS never count and tokens after EOS are dropped.
     """
 
     task, target_keys = "caption", ("caption",)
 
-    def __init__(self, ignore_ids: tuple[int, ...] = (0,), eos_id: int | None = None) -> None:
+    def __init__(
+        self, ignore_ids: tuple[int, ...] = (PAD, BOS, EOS), eos_id: int | None = EOS
+    ) -> None:
         super().__init__()
         self.ignore_ids, self.eos_id = tuple(ignore_ids), eos_id
 
@@ -248,8 +263,10 @@ class QAMetric(TaskMetric):
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.is_floating_point() and output.shape[-1] != len(ANSWERS):
-            raise UsageError(f"metrics for task 'qa': expected logits [B, Q, {len(ANSWERS)}], "
-                             f"got {list(output.shape)}")
+            raise UsageError(
+                f"metrics for task 'qa': expected logits [B, Q, {len(ANSWERS)}], "
+                f"got {list(output.shape)}"
+            )
         pred = output.argmax(-1) if output.is_floating_point() else output
         self._keep(pred=pred.long(), answers=targets["answers"].long())
 
@@ -281,8 +298,10 @@ class _Pixels(TaskMetric):
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         target = targets[self.target_keys[0]]
         if output.shape != target.shape:
-            raise UsageError(f"metrics for task {self.task!r}: output {list(output.shape)} != "
-                             f"target {list(target.shape)}")
+            raise UsageError(
+                f"metrics for task {self.task!r}: output {list(output.shape)} != "
+                f"target {list(target.shape)}"
+            )
         frames = target.shape[0] * target.shape[1]
         self._keep(
             frames=torch.tensor([frames], dtype=torch.float64),
@@ -306,7 +325,10 @@ class NextFrameMetric(_Pixels):
 
 
 def compute_task_metrics(
-    task: str, output: Any, targets: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+    task: str,
+    output: Any,
+    targets: dict[str, torch.Tensor],
+    mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
     """One-shot metrics of a single batch (evaluation loops should accumulate instead)."""

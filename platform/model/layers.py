@@ -93,4 +93,11 @@ def masked_mean(tokens: Tensor, mask: Tensor | None) -> Tensor:
 
 def positions(batch: int, length: int, device: torch.device) -> Tensor:
     """Position ids [B, L] (batch-first so Opacus' Embedding sampler sees the batch dim)."""
-    return torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
+    return torch.arange(length, device=device).unsqueeze(0).repeat(batch, 1)
+
+
+def flat_apply(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a token-wise ``layer`` to [B, ..., D] as [B, L, D]: Opacus ghost clipping's Linear
+    norm sampler only takes 2-D or 3-D inputs."""
+    y = layer(x.reshape(x.shape[0], -1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])

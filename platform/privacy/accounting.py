@@ -43,12 +43,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from veilfed.errors import UsageError
 from veilfed.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 MECHANISMS = ("rdp", "prv", "gdp")
 STATE_VERSION = 1
@@ -92,6 +93,8 @@ class ClientAccountant:
                 + ", ".join(MECHANISMS)
             )
         self.client_id = check_client_id(client_id)
+        from opacus.accountants import create_accountant  # imports torch: only when used
+
         self.opacus: IAccountant = create_accountant(mechanism=mechanism)
         self.last_round: int | None = None
         self.last_report_hash: str = ""
@@ -287,6 +290,8 @@ def calibrate_noise(
 
     Pass the steps of *all* planned rounds so the cumulative ε stays within the target.
     """
+    from opacus.accountants.utils import get_noise_multiplier
+
     if accountant not in MECHANISMS:
         raise UsageError(f"accountant {accountant!r}: use one of {', '.join(MECHANISMS)}")
     if not target_epsilon > 0 or not 0 < delta < 1:

@@ -36,6 +36,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.io import write_bytes_atomic
 from veilfed.privacy.accounting import MECHANISMS, ClientAccountant, check_client_id
@@ -397,6 +398,7 @@ def check_chain(reports: list[PrivacyReport | SignedReport]) -> list[Problem]:
 
 def _tracking_client(tracking_uri: str | None) -> Any:
     from mlflow.tracking import MlflowClient
+
     from veilfed.tracking import tracking_uri as default_uri
 
     return MlflowClient(tracking_uri=tracking_uri or default_uri())

@@ -27,7 +27,8 @@ def test_raw_tokens_are_fernet_tokens_both_ways() -> None:
         assert std.decrypt(armor(key.encrypt(data))) == data
         assert key.decrypt(unarmor(std.encrypt(data))) == data
     rotated = MultiFernet([Fernet(FernetKey.generate().secret()), std]).rotate(
-        armor(key.encrypt(b"abc")))
+        armor(key.encrypt(b"abc"))
+    )
     with pytest.raises(InvalidToken):
         key.decrypt(unarmor(rotated))
 

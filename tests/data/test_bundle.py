@@ -26,8 +26,9 @@ from veilfed.errors import CheckFailed, UsageError
 def owner(tmp_path: Path) -> tuple[EncryptedStore, dict[str, bytes]]:
     key = FernetKey.generate()
     store = EncryptedStore.create(tmp_path / "owner", key, chunk_size=1024)
-    clips = {f"clip-{i}": b"\x00\x00\x00\x18ftypisom" + os.urandom(1500 + 300 * i)
-             for i in range(4)}
+    clips = {
+        f"clip-{i}": b"\x00\x00\x00\x18ftypisom" + os.urandom(1500 + 300 * i) for i in range(4)
+    }
     store.put_many((cid, data, {"i": cid}) for cid, data in clips.items())
     return store, clips
 
@@ -42,8 +43,9 @@ def test_export_import_roundtrip_unchanged_tokens(owner, tmp_path) -> None:
     node = EncryptedStore.open(tmp_path / "node", ka)
     assert node.ids() == ["clip-1", "clip-3"]
     assert node.read("clip-3") == (clips["clip-3"], {"i": "clip-3"})
-    bundle_tokens = {bytes(t) for t in split_records(
-        (tmp_path / "a.vfs").read_bytes()[len(MAGIC):], "b")}
+    bundle_tokens = {
+        bytes(t) for t in split_records((tmp_path / "a.vfs").read_bytes()[len(MAGIC) :], "b")
+    }
     node_tokens = {bytes(t) for cid in node.ids() for t in node.records(cid)}
     assert node_tokens <= bundle_tokens  # the bytes that travel are the bytes at rest
     assert scan([tmp_path / "a.vfs", tmp_path / "node"], list(clips.values())) == []
@@ -74,17 +76,22 @@ def test_explicit_client_key(owner, tmp_path) -> None:
 
 
 def _records(path: Path) -> list[bytes]:
-    return [bytes(r) for r in split_records(path.read_bytes()[len(MAGIC):], str(path))]
+    return [bytes(r) for r in split_records(path.read_bytes()[len(MAGIC) :], str(path))]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda r: r[:3] + [r[4], r[3]] + r[5:], "clip-0' chunk 0 is chunk 1.*export the bundle"),
-    (lambda r: r[:-1], "has 1 chunks, manifest says 2"),
-    (lambda r: r[:4] + [bytes([r[4][0]]) + bytes([r[4][1] ^ 1]) + r[4][2:]] + r[5:],
-     "does not decrypt"),
-    (lambda r: r[:2] + [r[6]] + r[3:], "labels record belongs to clip 'clip-1'"),
-    (lambda r: r[:1] + [r[1][:-5]] + r[2:], "manifest does not authenticate"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r[:3] + [r[4], r[3]] + r[5:], "clip-0' chunk 0 is chunk 1.*export the bundle"),
+        (lambda r: r[:-1], "has 1 chunks, manifest says 2"),
+        (
+            lambda r: r[:4] + [bytes([r[4][0]]) + bytes([r[4][1] ^ 1]) + r[4][2:]] + r[5:],
+            "does not decrypt",
+        ),
+        (lambda r: r[:2] + [r[6]] + r[3:], "labels record belongs to clip 'clip-1'"),
+        (lambda r: r[:1] + [r[1][:-5]] + r[2:], "manifest does not authenticate"),
+    ],
+)
 def test_tampered_bundle_detected(owner, tmp_path, edit, message: str) -> None:
     store, _ = owner
     path = tmp_path / "t.vfs"

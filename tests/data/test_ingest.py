@@ -17,8 +17,14 @@ from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
 
 
-def make_video(path: Path, codec: str, size: tuple[int, int], fps: int, frames: int = 6,
-               pix_fmt: str = "yuv420p") -> bytes:
+def make_video(
+    path: Path,
+    codec: str,
+    size: tuple[int, int],
+    fps: int,
+    frames: int = 6,
+    pix_fmt: str = "yuv420p",
+) -> bytes:
     """A small real video file in ``path``'s container (no audio)."""
     h, w = size
     with av.open(str(path), "w") as out:
@@ -41,8 +47,12 @@ def sources(tmp_path: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (8, 36, 48, 3), dtype=np.uint8)
     audio = (0.2 * np.sin(np.linspace(0, 200, 16000))).astype(np.float32)
-    paths = {"mp4": src / "talk.mp4", "mkv": src / "nested" / "walk.mkv",
-             "webm": src / "wave.webm", "mov": src / "Still.MOV"}
+    paths = {
+        "mp4": src / "talk.mp4",
+        "mkv": src / "nested" / "walk.mkv",
+        "webm": src / "wave.webm",
+        "mov": src / "Still.MOV",
+    }
     paths["mp4"].write_bytes(video.encode_mp4(frames, audio, 8))
     make_video(paths["mkv"], "mpeg4", (30, 40), 12)
     make_video(paths["webm"], "libvpx", (24, 32), 25)
@@ -54,8 +64,10 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 def test_ingest_any_container(sources, tmp_path) -> None:
     key = FernetKey.generate()
     labels = tmp_path / "labels.csv"
-    labels.write_text("file,action,sentiment,moderation,transcript\n"
-                      "talk.mp4,left,positive,1,hello there\nwalk,3,0,false,\n")
+    labels.write_text(
+        "file,action,sentiment,moderation,transcript\n"
+        "talk.mp4,left,positive,1,hello there\nwalk,3,0,false,\n"
+    )
     store = EncryptedStore.create(tmp_path / "store", key)
     summary = ingest([tmp_path / "src"], store, labels)
     assert summary.skipped == []

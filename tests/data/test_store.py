@@ -43,8 +43,9 @@ def _rewrite(store: EncryptedStore, clip_id: str, records: list) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_roundtrip_and_layout(filled, key) -> None:
@@ -131,7 +132,7 @@ def test_truncated_or_tampered_manifest(filled, key, cut: int) -> None:
         match = "truncated or damaged"
     else:
         i = text.index('"manifest": "') + 40
-        path.write_text(text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1:])
+        path.write_text(text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1 :])
         match = "does not authenticate"
     with pytest.raises(CheckFailed, match=match):
         EncryptedStore.open(store.root, key)
@@ -166,13 +167,18 @@ def test_rotation_switches_keys(filled, key) -> None:
     rotated = EncryptedStore.open(store.root, new)
     assert {c: rotated.read(c)[0] for c in rotated.ids()} == clips
     assert len(list((store.root / "clips").iterdir())) == 3
+    assert scan([store.root], list(clips.values())) == []
+    files = b"".join(p.read_bytes() for p in store.root.rglob("*") if p.is_file())
+    assert key.secret() not in files and new.secret() not in files
 
 
-@pytest.mark.parametrize(("step", "crash_after"),
-                         [("put_records", 0), ("put_records", 1), ("put_records", 2),
-                          ("commit", 0)])
-def test_rotation_crash_leaves_store_readable(filled, key, monkeypatch, step: str,
-                                              crash_after: int) -> None:
+@pytest.mark.parametrize(
+    ("step", "crash_after"),
+    [("put_records", 0), ("put_records", 1), ("put_records", 2), ("commit", 0)],
+)
+def test_rotation_crash_leaves_store_readable(
+    filled, key, monkeypatch, step: str, crash_after: int
+) -> None:
     store, clips = filled
     new = FernetKey.generate()
     real = getattr(EncryptedStore, step)
@@ -217,8 +223,10 @@ def test_dataset_loader_workers_read_from_store(tmp_path, key) -> None:
     by_id = {cid: b["video"][i] for b in batches for i, cid in enumerate(b["clip_id"])}
     for i, cid in enumerate(plain.ids):
         assert torch.equal(by_id[cid], plain[i]["video"])
-    found = scan([tmp_path / "s"], [encode_clip(c) for c in clips] +
-                 [np.ascontiguousarray(c.video).tobytes() for c in clips])
+    found = scan(
+        [tmp_path / "s"],
+        [encode_clip(c) for c in clips] + [np.ascontiguousarray(c.video).tobytes() for c in clips],
+    )
     assert found == []
 
 

@@ -62,18 +62,23 @@ def test_scalar_pixel_and_sequence_tasks() -> None:
     assert compute_task_metrics(
         "moderation", torch.tensor([[2.0], [-1.0]]), {"moderation": torch.tensor([1.0, 0.0])}
     )["f1"] == pytest.approx(1.0)
-    q = compute_task_metrics("quality", torch.tensor([0.2, 0.4, 0.9]),
-                             {"quality": torch.tensor([0.1, 0.5, 1.0])})
+    q = compute_task_metrics(
+        "quality", torch.tensor([0.2, 0.4, 0.9]), {"quality": torch.tensor([0.1, 0.5, 1.0])}
+    )
     assert q["mae"] == pytest.approx(0.1) and q["spearman"] == pytest.approx(1.0)
     clean = torch.rand(2, 3, 3, 16, 16) * 0.8
     r = compute_task_metrics("restoration", clean + 0.1, {"clean": clean})
     assert r["psnr"] == pytest.approx(20.0, abs=1e-3) and r["ssim"] < 1.0
-    s = compute_task_metrics("summary", torch.tensor([[0.1, 0.5, 0.9], [0.9, 0.5, 0.1]]),
-                             {"keyframes": torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]])})
+    s = compute_task_metrics(
+        "summary",
+        torch.tensor([[0.1, 0.5, 0.9], [0.9, 0.5, 0.1]]),
+        {"keyframes": torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]])},
+    )
     assert s["spearman"] == pytest.approx(0.0)  # mean of +1 and -1
     answers = torch.tensor([[0, len(ANSWERS) - 1]])
-    qa = compute_task_metrics("qa", torch.nn.functional.one_hot(answers, len(ANSWERS)).float(),
-                              {"answers": answers})
+    qa = compute_task_metrics(
+        "qa", torch.nn.functional.one_hot(answers, len(ANSWERS)).float(), {"answers": answers}
+    )
     assert qa["accuracy"] == 1.0
     cap = torch.tensor([[1, 5, 6, 2, 0]])
     logits = torch.nn.functional.one_hot(cap, 10).float()
@@ -83,7 +88,7 @@ def test_scalar_pixel_and_sequence_tasks() -> None:
     vis = torch.ones(1, 2, 7, dtype=torch.bool)
     kp = torch.rand(1, 2, 7, 2)
     pose = compute_task_metrics("pose", kp + 0.07, {"keypoints": kp, "keypoint_visible": vis})
-    assert pose["pck@0.05"] == 0.0 and pose["pck@0.1"] == 1.0
+    assert pose["pck_0.05"] == 0.0 and pose["pck_0.1"] == 1.0
 
 
 def test_bad_output_shape_is_one_line_usage_error() -> None:

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from privacy_testkit import make_chain
 
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.privacy.accounting import ClientAccountant
@@ -52,8 +53,8 @@ def test_record_round_links_reports_and_reports_cumulative_epsilon() -> None:
         record_round(acc, round=5, max_grad_norm=1.0, delta=DELTA)
 
 
-def test_canonical_bytes_are_sorted_and_compact(chain) -> None:
-    signed = chain("c0", Ed25519PrivateKey.generate(), [1])[0]
+def test_canonical_bytes_are_sorted_and_compact() -> None:
+    signed = make_chain("c0", Ed25519PrivateKey.generate(), [1])[0]
     raw = signed.report.canonical()
     data = json.loads(raw)
     assert list(data) == sorted(data)
@@ -62,8 +63,8 @@ def test_canonical_bytes_are_sorted_and_compact(chain) -> None:
     assert SignedReport.from_json(signed.to_json()) == signed
 
 
-def test_report_parsing_names_the_bad_field(chain) -> None:
-    data = dataclasses.asdict(chain("c0", Ed25519PrivateKey.generate(), [1])[0].report)
+def test_report_parsing_names_the_bad_field() -> None:
+    data = dataclasses.asdict(make_chain("c0", Ed25519PrivateKey.generate(), [1])[0].report)
     with pytest.raises(UsageError, match="line 3: field 'steps_total' must be an integer"):
         PrivacyReport.from_dict({**data, "steps_total": "12"}, "line 3")
     with pytest.raises(UsageError, match="missing field.*epsilon"):
@@ -72,9 +73,9 @@ def test_report_parsing_names_the_bad_field(chain) -> None:
         SignedReport.from_json("{")
 
 
-def test_sign_and_verify_detect_tampering_and_wrong_keys(chain) -> None:
+def test_sign_and_verify_detect_tampering_and_wrong_keys() -> None:
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    signed = chain("c0", key, [1, 2])[1]
+    signed = make_chain("c0", key, [1, 2])[1]
     verify(signed, key.public_key())
     tampered = dataclasses.replace(
         signed, report=dataclasses.replace(signed.report, epsilon=signed.report.epsilon / 2)
@@ -106,32 +107,32 @@ def test_generated_key_files(tmp_path) -> None:
         load_signing_key(tmp_path / "missing.key")
 
 
-def test_key_registry_verifies_updates(tmp_path, chain) -> None:
+def test_key_registry_verifies_updates(tmp_path) -> None:
     key = generate_signing_key(tmp_path / "c0.key")
     registry = KeyRegistry(tmp_path / "registry")
     registry.register("c0", public_key_path(tmp_path / "c0.key"))
     registry.register("c0", key.public_key())  # same key again is fine
     assert "c0" in registry and "c1" not in registry
-    signed = chain("c0", key, [1])[0]
+    signed = make_chain("c0", key, [1])[0]
     assert registry.verify(signed, "c0") == signed.report
     with pytest.raises(CheckFailed, match="client c0: update has no signed privacy report"):
         registry.verify(None, "c0")
     with pytest.raises(CheckFailed, match="client c1: report is for client c0"):
         registry.verify(signed, "c1")
     with pytest.raises(CheckFailed, match="client c1: no public key registered"):
-        registry.verify(chain("c1", key, [1])[0], "c1")
+        registry.verify(make_chain("c1", key, [1])[0], "c1")
     with pytest.raises(CheckFailed, match="already registered with key"):
         registry.register("c0", Ed25519PrivateKey.generate().public_key())
     assert list(registry.public_keys()) == ["c0"]
 
 
-def test_chain_accepts_rounds_with_gaps(chain) -> None:
-    reports = chain("c0", Ed25519PrivateKey.generate(), [1, 3, 4, 9])
+def test_chain_accepts_rounds_with_gaps() -> None:
+    reports = make_chain("c0", Ed25519PrivateKey.generate(), [1, 3, 4, 9])
     assert check_chain(list(reversed(reports))) == []
 
 
-def test_chain_problems_name_client_and_round(chain) -> None:
-    reports = chain("c0", Ed25519PrivateKey.generate(), [1, 3, 4, 9])
+def test_chain_problems_name_client_and_round() -> None:
+    reports = make_chain("c0", Ed25519PrivateKey.generate(), [1, 3, 4, 9])
     missing = check_chain(reports[:1] + reports[2:])
     assert [str(p) for p in missing] == [
         "client c0 round 4: links to round 3 but the previous report is round 1: "
@@ -151,5 +152,5 @@ def test_chain_problems_name_client_and_round(chain) -> None:
         (4, "prev_hash"),
         (4, "steps_total"),
     ]
-    other = chain("c1", Ed25519PrivateKey.generate(), [5])
+    other = make_chain("c1", Ed25519PrivateKey.generate(), [5])
     assert any("belongs to client c1" in str(p) for p in check_chain(reports + other))

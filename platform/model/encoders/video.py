@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from veilfed.errors import UsageError
 from veilfed.model.encoders.base import Encoded, Encoder
+from veilfed.model.layers import flat_apply
 from veilfed.model.registry import ENCODERS
 
 
@@ -43,7 +44,7 @@ class _GridEncoder(Encoder):
         b, d, t, h, w = feat.shape
         axes = [torch.linspace(0.0, 1.0, n, device=feat.device) for n in (t, h, w)]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [t, h, w, 3]
-        grid = feat.permute(0, 2, 3, 4, 1) + self.coords(coords.expand(b, t, h, w, 3))
+        grid = feat.permute(0, 2, 3, 4, 1) + flat_apply(self.coords, coords.expand(b, t, h, w, 3))
         side = (t, min(h, self.max_tokens_side), min(w, self.max_tokens_side))
         pooled_grid = F.adaptive_avg_pool3d(grid.permute(0, 4, 1, 2, 3), side)
         tokens = pooled_grid.flatten(2).transpose(1, 2)
@@ -61,7 +62,7 @@ class Conv2p1d(_GridEncoder):
         self, dim: int = 64, width: int = 32, t_stride: int = 2, max_tokens_side: int = 4
     ) -> None:
         super().__init__(dim, max_tokens_side)
-        self.t_stride = t_stride
+        self.t_stride, self.spatial_stride = t_stride, 8
         self.stem = _conv(3, width, (1, 4, 4), (1, 4, 4), (0, 0, 0))
         self.spatial = _conv(width, width, (1, 3, 3), (1, 2, 2), (0, 1, 1))
         self.temporal = _conv(width, dim, (3, 1, 1), (t_stride, 1, 1), (1, 0, 0))
@@ -71,6 +72,19 @@ class Conv2p1d(_GridEncoder):
         x = video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0  # [B, 3, T, H, W] in [-1, 1]
         x = self.temporal(self.spatial(self.stem(x)))
         return self._finish(x + self.mix(x))
+
+
+class _OutOfPlace(nn.Module):
+    """torchvision's BasicBlock with ``out + residual`` instead of ``out += residual``: Opacus'
+    backward hooks forbid in-place changes to a hooked module's output."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.downsample = block.conv1, block.conv2, block.downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.conv2(self.conv1(x)) + residual)
 
 
 @ENCODERS.register("r2plus1d_18")
@@ -94,8 +108,14 @@ class R2Plus1D18(_GridEncoder):
                 raise UsageError(f"r2plus1d_18 weights_path {path}: no such file")
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         net = ModuleValidator.fix(net)  # BatchNorm3d -> GroupNorm
-        self.body = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
+        for module in net.modules():  # in-place ReLU breaks Opacus' backward hooks
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        layers = [nn.Sequential(*map(_OutOfPlace, layer)) for layer in
+                  (net.layer1, net.layer2, net.layer3, net.layer4)]
+        self.body = nn.Sequential(net.stem, *layers)
         self.proj = nn.Conv3d(512, dim, 1)
+        self.t_stride, self.spatial_stride = 8, 16
 
     def forward(self, video: Tensor) -> Encoded:
         x = video.permute(0, 2, 1, 3, 4)

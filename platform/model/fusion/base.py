@@ -88,5 +88,10 @@ def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(logits.masked_fill(mask <= 0, float("-inf")), dim=-1).nan_to_num(0.0)
 
 
-def video_grid(encoded: dict[str, Encoded]) -> Tensor | None:
-    return encoded["video"].grid if "video" in encoded else None
+def video_grid(encoded: dict[str, Encoded], present: dict[str, Tensor]) -> Tensor | None:
+    """The video grid, zeroed for samples without video so dense heads never read a blank clip."""
+    if "video" not in encoded or encoded["video"].grid is None:
+        return None
+    return encoded["video"].grid * present["video"].to(encoded["video"].grid.dtype)[
+        :, None, None, None, None
+    ]

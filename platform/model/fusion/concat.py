@@ -6,7 +6,14 @@ import torch
 from torch import Tensor, nn
 
 from veilfed.model.encoders.base import Encoded
-from veilfed.model.fusion.base import Fusion, FusionOutput, View, joint_tokens, presence
+from veilfed.model.fusion.base import (
+    Fusion,
+    FusionOutput,
+    View,
+    joint_tokens,
+    presence,
+    video_grid,
+)
 from veilfed.model.registry import FUSIONS
 
 
@@ -24,5 +31,4 @@ class ConcatFusion(Fusion):
         feats = [encoded[m].pooled * bits[:, i : i + 1] for i, m in enumerate(self.modalities)]
         pooled = self.mlp(torch.cat([*feats, bits], dim=1))
         tokens, mask, _ = joint_tokens(encoded, present, self.modalities)
-        grid = encoded["video"].grid if "video" in encoded else None
-        return FusionOutput([View(pooled, tokens, mask, grid)])
+        return FusionOutput([View(pooled, tokens, mask, video_grid(encoded, present))])

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from veilfed.model.encoders.base import Encoded
-from veilfed.model.fusion.base import Fusion, FusionOutput, View, joint_tokens, presence, token_mask
+from veilfed.model.fusion.base import (
+    Fusion,
+    FusionOutput,
+    View,
+    joint_tokens,
+    presence,
+    token_mask,
+    video_grid,
+)
 from veilfed.model.layers import Attention, masked_mean
 from veilfed.model.registry import FUSIONS
 
@@ -42,4 +50,5 @@ class CrossAttentionFusion(Fusion):
         stacked = torch.stack([pooled_parts[m] for m in self.modalities], dim=1)
         avg = (stacked * bits.unsqueeze(-1)).sum(1) / bits.sum(1, keepdim=True).clamp(min=1.0)
         tokens, mask, _ = joint_tokens(encoded, present, self.modalities)
-        return FusionOutput([View(self.out(avg), tokens, mask, video.grid)], attention=attention)
+        grid = video_grid(encoded, present)
+        return FusionOutput([View(self.out(avg), tokens, mask, grid)], attention=attention)

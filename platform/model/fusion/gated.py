@@ -35,6 +35,6 @@ class GatedFusion(Fusion):
         pooled = (weights.unsqueeze(-1) * projected).sum(dim=1)
         tokens, mask, _ = joint_tokens(encoded, present, self.modalities)
         return FusionOutput(
-            [View(pooled, tokens, mask, video_grid(encoded))],
+            [View(pooled, tokens, mask, video_grid(encoded, present))],
             attention={"modality_weights": weights},
         )

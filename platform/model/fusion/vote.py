@@ -40,7 +40,7 @@ class VoteFusion(Fusion):
                 self.adapt[m](encoded[m].pooled),
                 encoded[m].tokens,
                 token_mask(encoded[m], present[m]),
-                video_grid(encoded),
+                video_grid(encoded, present),
             )
             for m in self.modalities
         ]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from veilfed.model.fusion.base import View
+from veilfed.model.layers import flat_apply
 
 
 @dataclass
@@ -28,6 +29,11 @@ class HeadInput:
     @property
     def frames(self) -> int:
         return self.batch["video"].shape[1]
+
+    def input_video(self) -> Tensor:
+        """The input clip, zeroed for samples whose video is missing."""
+        present = self.batch["modality_mask"][:, 0].to(self.batch["video"].dtype)
+        return self.batch["video"] * present[:, None, None, None, None]
 
 
 class Head(nn.Module):
@@ -91,7 +97,7 @@ class SlotPool(nn.Module):
 
     def forward(self, grid: Tensor) -> tuple[Tensor, Tensor]:
         b, t, h, w, d = grid.shape
-        attn = torch.softmax(sub_frames(self.logits(grid), self.tp), dim=2)  # [B, T, HW, S]
+        attn = torch.softmax(sub_frames(flat_apply(self.logits, grid), self.tp), dim=2)  # [B, T, HW, S]
         feats = grid.reshape(b, t, 1, h * w, d).expand(b, t, self.tp, h * w, d)
         feats = feats.reshape(b, t * self.tp, h * w, d)
         pooled = torch.einsum("btls,btld->btsd", attn, feats)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from veilfed.data import schema
 from veilfed.model.heads.base import Head, HeadInput, SlotPool, per_sample_mean, unpatchify
+from veilfed.model.layers import flat_apply
 from veilfed.model.registry import HEADS
 
 
@@ -38,7 +39,7 @@ class DetectionHead(Head):
 
     def forward(self, inp: HeadInput) -> dict[str, Tensor]:
         centers, feats = self.pool(inp.grid)
-        raw = self.out(feats)
+        raw = flat_apply(self.out, feats)
         logits, box = raw[..., : self.classes + 1], raw[..., self.classes + 1 :]
         h, w = inp.grid.shape[2:4]
         cell = torch.tensor([1.0 / w, 1.0 / h], device=box.device)
@@ -73,7 +74,7 @@ class PoseHead(Head):
         centers, feats = self.pool(inp.grid)
         h, w = inp.grid.shape[2:4]
         cell = torch.tensor([1.0 / w, 1.0 / h], device=feats.device)
-        return centers + torch.tanh(self.offset(feats)) * cell
+        return centers + torch.tanh(flat_apply(self.offset, feats)) * cell
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         vis = targets["keypoint_visible"].float().unsqueeze(-1)
@@ -120,7 +121,7 @@ class SegmentationHead(Head):
         self.out = nn.Linear(pixel_dim, tp * self.patch**2 * self.classes)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        logits = unpatchify(self.out(inp.pixels), self.tp, self.patch, self.patch, self.classes)
+        logits = unpatchify(flat_apply(self.out, inp.pixels), self.tp, self.patch, self.patch, self.classes)
         b, t, c, h, w = logits.shape
         size = inp.batch["video"].shape[-2:]
         if (h, w) != tuple(size):

@@ -53,7 +53,7 @@ class CaptionHead(Head):
 
     def forward(self, inp: HeadInput) -> Tensor:
         caption = inp.batch["targets"]["caption"]
-        return self.decode(inp, caption[:, :-1])
+        return self.decode(inp, caption[:, :-1].contiguous())
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         target = targets["caption"][:, 1:]

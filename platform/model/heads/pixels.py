@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from veilfed.data import schema
 from veilfed.model.heads.base import Head, HeadInput, per_sample_mean, unpatchify
+from veilfed.model.layers import flat_apply
 from veilfed.model.registry import HEADS
 
 
@@ -24,7 +25,7 @@ class PixelDecoder(nn.Module):
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, pixel_dim), nn.GELU())
 
     def forward(self, grid: Tensor) -> Tensor:
-        return self.net(grid)
+        return flat_apply(self.net, grid)
 
 
 @HEADS.register("restoration")
@@ -43,8 +44,8 @@ class RestorationHead(Head):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        delta = unpatchify(self.out(inp.pixels), self.tp, self.patch, self.patch, 3)
-        return inp.batch["video"] + delta
+        delta = unpatchify(flat_apply(self.out, inp.pixels), self.tp, self.patch, self.patch, 3)
+        return inp.input_video() + delta
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         return per_sample_mean((output - targets["clean"]).abs()) * 10.0
@@ -73,9 +74,9 @@ class NextFrameHead(Head):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        last = self.out(inp.pixels[:, -1:])  # [B, 1, H', W', K*p*p*3]
+        last = flat_apply(self.out, inp.pixels[:, -1:])  # [B, 1, H', W', K*p*p*3]
         delta = unpatchify(last, self.frames, self.patch, self.patch, 3)
-        return inp.batch["video"][:, -1:] + delta
+        return inp.input_video()[:, -1:] + delta
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         return per_sample_mean((output - targets["next_frames"]).abs()) * 10.0

@@ -1,10 +1,7 @@
-"""Shared builders: real accountants producing real signed report chains."""
+"""Shared builder: real accountants producing real signed report chains (imported by tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veilfed.privacy.accounting import ClientAccountant
@@ -27,13 +24,6 @@ def make_chain(
     out = []
     for r in rounds:
         acc.step(sigma, rate, steps)
-        report = record_round(
-            acc, round=r, max_grad_norm=1.0, delta=DELTA, epsilon_budget=budget
-        )
+        report = record_round(acc, round=r, max_grad_norm=1.0, delta=DELTA, epsilon_budget=budget)
         out.append(sign(report, key))
     return out
-
-
-@pytest.fixture
-def chain() -> Callable[..., list[SignedReport]]:
-    return make_chain

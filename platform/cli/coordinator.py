@@ -1,0 +1,50 @@
+"""``veilfed coordinator start``: the SuperLink and the veilfed ServerApp as a service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from veilfed.cli.common import handle_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("start")
+@handle_errors
+def start_cmd(
+    address: str = typer.Option(
+        "0.0.0.0:9092", "--address", help="HOST:PORT the SuperLink listens on (one HTTPS port)."
+    ),
+    certs: Path = typer.Option(
+        ..., "--certs", help="Directory with ca.pem, superlink.pem, superlink.key (certs new)."
+    ),
+    auth_keys: Path = typer.Option(
+        ..., "--auth-keys", help="Directory of node public keys (*.pub); only these may join."
+    ),
+    config: Path = typer.Option(..., "--config", help="Experiment config (TOML)."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue this run (its id)."),
+    state: Path = typer.Option(
+        Path("coordinator-state"), "--state", help="SuperLink database, app and run files."
+    ),
+    wait_nodes: float = typer.Option(
+        300.0, "--wait-nodes", help="Seconds to wait for every registered node to connect."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
+) -> None:
+    """Run the SuperLink (TLS, node auth) and one veilfed run; exit when it finishes."""
+    from veilfed.deploy.coordinator import CoordinatorOptions, start
+    from veilfed.deploy.process import setup_logging
+
+    setup_logging(verbose)
+    opts = CoordinatorOptions(
+        address=address,
+        certs=certs,
+        auth_keys=auth_keys,
+        config=config,
+        state=state,
+        resume=resume,
+        wait_nodes_s=wait_nodes,
+    )
+    raise typer.Exit(start(opts))

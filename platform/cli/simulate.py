@@ -1,0 +1,439 @@
+"""``veilfed simulate``: the federated DP simulation on Flower's simulation engine (Ray).
+
+Everything that can be wrong with the input (config, ε/δ, fraction, store, shards, Ray address)
+is checked *before* an MLflow run exists; after that, any failure marks the run FAILED. The run's
+state lives in ``<runs-dir>/<mlflow run id>/`` (settings, shards, checkpoint, client nodes), so
+``--resume RUN`` continues a killed run from its last finished round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from veilfed.cli.common import handle_errors, print_json
+from veilfed.errors import UsageError
+
+RUNS_DIR = "runs"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate", help="Federated DP simulation on Ray (Flower simulation engine).")(
+        simulate
+    )
+
+
+@handle_errors
+def simulate(
+    config: Path = typer.Option(..., "--config", help="Experiment TOML (experiments/*.toml)."),
+    clients: int | None = typer.Option(None, "--clients", help="Number of virtual clients."),
+    rounds: int | None = typer.Option(None, "--rounds", help="Federated rounds."),
+    fraction: float | None = typer.Option(None, "--fraction", help="Clients sampled per round."),
+    epsilon: float | None = typer.Option(
+        None, "--epsilon", help="Per-client target ε over all rounds ('inf': no DP)."
+    ),
+    delta: float | None = typer.Option(None, "--delta", help="δ of the per-client guarantee."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue this run id."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Attach to a running Ray cluster (host:port)."
+    ),
+    store: Path | None = typer.Option(
+        None, "--store", help="Encrypted store (default: synthesize the config's world)."
+    ),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", help="Where run state lives."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Write summary here."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
+    if ray_address:
+        check_ray_address(ray_address)
+    if resume:
+        settings, tracker = reopen(runs_dir, resume)
+    else:
+        overrides = {
+            k: v
+            for k, v in (("clients", clients), ("rounds", rounds), ("fraction", fraction))
+            if v is not None
+        }
+        settings, tracker = prepare(config, overrides, epsilon, delta, store, key_file, runs_dir)
+    start = time.perf_counter()
+    with tracker.failing_on_error():
+        run_engine(settings, tracker, ray_address)
+        summary = finish(settings, tracker, time.perf_counter() - start)
+    if summary_json is not None:
+        from veilfed.io import write_text_atomic
+
+        write_text_atomic(summary_json, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if json_out:
+        print_json(summary)
+    else:
+        print_report(summary)
+
+
+# -- input checks ---------------------------------------------------------------------------------
+def check_ray_address(address: str) -> None:
+    """Fail fast (exit 2) when nothing listens at ``host:port`` instead of hanging in ray.init."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: expected host:port (e.g. 127.0.0.1:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--ray-address {address}: no Ray cluster answers ({exc.strerror or exc}); start one "
+            "with 'ray start --head' or drop --ray-address"
+        ) from None
+
+
+def resolve_privacy(cfg: Any, fed_budget: float, epsilon: float | None, delta: float | None):  # type: ignore[no-untyped-def]
+    """Client DP settings: config [privacy], overridden by --epsilon/--delta."""
+    from veilfed.coordinator.settings import ClientPrivacy
+
+    p = cfg.privacy
+    eps = math.inf
+    sigma = 0.0
+    if p.enabled:
+        eps = p.epsilon if p.epsilon is not None else math.inf
+        sigma = p.noise_multiplier if p.noise_multiplier is not None else 0.0
+    if epsilon is not None:
+        if not epsilon > 0:
+            raise UsageError(f"--epsilon must be > 0 (got {epsilon:g}); use 'inf' for no DP")
+        eps, sigma = epsilon, 0.0
+    d = p.delta if delta is None else delta
+    if not 0 < d < 1:
+        raise UsageError(f"--delta must be in (0, 1) (got {d:g})")
+    return ClientPrivacy(
+        epsilon=eps,
+        delta=d,
+        noise_multiplier=sigma,
+        max_grad_norm=p.max_grad_norm,
+        budget=fed_budget,
+        accountant=p.accountant,
+    )
+
+
+def _world_store(cfg: Any, runs_dir: Path) -> tuple[Path, Path]:
+    """The config's synthetic world as an encrypted store, built once per world and reused."""
+    from veilfed.crypto.keys import write_key_file
+    from veilfed.data import synth
+    from veilfed.data.files import encode_clip
+    from veilfed.data.store import EncryptedStore
+
+    world = cfg.world.world_config()
+    spec = json.dumps({"world": world.to_dict(), "clips": cfg.world.clips}, sort_keys=True)
+    home = runs_dir / "stores" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    store, key = home / "store", home / "store.key"
+    if (home / "complete").exists():
+        return store, key
+    if home.exists():
+        import shutil
+
+        shutil.rmtree(home)  # an interrupted build: start over
+    fkey = write_key_file(key)
+    enc = EncryptedStore.create(store, fkey)
+    with enc.batch():
+        for clip in synth.iter_world(world, cfg.world.clips):
+            enc.put(clip.clip_id, encode_clip(clip), clip.labels)
+    (home / "complete").write_text(spec)
+    return store, key
+
+
+def make_shards(
+    store: Any, num_clients: int, scheme: str, alpha: float, seed: int
+) -> dict[str, list[str]]:
+    """Partition the store's clip ids among clients (Dirichlet skew over the action label)."""
+    from veilfed.data.partition import partition
+
+    ids = sorted(store.ids())
+    labels = [0] * len(ids)
+    if scheme == "dirichlet":
+        labels = [int(store.read(i)[1].get("action", 0)) for i in ids]
+    parts = partition(labels, num_clients, scheme=scheme, alpha=alpha, seed=seed)
+    shards = {p.client_id: [ids[i] for i in p.indices] for p in parts}
+    for cid, share in shards.items():
+        if len(share) < 2:
+            raise UsageError(
+                f"client {cid}: shard has {len(share)} clip(s); each client needs >= 2 (train + "
+                f"held-out). Use fewer --clients or a bigger world ({len(ids)} clips)"
+            )
+    return shards
+
+
+def prepare(
+    config: Path,
+    overrides: dict[str, Any],
+    epsilon: float | None,
+    delta: float | None,
+    store: Path | None,
+    key_file: Path | None,
+    runs_dir: Path,
+    raw_config: dict[str, Any] | None = None,
+):  # type: ignore[no-untyped-def]
+    """Validate everything, then open the MLflow run and lay out the run directory."""
+    import tomllib
+
+    from veilfed.clients.node import provision
+    from veilfed.config import load_config, parse_config
+    from veilfed.coordinator.settings import FederatedConfig, SimSettings, save_shards
+    from veilfed.tracking import start_run, tracking_uri
+
+    if raw_config is None:
+        cfg = load_config(config)
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+        raw.setdefault("name", config.stem)
+    else:
+        cfg = parse_config(raw_config, str(config), name=config.stem)
+        raw = dict(raw_config)
+    fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
+    raw["federated"] = {**cfg.federated, **overrides}
+    privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
+    if (store is None) != (key_file is None):
+        raise UsageError("--store and --key-file go together (or give neither to synthesize)")
+    if store is None:
+        store, key_file = _world_store(cfg, runs_dir)
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.store import EncryptedStore
+
+    opened = EncryptedStore.open(store, read_key_file(key_file))
+    seed = cfg.train.seed
+    shards = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed)
+    smallest = min(len(s) - max(1, round(fed.holdout * len(s))) for s in shards.values())
+    privacy.validate(max(1, smallest), "privacy")
+
+    experiment = cfg.tracking.experiment or cfg.name
+    params = {
+        "config": str(config),
+        "model": {"encoders": cfg.model.encoders, "dim": cfg.model.dim},
+        "fusion": cfg.model.fusion,
+        "tasks": ",".join(cfg.model.tasks),
+        "dp": {
+            "epsilon": privacy.epsilon,
+            "delta": privacy.delta,
+            "noise_multiplier": privacy.noise_multiplier,
+            "max_grad_norm": privacy.max_grad_norm,
+            "budget": privacy.epsilon_budget,
+            "accountant": privacy.accountant,
+        },
+        "strategy": fed.strategy,
+        "federated": {k: v for k, v in vars(fed).items() if k != "strategy"},
+        "partitioning": f"{fed.partition}(alpha={fed.alpha})",
+        "store": str(store),
+        "seed": seed,
+        "train": {"batch_size": cfg.train.batch_size, "lr": cfg.train.lr},
+    }
+    tracker = start_run(experiment, params, tags={"veilfed.kind": "simulation"})
+    with tracker.failing_on_error():
+        run_dir = (runs_dir / tracker.run_id).resolve()
+        run_dir.mkdir(parents=True, exist_ok=False)
+        settings = SimSettings(
+            run_id=tracker.run_id,
+            run_dir=str(run_dir),
+            experiment=experiment,
+            config=raw,
+            store=str(Path(store).resolve()),
+            key_file=str(Path(key_file).resolve()),
+            seed=seed,
+            federated=fed,
+            privacy=privacy,
+            tracking_uri=tracking_uri(),
+        )
+        save_shards(run_dir, shards)
+        if privacy.enabled and fed.sign_reports:
+            provision(run_dir, sorted(shards))
+        settings.save()
+    return settings, tracker
+
+
+def reopen(runs_dir: Path, run_id: str):  # type: ignore[no-untyped-def]
+    from veilfed.coordinator.settings import SimSettings
+    from veilfed.tracking import resume_run
+
+    run_dir = runs_dir / run_id
+    if not (run_dir / "settings.json").exists():
+        raise UsageError(f"--resume {run_id}: no run state in {run_dir}; check --runs-dir")
+    settings = SimSettings.load(run_dir)
+    return settings, resume_run(run_id)
+
+
+# -- running ------------------------------------------------------------------------------------
+def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str, Any]:
+    """Client resources fitted to this machine; or attach to an existing cluster."""
+    init: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True}
+    if ray_address:
+        init["address"] = ray_address
+    else:
+        init["num_cpus"] = max(1, os.cpu_count() or 1)
+        init["object_store_memory"] = 256 * 1024**2
+    return {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+        "init_args": init,
+    }
+
+
+def run_engine(settings: Any, tracker: Any, ray_address: str | None) -> None:
+    """Flower's simulation engine with one virtual SuperNode per client."""
+    import logging
+
+    from flwr.simulation import run_simulation
+
+    from veilfed.clients.client_app import app as client_app
+    from veilfed.coordinator.server_app import make_server_app
+
+    logging.getLogger("veilfed").setLevel(logging.INFO)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    run_simulation(
+        server_app=make_server_app(settings.run_dir, tracker),
+        client_app=client_app,
+        num_supernodes=settings.federated.clients,
+        backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
+    )
+
+
+def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
+    """``flwr run .``: the same run, prepared from [tool.flwr.app.config] inside the ServerApp."""
+    from veilfed.coordinator.server_app import Coordinator
+
+    def opt(key: str) -> Any:
+        value = run_config.get(key)
+        return None if value in (None, "", 0) else value
+
+    store = opt("store")
+    settings, tracker = prepare(
+        Path(str(run_config["config"])),
+        {k: run_config[k] for k in ("clients", "rounds", "fraction") if opt(k) is not None},
+        float(run_config["epsilon"]) if opt("epsilon") is not None else None,
+        float(run_config["delta"]) if opt("delta") is not None else None,
+        Path(store) if store else None,
+        Path(str(run_config["key-file"])) if store else None,
+        Path(str(run_config.get("runs-dir") or RUNS_DIR)),
+    )
+    start = time.perf_counter()
+    with tracker.failing_on_error():
+        Coordinator(grid, settings, tracker).run()
+        print_report(finish(settings, tracker, time.perf_counter() - start))
+
+
+# -- results ------------------------------------------------------------------------------------
+def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
+    """summary.json exactly as ../shared/DESIGN.md specifies (plus run-specific extras)."""
+    last = ckpt.history[-1] if ckpt.history else {"metrics": {}}
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in last["metrics"].items():
+        if key.startswith("eval/"):
+            _, task, metric = key.split("/", 2)
+            metrics.setdefault(task, {})[metric] = value
+    clients = {}
+    for cid, c in sorted(ckpt.clients.items()):
+        clients[cid] = {
+            "epsilon": c["epsilon"],
+            "delta": c["delta"],
+            "noise_multiplier": c["noise_multiplier"],
+            "sample_rate": c["sample_rate"],
+            "steps": c["steps"],
+            "max_grad_norm": c["max_grad_norm"],
+            "accountant": c["accountant"],
+            "rounds": c["rounds"],
+        }
+    return {
+        "run_id": settings.run_id,
+        "tracking_uri": settings.tracking_uri,
+        "rounds": ckpt.round,
+        "wall_s": round(wall_s, 3),
+        "metrics": metrics,
+        "clients": clients,
+        "he": {"enabled": False, "ciphertext_bytes": 0, "plaintext_bytes": 0, "max_abs_error": 0.0},
+        "strategy": settings.federated.strategy,
+        "private": settings.privacy.enabled,
+        "exhausted": dict(ckpt.exhausted),
+        "run_dir": settings.run_dir,
+    }
+
+
+def finish(settings: Any, tracker: Any, wall_s: float) -> dict[str, Any]:
+    """Artifacts (summary, per-task table, ε plot) and the run marked FINISHED."""
+    from veilfed.coordinator import checkpoint
+
+    ckpt = checkpoint.load(settings.run_dir)
+    if ckpt is None:
+        raise UsageError(f"run {settings.run_id}: no finished round to summarize")
+    summary = summary_of(settings, ckpt, wall_s)
+    tracker.log_json(summary, "summary.json")
+    tracker.log_text(metrics_table(ckpt.history), "metrics/per_task.md")
+    figure = epsilon_plot(ckpt.history)
+    if figure is not None:
+        tracker.log_figure(figure, "plots/epsilon_vs_round.png")
+    tracker.finish("FINISHED")
+    return summary
+
+
+def metrics_table(history: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per round, one column per eval/<task>/<metric>."""
+    keys = sorted({k for h in history for k in h["metrics"] if k.startswith("eval/")})
+    lines = ["| round | " + " | ".join(k[5:] for k in keys) + " |"]
+    lines.append("|---" * (len(keys) + 1) + "|")
+    for h in history:
+        cells = [f"{h['metrics'][k]:.4f}" if k in h["metrics"] else "" for k in keys]
+        lines.append(f"| {h['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def epsilon_plot(history: list[dict[str, Any]]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history if "privacy/eps_max" in h["metrics"]]
+    if not rounds:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in (("privacy/eps_max", "max over clients"), ("privacy/eps_mean", "mean")):
+        ax.plot(
+            rounds,
+            [h["metrics"][key] for h in history if key in h["metrics"]],
+            marker="o",
+            label=label,
+        )
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative ε")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    print(
+        f"run {summary['run_id']}: {summary['rounds']} rounds in {summary['wall_s']:.1f}s "
+        f"(strategy {summary['strategy']})"
+    )
+    print("per-task metrics (federated evaluation on held-out shards):")
+    for task, values in sorted(summary["metrics"].items()):
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
+        print(f"  {task:<13} {shown}")
+    if summary["clients"]:
+        print("per-client privacy (cumulative over every round joined):")
+        for cid, c in summary["clients"].items():
+            print(
+                f"  {cid}: epsilon={c['epsilon']:.3f} delta={c['delta']:g} rounds={c['rounds']} "
+                f"steps={c['steps']} sigma={c['noise_multiplier']:.3f} q={c['sample_rate']:.3f}"
+            )
+    elif not summary["private"]:
+        print("no client-side DP (non-private run)")
+    for cid, reason in summary["exhausted"].items():
+        print(f"  {cid} stopped: {reason}")
+    uri = summary["tracking_uri"]
+    print(
+        f"MLflow: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000, "
+        f"run {summary['run_id']})"
+    )

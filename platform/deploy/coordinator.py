@@ -1,0 +1,231 @@
+"""``veilfed coordinator start``: a SuperLink with TLS and node auth, then the veilfed run.
+
+Order of events: preflight (certificates current and chained to the CA, node keys readable, config
+present, port free) → ``flower-superlink`` child on one HTTPS port (Fleet, Control and Runtime
+APIs) → wait until it answers TLS → register every node public key from ``--auth-keys`` (only those
+nodes get in) → wait for the nodes to come online (bounded) → submit the veilfed Flower App with
+this run's config → stream the ServerApp log until the run finishes. SIGTERM stops the run and the
+SuperLink in order; the ServerApp checkpoints every round, so ``--resume RUN`` continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veilfed.crypto.certs import (
+    CA_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    check_server_material,
+    load_node_public_keys,
+)
+from veilfed.deploy.app_project import write_app_project
+from veilfed.deploy.control import ControlClient
+from veilfed.deploy.flower import child_env, executable
+from veilfed.deploy.net import check_port_free, check_tls, parse_address
+from veilfed.deploy.process import Child, StopSignal, strip_colour
+from veilfed.errors import CheckFailed, UsageError
+
+log = logging.getLogger("veilfed.coordinator")
+
+
+@dataclass
+class CoordinatorOptions:
+    """Everything ``veilfed coordinator start`` takes."""
+
+    address: str
+    certs: Path
+    auth_keys: Path
+    config: Path
+    state: Path
+    resume: str | None = None
+    wait_nodes_s: float = 300.0
+    ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 15.0
+    run_config: dict[str, object] = field(default_factory=dict)
+
+
+def _check_config(path: Path) -> None:
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found; check --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read config ({exc}); check --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc}); check --config") from None
+
+
+def _local(host: str) -> str:
+    """The address to reach a server bound to ``host`` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _wait_ready(link: Child, host: str, port: int, ca: Path, timeout: float) -> None:
+    """Until the SuperLink completes a TLS handshake; fail naming why if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        code = link.poll()
+        if code is not None:
+            link.wait_output()
+            last = link.tail[-1] if link.tail else "no output"
+            raise UsageError(f"flower-superlink exited with code {code} at start: {last}")
+        try:
+            check_tls(_local(host), port, ca, timeout=2.0)
+            return
+        except UsageError as exc:
+            if "unreachable" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _wait_nodes(
+    ctl: ControlClient, ids: dict[str, int], stop: StopSignal, timeout: float
+) -> set[int]:
+    """Wait (bounded) until every registered node is online; the online ids at the end."""
+    deadline = time.monotonic() + timeout
+    want = set(ids.values())
+    online: set[int] = set()
+    last_report = 0.0
+    while not stop.event.is_set():
+        online = ctl.online_nodes() & want
+        if online == want or time.monotonic() > deadline:
+            break
+        if time.monotonic() - last_report > 10:
+            missing = sorted(n for n, i in ids.items() if i not in online)
+            log.info("waiting for %d node(s) to connect: %s", len(missing), ", ".join(missing))
+            last_report = time.monotonic()
+        stop.event.wait(0.5)
+    return online
+
+
+_ROUTINE = ("[uvicorn.access]", "ControlServicer.ListNodes", "ControlServicer.ListRuns", "[Fleet.")
+
+
+def routine_line(line: str) -> bool:
+    """Per-request SuperLink lines, logged at debug level (``--verbose`` shows them)."""
+    return any(marker in line for marker in _ROUTINE)
+
+
+def run_config_for(opts: CoordinatorOptions, nodes: int) -> dict[str, object]:
+    """The ``[tool.flwr.app.config]`` of the submitted app: read by the veilfed ServerApp."""
+    cfg: dict[str, object] = {
+        "config": str(opts.config.absolute()),
+        "clients": nodes,
+        "runs-dir": str((opts.state / "runs").absolute()),
+        "resume": opts.resume or "",
+    }
+    cfg.update(opts.run_config)
+    return cfg
+
+
+def start(opts: CoordinatorOptions) -> int:
+    """Run the coordinator until its run finishes (0), fails (1) or SIGTERM arrives (0)."""
+    host, port = parse_address(opts.address, "--address")
+    check_server_material(opts.certs)
+    keys = load_node_public_keys(opts.auth_keys)
+    _check_config(opts.config)
+    check_port_free(host, port, "--address")
+    ca = (opts.certs / CA_CERT).absolute()
+    opts.state.mkdir(parents=True, exist_ok=True)
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
+    env = child_env(opts.state / "superlink-home", {"MLFLOW_TRACKING_URI": tracking})
+    argv = [
+        executable("flower-superlink"),
+        "--ssl-ca-certfile", str(ca),
+        "--ssl-certfile", str((opts.certs / SERVER_CERT).absolute()),
+        "--ssl-keyfile", str((opts.certs / SERVER_KEY).absolute()),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--database", str((opts.state / "superlink.db").absolute()),
+        "--host", host,
+        "--port", str(port),
+    ]  # fmt: skip
+    stop = StopSignal()
+    with stop.installed():
+        link = Child("superlink", argv, env, cwd=opts.state, quiet=routine_line)
+        try:
+            return _serve(opts, link, host, port, ca, keys, stop, tracking)
+        finally:
+            code = link.stop(opts.stop_timeout_s)
+            log.info("SuperLink stopped (exit %s)", code)
+
+
+def _serve(
+    opts: CoordinatorOptions,
+    link: Child,
+    host: str,
+    port: int,
+    ca: Path,
+    keys: dict[str, bytes],
+    stop: StopSignal,
+    tracking: str,
+) -> int:
+    _wait_ready(link, host, port, ca, opts.ready_timeout_s)
+    log.info(
+        "SuperLink listening on https://%s:%d (Fleet, Control and Runtime APIs; TLS on, "
+        "node authentication on)",
+        host,
+        port,
+    )
+    os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    with ControlClient(f"{_local(host)}:{port}", ca, opts.state / "control-home") as ctl:
+        ids = ctl.register_nodes(keys)
+        log.info("registered %d node key(s): %s", len(ids), ", ".join(sorted(ids)))
+        online = _wait_nodes(ctl, ids, stop, opts.wait_nodes_s)
+        if stop.event.is_set():
+            log.info("stopped on %s before the run started", stop.name)
+            return 0
+        if not online:
+            raise UsageError(
+                f"no node connected within {opts.wait_nodes_s:.0f}s; start them with "
+                "`veilfed node start --superlink HOST:PORT ...`"
+            )
+        if len(online) < len(ids):
+            log.warning("starting with %d of %d nodes online", len(online), len(ids))
+        app_dir = write_app_project(opts.state / "app", run_config_for(opts, len(ids)))
+        run_id = ctl.start_run(app_dir)
+        log.info("started run %d (MLflow tracking at %s)", run_id, tracking)
+        return _follow(ctl, run_id, link, stop)
+
+
+def _follow(ctl: ControlClient, run_id: int, link: Child, stop: StopSignal) -> int:
+    server_log = logging.getLogger("veilfed.serverapp")
+    done = threading.Event()
+    errors: list[Exception] = []
+
+    def stream() -> None:
+        try:
+            ctl.stream_logs(run_id, lambda line: server_log.info("%s", strip_colour(line)))
+        except Exception as exc:  # the stream ends with a transport error when we shut down
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=stream, name="serverapp-log", daemon=True).start()
+    while not (done.is_set() or stop.event.is_set() or link.poll() is not None):
+        stop.event.wait(0.5)
+    if stop.event.is_set():
+        log.info(
+            "stopping run %d on %s (its last finished round is checkpointed)", run_id, stop.name
+        )
+        ctl.stop_run(run_id)
+        return 0
+    if link.poll() is not None:
+        raise UsageError(f"flower-superlink exited with code {link.poll()} during run {run_id}")
+    status = ctl.run_status(run_id)
+    if not status.ok:
+        raise CheckFailed(
+            f"run {run_id} {status.status}:{status.sub_status}"
+            f"{': ' + status.details if status.details else ''}; see the ServerApp log above"
+        )
+    log.info("run %d completed", run_id)
+    return 0

@@ -1,0 +1,160 @@
+"""``veilfed node start``: a SuperNode running the veilfed ClientApp next to its encrypted shard.
+
+Preflight, in the order a user would fix things: the SuperLink address parses; the CA
+certificate is current; the auth key is a private OpenSSH EC key; the shard key opens the bundle
+(every chunk authenticates, and the bundle names the client); the HE secret context loads; the
+node's local Runtime API port is free; the SuperLink is reachable (bounded retries with back-off)
+and its certificate verifies against our CA. Only then does ``flower-supernode`` start. A node
+whose key the coordinator did not register is refused by the SuperLink at activation; that is
+reported as one line, exit 2.
+
+The ClientApp finds its node-local inputs in Flower's node config: ``client-id`` (from the bundle),
+``shard``, ``key-file``, ``state-dir`` (accountant history and report signing key survive
+restarts there) and ``he-context``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from veilfed.crypto.certs import check_ca, load_node_private_key
+from veilfed.deploy.flower import child_env, executable
+from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
+from veilfed.deploy.process import Child, StopSignal
+from veilfed.errors import UsageError
+
+log = logging.getLogger("veilfed.node")
+
+_REFUSED = "Failed to activate SuperNode"
+_CONNECTED = "SuperNode ID:"
+
+
+def _routine(line: str) -> bool:
+    """Per-request uvicorn lines of the local Runtime API: debug level."""
+    return "HTTP/1.1" in line
+
+
+@dataclass
+class NodeOptions:
+    """Everything ``veilfed node start`` takes."""
+
+    superlink: str
+    shard: Path
+    key_file: Path
+    certs: Path
+    auth_key: Path
+    state: Path
+    he_context: Path | None = None
+    port: int = 9094
+    connect_tries: int = 5
+    first_delay_s: float = 0.5
+    max_wait_s: float = 300.0
+    stop_timeout_s: float = 15.0
+
+
+def check_shard(shard: Path, key_file: Path) -> str:
+    """The client id of the bundle, after checking the key opens every record of it."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.bundle import read_bundle
+
+    key = read_key_file(key_file)
+    try:
+        client, _, clips = read_bundle(shard, key)
+    except UsageError as exc:
+        raise UsageError(f"--shard/--key-file: {exc}") from None
+    log.info("shard %s opens with %s: client %s, %d clips", shard, key_file, client, len(clips))
+    return client
+
+
+def _literal(value: str, flag: str) -> str:
+    """A TOML literal string for Flower's ``--node-config`` (no escapes, so no quotes inside)."""
+    if "'" in value or '"' in value:
+        raise UsageError(f"{flag} {value!r}: paths with quotes are not supported; rename it")
+    return f"'{value}'"
+
+
+def node_config(client: str, opts: NodeOptions) -> str:
+    items = {
+        "client-id": client,
+        "shard": str(opts.shard.absolute()),
+        "key-file": str(opts.key_file.absolute()),
+        "state-dir": str((opts.state / "client").absolute()),
+    }
+    if opts.he_context is not None:
+        items["he-context"] = str(opts.he_context.absolute())
+    return " ".join(f"{k}={_literal(v, '--' + k)}" for k, v in items.items())
+
+
+def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
+    """Every check before the SuperNode starts; (host, port, CA path, client id)."""
+    host, port = parse_address(opts.superlink, "--superlink")
+    ca = check_ca(opts.certs)
+    load_node_private_key(opts.auth_key)
+    client = check_shard(opts.shard, opts.key_file)
+    if opts.he_context is not None:
+        from veilfed.crypto.he_keys import load_context
+
+        load_context(opts.he_context, require_secret=True)
+    check_port_free("127.0.0.1", opts.port, "--port")
+
+    def retrying(attempt: int, delay: float, exc: Exception) -> None:
+        log.warning(
+            "SuperLink %s:%d not reachable (%s); retry %d/%d in %.1fs",
+            host, port, getattr(exc, "strerror", None) or exc,
+            attempt, opts.connect_tries - 1, delay,
+        )  # fmt: skip
+
+    wait_reachable(host, port, opts.connect_tries, opts.first_delay_s, on_retry=retrying)
+    check_tls(host, port, ca)
+    return host, port, ca, client
+
+
+def start(opts: NodeOptions) -> int:
+    """Run the SuperNode until SIGTERM (0); a refused key or lost SuperLink exits 2."""
+    host, port, ca, client = preflight(opts)
+    state = opts.state
+    (state / "client").mkdir(parents=True, exist_ok=True)
+    seen: dict[str, bool] = {"refused": False, "connected": False}
+
+    def watch(line: str) -> None:
+        if _REFUSED in line:
+            seen["refused"] = True
+        elif _CONNECTED in line and not seen["connected"]:
+            seen["connected"] = True
+            log.info("node %s connected to SuperLink %s:%d (%s)", client, host, port, line.strip())
+
+    argv = [
+        executable("flower-supernode"),
+        "--superlink", f"{host}:{port}",
+        "--root-certificates", str(ca.absolute()),
+        "--auth-supernode-private-key", str(opts.auth_key.absolute()),
+        "--node-config", node_config(client, opts),
+        "--host", "127.0.0.1",
+        "--port", str(opts.port),
+        "--max-wait-time", str(opts.max_wait_s),
+    ]  # fmt: skip
+    stop = StopSignal()
+    with stop.installed():
+        env = child_env(state / "supernode-home")
+        node = Child("supernode", argv, env, cwd=state, on_line=watch, quiet=_routine)
+        log.info(
+            "node %s starting: SuperLink %s:%d over TLS; local Runtime API on 127.0.0.1:%d",
+            client, host, port, opts.port,
+        )  # fmt: skip
+        try:
+            while node.poll() is None and not stop.event.wait(0.5):
+                pass
+        finally:
+            code = node.stop(opts.stop_timeout_s)
+    if stop.event.is_set():
+        log.info("node %s stopped on %s", client, stop.name)
+        return 0
+    if seen["refused"]:
+        raise UsageError(
+            f"--auth-key {opts.auth_key}: SuperLink {host}:{port} refused this node (unknown node "
+            "key); add its .pub to the coordinator's --auth-keys and restart the coordinator"
+        )
+    last = node.tail[-1] if node.tail else "no output"
+    raise UsageError(f"flower-supernode exited with code {code}: {last}")

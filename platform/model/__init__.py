@@ -1,0 +1,54 @@
+"""Shared model core: registries of encoders, fusions, heads and loss weightings, built from config.
+
+Public API (the federated layer uses only these and ``state_dict``)::
+
+    model = create_model(cfg)              # cfg: ExperimentConfig or its ModelSection
+    outputs = model(batch)                 # {task: output}, batch = veilfed.data.dataset.collate(...)
+    total, per_task = model.loss(outputs, batch)
+    metrics = evaluate(model, loader)      # {task: {metric: value}}
+    list_registries()                      # {"encoders": [...], "fusions": [...], ...}
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from veilfed.model import encoders, fusion, heads, losses  # noqa: F401  (registration)
+from veilfed.model.core import MultiTaskCriterion, MultiTaskModel, create_model
+from veilfed.model.evaluate import evaluate
+from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+
+
+def _optional_registry(module: str, attr: str) -> list[str]:
+    """Names in another package's registry, or [] while that package has none."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return []
+    registry = getattr(mod, attr, None)
+    return registry.names() if registry is not None else []
+
+
+def list_registries() -> dict[str, list[str]]:
+    """Every registry veilfed builds from config, by kind."""
+    return {
+        "encoders": ENCODERS.names(),
+        "fusions": FUSIONS.names(),
+        "heads": HEADS.names(),
+        "losses": LOSSES.names(),
+        "augmentations": _optional_registry("veilfed.augment", "AUGMENTATIONS"),
+        "compressions": _optional_registry("veilfed.compress", "COMPRESSIONS"),
+    }
+
+
+__all__ = [
+    "ENCODERS",
+    "FUSIONS",
+    "HEADS",
+    "LOSSES",
+    "MultiTaskCriterion",
+    "MultiTaskModel",
+    "create_model",
+    "evaluate",
+    "list_registries",
+]

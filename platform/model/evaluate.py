@@ -1,0 +1,47 @@
+"""Evaluation: accumulate :mod:`veilfed.metrics` task meters over a loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from veilfed.data.text import BOS, EOS, PAD
+from veilfed.metrics import TASK_METRICS
+
+
+def _unwrap(model: Any) -> Any:
+    """The MultiTaskModel inside an Opacus GradSampleModule (or the model itself)."""
+    return getattr(model, "_module", model)
+
+
+def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-task metrics ``{task: {metric: value}}`` of ``model`` over ``loader``; also reports each
+    task's mean loss as ``loss``."""
+    core = _unwrap(model)
+    was_training = core.training
+    core.eval()
+    meters = {
+        t: TASK_METRICS.build(t, ignore_ids=(PAD, BOS, EOS), eos_id=EOS)
+        if t == "caption"
+        else TASK_METRICS.build(t)
+        for t in core.tasks
+    }
+    loss_sums = dict.fromkeys(core.tasks, 0.0)
+    batches = 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                preds = core.predict(batch)
+                _, per_task = core.loss(core(batch), batch)
+                for task, meter in meters.items():
+                    meter.update(preds[task], batch["targets"], batch["target_mask"].get(task))
+                    loss_sums[task] += float(per_task[task])
+                batches += 1
+    finally:
+        core.train(was_training)
+    results = {t: m.compute() for t, m in meters.items()}
+    for task in results:
+        results[task]["loss"] = loss_sums[task] / max(batches, 1)
+    return results

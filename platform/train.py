@@ -1,0 +1,216 @@
+"""The training loop shared by centralized training and federated clients, and the Opacus wrapper.
+
+``make_private`` wraps model/optimizer/loader with Opacus DP-SGD (Poisson sampling) in either
+grad-sample mode: "hooks" (per-sample gradients) or "ghost" (ghost clipping: per-sample gradient
+norms only, two backward passes). ``train_steps`` runs either the plain or the private loop with
+the same code, so a federated client is the centralized trainer on its shard.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from veilfed.errors import UsageError
+
+# Opacus' hooks fire on the first layer, whose input (the clip) needs no gradient: harmless.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
+
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+# Measured by experiments/bench/model.py on the default model and batch (2 CPU cores): ghost
+# clipping's two backward passes cost more than the hooks' per-sample gradients of this small model.
+DEFAULT_MODE = "hooks"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The MultiTaskModel inside an Opacus GradSampleModule (or the model itself)."""
+    return getattr(model, "_module", model)
+
+
+@dataclass
+class Privacy:
+    """What ``make_private`` returns besides the wrapped objects; ``epsilon(delta)`` is cumulative
+    over every step taken with this accountant."""
+
+    engine: Any
+    accountant: Any
+    criterion: Any
+    mode: str
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+
+    def epsilon(self, delta: float) -> float:
+        return float(self.accountant.get_epsilon(delta)) if self.accountant.history else 0.0
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.accountant.history)
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    mode: str = "auto",
+    accountant: Any = None,
+    accountant_kind: str = "rdp",
+    poisson_sampling: bool = True,
+    noise_generator: torch.Generator | None = None,
+) -> tuple[nn.Module, Any, Any, Privacy]:
+    """Opacus DP-SGD around ``model`` (a MultiTaskModel); returns (model, optimizer, loader,
+    privacy). Pass a persisted ``accountant`` (an Opacus accountant object) to keep cumulative
+    epsilon across rounds; otherwise a fresh ``accountant_kind`` one is made."""
+    from opacus import PrivacyEngine
+
+    from veilfed.model.core import MultiTaskCriterion
+
+    mode = DEFAULT_MODE if mode == "auto" else mode
+    if mode not in GRAD_SAMPLE_MODES:
+        raise UsageError(f"privacy mode {mode!r}; valid: auto, {', '.join(GRAD_SAMPLE_MODES)}")
+    if noise_multiplier < 0 or max_grad_norm <= 0:
+        raise UsageError("privacy: noise_multiplier must be >= 0 and max_grad_norm > 0")
+    engine = PrivacyEngine(accountant=accountant_kind)
+    if accountant is not None:
+        engine.accountant = accountant
+    criterion = MultiTaskCriterion(model)
+    kwargs: dict[str, Any] = {
+        "module": model,
+        "optimizer": optimizer,
+        "data_loader": loader,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": max_grad_norm,
+        "poisson_sampling": poisson_sampling,
+        "grad_sample_mode": mode,
+        "noise_generator": noise_generator,
+    }
+    if mode == "ghost":
+        kwargs["criterion"] = criterion
+        private_model, private_opt, dp_criterion, private_loader = engine.make_private(**kwargs)
+        criterion = dp_criterion
+    else:
+        private_model, private_opt, private_loader = engine.make_private(**kwargs)
+    sample_rate = 1.0 / max(len(private_loader), 1)
+    privacy = Privacy(engine, engine.accountant, criterion, mode, noise_multiplier, max_grad_norm,
+                      sample_rate)
+    return private_model, private_opt, private_loader, privacy
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    samples: int = 0
+    loss: float = 0.0  # mean total loss over the run
+    task_losses: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _is_empty(batch: Any) -> bool:
+    if not isinstance(batch, dict):
+        return True
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return first is None or first.shape[0] == 0
+
+
+def _empty_like_previous(batch: Any, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Opacus' empty batch keeps the dict structure; before any batch it is a bare list."""
+    if isinstance(batch, dict):
+        return batch
+    if previous is None:
+        raise UsageError("DP training: the first Poisson batch was empty; use more data")
+
+    def empty(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x[:0]
+        if isinstance(x, dict):
+            return {k: empty(v) for k, v in x.items()}
+        return x[:0] if isinstance(x, list) else x
+
+    return empty(previous)
+
+
+def train_steps(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    steps: int | None = None,
+    epochs: int | None = None,
+    privacy: Privacy | None = None,
+    augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainStats:
+    """Train for ``steps`` optimizer steps or ``epochs`` passes over ``loader``.
+
+    With ``privacy`` (from :func:`make_private`) the model, optimizer and loader must be the
+    wrapped ones; the loss goes through Opacus' criterion in ghost mode. The model's loss
+    weighting sees each epoch's mean task losses (dynamic weight average needs them).
+    """
+    if (steps is None) == (epochs is None):
+        raise UsageError("train_steps: give exactly one of steps or epochs")
+    core = unwrap(model)
+    criterion = privacy.criterion if privacy is not None else None
+    model.train()
+    stats = TrainStats()
+    sums: dict[str, float] = {}
+    counted = 0  # non-empty batches (an empty Poisson batch still counts as a step)
+    epoch_sums: dict[str, float] = {}
+    epoch_batches = 0
+    start = time.perf_counter()
+    epoch = 0
+    previous: dict[str, Any] | None = None
+    while True:
+        for batch in loader:
+            if _is_empty(batch):  # Poisson sampling drew no sample: still a (noise-only) step
+                if privacy is None:
+                    continue
+                batch = _empty_like_previous(batch, previous)
+            previous = batch
+            if augment is not None:
+                batch = augment(batch)
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(batch)
+            if criterion is not None:
+                loss = criterion(outputs, batch)
+                inner = criterion.criterion if privacy.mode == "ghost" else criterion
+                per_task = inner.last_task_losses
+            else:
+                loss, per_task = core.loss(outputs, batch)
+            loss.backward()
+            optimizer.step()
+            stats.steps += 1
+            n = int(batch["modality_mask"].shape[0])
+            if n:
+                value = float(loss.item())
+                stats.samples += n
+                stats.loss += value
+                counted += 1
+                epoch_batches += 1
+                for task, v in per_task.items():
+                    v = float(v.detach())
+                    sums[task] = sums.get(task, 0.0) + v
+                    epoch_sums[task] = epoch_sums.get(task, 0.0) + v
+                if on_step is not None:
+                    on_step(stats.steps, value)
+            if steps is not None and stats.steps >= steps:
+                break
+        epoch += 1
+        if epoch_batches:
+            means = torch.tensor([epoch_sums[t] / epoch_batches for t in core.tasks])
+            core.weighting.end_epoch(means)
+        epoch_sums, epoch_batches = {}, 0
+        if (steps is not None and stats.steps >= steps) or (epochs is not None and epoch >= epochs):
+            break
+        if stats.steps == 0:
+            raise UsageError("train_steps: the loader yielded no batches")
+    stats.loss /= max(counted, 1)
+    stats.task_losses = {t: v / max(counted, 1) for t, v in sums.items()}
+    stats.wall_s = time.perf_counter() - start
+    return stats

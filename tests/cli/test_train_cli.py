@@ -1,0 +1,56 @@
+"""`veilfed train` through the real console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VEILFED = str(Path(sys.executable).parent / "veilfed")
+TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.toml"
+
+
+def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([VEILFED, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env=env)
+
+
+@pytest.mark.integration
+def test_train_tiny_dp_writes_summary_and_mlflow(tmp_path: Path) -> None:
+    res = run("train", "--config", TINY, "--summary-json", tmp_path / "s.json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert set(summary["metrics"]) == {
+        "action", "sentiment", "moderation", "quality", "detection", "segmentation", "pose",
+        "caption", "qa", "summary", "restoration", "next_frame",
+    }
+    assert "psnr" in summary["metrics"]["restoration"]
+    client = summary["clients"]["centralized"]
+    assert client["steps"] == 3 and client["epsilon"] > 0 and client["noise_multiplier"] == 1.0
+    assert summary["tracking_uri"].startswith("sqlite:///") and (tmp_path / "mlflow.db").exists()
+    assert "per-task metrics" in res.stdout and "segmentation" in res.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    run_ = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
+    assert "eval/action/accuracy" in run_.data.metrics
+    assert "eval/pose/pck_at_0.1" in run_.data.metrics
+    assert run_.data.metrics["privacy/eps_max"] == pytest.approx(client["epsilon"])
+
+
+def test_train_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nfusion = 'late'\n")
+    res = run("train", "--config", bad, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "model.fusion: unknown fusion 'late'" in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_train_missing_config_exit_2(tmp_path: Path) -> None:
+    res = run("train", "--config", tmp_path / "none.toml", cwd=tmp_path)
+    assert res.returncode == 2 and "no such config file" in res.stderr

@@ -1,0 +1,112 @@
+"""ClientApp units: called directly with Flower messages (no Ray, no coordinator)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fedtest import make_run, write_config
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from veilfed.clients.client_app import app, client_id, injected_failure
+from veilfed.clients.node import NodeState
+from veilfed.clients.trainer import initial_arrays, split_shard
+from veilfed.privacy.reports import KeyRegistry, SignedReport
+
+
+@pytest.fixture()
+def run(tmp_path):
+    settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=3, rounds=2))
+    tracker.finish()
+    return settings
+
+
+def _ctx(pid: int) -> Context:
+    return Context(
+        run_id=1,
+        node_id=100 + pid,
+        state=RecordDict(),
+        run_config={},
+        node_config={"partition-id": pid, "num-partitions": 3},
+    )
+
+
+def _msg(settings, kind: str, rnd: int, arrays=None) -> Message:
+    arrays = arrays if arrays is not None else initial_arrays(settings)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+            "config": ConfigRecord({"run-dir": settings.run_dir, "server-round": rnd}),
+        }
+    )
+    return Message(content, message_type=kind, dst_node_id=100)
+
+
+def test_client_identity_and_query(run):
+    assert client_id(_ctx(2)) == "client-0002"
+    real = Context(
+        run_id=1,
+        node_id=5,
+        state=RecordDict(),
+        run_config={},
+        node_config={"client-id": "hospital-a"},
+    )
+    assert client_id(real) == "hospital-a"
+    q = Message(
+        RecordDict({"config": ConfigRecord({"run-dir": run.run_dir})}),
+        message_type="query",
+        dst_node_id=101,
+    )
+    assert app(q, _ctx(1)).content["reply"]["client-id"] == "client-0001"
+
+
+def test_train_reply_is_signed_cumulative_and_idempotent(run):
+    first = app(_msg(run, "train", 1), _ctx(0))
+    info = first.content["reply"]
+    assert info["status"] == "trained" and info["client-id"] == "client-0000"
+    signed = SignedReport.from_json(info["report"])
+    report = KeyRegistry(f"{run.run_dir}/keys").verify(signed, "client-0000")
+    assert report.round == 1 and report.steps_total == report.steps_round > 0
+    metrics = first.content["metrics"]
+    assert metrics["num-examples"] == len(split_shard(run, "client-0000")[0])
+
+    again = app(_msg(run, "train", 1), _ctx(0))  # a re-run of round 1 (resume after a kill)
+    assert SignedReport.from_json(again.content["reply"]["report"]).report == report
+    for key, arr in first.content["arrays"].items():
+        np.testing.assert_array_equal(arr.numpy(), again.content["arrays"][key].numpy())
+
+    third = app(_msg(run, "train", 3), _ctx(0))  # round 2 skipped: history continues from r1
+    r3 = SignedReport.from_json(third.content["reply"]["report"]).report
+    assert r3.prev_round == 1 and r3.prev_hash == report.digest()
+    assert r3.steps_total == 2 * report.steps_total and r3.epsilon > report.epsilon
+    state = json.loads(
+        (NodeState(run.run_dir, "client-0000").dir / "accountant" / "r000003.json").read_text()
+    )
+    assert sum(n for _, _, n in state["history"]) == r3.steps_total
+
+
+def test_client_declines_when_the_next_round_would_exceed_its_budget(run):
+    app(_msg(run, "train", 1), _ctx(1))
+    app(_msg(run, "train", 2), _ctx(1))  # σ was calibrated for exactly 2 rounds
+    reply = app(_msg(run, "train", 3), _ctx(1))
+    info = reply.content["reply"]
+    assert info["status"] == "declined" and "declining to train" in info["reason"]
+    assert "client-0001" in info["reason"] and len(reply.content.array_records) == 0
+
+
+def test_evaluate_reports_per_task_metrics_on_held_out_clips(run):
+    reply = app(_msg(run, "evaluate", 1), _ctx(2))
+    metrics = reply.content["metrics"]
+    train_ids, eval_ids = split_shard(run, "client-0002")
+    assert metrics["num-examples"] == len(eval_ids) and not set(train_ids) & set(eval_ids)
+    assert {"eval/action/accuracy", "eval/moderation/f1"} <= set(metrics)
+
+
+def test_injected_failures_are_deterministic_and_near_the_rate():
+    hits = [injected_failure(0, f"client-{i:04d}", r, 0.3) for i in range(50) for r in range(20)]
+    assert 0.25 < sum(hits) / len(hits) < 0.35
+    assert hits == [
+        injected_failure(0, f"client-{i:04d}", r, 0.3) for i in range(50) for r in range(20)
+    ]
+    assert not injected_failure(0, "client-0000", 1, 0.0)

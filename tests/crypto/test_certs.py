@@ -1,0 +1,121 @@
+"""Deployment trust material: what Flower loads, what the preflight checks refuse."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from typer.testing import CliRunner
+
+from veilfed.cli.main import app
+from veilfed.crypto import certs
+from veilfed.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> certs.CertBundle:
+    return certs.create_bundle(tmp_path_factory.mktemp("certs"), 2, hosts=["coord.example"])
+
+
+def test_layout_modes_and_formats(bundle: certs.CertBundle) -> None:
+    out = bundle.out
+    assert bundle.nodes == ("client-0000", "client-0001")
+    for private in [out / "ca.key", out / "superlink.key", *(out / "nodes").glob("*.key")]:
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    # Node keys: OpenSSH P-384, as flower-supernode / `flwr supernode register` load them.
+    key = serialization.load_ssh_private_key((out / "nodes/client-0000.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    pub = (out / "auth-keys/client-0000.pub").read_bytes()
+    assert pub == (out / "nodes/client-0000.pub").read_bytes()
+    assert serialization.load_ssh_public_key(pub).public_numbers() == (
+        key.public_key().public_numbers()
+    )
+    assert set(certs.load_node_public_keys(out / "auth-keys")) == {"client-0000", "client-0001"}
+
+
+def test_server_cert_chains_and_names_hosts(bundle: certs.CertBundle) -> None:
+    ca = certs.load_cert(bundle.ca_cert)
+    cert = certs.load_cert(bundle.server_cert)
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "coord.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    # The pair loads into an OpenSSL server context (what uvicorn does for the SuperLink).
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+        bundle.server_cert, bundle.server_key
+    )
+    certs.check_server_material(bundle.out)
+
+
+def test_refuses_to_overwrite(bundle: certs.CertBundle) -> None:
+    with pytest.raises(UsageError, match="already holds a CA"):
+        certs.create_bundle(bundle.out, 1)
+
+
+def test_expired_and_not_yet_valid(tmp_path) -> None:
+    old = certs.create_bundle(
+        tmp_path / "old", 1, days=1, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
+    with pytest.raises(UsageError, match="expired on 2020-01-02"):
+        certs.check_server_material(old.out)
+    with pytest.raises(UsageError, match="expired"):
+        certs.check_ca(old.out)
+    cert = certs.load_cert(old.ca_cert)
+    with pytest.raises(UsageError, match="not valid before"):
+        certs.check_current(cert, old.ca_cert, now=dt.datetime(2019, 1, 1, tzinfo=dt.UTC))
+
+
+def test_wrong_ca_and_mismatched_key(bundle: certs.CertBundle, tmp_path) -> None:
+    other = certs.create_bundle(tmp_path / "other", 1)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "ca.pem").write_bytes(other.ca_cert.read_bytes())
+    (mixed / "superlink.pem").write_bytes(bundle.server_cert.read_bytes())
+    (mixed / "superlink.key").write_bytes(bundle.server_key.read_bytes())
+    (mixed / "superlink.key").chmod(0o600)
+    with pytest.raises(UsageError, match="wrong CA"):
+        certs.check_server_material(mixed)
+    (mixed / "ca.pem").write_bytes(bundle.ca_cert.read_bytes())
+    (mixed / "superlink.key").write_bytes(other.server_key.read_bytes())
+    with pytest.raises(UsageError, match="does not match the certificate"):
+        certs.check_server_material(mixed)
+
+
+def test_private_key_checks(bundle: certs.CertBundle, tmp_path) -> None:
+    key = bundle.node_key("client-0000")
+    assert isinstance(certs.load_node_private_key(key), ec.EllipticCurvePrivateKey)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(key.read_bytes())
+    loose.chmod(0o644)
+    with pytest.raises(UsageError, match="chmod 600"):
+        certs.load_node_private_key(loose)
+    junk = tmp_path / "junk.key"
+    junk.write_bytes(b"not a key")
+    junk.chmod(0o600)
+    with pytest.raises(UsageError, match="not an OpenSSH EC private key"):
+        certs.load_node_private_key(junk)
+    with pytest.raises(UsageError, match="not found"):
+        certs.load_node_private_key(tmp_path / "missing.key")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no \\*.pub node keys"):
+        certs.load_node_public_keys(empty)
+
+
+def test_cli_certs_new(tmp_path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["certs", "new", "--out", str(tmp_path / "c"), "--nodes", "3", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted((tmp_path / "c/auth-keys").iterdir())[2].name == "client-0002.pub"
+    again = runner.invoke(app, ["certs", "new", "--out", str(tmp_path / "c"), "--nodes", "1"])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    bad = runner.invoke(app, ["certs", "new", "--out", str(tmp_path / "d"), "--nodes", "0"])
+    assert bad.exit_code == 2 and "--nodes 0" in bad.output

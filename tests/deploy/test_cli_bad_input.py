@@ -1,0 +1,139 @@
+"""Bad input to `coordinator start` / `node start`: exit 2, one line naming the cause, no hang."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from veilfed.crypto import certs
+from veilfed.deploy.net import free_port
+
+VEILFED = [sys.executable, "-m", "veilfed.cli.main"]
+
+
+def run(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str, float]:
+    start = time.monotonic()
+    res = subprocess.run(
+        [*VEILFED, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    return res.returncode, res.stderr, time.monotonic() - start
+
+
+def error_line(code: int, stderr: str) -> str:
+    """The contract: exit 2 and the last stderr line is the one-line reason, no traceback."""
+    assert code == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), stderr
+    return last
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text('name = "x"\n')
+    return path
+
+
+def coordinator(trust_dir: Path, config: Path, address: str) -> list[str]:
+    return [
+        "coordinator", "start", "--address", address, "--certs", str(trust_dir),
+        "--auth-keys", str(trust_dir / "auth-keys"), "--config", str(config),
+        "--state", str(config.parent / "state"),
+    ]  # fmt: skip
+
+
+def test_coordinator_port_in_use(trust: certs.CertBundle, config: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, err, _ = run(coordinator(trust.out, config, f"127.0.0.1:{port}"), config.parent)
+    assert f"port {port} is in use" in error_line(code, err)
+
+
+def test_coordinator_expired_certificate(tmp_path: Path, config: Path) -> None:
+    old = certs.create_bundle(
+        tmp_path / "old", 1, days=1, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
+    code, err, _ = run(coordinator(old.out, config, f"127.0.0.1:{free_port()}"), tmp_path)
+    assert "certificate expired on 2020-01-02" in error_line(code, err)
+
+
+def test_coordinator_wrong_ca(trust: certs.CertBundle, tmp_path: Path, config: Path) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trust.out, mixed)
+    other = certs.create_bundle(tmp_path / "other", 1)
+    shutil.copy(other.ca_cert, mixed / "ca.pem")
+    code, err, _ = run(coordinator(mixed, config, f"127.0.0.1:{free_port()}"), tmp_path)
+    assert "wrong CA" in error_line(code, err)
+
+
+def test_coordinator_missing_config(trust: certs.CertBundle, tmp_path: Path) -> None:
+    cfg = tmp_path / "nope.toml"
+    code, err, _ = run(coordinator(trust.out, cfg, f"127.0.0.1:{free_port()}"), tmp_path)
+    assert "nope.toml: config file not found" in error_line(code, err)
+
+
+def node(shard: Path, key: Path, trust_dir: Path, auth_key: Path, superlink: str) -> list[str]:
+    return [
+        "node", "start", "--superlink", superlink, "--shard", str(shard), "--key-file", str(key),
+        "--certs", str(trust_dir), "--auth-key", str(auth_key), "--port", str(free_port()),
+        "--connect-tries", "3", "--state", str(shard.parent / "node-state"),
+    ]  # fmt: skip
+
+
+def test_node_shard_key_does_not_open_bundle(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, _, wrong_key = shard
+    args = node(bundle, wrong_key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
+    code, err, _ = run(args, tmp_path)
+    line = error_line(code, err)
+    assert "c0.vfs" in line and "bundle is for client client-0000" in line
+
+
+def test_node_unreachable_superlink_gives_up(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, key, _ = shard
+    port = free_port()
+    args = node(bundle, key, trust.out, trust.node_key("client-0000"), f"127.0.0.1:{port}")
+    code, err, elapsed = run(args, tmp_path, timeout=30)
+    line = error_line(code, err)
+    assert f"127.0.0.1:{port}: SuperLink unreachable after 3 tries" in line
+    assert err.count("retry") == 2  # back-off logged: 0.5s, then 1s
+    assert elapsed < 20
+
+
+def test_node_auth_key_readable_by_others(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, key, _ = shard
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(trust.node_key("client-0000").read_bytes())
+    loose.chmod(0o644)
+    code, err, _ = run(node(bundle, key, trust.out, loose, "127.0.0.1:1"), tmp_path)
+    assert "chmod 600" in error_line(code, err)
+
+
+def test_node_expired_ca(tmp_path: Path, shard) -> None:
+    bundle, key, _ = shard
+    old = certs.create_bundle(
+        tmp_path / "old", 1, days=1, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
+    code, err, _ = run(node(bundle, key, old.out, old.node_key("client-0000"), "h:1"), tmp_path)
+    assert "ca.pem: certificate expired" in error_line(code, err)
+
+
+def test_node_local_port_in_use(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, key, _ = shard
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
+        args[args.index("--port") + 1] = str(port)
+        code, err, _ = run(args, tmp_path)
+    assert f"--port 127.0.0.1:{port}: port {port} is in use" in error_line(code, err)

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from modelkit import make_batch
+
+
+@pytest.fixture
+def batch() -> dict[str, Any]:
+    return make_batch()

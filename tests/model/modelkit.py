@@ -1,0 +1,42 @@
+"""Test helpers: tiny random batches that follow docs/contracts.md exactly, tiny model configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from veilfed.config import ModelSection
+from veilfed.data import schema
+from veilfed.model.check import example_batch
+
+B, T, H, W = 4, 4, 32, 32
+
+
+def make_batch(b: int = B, t: int = T, h: int = H, w: int = W, seed: int = 0) -> dict[str, Any]:
+    return example_batch(b, t, h, w, seed=seed)
+
+
+def learnable_batch() -> dict[str, Any]:
+    """A fixed batch whose dense targets have structure a small model can fit (random per-pixel
+    labels or noise could not be): smooth clips, blocky masks, binary keyframes."""
+    b = make_batch()
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(B * T, 3, 4, 4, generator=g)
+    clean = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)
+    clean = clean.view(B, T, 3, H, W)
+    b["targets"]["clean"] = clean
+    b["video"] = clean * 0.6 + 0.2  # low contrast: restoration must undo it
+    last = clean[:, -1:] * 0.5
+    b["targets"]["next_frames"] = last.expand(B, schema.NEXT_FRAMES, 3, H, W).contiguous()
+    seg = torch.randint(0, len(schema.OBJECT_CLASSES) + 1, (B * T, 1, 4, 4), generator=g)
+    seg = F.interpolate(seg.float(), size=(H, W), mode="nearest").long()
+    b["targets"]["segmentation"] = seg.view(B, T, H, W)
+    b["targets"]["keyframes"] = (torch.rand(B, T, generator=g) > 0.5).float()
+    return b
+
+
+def tiny(**overrides: Any) -> ModelSection:
+    """A small model config for tests (dim 32)."""
+    return ModelSection(**({"dim": 32, "pixel_dim": 32} | overrides))
