@@ -59,6 +59,7 @@ class RoundLog:
     failed: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
+    reported: list[str] = field(default_factory=list)  # verified privacy reports (ε spent)
     aggregated: bool = False
     train_loss: float = math.nan
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -97,9 +98,15 @@ def sample_clients(seed: int, rnd: int, eligible: list[str], k: int) -> list[str
     return sorted(pool[int(i)] for i in picks)
 
 
-def discover(grid: Grid, run_dir: str, timeout: float) -> dict[str, int]:
-    """Ask every connected node which client it is (node ids are random per run)."""
-    node_ids = sorted(grid.get_node_ids())
+def discover(grid: Grid, run_dir: str, expected: int, timeout: float) -> dict[str, int]:
+    """Wait for ``expected`` nodes, then ask each which client it is (node ids are random)."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"only {len(node_ids)} of {expected} client nodes connected within {timeout:g}s"
+            )
+        time.sleep(0.2)
     msgs = [
         Message(
             content=RecordDict({"config": ConfigRecord({"run-dir": run_dir})}),
@@ -214,7 +221,7 @@ class Coordinator:
                 self.exhausted[cid] = rlog.declined[cid]
                 log.warning("round %d: %s", rnd, rlog.declined[cid])
                 continue
-            reason = self._screen(rnd, cid, reply, info)
+            reason = self._screen(rnd, cid, reply, info, rlog)
             if reason is not None:
                 rlog.rejected[cid] = reason
                 log.warning("round %d: rejected update of client %s: %s", rnd, cid, reason)
@@ -244,8 +251,14 @@ class Coordinator:
                 self.fed.min_fit_clients,
             )
 
-    def _screen(self, rnd: int, cid: str, reply: Message, info: dict[str, Any]) -> str | None:
-        """Reason to reject this update, or None; privacy report checked before the arrays."""
+    def _screen(
+        self, rnd: int, cid: str, reply: Message, info: dict[str, Any], rlog: RoundLog
+    ) -> str | None:
+        """Reason to reject this update, or None; privacy report checked before the arrays.
+
+        A verified report counts even if the arrays are then rejected: the client did spend
+        that ε, and its report chain must not have a gap.
+        """
         if info.get("client-id") != cid:
             return f"reply claims to be client {info.get('client-id')!r}"
         metrics = list(reply.content.metric_records.values())
@@ -259,6 +272,7 @@ class Coordinator:
                 self._check_report(rnd, cid, info)
             except VeilfedError as exc:
                 return str(exc)
+            rlog.reported.append(cid)
         arrays = list(reply.content.array_records.values())
         verdict = screen_update(
             arrays[0] if len(arrays) == 1 else None,
@@ -323,7 +337,7 @@ class Coordinator:
             rlog.eval.setdefault(task, {})[metric] = value
 
     def run(self) -> None:
-        node_of = discover(self.grid, str(self.run_dir), self.fed.round_timeout_s)
+        node_of = discover(self.grid, str(self.run_dir), self.fed.clients, self.fed.round_timeout_s)
         missing = self.fed.clients - len(node_of)
         if missing:
             raise UsageError(f"{missing} of {self.fed.clients} clients did not answer discovery")
@@ -335,11 +349,12 @@ class Coordinator:
             rlog = RoundLog(rnd)
             self._train(rnd, node_of, rlog)
             self._evaluate(rnd, node_of, rlog)
-            rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.accepted if c in self.clients}
-            rlog.wall_s = time.perf_counter() - start
-            self._finish_round(rlog)
+            rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.reported}
+            self._finish_round(rlog, start)
 
-    def _finish_round(self, rlog: RoundLog) -> None:
+    def _finish_round(self, rlog: RoundLog, start: float) -> None:
+        self._log_reports(rlog)
+        rlog.wall_s = time.perf_counter() - start  # train + evaluate + report logging
         all_eps = {c: float(v["epsilon"]) for c, v in self.clients.items()}
         central = (
             central_epsilon(self.fed.central_noise_multiplier, self.releases, self.s.privacy.delta)
@@ -357,7 +372,6 @@ class Coordinator:
         }
         self.history.append(record)
         self.tracker.log_metrics(record["metrics"], step=rlog.round)
-        self._log_reports(rlog)
         self.round = rlog.round
         ckpt_io.save(
             self.run_dir,
@@ -383,12 +397,12 @@ class Coordinator:
         )
 
     def _log_reports(self, rlog: RoundLog) -> None:
-        if not (self.s.privacy.enabled and self.fed.sign_reports and rlog.accepted):
+        if not (self.s.privacy.enabled and self.fed.sign_reports and rlog.reported):
             return
         from veilfed.privacy.reports import SignedReport, log_reports
 
-        signed = [SignedReport.from_json(self.clients[c]["report"]) for c in rlog.accepted]
-        keys = {c: self.keys.path(c) for c in rlog.accepted}
+        signed = [SignedReport.from_json(self.clients[c]["report"]) for c in rlog.reported]
+        keys = {c: self.keys.path(c) for c in rlog.reported}
         log_reports(self.tracker.run_id, signed, keys, tracking_uri=self.tracker.tracking_uri)
 
 

@@ -31,6 +31,9 @@ def start_cmd(
     wait_nodes: float = typer.Option(
         300.0, "--wait-nodes", help="Seconds to wait for every registered node to connect."
     ),
+    serve: bool = typer.Option(
+        False, "--serve", help="Keep serving after the run completes (containers, services)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
 ) -> None:
     """Run the SuperLink (TLS, node auth) and one veilfed run; exit when it finishes."""
@@ -46,5 +49,6 @@ def start_cmd(
         state=state,
         resume=resume,
         wait_nodes_s=wait_nodes,
+        serve=serve,
     )
     raise typer.Exit(start(opts))

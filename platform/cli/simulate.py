@@ -57,6 +57,22 @@ def simulate(
     if ray_address:
         check_ray_address(ray_address)
     if resume:
+        given = [
+            f
+            for f, v in (
+                ("--clients", clients),
+                ("--rounds", rounds),
+                ("--fraction", fraction),
+                ("--epsilon", epsilon),
+                ("--delta", delta),
+                ("--store", store),
+            )
+            if v is not None
+        ]
+        if given:
+            raise UsageError(
+                f"--resume continues with the run's own settings; drop {', '.join(given)}"
+            )
         settings, tracker = reopen(runs_dir, resume)
     else:
         overrides = {
@@ -178,23 +194,18 @@ def prepare(
     store: Path | None,
     key_file: Path | None,
     runs_dir: Path,
-    raw_config: dict[str, Any] | None = None,
 ):  # type: ignore[no-untyped-def]
     """Validate everything, then open the MLflow run and lay out the run directory."""
     import tomllib
 
     from veilfed.clients.node import provision
-    from veilfed.config import load_config, parse_config
+    from veilfed.config import load_config
     from veilfed.coordinator.settings import FederatedConfig, SimSettings, save_shards
     from veilfed.tracking import start_run, tracking_uri
 
-    if raw_config is None:
-        cfg = load_config(config)
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
-        raw.setdefault("name", config.stem)
-    else:
-        cfg = parse_config(raw_config, str(config), name=config.stem)
-        raw = dict(raw_config)
+    cfg = load_config(config)
+    raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    raw.setdefault("name", config.stem)
     fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
     raw["federated"] = {**cfg.federated, **overrides}
     privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
@@ -356,6 +367,7 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
         "strategy": settings.federated.strategy,
         "private": settings.privacy.enabled,
         "exhausted": dict(ckpt.exhausted),
+        "round_wall_s": [h["metrics"]["round/wall_s"] for h in ckpt.history],
         "run_dir": settings.run_dir,
     }
 

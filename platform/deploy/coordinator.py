@@ -45,6 +45,7 @@ class CoordinatorOptions:
     config: Path
     state: Path
     resume: str | None = None
+    serve: bool = False  # keep the SuperLink up after the run (a service); else exit with it
     wait_nodes_s: float = 300.0
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
@@ -194,7 +195,8 @@ def _serve(
         app_dir = write_app_project(opts.state / "app", run_config_for(opts, len(ids)))
         run_id = ctl.start_run(app_dir)
         log.info("started run %d (MLflow tracking at %s)", run_id, tracking)
-        return _follow(ctl, run_id, link, stop)
+        code = _follow(ctl, run_id, link, stop)
+    return _serve_on(stop, link) if opts.serve and not stop.event.is_set() else code
 
 
 def _follow(ctl: ControlClient, run_id: int, link: Child, stop: StopSignal) -> int:
@@ -228,4 +230,14 @@ def _follow(ctl: ControlClient, run_id: int, link: Child, stop: StopSignal) -> i
             f"{': ' + status.details if status.details else ''}; see the ServerApp log above"
         )
     log.info("run %d completed", run_id)
+    return 0
+
+
+def _serve_on(stop: StopSignal, link: Child) -> int:
+    """--serve: keep the SuperLink (and the nodes' connections) up until SIGTERM."""
+    log.info("SuperLink keeps serving until SIGTERM (--serve)")
+    while not stop.event.wait(1.0):
+        if link.poll() is not None:
+            raise UsageError(f"flower-superlink exited with code {link.poll()}")
+    log.info("stopped on %s", stop.name)
     return 0

@@ -21,8 +21,7 @@ class Attention(nn.Module):
         kv_dim = kv_dim or dim
         self.heads = heads
         self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(kv_dim, dim)
-        self.v = nn.Linear(kv_dim, dim)
+        self.kv = nn.Linear(kv_dim, 2 * dim)  # fused: fewer tensors for Opacus to clip per step
         self.out = nn.Linear(dim, dim)
 
     def forward(
@@ -37,8 +36,7 @@ class Attention(nn.Module):
         lk = context.shape[1]
         h = self.heads
         q = self.q(query).view(b, lq, h, d // h).transpose(1, 2)
-        k = self.k(context).view(b, lk, h, d // h).transpose(1, 2)
-        v = self.v(context).view(b, lk, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5
         allowed = torch.ones(b, 1, lq, lk, dtype=torch.bool, device=query.device)
         if key_mask is not None:

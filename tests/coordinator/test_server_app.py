@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -115,24 +116,31 @@ def test_resume_after_kill_mid_round_equals_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a.arrays[key], b.arrays[key], rtol=0, atol=1e-6)
 
 
-def test_nan_update_is_rejected_and_the_round_goes_on(tmp_path):
+def test_nan_update_and_forged_report_are_rejected_and_the_round_goes_on(tmp_path):
     def poison(reply: Message) -> Message:
-        if reply.content["reply"]["client-id"] != client_name(1):
-            return reply
-        arrays = reply.content["arrays"]
-        reply.content["arrays"] = ArrayRecord(
-            {
-                k: Array(np.full_like(a.numpy(), np.nan)) if a.numpy().dtype.kind == "f" else a
-                for k, a in arrays.items()
-            }
-        )
+        cid = reply.content["reply"]["client-id"]
+        if cid == client_name(1):  # NaN weights
+            arrays = reply.content["arrays"]
+            reply.content["arrays"] = ArrayRecord(
+                {
+                    k: Array(np.full_like(a.numpy(), np.nan)) if a.numpy().dtype.kind == "f" else a
+                    for k, a in arrays.items()
+                }
+            )
+        if cid == client_name(2):  # understates its ε after signing
+            signed = json.loads(reply.content["reply"]["report"])
+            signed["report"]["epsilon"] = 0.01
+            reply.content["reply"]["report"] = json.dumps(signed)
         return reply
 
-    _, _, ckpt = _run(tmp_path, grid_kw={"tamper": poison}, cfg={"clients": 3, "rounds": 1})
+    _, _, ckpt = _run(tmp_path, grid_kw={"tamper": poison}, cfg={"clients": 4, "rounds": 1})
     h = ckpt.history[0]
-    assert list(h["rejected"]) == [client_name(1)]
+    assert sorted(h["rejected"]) == [client_name(1), client_name(2)]
     assert "non-finite" in h["rejected"][client_name(1)]
+    assert "signature does not match" in h["rejected"][client_name(2)]
     assert h["aggregated"] and h["metrics"]["round/accepted"] == 2
+    assert h["metrics"]["round/rejected"] == 2
+    assert client_name(2) not in ckpt.clients  # a forged claim is not recorded either
     assert all(np.isfinite(v).all() for v in ckpt.arrays.values() if v.dtype.kind == "f")
 
 
@@ -167,3 +175,22 @@ def test_spent_client_declines_and_is_no_longer_sampled(tmp_path):
     assert [h["round"] for h in ckpt.history] == [1, 2]
     assert set(ckpt.history[1]["declined"]) == {client_name(0), client_name(1)}
     assert math.isfinite(ckpt.history[0]["metrics"]["privacy/eps_max"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "central"),
+    [
+        ({"strategy": "fedadam", "central_dp": "adaptive", "central_noise_multiplier": 0.5}, True),
+        ({"strategy": "trimmed_mean", "trim_beta": 0.2, "norm_bound": 1e6}, False),
+    ],
+)
+def test_other_strategies_and_central_dp_run_in_the_loop(tmp_path, overrides, central):
+    settings, tracker, ckpt = _run(tmp_path, cfg={"clients": 3, "rounds": 2}, overrides=overrides)
+    assert [h["aggregated"] for h in ckpt.history] == [True, True]
+    metrics = ckpt.history[-1]["metrics"]
+    assert ("privacy/central_eps" in metrics) == central
+    if central:
+        first = ckpt.history[0]["metrics"]["privacy/central_eps"]
+        assert 0 < first < metrics["privacy/central_eps"]
+        assert ckpt.strategy[0]["clipping_norm"] != settings.federated.central_clipping_norm
+    assert all(np.isfinite(v).all() for v in ckpt.arrays.values() if v.dtype.kind == "f")

@@ -1,0 +1,322 @@
+"""deploy/: Dockerfiles, Compose, Kubernetes and Ray files parse and agree with each other.
+
+Docker has no engine here, so nothing is built or started; instead every cross-reference is
+checked: files the Dockerfiles COPY exist, images used are images built, ports line up end to
+end, secrets and config maps referenced are generated, generated secrets come from files that
+`veilfed certs new` writes, and every CLI flag in a command line is a real option.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from veilfed.cli.main import app
+from veilfed.crypto import certs
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+README = (DEPLOY / "README.md").read_text()
+PORT = 9092
+
+
+def options(*path: str) -> set[str]:
+    """Long options of a veilfed (sub)command, from the Typer app itself."""
+    cmd: Any = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return {opt for param in cmd.params for opt in param.opts if opt.startswith("--")}
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """``--flag=value`` / ``--flag value`` / ``--flag`` items of an argument list."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            out[name] = value
+        i += 1
+    return out
+
+
+def check_flags(args: list[str], *command: str) -> dict[str, str]:
+    found = flags(args)
+    unknown = set(found) - options(*command)
+    assert not unknown, f"`veilfed {' '.join(command)}` has no {sorted(unknown)}"
+    return found
+
+
+# -- Dockerfiles ---------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("role", ["coordinator", "node"])
+def test_dockerfile(role: str) -> None:
+    path = DEPLOY / "docker" / f"{role}.Dockerfile"
+    ins = instructions(path)
+    assert ins[0] == ("FROM", "python:3.11-slim")
+    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    assert "torch==2.14.1" in runs and "download.pytorch.org/whl/cpu" in runs
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "torch==2.14.1" in pyproject["project"]["dependencies"]
+    for word, rest in ins:
+        if word == "COPY":
+            *sources, _dest = [s for s in rest.split() if not s.startswith("--")]
+            for src in sources:
+                assert list(ROOT.glob(src)), f"{path.name}: COPY {src} matches nothing"
+    entry = json.loads(next(rest for word, rest in ins if word == "ENTRYPOINT"))
+    assert entry == ["tini", "--", "veilfed", role, "start"]
+    assert any(word == "USER" for word, _ in ins)
+    ignore = (path.parent / f"{path.name}.dockerignore").read_text().split()
+    assert {".venv", ".git", "deploy/certs", "deploy/data"} <= set(ignore)
+    if role == "coordinator":
+        assert ("EXPOSE", str(PORT)) in ins
+        cmd = json.loads(next(rest for word, rest in ins if word == "CMD"))
+        found = check_flags(cmd, "coordinator", "start")
+        assert found["--address"].endswith(f":{PORT}")
+        assert (ROOT / found["--config"].replace("/opt/veilfed/", "")).is_file()
+
+
+def built_images() -> dict[str, str]:
+    """Image tag -> Dockerfile, from the README's `docker build` lines."""
+    return {
+        tag: dockerfile
+        for dockerfile, tag in re.findall(r"docker build -f (\S+) -t (\S+) \.", README)
+    }
+
+
+def test_readme_builds_both_images() -> None:
+    images = built_images()
+    assert images == {
+        "veilfed-coordinator:latest": "deploy/docker/coordinator.Dockerfile",
+        "veilfed-node:latest": "deploy/docker/node.Dockerfile",
+    }
+    for dockerfile in images.values():
+        assert (ROOT / dockerfile).is_file()
+
+
+# -- Compose -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Relative paths `veilfed certs new --nodes 3` writes."""
+    out = certs.create_bundle(tmp_path_factory.mktemp("c"), 3).out
+    return {str(p.relative_to(out)) for p in out.rglob("*")}
+
+
+def test_compose_services_images_and_builds(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"mlflow", "coordinator", "node-0", "node-1", "node-2"}
+    images = built_images()
+    for name, svc in services.items():
+        assert svc["image"] in images, f"{name}: image {svc['image']} is not built"
+        build = svc["build"]
+        dockerfile = (DEPLOY / build["context"] / build["dockerfile"]).resolve()
+        assert dockerfile == (ROOT / images[svc["image"]]).resolve(), name
+        assert svc.get("init") is True, f"{name}: needs an init to reap Flower's children"
+    named = set(compose["volumes"])
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if not src.startswith("."):
+                assert src in named, f"volume {src} is not declared"
+
+
+def test_compose_ports_and_commands(compose: dict[str, Any], cert_files: set[str]) -> None:
+    services = compose["services"]
+    coord = services["coordinator"]
+    found = check_flags(coord["command"], "coordinator", "start")
+    assert found["--address"] == f"0.0.0.0:{PORT}" and "--serve" in found
+    assert coord["ports"] == [f"{PORT}:{PORT}"]
+    mlflow_port = flags(services["mlflow"]["command"])["--port"]
+    assert coord["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in coord["volumes"]}
+    for name in ("ca.pem", "superlink.pem", "superlink.key"):
+        assert mounts[f"{found['--certs']}/{name}"] == f"./certs/{name}"
+    assert mounts[found["--auth-keys"]] == "./certs/auth-keys"
+    for i in range(3):
+        node = services[f"node-{i}"]
+        cid = f"client-{i:04d}"
+        nf = check_flags(node["command"], "node", "start")
+        assert nf["--superlink"] == f"coordinator:{PORT}"
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"]}
+        assert mounts[nf["--auth-key"]] == f"./certs/nodes/{cid}.key"
+        assert mounts[f"{nf['--certs']}/ca.pem"] == "./certs/ca.pem"
+        assert mounts[nf["--shard"]] == f"./data/{cid}.vfs"
+        assert mounts[nf["--key-file"]] == f"./data/{cid}.key"
+    # Every ./certs source is a file `veilfed certs new` writes; ./data ones the README exports.
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("./certs/"):
+                assert src.removeprefix("./certs/") in cert_files, src
+            elif src.startswith("./data/"):
+                assert re.fullmatch(r"\./data/client-000[0-2]\.(vfs|key)", src), src
+    assert "--out deploy/data/$c.vfs" in README and "--out deploy/data/$c.key" in README
+    assert "certs new --out deploy/certs --nodes 3 --host coordinator" in README
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def k8s(kustomization: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = {}
+    for res in kustomization["resources"]:
+        for doc in yaml.safe_load_all((DEPLOY / "k8s" / res).read_text()):
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def pod_spec(docs: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return docs[(kind, name)]["spec"]["template"]["spec"]
+
+
+def test_k8s_kinds(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert {
+        ("Namespace", "veilfed"),
+        ("Deployment", "veilfed-coordinator"),
+        ("Service", "veilfed-coordinator"),
+        ("StatefulSet", "veilfed-node"),
+        ("Deployment", "mlflow"),
+        ("Service", "mlflow"),
+    } <= set(k8s)
+    for (kind, name), doc in k8s.items():
+        if kind in ("Deployment", "StatefulSet"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        if kind == "Service":
+            targets = [
+                labels
+                for (k, _), d in k8s.items()
+                if k in ("Deployment", "StatefulSet")
+                for labels in [d["spec"]["template"]["metadata"]["labels"]]
+                if doc["spec"]["selector"].items() <= labels.items()
+            ]
+            assert targets, f"Service {name} selects no pods"
+
+
+def test_k8s_secrets_configmaps_and_files(
+    kustomization: dict[str, Any], k8s: dict[tuple[str, str], dict[str, Any]], cert_files
+) -> None:
+    secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    configmaps = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
+    referenced: set[str] = set()
+    for (kind, _), doc in k8s.items():
+        if kind not in ("Deployment", "StatefulSet"):
+            continue
+        for vol in doc["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in secrets, vol
+                referenced.add(vol["secret"]["secretName"])
+            if "configMap" in vol:
+                assert vol["configMap"]["name"] in configmaps, vol
+                referenced.add(vol["configMap"]["name"])
+    assert referenced == set(secrets) | set(configmaps), "generated but unused"
+    for files in secrets.values():
+        for f in files:
+            if f.startswith("certs/"):
+                assert f.removeprefix("certs/") in cert_files, f
+            else:
+                assert re.fullmatch(r"data-keys/client-000[0-2]\.key", f), f
+    assert "--out deploy/k8s/data-keys/client-000$i.key" in README
+    assert "certs new --out deploy/k8s/certs --nodes 3" in README
+    for files in configmaps.values():
+        for f in files:
+            tomllib.loads((DEPLOY / "k8s" / f).read_text())
+
+
+def test_k8s_images_ports_and_commands(
+    kustomization: dict[str, Any], k8s: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    built = {tag.split(":")[0] for tag in built_images()}
+    assert {i["name"] for i in kustomization["images"]} == built
+    for (kind, _), doc in k8s.items():
+        if kind in ("Deployment", "StatefulSet"):
+            spec = doc["spec"]["template"]["spec"]
+            for c in [*spec.get("initContainers", []), *spec["containers"]]:
+                assert c["image"] in built, c["image"]
+    coord = pod_spec(k8s, "Deployment", "veilfed-coordinator")["containers"][0]
+    found = check_flags(coord["args"], "coordinator", "start")
+    assert found["--address"] == f"0.0.0.0:{PORT}"
+    assert coord["ports"] == [{"name": "superlink", "containerPort": PORT}]
+    svc = k8s[("Service", "veilfed-coordinator")]["spec"]["ports"][0]
+    assert svc["port"] == PORT and svc["targetPort"] == "superlink"
+    mlflow = pod_spec(k8s, "Deployment", "mlflow")["containers"][0]
+    mlflow_port = int(flags(mlflow["args"])["--port"])
+    assert k8s[("Service", "mlflow")]["spec"]["ports"][0]["port"] == mlflow_port
+    env = {e["name"]: e["value"] for e in coord["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
+    mounts = {m["mountPath"] for m in coord["volumeMounts"]}
+    assert found["--certs"] in mounts and found["--state"] in mounts
+    assert str(Path(found["--config"]).parent) in mounts
+
+    nodes = k8s[("StatefulSet", "veilfed-node")]["spec"]
+    node = nodes["template"]["spec"]["containers"][0]
+    script = node["args"][0]
+    argv = shlex.split(script.split("exec ", 1)[1])
+    assert argv[:3] == ["veilfed", "node", "start"]
+    nf = check_flags(argv[3:], "node", "start")
+    assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
+    secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    n_keys = sum(f.startswith("certs/nodes/") for f in secrets["veilfed-node-keys"])
+    n_pub = len(secrets["veilfed-auth-keys"])
+    experiment = tomllib.loads((DEPLOY / "k8s" / "experiment.toml").read_text())
+    assert nodes["replicas"] == n_keys == n_pub == experiment["federated"]["clients"]
+    init = nodes["template"]["spec"]["initContainers"][0]["args"][0]
+    assert "install -m 600" in init  # keys made private before veilfed checks their mode
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+
+
+def test_ray_cluster_config() -> None:
+    cfg = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    for key in ("cluster_name", "provider", "auth", "setup_commands", "head_start_ray_commands"):
+        assert key in cfg
+    head = " ".join(cfg["head_start_ray_commands"])
+    workers = " ".join(cfg["worker_start_ray_commands"])
+    port = re.search(r"--head --port=(\d+)", head).group(1)  # type: ignore[union-attr]
+    assert f"--address=$RAY_HEAD_IP:{port}" in workers
+    for remote, local in cfg["file_mounts"].items():
+        assert (ROOT / local).exists(), f"file_mounts {remote}: {local} missing"
+    setup = " ".join(cfg["setup_commands"])
+    assert "download.pytorch.org/whl/cpu" in setup and "pip install -e ~/veilfed" in setup
+    sim = re.search(r"~/venv/bin/veilfed simulate\s*\\?\n?\s*(.*?)'", README, re.S).group(1)  # type: ignore[union-attr]
+    found = check_flags(shlex.split(sim.replace("\\\n", " ")), "simulate")
+    assert found["--ray-address"].endswith(f":{port}")
+    assert (ROOT / found["--config"]).is_file()
