@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from veilfed.coordinator.strategies import (
     strategy_state,
 )
 from veilfed.errors import CheckFailed, UsageError, VeilfedError
+from veilfed.io import write_text_atomic
 
 log = logging.getLogger("veilfed.coordinator")
 
@@ -397,13 +399,38 @@ class Coordinator:
         )
 
     def _log_reports(self, rlog: RoundLog) -> None:
+        """Store this round's verified reports as MLflow artifacts for ``veilfed audit``.
+
+        Same layout as ``veilfed.privacy.reports.log_reports`` (``privacy/reports/<id>.jsonl``,
+        ascending round; ``privacy/keys/<id>.pub``), but each client's chain is kept in the run
+        directory and all of a round's files go up in one call: reading every chain back from
+        MLflow each round costs ~0.5 s per client, which dominated 100-client rounds.
+        """
         if not (self.s.privacy.enabled and self.fed.sign_reports and rlog.reported):
             return
-        from veilfed.privacy.reports import SignedReport, log_reports
+        from veilfed.privacy.reports import KEYS_DIR, REPORTS_DIR, SignedReport
 
-        signed = [SignedReport.from_json(self.clients[c]["report"]) for c in rlog.reported]
-        keys = {c: self.keys.path(c) for c in rlog.reported}
-        log_reports(self.tracker.run_id, signed, keys, tracking_uri=self.tracker.tracking_uri)
+        chains = self.run_dir / "reports"
+        with tempfile.TemporaryDirectory() as tmp:
+            staged, keys = Path(tmp) / "reports", Path(tmp) / "keys"
+            staged.mkdir()
+            keys.mkdir()
+            for cid in rlog.reported:
+                path = chains / f"{cid}.jsonl"
+                lines: dict[int, str] = {}
+                if path.exists():
+                    for line in path.read_text(encoding="utf-8").splitlines():
+                        lines[SignedReport.from_json(line).report.round] = line
+                else:
+                    (keys / f"{cid}.pub").write_bytes(self.keys.path(cid).read_bytes())
+                signed = SignedReport.from_json(self.clients[cid]["report"])
+                lines[signed.report.round] = signed.to_json()  # a re-run round replaces itself
+                text = "".join(lines[r] + "\n" for r in sorted(lines))
+                write_text_atomic(path, text)
+                (staged / f"{cid}.jsonl").write_text(text, encoding="utf-8")
+            self.tracker.log_artifacts(staged, REPORTS_DIR)
+            if any(keys.iterdir()):
+                self.tracker.log_artifacts(keys, KEYS_DIR)
 
 
 def _array(value: np.ndarray) -> Any:

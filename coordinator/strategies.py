@@ -111,11 +111,15 @@ def build_strategy(
             base, central_noise_multiplier, central_clipping_norm, sampled_per_round
         )
     if central_dp == "adaptive":
+        # Andrew et al.: the clipped-count noise σ_b and the update noise share the budget of
+        # one Gaussian with multiplier σ (what we account); σ_b must exceed σ / 2. Flower's
+        # default σ_b = sampled / 20 fails that for small cohorts.
         return DifferentialPrivacyServerSideAdaptiveClipping(
             base,
             central_noise_multiplier,
             sampled_per_round,
             initial_clipping_norm=central_clipping_norm,
+            clipped_count_stddev=max(sampled_per_round / 20, central_noise_multiplier),
         )
     return base
 

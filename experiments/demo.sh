@@ -19,7 +19,7 @@ if [ ! -d store ]; then
   "$VEILFED" data synth --store store --key-file store.key --clips 64 --frames 8 --size 32 --seed 0
 fi
 
-echo "== federated simulation: 8 clients, 3 rounds, 4 sampled per round, client DP-SGD (eps=8)"
+echo "== federated simulation: 8 clients, 5 rounds, 4 sampled per round, client DP-SGD (eps=8)"
 "$VEILFED" simulate --config "$ROOT/experiments/federated.toml" --store store --key-file store.key \
-  --clients 8 --rounds 3 --fraction 0.5 --summary-json summary.json
+  --clients 8 --rounds 5 --fraction 0.5 --summary-json summary.json
 echo "== summary: demo-out/summary.json"

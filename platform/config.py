@@ -63,7 +63,9 @@ class ModelSection:
     pixel_dim: int = 64
     encoders: dict[str, str] = field(
         default_factory=lambda: {
-            "video": "conv2p1d", "audio": "logmel_conv", "text": "text_transformer"
+            "video": "conv2p1d",
+            "audio": "logmel_conv",
+            "text": "text_transformer",
         }
     )
     encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -169,9 +171,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise UsageError(
-            f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(names)}"
-        )
+        raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(names)}")
     kwargs = {k: _check(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -204,15 +204,15 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks: registry names, required modalities, value ranges."""
-    from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
-
     import veilfed.model  # noqa: F401  (fills the registries)
+    from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
 
     m = cfg.model
     for modality, name in m.encoders.items():
         if modality not in schema.MODALITIES:
             raise UsageError(
-                f"model.encoders.{modality}: unknown modality; valid: {', '.join(schema.MODALITIES)}"
+                f"model.encoders.{modality}: unknown modality; "
+                f"valid: {', '.join(schema.MODALITIES)}"
             )
         if name:
             try:

@@ -99,9 +99,28 @@ def make_private(
     else:
         private_model, private_opt, private_loader = engine.make_private(**kwargs)
     sample_rate = 1.0 / max(len(private_loader), 1)
-    privacy = Privacy(engine, engine.accountant, criterion, mode, noise_multiplier, max_grad_norm,
-                      sample_rate)
+    privacy = Privacy(
+        engine, engine.accountant, criterion, mode, noise_multiplier, max_grad_norm, sample_rate
+    )
     return private_model, private_opt, private_loader, privacy
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Samples built once (rendering a clip's targets costs more than a training step on it),
+    then augmented per use (augmentations return new samples, so the cache stays clean)."""
+
+    def __init__(
+        self, dataset: Any, augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> None:
+        self.samples = [dataset[i] for i in range(len(dataset))]
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        return self.augment(sample) if self.augment is not None else sample
 
 
 @dataclass
@@ -114,27 +133,23 @@ class TrainStats:
 
 
 def _is_empty(batch: Any) -> bool:
+    """Opacus' Poisson loader yields a 0-row dict (or, before any batch, a bare list)."""
     if not isinstance(batch, dict):
         return True
     first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
     return first is None or first.shape[0] == 0
 
 
-def _empty_like_previous(batch: Any, previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Opacus' empty batch keeps the dict structure; before any batch it is a bare list."""
-    if isinstance(batch, dict):
-        return batch
-    if previous is None:
-        raise UsageError("DP training: the first Poisson batch was empty; use more data")
-
-    def empty(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x[:0]
-        if isinstance(x, dict):
-            return {k: empty(v) for k, v in x.items()}
-        return x[:0] if isinstance(x, list) else x
-
-    return empty(previous)
+def _noise_only_step(optimizer: Any, mode: str) -> None:
+    """An empty Poisson batch is still a DP step (skipping it would reveal the batch was empty):
+    zero per-sample gradients (hooks) or zero clipped gradients (ghost); Opacus adds the noise and
+    its accountant counts the step."""
+    for param in optimizer.params:
+        if mode == "ghost":
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = param.new_zeros((0, *param.shape))
+    optimizer.step()
 
 
 def train_steps(
@@ -160,19 +175,21 @@ def train_steps(
     model.train()
     stats = TrainStats()
     sums: dict[str, float] = {}
-    counted = 0  # non-empty batches (an empty Poisson batch still counts as a step)
+    counted = 0  # non-empty batches (an empty Poisson batch is a step without a loss)
     epoch_sums: dict[str, float] = {}
     epoch_batches = 0
     start = time.perf_counter()
     epoch = 0
-    previous: dict[str, Any] | None = None
     while True:
         for batch in loader:
-            if _is_empty(batch):  # Poisson sampling drew no sample: still a (noise-only) step
-                if privacy is None:
-                    continue
-                batch = _empty_like_previous(batch, previous)
-            previous = batch
+            if _is_empty(batch):
+                if privacy is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    _noise_only_step(optimizer, privacy.mode)
+                    stats.steps += 1
+                    if steps is not None and stats.steps >= steps:
+                        break
+                continue
             if augment is not None:
                 batch = augment(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -186,19 +203,17 @@ def train_steps(
             loss.backward()
             optimizer.step()
             stats.steps += 1
-            n = int(batch["modality_mask"].shape[0])
-            if n:
-                value = float(loss.item())
-                stats.samples += n
-                stats.loss += value
-                counted += 1
-                epoch_batches += 1
-                for task, v in per_task.items():
-                    v = float(v.detach())
-                    sums[task] = sums.get(task, 0.0) + v
-                    epoch_sums[task] = epoch_sums.get(task, 0.0) + v
-                if on_step is not None:
-                    on_step(stats.steps, value)
+            value = float(loss.item())
+            stats.samples += int(batch["modality_mask"].shape[0])
+            stats.loss += value
+            counted += 1
+            epoch_batches += 1
+            for task, v in per_task.items():
+                v = float(v.detach())
+                sums[task] = sums.get(task, 0.0) + v
+                epoch_sums[task] = epoch_sums.get(task, 0.0) + v
+            if on_step is not None:
+                on_step(stats.steps, value)
             if steps is not None and stats.steps >= steps:
                 break
         epoch += 1

@@ -41,13 +41,24 @@ def test_federated_and_he_sections_pass_through(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("[train]\nbatch_size = 'big'\n", r"exp.toml: train.batch_size: expected int, got str 'big'"),
-        ("[train]\nbatch_szie = 4\n", r"exp.toml: train: unknown field 'batch_szie'; valid: batch_size"),
+        (
+            "[train]\nbatch_size = 'big'\n",
+            r"exp.toml: train.batch_size: expected int, got str 'big'",
+        ),
+        (
+            "[train]\nbatch_szie = 4\n",
+            r"exp.toml: train: unknown field 'batch_szie'; valid: batch_size",
+        ),
         ("[privacy]\nenabled = 1\n", r"privacy.enabled: expected bool, got int"),
         ("[model]\nfusion = 'late'\n", r"model.fusion: unknown fusion 'late'; valid: concat, "),
-        ("[model.tasks]\ntracking = 1.0\n", r"model.tasks.tracking: unknown head 'tracking'; valid: "),
-        ("[model.encoders]\nvideo = ''\ntext = 'text_transformer'\n[model.tasks]\npose = 1.0\n",
-         r"model.tasks.pose: needs the video encoder; set model.encoders.video"),
+        (
+            "[model.tasks]\ntracking = 1.0\n",
+            r"model.tasks.tracking: unknown head 'tracking'; valid: ",
+        ),
+        (
+            "[model.encoders]\nvideo = ''\ntext = 'text_transformer'\n[model.tasks]\npose = 1.0\n",
+            r"model.tasks.pose: needs the video encoder; set model.encoders.video",
+        ),
         ("[model.encoders]\nvideo = 'text_transformer'\n", r"encodes text, not video"),
         ("[train]\naugmentations = ['nope']\n", r"train.augmentations: .*'nope'"),
         ("[model]\ntasks = 3\n", r"model.tasks: expected a table, got int"),

@@ -29,14 +29,20 @@ from veilfed.config import load_config
 from veilfed.data.text import PAD, Tokenizer
 from veilfed.model import create_model, evaluate
 from veilfed.model.check import _OneBatch, example_batch, stack_samples
-from veilfed.train import make_private, train_steps
+from veilfed.train import CachedDataset, make_private, train_steps
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 ROOT = Path(__file__).resolve().parents[2]
 FUSIONS = ("concat", "vote", "gated", "cross_attention", "transformer")
 HEADLINE = {  # task -> metric shown in the fusion table
-    "action": "accuracy", "sentiment": "accuracy", "moderation": "f1", "quality": "mae",
-    "qa": "accuracy", "caption": "token_f1", "segmentation": "miou", "restoration": "psnr",
+    "action": "accuracy",
+    "sentiment": "accuracy",
+    "moderation": "f1",
+    "quality": "mae",
+    "qa": "accuracy",
+    "caption": "token_f1",
+    "segmentation": "miou",
+    "restoration": "psnr",
 }
 
 
@@ -49,8 +55,9 @@ def _step_timer(model_cfg: Any, batch: dict[str, Any], mode: str) -> Any:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     privacy = None
     if mode != "plain":
-        model, opt, loader, privacy = make_private(model, opt, loader, 1.0, 1.0, mode=mode,
-                                                   poisson_sampling=False)
+        model, opt, loader, privacy = make_private(
+            model, opt, loader, 1.0, 1.0, mode=mode, poisson_sampling=False
+        )
 
     def step() -> float:
         start = time.perf_counter()
@@ -71,8 +78,10 @@ def bench_dp(model_cfg: Any, rounds: int, batch_size: int, frames: int, size: in
     med = {mode: statistics.median(v) for mode, v in times.items()}
     best = min(("hooks", "ghost"), key=med.__getitem__)
     params = sum(p.numel() for p in create_model(model_cfg).parameters())
-    print(f"\n(a) DP-SGD step on the default model ({params:,} params), batch {batch_size} x "
-          f"{frames}x{size}x{size}, median of {rounds} interleaved rounds")
+    print(
+        f"\n(a) DP-SGD step on the default model ({params:,} params), batch {batch_size} x "
+        f"{frames}x{size}x{size}, median of {rounds} interleaved rounds"
+    )
     for mode in timers:
         print(f"  {mode:<6} {med[mode]:7.3f} s/step   x{med[mode] / med['plain']:.2f}")
     return {
@@ -113,10 +122,15 @@ def bench_fusions(cfg: Any, clips: int, steps: int) -> dict:
 
     world = replace(cfg.world, frames=8, size=32, clips=clips, eval_clips=max(16, clips // 4))
     train_w, eval_w = world.world_config(), world.world_config(seed=world.seed + 1_000_003)
-    train_ds = ClipDataset(MemorySource.world(train_w, world.clips), train_w)
-    eval_ds = ClipDataset(MemorySource.world(eval_w, world.eval_clips), eval_w)
-    train_dl = DataLoader(train_ds, batch_size=8, shuffle=True, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(0))
+    train_ds = CachedDataset(ClipDataset(MemorySource.world(train_w, world.clips), train_w))
+    eval_ds = CachedDataset(ClipDataset(MemorySource.world(eval_w, world.eval_clips), eval_w))
+    train_dl = DataLoader(
+        train_ds,
+        batch_size=8,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     eval_dl = DataLoader(eval_ds, batch_size=16, collate_fn=collate)
     vocab = Tokenizer().vocab_size
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -134,8 +148,10 @@ def bench_fusions(cfg: Any, clips: int, steps: int) -> dict:
                 t: metrics[t][k] for t, k in HEADLINE.items() if k in metrics.get(t, {})
             }
     tasks = [t for t in HEADLINE if t in cfg.model.tasks]
-    print(f"\n(b) fusions after {steps} steps (batch 8, {clips} clips of 8x32x32); "
-          "clean / video, audio, text corrupted")
+    print(
+        f"\n(b) fusions after {steps} steps (batch 8, {clips} clips of 8x32x32); "
+        "clean / video, audio, text corrupted"
+    )
     head = "".join(f"{t[:10] + ':' + HEADLINE[t][:5]:>19}" for t in tasks)
     print(f"  {'fusion':<16}{'setting':<8}{head}")
     for fusion, res in results.items():
@@ -143,8 +159,10 @@ def bench_fusions(cfg: Any, clips: int, steps: int) -> dict:
             row = "".join(f"{res[setting].get(t, float('nan')):>19.3f}" for t in tasks)
             print(f"  {fusion if setting == 'clean' else '':<16}{setting:<8}{row}")
     return {
-        f: {s: {t: round(v, 4) for t, v in r[s].items()} for s in ("clean", "video", "audio",
-                                                                    "text")}
+        f: {
+            s: {t: round(v, 4) for t, v in r[s].items()}
+            for s in ("clean", "video", "audio", "text")
+        }
         for f, r in results.items()
     }
 
@@ -159,13 +177,29 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "experiments" / "default.toml")
     w = cfg.world
-    dp = bench_dp(cfg.model, rounds=3 if args.quick else 7, batch_size=cfg.train.batch_size,
-                  frames=w.frames, size=w.size)
-    fusions = {} if args.skip_fusions else bench_fusions(
-        cfg, clips=32 if args.quick else 128, steps=8 if args.quick else 60
+    dp = bench_dp(
+        cfg.model,
+        rounds=3 if args.quick else 7,
+        batch_size=cfg.train.batch_size,
+        frames=w.frames,
+        size=w.size,
     )
-    print(json.dumps({"bench": "model", "threads": torch.get_num_threads(), **dp,
-                      "ghost": dp["best_mode"] == "ghost", "fusions": fusions}))
+    fusions = (
+        {}
+        if args.skip_fusions
+        else bench_fusions(cfg, clips=32 if args.quick else 128, steps=8 if args.quick else 60)
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "model",
+                "threads": torch.get_num_threads(),
+                **dp,
+                "ghost": dp["best_mode"] == "ghost",
+                "fusions": fusions,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def check_cmd(
     everything: bool = typer.Option(
         False, "--all", help="Every encoder x fusion combination (default: the config's encoders)."
     ),
-    config: Path | None = typer.Option(None, "--config", help="Experiment TOML for the base model."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Experiment TOML for the base model."
+    ),
     mode: str = typer.Option("hooks", "--mode", help="Opacus grad_sample_mode: hooks or ghost."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -71,5 +73,7 @@ def check_cmd(
         _stdout.print(table)
     if failed:
         names = ", ".join(r.name for r in failed)
-        raise CheckFailed(f"model check: {len(failed)} of {len(results)} failed: {names} "
-                          f"(first: {failed[0].error})")
+        raise CheckFailed(
+            f"model check: {len(failed)} of {len(results)} failed: {names} "
+            f"(first: {failed[0].error})"
+        )

@@ -23,6 +23,7 @@ from veilfed.cli.common import handle_errors, print_json
 from veilfed.errors import UsageError
 
 RUNS_DIR = "runs"
+SHOWN_CLIENTS = 20  # per-client lines printed; all of them are in the summary
 
 
 def register(app: typer.Typer) -> None:
@@ -434,12 +435,18 @@ def print_report(summary: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
         print(f"  {task:<13} {shown}")
     if summary["clients"]:
-        print("per-client privacy (cumulative over every round joined):")
-        for cid, c in summary["clients"].items():
+        eps = [c["epsilon"] for c in summary["clients"].values()]
+        print(
+            "per-client privacy (cumulative over every round joined; epsilon max "
+            f"{max(eps):.3f}, mean {sum(eps) / len(eps):.3f} over {len(eps)} clients):"
+        )
+        for cid, c in list(summary["clients"].items())[:SHOWN_CLIENTS]:
             print(
                 f"  {cid}: epsilon={c['epsilon']:.3f} delta={c['delta']:g} rounds={c['rounds']} "
                 f"steps={c['steps']} sigma={c['noise_multiplier']:.3f} q={c['sample_rate']:.3f}"
             )
+        if len(eps) > SHOWN_CLIENTS:
+            print(f"  ... {len(eps) - SHOWN_CLIENTS} more in the summary (--summary-json)")
     elif not summary["private"]:
         print("no client-side DP (non-private run)")
     for cid, reason in summary["exhausted"].items():

@@ -52,13 +52,16 @@ def _loaders(cfg: Any) -> tuple[Any, Any]:
 
     from veilfed.augment import build_augmentations
     from veilfed.data.dataset import ClipDataset, MemorySource, collate
+    from veilfed.train import CachedDataset
 
     w = cfg.world
     train_world = w.world_config()
     eval_world = w.world_config(seed=w.seed + 1_000_003)  # disjoint clips, same distribution
     augment = build_augmentations(cfg.train.augmentations) if cfg.train.augmentations else None
-    train_ds = ClipDataset(MemorySource.world(train_world, w.clips), train_world, augment=augment)
-    eval_ds = ClipDataset(MemorySource.world(eval_world, w.eval_clips), eval_world)
+    train_ds = CachedDataset(
+        ClipDataset(MemorySource.world(train_world, w.clips), train_world), augment
+    )
+    eval_ds = CachedDataset(ClipDataset(MemorySource.world(eval_world, w.eval_clips), eval_world))
     train = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
     evals = DataLoader(eval_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
     return train, evals
@@ -91,7 +94,12 @@ def run(cfg: Any) -> dict[str, Any]:
     if p.enabled:
         noise = p.noise_multiplier if p.noise_multiplier is not None else _noise_for(cfg, total)
         model, optimizer, train_loader, privacy = make_private(
-            model, optimizer, train_loader, noise, p.max_grad_norm, mode=p.mode,
+            model,
+            optimizer,
+            train_loader,
+            noise,
+            p.max_grad_norm,
+            mode=p.mode,
             accountant_kind=p.accountant,
         )
     params = {
@@ -100,8 +108,9 @@ def run(cfg: Any) -> dict[str, Any]:
         "privacy": vars(p),
         "world": vars(cfg.world),
     }
-    tracker = tracking.start_run(cfg.tracking.experiment or cfg.name, params=params,
-                                 run_name=f"train-{cfg.name}")
+    tracker = tracking.start_run(
+        cfg.tracking.experiment or cfg.name, params=params, run_name=f"train-{cfg.name}"
+    )
     with tracker.failing_on_error():
         with progress() as bar:
             task = bar.add_task("training", total=total)
@@ -110,8 +119,9 @@ def run(cfg: Any) -> dict[str, Any]:
                 bar.update(task, completed=step, description=f"training loss {loss:.3f}")
 
             kwargs = {"steps": t.steps} if t.steps else {"epochs": t.epochs}
-            stats = train_steps(model, train_loader, optimizer, privacy=privacy, on_step=on_step,
-                                **kwargs)
+            stats = train_steps(
+                model, train_loader, optimizer, privacy=privacy, on_step=on_step, **kwargs
+            )
         with Console(stderr=True).status("evaluating"):
             metrics = evaluate(model, eval_loader)
         logged = {
@@ -122,12 +132,20 @@ def run(cfg: Any) -> dict[str, Any]:
         clients: dict[str, Any] = {}
         if privacy is not None:
             eps = privacy.epsilon(p.delta)
-            logged |= {"privacy/eps_max": eps, "privacy/eps_mean": eps,
-                       f"privacy/client/{CLIENT_ID}/eps": eps}
+            logged |= {
+                "privacy/eps_max": eps,
+                "privacy/eps_mean": eps,
+                f"privacy/client/{CLIENT_ID}/eps": eps,
+            }
             clients[CLIENT_ID] = {
-                "epsilon": eps, "delta": p.delta, "noise_multiplier": noise,
-                "sample_rate": privacy.sample_rate, "steps": privacy.steps,
-                "max_grad_norm": p.max_grad_norm, "accountant": p.accountant, "rounds": 1,
+                "epsilon": eps,
+                "delta": p.delta,
+                "noise_multiplier": noise,
+                "sample_rate": privacy.sample_rate,
+                "steps": privacy.steps,
+                "max_grad_norm": p.max_grad_norm,
+                "accountant": p.accountant,
+                "rounds": 1,
             }
         epochs_done = math.ceil(stats.steps / max(steps_per_epoch, 1))
         tracker.log_metrics(logged, step=epochs_done)
@@ -139,8 +157,12 @@ def run(cfg: Any) -> dict[str, Any]:
             "wall_s": round(time.perf_counter() - start, 3),
             "metrics": metrics,
             "clients": clients,
-            "he": {"enabled": False, "ciphertext_bytes": 0, "plaintext_bytes": 0,
-                   "max_abs_error": 0.0},
+            "he": {
+                "enabled": False,
+                "ciphertext_bytes": 0,
+                "plaintext_bytes": 0,
+                "max_abs_error": 0.0,
+            },
         }
         tracker.log_json(summary, "summary.json")
         tracker.finish()
@@ -157,9 +179,15 @@ def _noise_for(cfg: Any, steps: int) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     sample_rate = min(1.0, cfg.train.batch_size / cfg.world.clips)
-    return float(get_noise_multiplier(target_epsilon=cfg.privacy.epsilon,
-                                      target_delta=cfg.privacy.delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=cfg.privacy.accountant))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=cfg.privacy.epsilon,
+            target_delta=cfg.privacy.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=cfg.privacy.accountant,
+        )
+    )
 
 
 def print_metrics(summary: dict[str, Any]) -> None:
@@ -171,6 +199,8 @@ def print_metrics(summary: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     for cid, c in summary["clients"].items():
-        console.print(f"{cid}: ε={c['epsilon']:.3g} (δ={c['delta']:g}), σ={c['noise_multiplier']:.3g}, "
-                      f"{c['steps']} steps")
+        console.print(
+            f"{cid}: ε={c['epsilon']:.3g} (δ={c['delta']:g}), σ={c['noise_multiplier']:.3g}, "
+            f"{c['steps']} steps"
+        )
     console.print(f"wall {summary['wall_s']:.1f}s, tracking {summary['tracking_uri']}")

@@ -16,8 +16,8 @@ from typing import Any
 
 from veilfed.io import write_text_atomic
 
-SERVER_APP = "veilfed.coordinator.server_app:app"
-CLIENT_APP = "veilfed.clients.client_app:app"
+SERVER_APP = "veilfed.deploy.server_app:app"
+CLIENT_APP = "veilfed.deploy.client_app:app"
 
 
 def _toml_value(value: Any) -> str:

@@ -63,28 +63,44 @@ def _check_config(path: Path) -> None:
         raise UsageError(f"{path}: not valid TOML ({exc}); check --config") from None
 
 
+def _check_resumable(runs_dir: Path, run_id: str) -> None:
+    """--resume needs the run's state (settings, checkpoint) under this coordinator's --state."""
+    if not (runs_dir / run_id / "settings.json").is_file():
+        raise UsageError(
+            f"--resume {run_id}: no run state in {runs_dir / run_id}; use the same --state as "
+            "the run you continue"
+        )
+
+
 def _local(host: str) -> str:
     """The address to reach a server bound to ``host`` from this machine."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-def _wait_ready(link: Child, host: str, port: int, ca: Path, timeout: float) -> None:
+def _wait_ready(
+    link: Child, host: str, port: int, ca: Path, timeout: float, stop: StopSignal
+) -> None:
     """Until the SuperLink completes a TLS handshake; fail naming why if it exits or times out."""
     deadline = time.monotonic() + timeout
     delay = 0.2
-    while True:
+    while not stop.event.is_set():
         code = link.poll()
         if code is not None:
             link.wait_output()
             last = link.tail[-1] if link.tail else "no output"
             raise UsageError(f"flower-superlink exited with code {code} at start: {last}")
         try:
-            check_tls(_local(host), port, ca, timeout=2.0)
+            check_tls(_local(host), port, ca, timeout=2.0, flag="--address")
             return
         except UsageError as exc:
-            if "unreachable" not in str(exc) or time.monotonic() > deadline:
+            if "unreachable" not in str(exc):
                 raise
-        time.sleep(delay)
+            if time.monotonic() > deadline:
+                raise UsageError(
+                    f"--address {host}:{port}: flower-superlink did not answer within "
+                    f"{timeout:.0f}s; see its log above"
+                ) from None
+        stop.event.wait(delay)
         delay = min(delay * 2, 2.0)
 
 
@@ -134,6 +150,8 @@ def start(opts: CoordinatorOptions) -> int:
     check_server_material(opts.certs)
     keys = load_node_public_keys(opts.auth_keys)
     _check_config(opts.config)
+    if opts.resume:
+        _check_resumable(opts.state / "runs", opts.resume)
     check_port_free(host, port, "--address")
     ca = (opts.certs / CA_CERT).absolute()
     opts.state.mkdir(parents=True, exist_ok=True)
@@ -170,7 +188,10 @@ def _serve(
     stop: StopSignal,
     tracking: str,
 ) -> int:
-    _wait_ready(link, host, port, ca, opts.ready_timeout_s)
+    _wait_ready(link, host, port, ca, opts.ready_timeout_s, stop)
+    if stop.event.is_set():
+        log.info("stopped on %s while the SuperLink started", stop.name)
+        return 0
     log.info(
         "SuperLink listening on https://%s:%d (Fleet, Control and Runtime APIs; TLS on, "
         "node authentication on)",
@@ -224,6 +245,11 @@ def _follow(ctl: ControlClient, run_id: int, link: Child, stop: StopSignal) -> i
     if link.poll() is not None:
         raise UsageError(f"flower-superlink exited with code {link.poll()} during run {run_id}")
     status = ctl.run_status(run_id)
+    for _ in range(20):  # the log stream can end a moment before the status is final
+        if status.finished:
+            break
+        stop.event.wait(0.5)
+        status = ctl.run_status(run_id)
     if not status.ok:
         raise CheckFailed(
             f"run {run_id} {status.status}:{status.sub_status}"

@@ -100,7 +100,9 @@ def wait_reachable(
         ) from None
 
 
-def check_tls(host: str, port: int, ca_file: Path, timeout: float = 5.0) -> None:
+def check_tls(
+    host: str, port: int, ca_file: Path, timeout: float = 5.0, flag: str = "--superlink"
+) -> None:
     """TLS handshake against ``host:port`` trusting only ``ca_file``; names the failure."""
     ctx = ssl.create_default_context(cafile=str(ca_file))
     try:
@@ -125,13 +127,13 @@ def check_tls(host: str, port: int, ca_file: Path, timeout: float = 5.0) -> None
                 f"the SuperLink's certificate is not signed by {ca_file} (wrong CA; {msg}); use "
                 "the coordinator's ca.pem"
             )
-        raise UsageError(f"--superlink {host}:{port}: TLS verification failed: {cause}") from None
+        raise UsageError(f"{flag} {host}:{port}: TLS verification failed: {cause}") from None
     except ssl.SSLError as exc:
         raise UsageError(
-            f"--superlink {host}:{port}: TLS handshake failed ({exc.reason or exc}); is this a "
+            f"{flag} {host}:{port}: TLS handshake failed ({exc.reason or exc}); is this a "
             "veilfed SuperLink with TLS?"
         ) from None
     except OSError as exc:
         raise UsageError(
-            f"--superlink {host}:{port}: SuperLink unreachable ({exc.strerror or exc})"
+            f"{flag} {host}:{port}: SuperLink unreachable ({exc.strerror or exc})"
         ) from None

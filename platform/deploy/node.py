@@ -16,6 +16,7 @@ restarts there) and ``he-context``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from veilfed.deploy.flower import child_env, executable
 from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
 from veilfed.deploy.process import Child, StopSignal
 from veilfed.errors import UsageError
+from veilfed.io import write_text_atomic
 
 log = logging.getLogger("veilfed.node")
 
 _REFUSED = "Failed to activate SuperNode"
 _CONNECTED = "SuperNode ID:"
+NODE_ID_FILE = "node-id"  # the SuperLink's id for this node, once it connected
 
 
 def _routine(line: str) -> bool:
@@ -51,6 +54,7 @@ class NodeOptions:
     connect_tries: int = 5
     first_delay_s: float = 0.5
     max_wait_s: float = 300.0
+    stale_wait_s: float = 90.0  # a restarted node's activation may fail until then (see start)
     stop_timeout_s: float = 15.0
 
 
@@ -111,20 +115,72 @@ def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
     return host, port, ca, client
 
 
+def sign_off(host: str, port: int, ca: Path, auth_key: Path, node_id: int) -> bool:
+    """Tell the SuperLink this node is gone (signed DeactivateNode), as Flower's own exit skips it.
+
+    Flower's SuperNode deactivates itself on SIGTERM only sometimes (it depends on where its main
+    loop is when the signal arrives); when it does not, the SuperLink lists the node as online
+    until its heartbeat times out (about a minute) and refuses a restarted node's activation until
+    then. "Not online" (412) therefore counts as signed off.
+    """
+    import httpx
+    from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    key = load_node_private_key(auth_key)
+    try:
+        with FleetHttpClient.from_server_address(
+            f"{host}:{port}",
+            False,
+            ca.read_bytes(),
+            interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],
+        ) as client:
+            client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == httpx.codes.PRECONDITION_FAILED:
+            return True  # not online any more: the SuperNode signed off itself this time
+        log.warning("could not sign off from SuperLink %s:%d (%s)", host, port, exc)
+        return False
+    except Exception as exc:  # best effort: the heartbeat timeout covers what this misses
+        log.warning("could not sign off from SuperLink %s:%d (%s)", host, port, exc)
+        return False
+    return True
+
+
+def _known_node(state: Path) -> int | None:
+    path = state / NODE_ID_FILE
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class _Watch:
+    """Follows the SuperNode's output: refused activation, node id once connected."""
+
+    def __init__(self, client: str, where: str) -> None:
+        self.client = client
+        self.where = where
+        self.refused = False
+        self.node_id: int | None = None
+
+    def __call__(self, line: str) -> None:
+        if _REFUSED in line:
+            self.refused = True
+        elif _CONNECTED in line and self.node_id is None:
+            self.node_id = int(line.rsplit(":", 1)[1].strip())
+            log.info(
+                "node %s connected to SuperLink %s (SuperNode ID: %d)",
+                self.client, self.where, self.node_id,
+            )  # fmt: skip
+
+
 def start(opts: NodeOptions) -> int:
     """Run the SuperNode until SIGTERM (0); a refused key or lost SuperLink exits 2."""
     host, port, ca, client = preflight(opts)
     state = opts.state
     (state / "client").mkdir(parents=True, exist_ok=True)
-    seen: dict[str, bool] = {"refused": False, "connected": False}
-
-    def watch(line: str) -> None:
-        if _REFUSED in line:
-            seen["refused"] = True
-        elif _CONNECTED in line and not seen["connected"]:
-            seen["connected"] = True
-            log.info("node %s connected to SuperLink %s:%d (%s)", client, host, port, line.strip())
-
     argv = [
         executable("flower-supernode"),
         "--superlink", f"{host}:{port}",
@@ -135,26 +191,53 @@ def start(opts: NodeOptions) -> int:
         "--port", str(opts.port),
         "--max-wait-time", str(opts.max_wait_s),
     ]  # fmt: skip
+    env = child_env(state / "supernode-home")
     stop = StopSignal()
+    deadline = time.monotonic() + opts.stale_wait_s
+    delay = 5.0
     with stop.installed():
-        env = child_env(state / "supernode-home")
-        node = Child("supernode", argv, env, cwd=state, on_line=watch, quiet=_routine)
-        log.info(
-            "node %s starting: SuperLink %s:%d over TLS; local Runtime API on 127.0.0.1:%d",
-            client, host, port, opts.port,
-        )  # fmt: skip
-        try:
-            while node.poll() is None and not stop.event.wait(0.5):
-                pass
-        finally:
-            code = node.stop(opts.stop_timeout_s)
-    if stop.event.is_set():
-        log.info("node %s stopped on %s", client, stop.name)
-        return 0
-    if seen["refused"]:
+        while True:
+            watch = _Watch(client, f"{host}:{port}")
+            node = Child("supernode", argv, env, cwd=state, on_line=watch, quiet=_routine)
+            log.info(
+                "node %s starting: SuperLink %s:%d over TLS; local Runtime API on 127.0.0.1:%d",
+                client, host, port, opts.port,
+            )  # fmt: skip
+            try:
+                while node.poll() is None and not stop.event.wait(0.5):
+                    if watch.node_id is not None and _known_node(state) != watch.node_id:
+                        write_text_atomic(state / NODE_ID_FILE, f"{watch.node_id}\n")
+            finally:
+                code = node.stop(opts.stop_timeout_s)
+            if stop.event.is_set():
+                if watch.node_id is not None and sign_off(
+                    host, port, ca, opts.auth_key, watch.node_id
+                ):
+                    log.info("node %s signed off from SuperLink %s:%d", client, host, port)
+                log.info("node %s stopped on %s", client, stop.name)
+                return 0
+            known = _known_node(state)
+            if not (watch.refused and known is not None and time.monotonic() < deadline):
+                break
+            # This node connected before (its id is on record): the SuperLink most likely still
+            # lists it as online after an unclean exit. That clears within its heartbeat timeout.
+            log.warning(
+                "SuperLink %s:%d still lists node %s (id %d) as connected; retrying in %.0fs",
+                host, port, client, known, delay,
+            )  # fmt: skip
+            if stop.event.wait(delay):
+                log.info("node %s stopped on %s", client, stop.name)
+                return 0
+            delay = min(delay * 2, 20.0)
+    if watch.refused:
         raise UsageError(
             f"--auth-key {opts.auth_key}: SuperLink {host}:{port} refused this node (unknown node "
             "key); add its .pub to the coordinator's --auth-keys and restart the coordinator"
+        )
+    if watch.node_id is not None:
+        raise UsageError(
+            f"--superlink {host}:{port}: lost the SuperLink for more than {opts.max_wait_s:.0f}s; "
+            "start the node again once the coordinator is back"
         )
     last = node.tail[-1] if node.tail else "no output"
     raise UsageError(f"flower-supernode exited with code {code}: {last}")

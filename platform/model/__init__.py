@@ -3,7 +3,7 @@
 Public API (the federated layer uses only these and ``state_dict``)::
 
     model = create_model(cfg)              # cfg: ExperimentConfig or its ModelSection
-    outputs = model(batch)                 # {task: output}, batch = veilfed.data.dataset.collate(...)
+    outputs = model(batch)                 # {task: output}; batch from veilfed.data.dataset.collate
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
     list_registries()                      # {"encoders": [...], "fusions": [...], ...}

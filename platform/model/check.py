@@ -44,9 +44,7 @@ def example_batch(
         "quality": torch.rand(b, generator=g),
         "boxes": boxes,
         "box_classes": classes,
-        "segmentation": torch.randint(
-            0, len(schema.OBJECT_CLASSES) + 1, (b, t, h, w), generator=g
-        ),
+        "segmentation": torch.randint(0, len(schema.OBJECT_CLASSES) + 1, (b, t, h, w), generator=g),
         "keypoints": torch.rand(b, t, p, 2, generator=g),
         "keypoint_visible": torch.rand(b, t, p, generator=g) > 0.2,
         "caption": caption,
@@ -144,7 +142,12 @@ def check_one(cfg: ModelSection, mode: str = "hooks", frames: int = 8, size: int
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     private, opt, loader, privacy = make_private(
-        model, opt, loader, noise_multiplier=0.5, max_grad_norm=1.0, mode=mode,
+        model,
+        opt,
+        loader,
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        mode=mode,
         poisson_sampling=False,
     )
     stats = train_steps(private, loader, opt, steps=1, privacy=privacy)

@@ -119,14 +119,26 @@ class MultiTaskModel(nn.Module):
     def _check_batch(self, batch: dict[str, Any]) -> None:
         for m in self.modalities:
             if m not in batch:
-                raise UsageError(f"batch lacks {m!r} (configured encoder {self.config.encoders[m]})")
-        video = batch.get("video")
-        if video is not None and (video.dim() != 5 or video.shape[2] != 3):
-            raise UsageError(f"batch video: expected [B, T, 3, H, W], got {list(video.shape)}")
+                raise UsageError(
+                    f"batch lacks {m!r} (configured encoder {self.config.encoders[m]})"
+                )
+        expected = {"video": (5, "[B, T, 3, H, W]"), "audio": (2, "[B, S]"), "text": (2, "[B, L]")}
+        for m in self.modalities:
+            dims, shape = expected[m]
+            x = batch[m]
+            if x.dim() != dims or (m == "video" and x.shape[2] != 3):
+                raise UsageError(f"batch {m}: expected {shape}, got {list(x.shape)}")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         self._check_batch(batch)
         encoded = {m: self.encoders[m](batch[m]) for m in self.modalities}
+        if "video" in encoded:
+            frames, t_stride = batch["video"].shape[1], self.encoders["video"].t_stride
+            if encoded["video"].grid.shape[1] * t_stride != frames:
+                raise UsageError(
+                    f"batch video has {frames} frames; the {self.config.encoders['video']} "
+                    f"encoder needs a multiple of {t_stride}"
+                )
         mask = batch["modality_mask"]
         present = {m: mask[:, schema.MODALITIES.index(m)].bool() for m in self.modalities}
         fused = self.fusion(encoded, present)
@@ -168,21 +180,29 @@ class MultiTaskModel(nn.Module):
             columns.append(loss)
         return self.weighting(torch.stack(columns, dim=1)), per_task
 
-    def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, outputs: dict[str, Any], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Batch-mean total loss and per-task losses (unlabelled samples masked out)."""
         total, per_task = self.per_sample_loss(outputs, batch)
         return total.mean(), per_task
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Evaluation outputs: forward, then each head's ``predict``; captions decoded greedily."""
-        outputs = self(batch)
+    def predict(
+        self, batch: dict[str, Any], outputs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Evaluation outputs: each head's ``predict`` of ``outputs`` (the forward of ``batch``,
+        run here if not given); captions decoded greedily."""
+        if outputs is None:
+            outputs = self(batch)
         heads = self._heads()
         preds = {t: heads[t].predict(o) for t, o in outputs.items()}
         if "caption" in preds:
-            steps = [(hs.heads["caption"], inp) for hs, inp in zip(self.head_sets, self._inputs,
-                                                                  strict=True)]
+            steps = [
+                (hs.heads["caption"], inp)
+                for hs, inp in zip(self.head_sets, self._inputs, strict=True)
+            ]
             weights = self._fused.weights if len(steps) > 1 else None
             max_len = batch["targets"]["caption"].shape[1]
             preds["caption"] = greedy_captions(steps, weights, max_len)

@@ -33,8 +33,9 @@ def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str
     try:
         with torch.no_grad():
             for batch in loader:
-                preds = core.predict(batch)
-                _, per_task = core.loss(core(batch), batch)
+                outputs = core(batch)
+                _, per_task = core.loss(outputs, batch)
+                preds = core.predict(batch, outputs)
                 for task, meter in meters.items():
                     meter.update(preds[task], batch["targets"], batch["target_mask"].get(task))
                     loss_sums[task] += float(per_task[task])

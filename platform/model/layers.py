@@ -31,7 +31,7 @@ class Attention(nn.Module):
         key_mask: Tensor | None = None,
         causal: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """``key_mask`` [B, Lk] is True for keys that may be attended; rows with none attend none."""
+        """``key_mask`` [B, Lk]: True for keys that may be attended; rows with none attend none."""
         b, lq, d = query.shape
         lk = context.shape[1]
         h = self.heads

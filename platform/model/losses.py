@@ -41,7 +41,7 @@ class FixedWeighting(LossWeighting):
 
 @LOSSES.register("uncertainty")
 class UncertaintyWeighting(LossWeighting):
-    """Kendall, Gal & Cipolla (2018): sum_t w_t (exp(-s_t) L_t + s_t), s_t = log sigma_t^2 learned."""
+    """Kendall, Gal & Cipolla (2018): sum_t w_t (exp(-s_t) L_t + s_t), s_t = log sigma_t^2."""
 
     def __init__(self, tasks: tuple[str, ...], weights: tuple[float, ...]) -> None:
         super().__init__(tasks, weights)

@@ -14,16 +14,16 @@ TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.toml"
 
 
 def run(*args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([VEILFED, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [VEILFED, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_model_list_json() -> None:
     res = run("model", "list", "--json")
     assert res.returncode == 0, res.stderr
     regs = json.loads(res.stdout)
-    assert set(regs) == {"encoders", "fusions", "heads", "losses", "augmentations",
-                         "compressions"}
+    assert set(regs) == {"encoders", "fusions", "heads", "losses", "augmentations", "compressions"}
     assert {"concat", "vote", "gated", "cross_attention", "transformer"} <= set(regs["fusions"])
     assert len(regs["heads"]) == 12
 

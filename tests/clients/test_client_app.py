@@ -110,3 +110,16 @@ def test_injected_failures_are_deterministic_and_near_the_rate():
         injected_failure(0, f"client-{i:04d}", r, 0.3) for i in range(50) for r in range(20)
     ]
     assert not injected_failure(0, "client-0000", 1, 0.0)
+
+
+def test_non_private_round_has_no_accountant_or_report(tmp_path):
+    import math
+
+    settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=2), epsilon=math.inf)
+    tracker.finish()
+    assert not settings.privacy.enabled
+    reply = app(_msg(settings, "train", 1), _ctx(0))
+    info = reply.content["reply"]
+    assert info["status"] == "trained" and "report" not in info
+    assert not (NodeState(settings.run_dir, "client-0000").dir / "accountant").exists()
+    assert math.isfinite(reply.content["metrics"]["train/loss"])

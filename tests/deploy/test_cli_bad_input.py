@@ -137,3 +137,21 @@ def test_node_local_port_in_use(trust: certs.CertBundle, shard, tmp_path) -> Non
         args[args.index("--port") + 1] = str(port)
         code, err, _ = run(args, tmp_path)
     assert f"--port 127.0.0.1:{port}: port {port} is in use" in error_line(code, err)
+
+
+def test_coordinator_resume_unknown_run(trust: certs.CertBundle, config: Path) -> None:
+    args = [*coordinator(trust.out, config, f"127.0.0.1:{free_port()}"), "--resume", "abc123"]
+    code, err, _ = run(args, config.parent)
+    line = error_line(code, err)
+    assert "--resume abc123: no run state in" in line and "same --state" in line
+
+
+def test_node_he_context_must_be_the_secret_one(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, key, _ = shard
+    res = subprocess.run(
+        [*VEILFED, "he", "keygen", "--out", str(tmp_path / "he")], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
+    code, err, _ = run([*args, "--he-context", str(tmp_path / "he" / "public.ctx")], tmp_path)
+    assert "public.ctx: public HE context has no secret key" in error_line(code, err)

@@ -20,6 +20,41 @@ from pathlib import Path
 from veilfed.deploy.net import free_port
 
 VEILFED = [sys.executable, "-m", "veilfed.cli.main"]
+
+# A tiny DP experiment: 2 tasks, 4x32x32 clips, 2 rounds (tests override rounds/clients).
+CONFIG = """
+name = "loopback"
+[world]
+clips = 12
+frames = 4
+size = 32
+seed = 0
+[model]
+dim = 16
+pixel_dim = 8
+encoders = { video = "conv2p1d", audio = "logmel_conv", text = "text_transformer" }
+fusion = "concat"
+tasks = { action = 1.0, moderation = 1.0 }
+[train]
+batch_size = 4
+lr = 0.05
+seed = 0
+[privacy]
+enabled = true
+epsilon = 8.0
+delta = 1e-3
+max_grad_norm = 1.0
+[federated]
+clients = 3
+rounds = 2
+fraction = 1.0
+fraction_evaluate = 1.0
+min_fit_clients = 2
+strategy = "fedavg"
+local_epochs = 1
+holdout = 0.25
+"""
+
 TAG_VAR = "VEILFED_TEST_TAG"
 
 
@@ -64,6 +99,19 @@ class Proc:
                 break
             time.sleep(0.3)
         raise AssertionError(f"{self.name}: no {pattern!r} in {timeout}s:\n{self.text()[-4000:]}")
+
+    def wait_count(self, text: str, count: int, timeout: float) -> None:
+        """Until ``text`` occurs ``count`` times in the log (e.g. the n-th round started)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.text().count(text) >= count:
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise AssertionError(
+            f"{self.name}: {text!r} not {count}x in {timeout}s:\n{self.text()[-4000:]}"
+        )
 
     def terminate(self, timeout: float) -> int:
         """SIGTERM and wait (bounded); the exit code."""

@@ -8,49 +8,18 @@ bounded time on SIGTERM, leaving no process behind (the ``cluster`` fixture chec
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
-from cluster_kit import Cluster, coordinator_args, node_args
+from cluster_kit import CONFIG, Cluster, coordinator_args, node_args
 
 from veilfed.crypto import certs
 from veilfed.deploy.net import free_port
 
 pytestmark = pytest.mark.deployment
 
-CONFIG = """
-name = "loopback"
-[world]
-clips = 12
-frames = 4
-size = 32
-seed = 0
-[model]
-dim = 16
-pixel_dim = 8
-encoders = { video = "conv2p1d", audio = "logmel_conv", text = "text_transformer" }
-fusion = "concat"
-tasks = { action = 1.0, moderation = 1.0 }
-[train]
-batch_size = 4
-lr = 0.05
-seed = 0
-[privacy]
-enabled = true
-epsilon = 8.0
-delta = 1e-3
-max_grad_norm = 1.0
-[federated]
-clients = 3
-rounds = 2
-fraction = 1.0
-fraction_evaluate = 1.0
-min_fit_clients = 2
-strategy = "fedavg"
-local_epochs = 1
-holdout = 0.25
-"""
 
 CLIENTS = ["client-0000", "client-0001", "client-0002"]
 
@@ -69,13 +38,13 @@ def test_two_rounds_over_tls_with_three_nodes(
         ],
     )  # fmt: skip
     coord.wait_for(rf"SuperLink listening on https://{address}", 90)
+    keygen = cluster.run(["he", "keygen", "--out", str(tmp_path / "he")], timeout=60)
+    assert keygen.returncode == 0, keygen.stderr
     nodes = {}
     for cid in CLIENTS:
         shard, key = shards[cid]
-        nodes[cid] = cluster.start(
-            cid,
-            node_args(address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid),
-        )
+        args = node_args(address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid)
+        nodes[cid] = cluster.start(cid, [*args, "--he-context", str(tmp_path / "he/secret.ctx")])
     for cid, proc in nodes.items():
         proc.wait_for(f"node {cid} connected to SuperLink {address}", 90)
 
@@ -84,6 +53,8 @@ def test_two_rounds_over_tls_with_three_nodes(
     log = coord.text()
     assert code == 0, log[-6000:]
     assert "completed" in log
+    for rnd in (1, 2):  # the ServerApp's own round lines reach the coordinator's log
+        assert re.search(rf"veilfed.coordinator: round {rnd}: sampled 3, accepted 3", log), log
     run_id = coord.wait_for(r"run ([0-9a-f]{32}): 2 rounds", 5).group(1)
 
     # MLflow: per-task metrics and per-client ε, logged by the ServerApp behind the SuperLink.

@@ -55,3 +55,17 @@ def test_unregistered_node_and_wrong_ca_refused(
     assert coord.terminate(timeout=30) == 0
     assert time.monotonic() - start < 30
     assert "stopped on SIGTERM before the run started" in coord.text()
+
+
+def test_coordinator_address_not_in_certificate(
+    cluster: Cluster, trust: certs.CertBundle, tmp_path: Path
+) -> None:
+    """Nodes could never verify a SuperLink whose address the certificate does not name."""
+    config = tmp_path / "exp.toml"
+    config.write_text('name = "san"\n')
+    address = f"127.0.0.2:{free_port('127.0.0.2')}"
+    args = coordinator_args(address, trust.out, trust.auth_keys, config, tmp_path / "cstate")
+    res = cluster.run(args, timeout=120)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --address 127.0.0.2:") and "--host 127.0.0.2" in last, last

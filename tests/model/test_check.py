@@ -20,8 +20,10 @@ def test_all_combinations_cross_encoders() -> None:
 
 
 def test_check_passes_and_reports_failures() -> None:
-    ok = run_checks(tiny(encoders={"audio": "logmel_conv", "text": "text_transformer"},
-                         tasks={"action": 1.0}), everything=False)
+    ok = run_checks(
+        tiny(encoders={"audio": "logmel_conv", "text": "text_transformer"}, tasks={"action": 1.0}),
+        everything=False,
+    )
     assert ok and all(r.ok for r in ok), [r.error for r in ok if not r.ok]
     bad = run_checks(tiny(encoder_kwargs={"video": {"dim": 33}}), everything=False)
     assert bad and not any(r.ok for r in bad)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from modelkit import make_batch, tiny
+
 from veilfed.data import schema
 from veilfed.errors import UsageError
 from veilfed.model import FUSIONS, create_model
@@ -38,15 +38,23 @@ def test_missing_modality_is_ignored(fusion: str, missing: str) -> None:
         total, _ = model.loss(out_a, a)
     assert torch.isfinite(total)
     for task in out_a:
-        sa = {k: v[1:] for k, v in out_a[task].items()} if isinstance(out_a[task], dict) else (
-            out_a[task][1:])
-        sb = {k: v[1:] for k, v in out_b[task].items()} if isinstance(out_b[task], dict) else (
-            out_b[task][1:])
+        sa = (
+            {k: v[1:] for k, v in out_a[task].items()}
+            if isinstance(out_a[task], dict)
+            else (out_a[task][1:])
+        )
+        sb = (
+            {k: v[1:] for k, v in out_b[task].items()}
+            if isinstance(out_b[task], dict)
+            else (out_b[task][1:])
+        )
         assert _same(sa, sb), f"{fusion}: task {task} depends on missing {missing}"
     # sample 0 still has the modality, so its outputs must depend on it
     assert not all(
-        _same(out_a[t][0] if not isinstance(out_a[t], dict) else out_a[t]["boxes"][0],
-              out_b[t][0] if not isinstance(out_b[t], dict) else out_b[t]["boxes"][0])
+        _same(
+            out_a[t][0] if not isinstance(out_a[t], dict) else out_a[t]["boxes"][0],
+            out_b[t][0] if not isinstance(out_b[t], dict) else out_b[t]["boxes"][0],
+        )
         for t in out_a
     )
 
@@ -84,5 +92,10 @@ def test_attention_weights_retrievable(fusion: str, key: str) -> None:
 
 def test_cross_attention_needs_video() -> None:
     with pytest.raises(UsageError, match="video"):
-        create_model(tiny(fusion="cross_attention", encoders={"audio": "logmel_conv"},
-                          tasks={"sentiment": 1.0}))
+        create_model(
+            tiny(
+                fusion="cross_attention",
+                encoders={"audio": "logmel_conv"},
+                tasks={"sentiment": 1.0},
+            )
+        )

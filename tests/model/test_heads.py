@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from modelkit import learnable_batch, tiny
+
 from veilfed.data import schema
 from veilfed.model import HEADS, create_model
 

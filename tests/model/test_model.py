@@ -13,8 +13,7 @@ from veilfed.model import create_model, list_registries
 
 def test_list_registries_has_every_kind() -> None:
     regs = list_registries()
-    assert set(regs) == {"encoders", "fusions", "heads", "losses", "augmentations",
-                         "compressions"}
+    assert set(regs) == {"encoders", "fusions", "heads", "losses", "augmentations", "compressions"}
     assert {"conv2p1d", "logmel_conv", "text_transformer"} <= set(regs["encoders"])
     assert set(regs["losses"]) == {"fixed", "uncertainty", "dwa"}
 
@@ -101,3 +100,9 @@ def test_state_dict_round_trip(batch: dict) -> None:
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
         assert torch.allclose(a(batch)["action"], b(batch)["action"])
+
+
+def test_frames_not_matching_the_temporal_stride() -> None:
+    batch = make_batch(2, t=3)
+    with pytest.raises(UsageError, match="3 frames; the conv2p1d encoder needs a multiple of 2"):
+        create_model(tiny())(batch)

@@ -10,14 +10,16 @@ from opacus.accountants import RDPAccountant
 from veilfed.errors import UsageError
 from veilfed.model import create_model
 from veilfed.model.check import _OneBatch, stack_samples
-from veilfed.train import make_private, train_steps
+from veilfed.train import CachedDataset, make_private, train_steps
 
 
-def _setup(tasks: dict[str, float] | None = None, n: int = 4, seed: int = 0):
+def _setup(fusion: str = "concat", n: int = 4, seed: int = 0):
     torch.manual_seed(seed)
-    model = create_model(tiny(tasks=tasks or {"action": 1.0, "detection": 1.0, "caption": 1.0}))
-    loader = torch.utils.data.DataLoader(_OneBatch(make_batch(n)), batch_size=n,
-                                         collate_fn=stack_samples)
+    tasks = {"action": 1.0, "detection": 1.0, "caption": 1.0, "qa": 1.0, "restoration": 1.0}
+    model = create_model(tiny(tasks=tasks, fusion=fusion, loss_weighting="uncertainty"))
+    loader = torch.utils.data.DataLoader(
+        _OneBatch(make_batch(n)), batch_size=n, collate_fn=stack_samples
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     return model, opt, loader
 
@@ -28,16 +30,22 @@ def test_plain_training_lowers_the_loss() -> None:
     later = train_steps(model, loader, opt, steps=15)
     assert later.steps == 15 and later.samples == 60
     assert later.loss < first.loss
-    assert set(later.task_losses) == {"action", "detection", "caption"}
+    assert set(later.task_losses) == {"action", "detection", "caption", "qa", "restoration"}
 
 
-def test_hooks_and_ghost_clip_identically() -> None:
+@pytest.mark.parametrize("fusion", ["concat", "vote", "cross_attention", "transformer"])
+def test_hooks_and_ghost_clip_identically(fusion: str) -> None:
     """Without noise both modes must apply the same clipped, averaged gradient."""
     params = {}
     for mode in ("hooks", "ghost"):
-        model, opt, loader = _setup()
+        model, opt, loader = _setup(fusion=fusion)
         private, opt, loader, privacy = make_private(
-            model, opt, loader, noise_multiplier=0.0, max_grad_norm=0.05, mode=mode,
+            model,
+            opt,
+            loader,
+            noise_multiplier=0.0,
+            max_grad_norm=0.05,
+            mode=mode,
             poisson_sampling=False,
         )
         stats = train_steps(private, loader, opt, steps=1, privacy=privacy)
@@ -49,8 +57,9 @@ def test_hooks_and_ghost_clip_identically() -> None:
 def test_clipping_bounds_the_update() -> None:
     model, opt, loader = _setup()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    private, opt, loader, privacy = make_private(model, opt, loader, 0.0, 0.01,
-                                                 poisson_sampling=False)
+    private, opt, loader, privacy = make_private(
+        model, opt, loader, 0.0, 0.01, poisson_sampling=False
+    )
     train_steps(private, loader, opt, steps=1, privacy=privacy)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm() <= 0.1 * 0.01 + 1e-6  # lr x max_grad_norm
@@ -61,8 +70,9 @@ def test_persisted_accountant_accumulates_across_rounds() -> None:
     eps = []
     for _ in range(2):
         model, opt, loader = _setup()
-        private, opt, loader, privacy = make_private(model, opt, loader, 1.0, 1.0,
-                                                     accountant=accountant)
+        private, opt, loader, privacy = make_private(
+            model, opt, loader, 1.0, 1.0, accountant=accountant
+        )
         train_steps(private, loader, opt, steps=2, privacy=privacy)
         eps.append(privacy.epsilon(1e-5))
     assert privacy.accountant is accountant
@@ -76,3 +86,42 @@ def test_bad_mode_and_step_arguments() -> None:
         make_private(model, opt, loader, 1.0, 1.0, mode="fast")
     with pytest.raises(UsageError, match="exactly one of steps or epochs"):
         train_steps(model, loader, opt)
+
+
+def _empty(batch: dict) -> dict:
+    def cut(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: cut(v) for k, v in x.items()}
+        return x[:0]
+
+    return cut(batch)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_empty_poisson_batch_is_a_noise_only_step(mode: str) -> None:
+    model, opt, loader = _setup()
+    private, opt, _, privacy = make_private(
+        model, opt, loader, 1.0, 1.0, mode=mode, poisson_sampling=False
+    )
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    stats = train_steps(private, [_empty(make_batch(4))], opt, steps=1, privacy=privacy)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert stats.steps == 1 and stats.samples == 0
+    assert privacy.steps == 1  # the accountant counted it
+    assert not torch.equal(before, after)  # noise was added
+
+
+def test_cached_dataset_builds_once_and_augments_per_use() -> None:
+    calls = []
+
+    class Source(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> dict:
+            calls.append(i)
+            return {"x": torch.tensor(float(i))}
+
+    ds = CachedDataset(Source(), augment=lambda s: {"x": s["x"] + 10})
+    assert [float(ds[i]["x"]) for i in (0, 1, 0)] == [10.0, 11.0, 10.0]
+    assert calls == [0, 1] and len(ds) == 2

@@ -17,10 +17,8 @@ from veilfed.model.registry import ENCODERS
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
     """Triangular HTK-mel filters [n_fft // 2 + 1, n_mels]."""
 
-    def hz_to_mel(f: float | Tensor) -> float | Tensor:
-        return 2595.0 * (torch.log10(1.0 + f / 700.0) if isinstance(f, Tensor) else math.log10(1.0 + f / 700.0))
-
-    mels = torch.linspace(0.0, hz_to_mel(sample_rate / 2), n_mels + 2)
+    top = 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0)
+    mels = torch.linspace(0.0, top, n_mels + 2)
     hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
     freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     lower, center, upper = hz[:-2], hz[1:-1], hz[2:]
@@ -50,7 +48,7 @@ class LogMel(nn.Module):
 
 @ENCODERS.register("logmel_conv")
 class LogMelConv(Encoder):
-    """Log-mel then two strided Conv1d (x4 downsampling in time) and ``layers`` transformer blocks."""
+    """Log-mel, two strided Conv1d (x4 fewer frames), then ``layers`` transformer blocks."""
 
     modality = "audio"
 

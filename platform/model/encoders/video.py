@@ -111,8 +111,10 @@ class R2Plus1D18(_GridEncoder):
         for module in net.modules():  # in-place ReLU breaks Opacus' backward hooks
             if isinstance(module, nn.ReLU):
                 module.inplace = False
-        layers = [nn.Sequential(*map(_OutOfPlace, layer)) for layer in
-                  (net.layer1, net.layer2, net.layer3, net.layer4)]
+        layers = [
+            nn.Sequential(*map(_OutOfPlace, layer))
+            for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+        ]
         self.body = nn.Sequential(net.stem, *layers)
         self.proj = nn.Conv3d(512, dim, 1)
         self.t_stride, self.spatial_stride = 8, 16

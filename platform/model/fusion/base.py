@@ -92,6 +92,7 @@ def video_grid(encoded: dict[str, Encoded], present: dict[str, Tensor]) -> Tenso
     """The video grid, zeroed for samples without video so dense heads never read a blank clip."""
     if "video" not in encoded or encoded["video"].grid is None:
         return None
-    return encoded["video"].grid * present["video"].to(encoded["video"].grid.dtype)[
-        :, None, None, None, None
-    ]
+    return (
+        encoded["video"].grid
+        * present["video"].to(encoded["video"].grid.dtype)[:, None, None, None, None]
+    )

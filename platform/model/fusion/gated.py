@@ -31,7 +31,9 @@ class GatedFusion(Fusion):
         bits = presence(present, self.modalities)
         feats = [encoded[m].pooled * bits[:, i : i + 1] for i, m in enumerate(self.modalities)]
         weights = masked_softmax(self.gate(torch.cat([*feats, bits], dim=1)), bits)
-        projected = torch.stack([self.act(self.proj[m](f)) for m, f in zip(self.modalities, feats, strict=True)], 1)
+        projected = torch.stack(
+            [self.act(self.proj[m](f)) for m, f in zip(self.modalities, feats, strict=True)], 1
+        )
         pooled = (weights.unsqueeze(-1) * projected).sum(dim=1)
         tokens, mask, _ = joint_tokens(encoded, present, self.modalities)
         return FusionOutput(

@@ -37,5 +37,6 @@ class TransformerFusion(Fusion):
         x = self.norm(x)
         attention = {"self": self.blocks[-1].last_attention} if self.blocks else {}
         return FusionOutput(
-            [View(x[:, 0], x[:, 1:], mask[:, 1:], video_grid(encoded, present))], attention=attention
+            [View(x[:, 0], x[:, 1:], mask[:, 1:], video_grid(encoded, present))],
+            attention=attention,
         )

@@ -97,7 +97,9 @@ class SlotPool(nn.Module):
 
     def forward(self, grid: Tensor) -> tuple[Tensor, Tensor]:
         b, t, h, w, d = grid.shape
-        attn = torch.softmax(sub_frames(flat_apply(self.logits, grid), self.tp), dim=2)  # [B, T, HW, S]
+        attn = torch.softmax(
+            sub_frames(flat_apply(self.logits, grid), self.tp), dim=2
+        )  # [B, T, HW, S]
         feats = grid.reshape(b, t, 1, h * w, d).expand(b, t, self.tp, h * w, d)
         feats = feats.reshape(b, t * self.tp, h * w, d)
         pooled = torch.einsum("btls,btld->btsd", attn, feats)

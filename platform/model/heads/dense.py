@@ -99,8 +99,9 @@ class SummaryHead(Head):
         return logits.flatten(1).sigmoid()
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return per_sample_mean(F.binary_cross_entropy(output, targets["keyframes"].float(),
-                                                      reduction="none"))
+        return per_sample_mean(
+            F.binary_cross_entropy(output, targets["keyframes"].float(), reduction="none")
+        )
 
 
 @HEADS.register("segmentation")
@@ -113,7 +114,13 @@ class SegmentationHead(Head):
     uses_pixels = True
 
     def __init__(
-        self, dim: int, pixel_dim: int = 64, tp: int = 2, patch: int = 8, scale: int = 2, **_: object
+        self,
+        dim: int,
+        pixel_dim: int = 64,
+        tp: int = 2,
+        patch: int = 8,
+        scale: int = 2,
+        **_: object,
     ) -> None:
         super().__init__(dim)
         self.tp, self.patch = tp, max(1, patch // scale)
@@ -121,12 +128,15 @@ class SegmentationHead(Head):
         self.out = nn.Linear(pixel_dim, tp * self.patch**2 * self.classes)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        logits = unpatchify(flat_apply(self.out, inp.pixels), self.tp, self.patch, self.patch, self.classes)
+        logits = unpatchify(
+            flat_apply(self.out, inp.pixels), self.tp, self.patch, self.patch, self.classes
+        )
         b, t, c, h, w = logits.shape
         size = inp.batch["video"].shape[-2:]
         if (h, w) != tuple(size):
-            logits = F.interpolate(logits.view(b * t, c, h, w), size=size, mode="bilinear",
-                                   align_corners=False).view(b, t, c, *size)
+            logits = F.interpolate(
+                logits.view(b * t, c, h, w), size=size, mode="bilinear", align_corners=False
+            ).view(b, t, c, *size)
         return logits
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:

@@ -28,8 +28,13 @@ class CaptionHead(Head):
     task = "caption"
 
     def __init__(
-        self, dim: int, layers: int = 1, heads: int = 4, vocab_size: int | None = None,
-        max_len: int = schema.MAX_CAPTION_TOKENS, **_: object,
+        self,
+        dim: int,
+        layers: int = 1,
+        heads: int = 4,
+        vocab_size: int | None = None,
+        max_len: int = schema.MAX_CAPTION_TOKENS,
+        **_: object,
     ) -> None:
         super().__init__(dim)
         self.vocab = vocab_size or Tokenizer().vocab_size
@@ -47,8 +52,9 @@ class CaptionHead(Head):
         x = self.embed(prefix) + self.pos(positions(*prefix.shape, prefix.device))
         x = x + self.cond(view.pooled).unsqueeze(1)
         for block in self.blocks:
-            x = block(x, prefix != PAD, causal=True, memory=view.tokens,
-                      memory_mask=view.token_mask)
+            x = block(
+                x, prefix != PAD, causal=True, memory=view.tokens, memory_mask=view.token_mask
+            )
         return self.out(self.norm(x))
 
     def forward(self, inp: HeadInput) -> Tensor:
@@ -119,4 +125,3 @@ class QAHead(Head):
         ce = F.cross_entropy(output.transpose(1, 2), answers.clamp(min=0), reduction="none")
         labelled = (answers >= 0).float()
         return (ce * labelled).sum(1) / labelled.sum(1).clamp(min=1.0)
-

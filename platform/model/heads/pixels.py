@@ -36,7 +36,9 @@ class RestorationHead(Head):
     requires = ("video",)
     uses_pixels = True
 
-    def __init__(self, dim: int, pixel_dim: int = 64, tp: int = 2, patch: int = 8, **_: object) -> None:
+    def __init__(
+        self, dim: int, pixel_dim: int = 64, tp: int = 2, patch: int = 8, **_: object
+    ) -> None:
         super().__init__(dim)
         self.tp, self.patch = tp, patch
         self.out = nn.Linear(pixel_dim, tp * patch * patch * 3)
@@ -64,7 +66,11 @@ class NextFrameHead(Head):
     uses_pixels = True
 
     def __init__(
-        self, dim: int, pixel_dim: int = 64, patch: int = 8, frames: int = schema.NEXT_FRAMES,
+        self,
+        dim: int,
+        pixel_dim: int = 64,
+        patch: int = 8,
+        frames: int = schema.NEXT_FRAMES,
         **_: object,
     ) -> None:
         super().__init__(dim)

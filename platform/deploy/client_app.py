@@ -1,0 +1,40 @@
+"""The ClientApp a real node runs: veilfed's own, with its decisions in the node's log.
+
+A node operator reads the node's log, not the coordinator's: when the client declines a round
+(its ε budget would be exceeded) that must be one clear line there. The train/evaluate/query
+functions are veilfed's ClientApp functions unchanged; a Flower mod looks at each reply.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+
+from veilfed.clients import client_app as base
+from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED
+from veilfed.deploy.server_app import log_to_stream
+
+log = logging.getLogger("veilfed.node")
+
+
+def announce_declines(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Log ``client X declines round N: reason`` for every declined train message."""
+    log_to_stream()
+    reply = call_next(msg, context)
+    if reply.has_content() and REPLY_KEY in reply.content.config_records:
+        info = reply.content.config_records[REPLY_KEY]
+        if info.get("status") == STATUS_DECLINED:
+            rnd = msg.content.config_records["config"].get("server-round", "?")
+            log.warning(
+                "client %s declines round %s: %s", info.get("client-id"), rnd, info.get("reason")
+            )
+    return reply
+
+
+app = ClientApp(mods=[announce_declines])
+app.query()(base.query)
+app.train()(base.train)
+app.evaluate()(base.evaluate)

@@ -1,0 +1,135 @@
+"""What veilfed hands Flower: the node config string and the app project (FAB) it submits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.cli.build import build_fab_from_disk
+from flwr.common.config import parse_config_args
+
+from veilfed.deploy.app_project import CLIENT_APP, SERVER_APP, write_app_project
+from veilfed.deploy.coordinator import CoordinatorOptions, routine_line, run_config_for
+from veilfed.deploy.node import NodeOptions, node_config
+from veilfed.errors import UsageError
+
+
+def _node(tmp_path: Path, **kw) -> NodeOptions:  # type: ignore[no-untyped-def]
+    return NodeOptions(
+        superlink="h:1",
+        shard=tmp_path / "my shard.vfs",
+        key_file=tmp_path / "k.key",
+        certs=tmp_path,
+        auth_key=tmp_path / "a.key",
+        state=tmp_path / "state",
+        **kw,
+    )
+
+
+def test_node_config_parses_in_flower(tmp_path: Path) -> None:
+    opts = _node(tmp_path, he_context=tmp_path / "he" / "secret.ctx")
+    parsed = parse_config_args([node_config("client-0002", opts)])
+    assert parsed == {
+        "client-id": "client-0002",
+        "shard": str(tmp_path / "my shard.vfs"),  # spaces survive
+        "key-file": str(tmp_path / "k.key"),
+        "state-dir": str(tmp_path / "state" / "client"),
+        "he-context": str(tmp_path / "he" / "secret.ctx"),
+    }
+    assert "he-context" not in parse_config_args([node_config("c", _node(tmp_path))])
+
+
+def test_node_config_refuses_quotes(tmp_path: Path) -> None:
+    opts = _node(tmp_path)
+    opts.shard = tmp_path / "it's.vfs"
+    with pytest.raises(UsageError, match="quotes"):
+        node_config("client-0000", opts)
+
+
+def test_app_project_builds_a_fab_with_our_apps(tmp_path: Path) -> None:
+    import io
+    import tomllib
+    import zipfile
+
+    opts = CoordinatorOptions(
+        address="127.0.0.1:9092",
+        certs=tmp_path,
+        auth_keys=tmp_path,
+        config=tmp_path / "exp.toml",
+        state=tmp_path / "state",
+        resume="abc",
+    )
+    cfg = run_config_for(opts, 3)
+    assert cfg["clients"] == 3 and cfg["resume"] == "abc"
+    assert cfg["config"] == str((tmp_path / "exp.toml").absolute())
+    fab = build_fab_from_disk(write_app_project(tmp_path / "app", cfg))
+    with zipfile.ZipFile(io.BytesIO(fab)) as zf:
+        project = tomllib.loads(zf.read("pyproject.toml").decode())
+    flwr = project["tool"]["flwr"]["app"]
+    assert flwr["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
+    assert flwr["config"] == cfg
+
+
+def test_routine_superlink_lines_are_debug_only() -> None:
+    assert routine_line('INFO [uvicorn.access] 127.0.0.1:1 - "POST /v1/fleet/pull" 200')
+    assert routine_line("INFO :      [Fleet.PullMessages] node_id=1")
+    assert not routine_line("INFO :      Created run 1 in federation @none/default")
+
+
+def test_app_references_resolve_to_flower_apps() -> None:
+    import importlib
+
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    def load(ref: str) -> object:
+        module, attr = ref.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    assert isinstance(load(SERVER_APP), ServerApp)
+    assert isinstance(load(CLIENT_APP), ClientApp)
+
+
+@pytest.fixture
+def task_identity():  # type: ignore[no-untyped-def]
+    """Flower's Message needs the process's task identity, as inside a ClientApp process."""
+    import logging
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    logger = logging.getLogger("veilfed")
+    handlers, level = list(logger.handlers), logger.level
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    logger.handlers[:] = handlers  # the app's stream handler is for app processes only
+    logger.setLevel(level)
+
+
+def test_declined_round_is_one_clear_node_log_line(
+    caplog: pytest.LogCaptureFixture, task_identity: None
+) -> None:
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
+    from veilfed.deploy.client_app import announce_declines
+
+    msg = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 2})}),
+        dst_node_id=1,
+        message_type=MessageType.TRAIN,
+    )
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    def answer(status: str):  # type: ignore[no-untyped-def]
+        info = {"client-id": "client-0001", "status": status, "reason": "ε 7.99 > budget 6.5"}
+        return lambda m, c: Message(RecordDict({REPLY_KEY: ConfigRecord(info)}), reply_to=m)
+
+    with caplog.at_level("INFO", logger="veilfed.node"):
+        announce_declines(msg, ctx, answer(STATUS_TRAINED))
+        assert not caplog.records
+        reply = announce_declines(msg, ctx, answer(STATUS_DECLINED))
+    assert reply.content[REPLY_KEY]["status"] == STATUS_DECLINED  # passed through unchanged
+    (record,) = caplog.records
+    assert record.getMessage() == "client client-0001 declines round 2: ε 7.99 > budget 6.5"

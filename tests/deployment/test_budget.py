@@ -1,0 +1,45 @@
+"""A node whose ε budget is spent declines further rounds, saying so in its own log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cluster_kit import CONFIG, Cluster, coordinator_args, node_args
+
+from veilfed.crypto import certs
+from veilfed.deploy.net import free_port
+
+pytestmark = pytest.mark.deployment
+
+CLIENTS = ("client-0000", "client-0001")
+
+
+def test_spent_budget_declines_with_a_clear_log_line(
+    cluster: Cluster, trust: certs.CertBundle, shards, tmp_path: Path
+) -> None:
+    # σ is calibrated for ε = 8 after both rounds; a budget of 6.5 fits round 1 only.
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG.replace("clients = 3", "clients = 2") + "budget = 6.5\n")
+    auth = tmp_path / "auth-keys"
+    auth.mkdir()
+    for cid in CLIENTS:
+        (auth / f"{cid}.pub").write_bytes((trust.auth_keys / f"{cid}.pub").read_bytes())
+    address = f"127.0.0.1:{free_port()}"
+    args = coordinator_args(address, trust.out, auth, config, tmp_path / "cstate")
+    coord = cluster.start("coordinator", [*args, "--wait-nodes", "120"])
+    coord.wait_for(f"SuperLink listening on https://{address}", 90)
+    nodes = {}
+    for cid in CLIENTS:
+        shard, key = shards[cid]
+        nodes[cid] = cluster.start(
+            cid, node_args(address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid)
+        )
+    code = coord.popen.wait(timeout=400)
+    log = coord.text()
+    assert code == 0, log[-6000:]
+    assert "round 1: sampled 2, accepted 2" in log
+    assert "declined 2" in log.split("round 2:", 1)[1].splitlines()[0]
+    for cid, proc in nodes.items():
+        line = proc.wait_for(rf"client {cid} declines round 2: .*", 30).group(0)
+        assert "> budget 6.5" in line, line
