@@ -220,7 +220,7 @@ def train_round(
     anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.SGD(params, lr=exp.train.lr)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=train_collate)
     net: torch.nn.Module = model
     if acc is not None:
         from veilfed.train import make_private
@@ -274,6 +274,16 @@ def train_round(
         float(np.mean(losses)) if losses else math.nan,
         report,
     )
+
+
+def train_collate(samples: list[Any]) -> dict[str, Any]:
+    """The batch without ``clip_id``: Opacus builds an empty Poisson batch from the structure of
+    the first one and refuses non-tensor leaves (a list of strings), which crashed the client."""
+    from veilfed.data.dataset import collate
+
+    batch = collate(samples)
+    batch.pop("clip_id", None)
+    return batch
 
 
 def _noise_only_step(optimizer: Any) -> None:

@@ -1,6 +1,7 @@
 """Coordinator checkpoint, written atomically after every round so a killed run can resume.
 
-It holds what the coordinator alone knows: the global model, the strategy's state (FedOpt
+It holds what the coordinator alone knows: the global model (with HE: the initial weights and
+the latest *encrypted* aggregate, never a plaintext model), the strategy's state (FedOpt
 moments, adaptive clip norm), the global RNG states, the exhausted clients and the per-round
 history that becomes MLflow metrics and summary.json. Client accountants live on the nodes
 (``clients/<id>/``), one snapshot per round, so resuming re-runs only the unfinished round.
@@ -36,6 +37,7 @@ class Checkpoint:
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
     exhausted: dict[str, str] = field(default_factory=dict)
     version: int = VERSION
+    he_global: bytes | None = None  # HE: the latest encrypted aggregate (the global model)
 
 
 def rng_state() -> dict[str, Any]:

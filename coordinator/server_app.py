@@ -67,6 +67,7 @@ class RoundLog:
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     eps: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    he: dict[str, float] = field(default_factory=dict)  # he/* metrics of this round
 
     def metrics(self, all_eps: dict[str, float], central_eps: float | None) -> dict[str, float]:
         out: dict[str, float] = {
@@ -89,6 +90,7 @@ class RoundLog:
             out[f"privacy/client/{cid}/eps"] = eps
         if central_eps is not None:
             out["privacy/central_eps"] = central_eps
+        out.update(self.he)
         return out
 
 
@@ -167,6 +169,17 @@ class Coordinator:
             server_tau=self.fed.server_tau,
             trim_beta=self.fed.trim_beta,
         )
+        # HE: the public context only (no secret key: it can sum, not decrypt or encrypt), the
+        # latest encrypted aggregate (None until round 1 aggregated: then the seeded initial
+        # weights, which are public, are sent in plaintext), and on test runs the plaintext
+        # FedAvg of the shadow copies for ``he/max_abs_error``.
+        self.he_ctx = None
+        if settings.he.enabled:
+            from veilfed.crypto.he import load_context
+
+            self.he_ctx = load_context(settings.he.public_path, require_secret=False)
+        self.he_global: bytes | None
+        self.he_shadow: np.ndarray | None = None
         ckpt = ckpt_io.load(self.run_dir)
         if ckpt is None:
             self.round = 0
@@ -175,6 +188,7 @@ class Coordinator:
             self.clients: dict[str, dict[str, Any]] = {}
             self.exhausted: dict[str, str] = {}
             self.releases = 0
+            self.he_global = None
             np.random.seed(settings.seed)
         else:
             self.round = ckpt.round
@@ -183,6 +197,7 @@ class Coordinator:
             self.clients = ckpt.clients
             self.exhausted = ckpt.exhausted
             self.releases = sum(1 for h in ckpt.history if h["aggregated"])
+            self.he_global = ckpt.he_global
             load_strategy_state(self.strategy, ckpt.strategy)
             ckpt_io.restore_rng(ckpt.rng)
             log.info("resuming after round %d", ckpt.round)
@@ -194,8 +209,7 @@ class Coordinator:
         if not rlog.sampled:
             return
         cid_of = {node_of[c]: c for c in rlog.sampled}
-        global_rec = ArrayRecord({k: _array(v) for k, v in self.arrays.items()})
-        config = ConfigRecord({"run-dir": str(self.run_dir)})
+        global_rec, config = self._global_message()
         messages = list(
             self.strategy.configure_train(
                 rnd,
@@ -235,7 +249,9 @@ class Coordinator:
         for cid in set(rlog.sampled) - answered:
             rlog.failed[cid] = "no reply before the round timeout"
         rlog.train_loss = _weighted(losses).get("loss", math.nan)
-        if len(accepted) >= self.fed.min_fit_clients:
+        if self.he_ctx is not None:
+            self._aggregate_encrypted(rnd, accepted, cid_of, rlog)
+        elif len(accepted) >= self.fed.min_fit_clients:
             arrays, _ = self.strategy.aggregate_train(rnd, accepted)
             if arrays is not None:
                 new = {k: a.numpy() for k, a in arrays.items()}
@@ -275,6 +291,8 @@ class Coordinator:
             except VeilfedError as exc:
                 return str(exc)
             rlog.reported.append(cid)
+        if self.he_ctx is not None:
+            return _encrypted_payload_problem(reply)
         arrays = list(reply.content.array_records.values())
         verdict = screen_update(
             arrays[0] if len(arrays) == 1 else None,
@@ -282,6 +300,71 @@ class Coordinator:
             self.fed.norm_bound if self.fed.norm_bound > 0 else None,
         )
         return verdict.reason
+
+    def _global_message(self) -> tuple[ArrayRecord, ConfigRecord]:
+        """The global model for train/evaluate messages: the encrypted aggregate under HE."""
+        config = ConfigRecord({"run-dir": str(self.run_dir)})
+        if self.he_global is not None:
+            from veilfed.clients.secure import GLOBAL_KEY
+
+            config[GLOBAL_KEY] = self.he_global
+            return ArrayRecord(), config
+        return ArrayRecord({k: _array(v) for k, v in self.arrays.items()}), config
+
+    def _aggregate_encrypted(
+        self, rnd: int, accepted: list[Message], cid_of: dict[int, str], rlog: RoundLog
+    ) -> None:
+        """Sum the accepted ciphertexts (public context only); unsummable ones are rejected.
+
+        The norm bound is enforced by the clients and required here through their attestation.
+        """
+        from veilfed.clients.secure import SHADOW_WEIGHT, UPDATE_RECORD
+        from veilfed.crypto.he import aggregate, shadow_average
+
+        assert self.he_ctx is not None
+        blobs = {
+            cid_of[r.metadata.src_node_id]: r.content[UPDATE_RECORD]["update"] for r in accepted
+        }
+        size = sum(int(v.size) for v in self.arrays.values())
+        bound = self.fed.norm_bound if self.fed.norm_bound > 0 else None
+        agg, rejections = aggregate(self.he_ctx, blobs, expected_size=size, require_max_l2=bound)
+        for rej in rejections:
+            rlog.rejected[rej.client] = rej.reason
+            rlog.accepted.remove(rej.client)
+            log.warning("round %d: rejected update of client %s: %s", rnd, rej.client, rej.reason)
+        if agg is None or len(rlog.accepted) < self.fed.min_fit_clients:
+            log.warning(
+                "round %d: %d accepted updates < min_fit_clients %d; global model unchanged",
+                rnd,
+                len(rlog.accepted),
+                self.fed.min_fit_clients,
+            )
+            return
+        wire = [len(bytes(blobs[c])) for c in rlog.accepted]
+        self.he_global = agg.to_bytes()
+        rlog.aggregated = True
+        self.releases += 1
+        rlog.he = {
+            "he/encrypt_ms": agg.encrypt_ms,
+            "he/aggregate_ms": agg.aggregate_ms,
+            "he/bytes_ratio": float(np.mean(wire)) / (4 * size),
+            "he/ciphertext_bytes": float(np.mean(wire)),
+            "he/plaintext_bytes": float(4 * size),
+            "he/aggregate_bytes": float(len(self.he_global)),
+        }
+        self.he_shadow = None
+        if self.s.he.shadow:
+            from veilfed.clients.secure import to_flat
+
+            kept = [r for r in accepted if cid_of[r.metadata.src_node_id] in rlog.accepted]
+            flats = [
+                to_flat(self.s, {k: a.numpy() for k, a in r.content["arrays"].items()})
+                for r in kept
+            ]
+            weights = [
+                int(next(iter(r.content.metric_records.values()))[SHADOW_WEIGHT]) for r in kept
+            ]
+            self.he_shadow = shadow_average(flats, weights)
 
     def _check_report(self, rnd: int, cid: str, info: dict[str, Any]) -> None:
         from veilfed.privacy.reports import PrivacyReport, SignedReport
@@ -317,26 +400,38 @@ class Coordinator:
     def _evaluate(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
         pool = sorted(node_of)
         chosen = sample_clients(self.s.seed + 1, rnd, pool, self.fed.evaluated_per_round)
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: _array(v) for k, v in self.arrays.items()}),
-                "config": ConfigRecord({"run-dir": str(self.run_dir), "server-round": rnd}),
-            }
-        )
+        arrays, config = self._global_message()
+        config["server-round"] = rnd
+        content = RecordDict({"arrays": arrays, "config": config})
+        if self.he_shadow is not None and self.he_global is not None:
+            from veilfed.clients.secure import SHADOW_RECORD
+
+            content[SHADOW_RECORD] = ArrayRecord({"flat": _array(self.he_shadow)})
         msgs = [
             Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of[c])
             for c in chosen
         ]
         results: list[tuple[float, dict[str, float]]] = []
+        decrypt_ms: list[float] = []
+        errors: list[float] = []
         for reply in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout_s):
             if reply.has_error():
+                log.warning("round %d: evaluation failed: %s", rnd, reply.error.reason)
                 continue
             metrics = dict(next(iter(reply.content.metric_records.values())))
             weight = float(metrics.pop(WEIGHT_KEY, 0))
+            if "he/decrypt_ms" in metrics:
+                decrypt_ms.append(float(metrics.pop("he/decrypt_ms")))
+            if "he/max_abs_error" in metrics:
+                errors.append(float(metrics.pop("he/max_abs_error")))
             results.append((weight, {k: float(v) for k, v in metrics.items()}))
         for key, value in _weighted(results).items():
             _, task, metric = key.split("/", 2)
             rlog.eval.setdefault(task, {})[metric] = value
+        if decrypt_ms:
+            rlog.he["he/decrypt_ms"] = float(np.mean(decrypt_ms))
+        if errors:
+            rlog.he["he/max_abs_error"] = max(errors)
 
     def run(self) -> None:
         node_of = discover(self.grid, str(self.run_dir), self.fed.clients, self.fed.round_timeout_s)
@@ -385,6 +480,7 @@ class Coordinator:
                 history=self.history,
                 clients=self.clients,
                 exhausted=self.exhausted,
+                he_global=self.he_global,
             ),
         )
         log.info(
@@ -431,6 +527,20 @@ class Coordinator:
             self.tracker.log_artifacts(staged, REPORTS_DIR)
             if any(keys.iterdir()):
                 self.tracker.log_artifacts(keys, KEYS_DIR)
+
+
+def _encrypted_payload_problem(reply: Message) -> str | None:
+    """Why an HE reply carries no ciphertext to sum (None: it does; ``aggregate`` parses it)."""
+    from veilfed.clients.secure import UPDATE_RECORD
+
+    he = reply.content.config_records.get(UPDATE_RECORD)
+    if he is not None and "withheld" in he:
+        return f"client withheld its update: {he['withheld']}"
+    if he is not None and isinstance(he.get("update"), bytes):
+        return None
+    if reply.content.array_records:
+        return "sent a plaintext update but HE is required"
+    return "no encrypted update in the reply"
 
 
 def _array(value: np.ndarray) -> Any:

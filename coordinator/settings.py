@@ -160,6 +160,62 @@ class ClientPrivacy:
             )
 
 
+HE_STRATEGIES = ("fedavg", "fedprox")  # aggregation is a weighted sum: nothing else is possible
+
+
+@dataclass(frozen=True)
+class HEConfig:
+    """``[he]``: CKKS secure aggregation (docs/he.md). Paths are filled in by the run setup.
+
+    ``max_abs_update`` bounds every *weight* a client encrypts (clients send their full new
+    weights × n_k, not deltas, see docs/federated.md), so it is larger than the library's
+    delta-sized default. ``shadow`` (test runs only) makes clients also send their plaintext
+    weights so the coordinator can hand evaluating clients the plaintext FedAvg to compare with.
+    """
+
+    enabled: bool = False
+    shadow: bool = False
+    max_abs_update: float = 16.0
+    max_total_weight: int = 2**16
+    tolerance: float = 1e-5
+    secret_path: str = ""  # clients only (in simulation: <run_dir>/he/secret.ctx)
+    public_path: str = ""  # the coordinator's context
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "[he]") -> HEConfig:
+        known = {f.name for f in fields(cls)} - {"secret_path", "public_path"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(known)}")
+        defaults = cls()
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            expected = type(getattr(defaults, key))
+            if expected is float and _num(value):
+                value = float(value)
+            if not isinstance(value, expected) or (
+                expected is not bool and isinstance(value, bool)
+            ):
+                raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+            clean[key] = value
+        return cls(**clean)
+
+    def check_compatible(self, fed: FederatedConfig, where: str) -> None:
+        """Server-side rules that need plaintext updates cannot run on ciphertexts."""
+        if not self.enabled:
+            return
+        if fed.strategy not in HE_STRATEGIES:
+            raise UsageError(
+                f"{where}: strategy {fed.strategy!r} needs plaintext updates and is incompatible "
+                f"with HE; use {' or '.join(HE_STRATEGIES)} or turn HE off"
+            )
+        if fed.central_dp != "off":
+            raise UsageError(
+                f"{where}: central_dp {fed.central_dp!r} clips and noises plaintext updates at the "
+                'coordinator and is incompatible with HE; set central_dp = "off" or turn HE off'
+            )
+
+
 @dataclass(frozen=True)
 class SimSettings:
     """Everything a run needs, resolved once; clients and a resumed coordinator reload it."""
@@ -175,6 +231,7 @@ class SimSettings:
     privacy: ClientPrivacy
     tracking_uri: str
     extra: dict[str, Any] = field(default_factory=dict)
+    he: HEConfig = field(default_factory=HEConfig)
 
     def save(self) -> Path:
         path = Path(self.run_dir) / SETTINGS_FILE
@@ -191,6 +248,7 @@ class SimSettings:
             raise UsageError(f"{path}: cannot read run settings ({exc})") from None
         data["federated"] = FederatedConfig(**data["federated"])
         data["privacy"] = ClientPrivacy(**data["privacy"])
+        data["he"] = HEConfig(**data.get("he", {}))
         return cls(**data)
 
 

@@ -28,7 +28,7 @@ import torch
 from veilfed.config import load_config
 from veilfed.data.text import PAD, Tokenizer
 from veilfed.model import create_model, evaluate
-from veilfed.model.check import _OneBatch, example_batch, stack_samples
+from veilfed.model.check import OneBatchDataset, example_batch, stack_samples
 from veilfed.train import CachedDataset, make_private, train_steps
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -51,7 +51,9 @@ def _step_timer(model_cfg: Any, batch: dict[str, Any], mode: str) -> Any:
     torch.manual_seed(0)
     model = create_model(model_cfg)
     n = batch["video"].shape[0]
-    loader = torch.utils.data.DataLoader(_OneBatch(batch), batch_size=n, collate_fn=stack_samples)
+    loader = torch.utils.data.DataLoader(
+        OneBatchDataset(batch), batch_size=n, collate_fn=stack_samples
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     privacy = None
     if mode != "plain":

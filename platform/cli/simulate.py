@@ -8,6 +8,7 @@ state lives in ``<runs-dir>/<mlflow run id>/`` (settings, shards, checkpoint, cl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,6 +51,12 @@ def simulate(
         None, "--store", help="Encrypted store (default: synthesize the config's world)."
     ),
     key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
+    he: bool = typer.Option(
+        False, "--he", help="CKKS secure aggregation: the coordinator only sums ciphertexts."
+    ),
+    he_dir: Path | None = typer.Option(
+        None, "--he-dir", help="Keys from `veilfed he keygen` (default: new keys in the run dir)."
+    ),
     runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", help="Where run state lives."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write summary here."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -67,6 +74,8 @@ def simulate(
                 ("--epsilon", epsilon),
                 ("--delta", delta),
                 ("--store", store),
+                ("--he", he or None),
+                ("--he-dir", he_dir),
             )
             if v is not None
         ]
@@ -81,7 +90,9 @@ def simulate(
             for k, v in (("clients", clients), ("rounds", rounds), ("fraction", fraction))
             if v is not None
         }
-        settings, tracker = prepare(config, overrides, epsilon, delta, store, key_file, runs_dir)
+        settings, tracker = prepare(
+            config, overrides, epsilon, delta, store, key_file, runs_dir, he=he, he_dir=he_dir
+        )
     start = time.perf_counter()
     with tracker.failing_on_error():
         run_engine(settings, tracker, ray_address)
@@ -195,13 +206,15 @@ def prepare(
     store: Path | None,
     key_file: Path | None,
     runs_dir: Path,
+    he: bool = False,
+    he_dir: Path | None = None,
 ):  # type: ignore[no-untyped-def]
     """Validate everything, then open the MLflow run and lay out the run directory."""
     import tomllib
 
     from veilfed.clients.node import provision
     from veilfed.config import load_config
-    from veilfed.coordinator.settings import FederatedConfig, SimSettings, save_shards
+    from veilfed.coordinator.settings import FederatedConfig, HEConfig, SimSettings, save_shards
     from veilfed.tracking import start_run, tracking_uri
 
     cfg = load_config(config)
@@ -222,6 +235,15 @@ def prepare(
     shards = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed)
     smallest = min(len(s) - max(1, round(fed.holdout * len(s))) for s in shards.values())
     privacy.validate(max(1, smallest), "privacy")
+    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
+    if he:
+        he_cfg = dataclasses.replace(he_cfg, enabled=True)
+    if he_dir is not None and not he_cfg.enabled:
+        raise UsageError("--he-dir needs --he (or [he] enabled = true)")
+    he_cfg.check_compatible(fed, f"{config}: [federated]")
+    he_params = None
+    if he_cfg.enabled:
+        he_params = resolve_he(he_cfg, he_dir, shards, fed.holdout)
 
     experiment = cfg.tracking.experiment or cfg.name
     params = {
@@ -243,11 +265,15 @@ def prepare(
         "store": str(store),
         "seed": seed,
         "train": {"batch_size": cfg.train.batch_size, "lr": cfg.train.lr},
+        "he": {"enabled": he_cfg.enabled, "shadow": he_cfg.shadow}
+        | (he_params.to_dict() if he_params is not None else {}),
     }
     tracker = start_run(experiment, params, tags={"veilfed.kind": "simulation"})
     with tracker.failing_on_error():
         run_dir = (runs_dir / tracker.run_id).resolve()
         run_dir.mkdir(parents=True, exist_ok=False)
+        if he_params is not None:
+            he_cfg = he_files(he_cfg, he_params, he_dir, run_dir)
         settings = SimSettings(
             run_id=tracker.run_id,
             run_dir=str(run_dir),
@@ -259,12 +285,63 @@ def prepare(
             federated=fed,
             privacy=privacy,
             tracking_uri=tracking_uri(),
+            he=he_cfg,
         )
         save_shards(run_dir, shards)
         if privacy.enabled and fed.sign_reports:
             provision(run_dir, sorted(shards))
         settings.save()
     return settings, tracker
+
+
+def resolve_he(he_cfg: Any, he_dir: Path | None, shards: dict[str, list[str]], holdout: float):  # type: ignore[no-untyped-def]
+    """HE parameters: the given keys' (both files checked, same key id) or sized from [he].
+
+    The total sample count of a round must fit the keys: checked here against all training
+    examples, so no round can fail on it later.
+    """
+    from veilfed.crypto.he import HEParams, load_context
+    from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME
+
+    if he_dir is not None:
+        public = load_context(he_dir / PUBLIC_NAME, require_secret=False)
+        secret = load_context(he_dir / SECRET_NAME, require_secret=True)
+        if public.key_id != secret.key_id:
+            raise UsageError(
+                f"--he-dir {he_dir}: {PUBLIC_NAME} and {SECRET_NAME} are from different keygens; "
+                "run `veilfed he keygen --out DIR --force`"
+            )
+        params = public.params
+    else:
+        params = HEParams.for_bounds(
+            he_cfg.max_abs_update, he_cfg.max_total_weight, he_cfg.tolerance
+        )
+    total = sum(len(s) - max(1, round(holdout * len(s))) for s in shards.values())
+    if total > params.max_total_weight:
+        raise UsageError(
+            f"[he] max_total_weight {params.max_total_weight} < {total} training examples a round "
+            "may sum; raise it (or regenerate --he-dir keys with a larger --max-total-weight)"
+        )
+    return params
+
+
+def he_files(he_cfg: Any, params: Any, he_dir: Path | None, run_dir: Path) -> Any:  # type: ignore[no-untyped-def]
+    """Key files for the run: the given ones, or fresh keys in ``<run>/he/``.
+
+    In simulation every virtual client reads ``secret.ctx`` from the run directory and the
+    coordinator only ever loads ``public.ctx``; on real nodes the secret file is distributed to
+    the clients only (docs/he.md).
+    """
+    from veilfed.crypto.he import keygen
+    from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME
+
+    if he_dir is None:
+        secret, public = keygen(run_dir / "he", params)
+    else:
+        secret, public = he_dir / SECRET_NAME, he_dir / PUBLIC_NAME
+    return dataclasses.replace(
+        he_cfg, secret_path=str(secret.resolve()), public_path=str(public.resolve())
+    )
 
 
 def reopen(runs_dir: Path, run_id: str):  # type: ignore[no-untyped-def]
@@ -321,6 +398,7 @@ def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
         return None if value in (None, "", 0) else value
 
     store = opt("store")
+    he_dir = opt("he-dir")
     settings, tracker = prepare(
         Path(str(run_config["config"])),
         {k: run_config[k] for k in ("clients", "rounds", "fraction") if opt(k) is not None},
@@ -329,6 +407,8 @@ def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
         Path(store) if store else None,
         Path(str(run_config["key-file"])) if store else None,
         Path(str(run_config.get("runs-dir") or RUNS_DIR)),
+        he=bool(opt("he")),
+        he_dir=Path(str(he_dir)) if he_dir else None,
     )
     start = time.perf_counter()
     with tracker.failing_on_error():
@@ -364,12 +444,28 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
         "wall_s": round(wall_s, 3),
         "metrics": metrics,
         "clients": clients,
-        "he": {"enabled": False, "ciphertext_bytes": 0, "plaintext_bytes": 0, "max_abs_error": 0.0},
+        "he": he_summary(settings, ckpt.history),
         "strategy": settings.federated.strategy,
         "private": settings.privacy.enabled,
         "exhausted": dict(ckpt.exhausted),
         "round_wall_s": [h["metrics"]["round/wall_s"] for h in ckpt.history],
         "run_dir": settings.run_dir,
+    }
+
+
+def he_summary(settings: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``he`` block: bytes of one client's message (last aggregated round) and the
+    largest shadow error over the run (``null`` when not measured: [he] shadow is off)."""
+    he_rounds = [h["metrics"] for h in history if "he/ciphertext_bytes" in h["metrics"]]
+    errors = [
+        h["metrics"]["he/max_abs_error"] for h in history if "he/max_abs_error" in h["metrics"]
+    ]
+    last = he_rounds[-1] if he_rounds else {}
+    return {
+        "enabled": bool(settings.he.enabled),
+        "ciphertext_bytes": int(last.get("he/ciphertext_bytes", 0)),
+        "plaintext_bytes": int(last.get("he/plaintext_bytes", 0)),
+        "max_abs_error": max(errors) if errors else (None if settings.he.enabled else 0.0),
     }
 
 
@@ -451,6 +547,15 @@ def print_report(summary: dict[str, Any]) -> None:
         print("no client-side DP (non-private run)")
     for cid, reason in summary["exhausted"].items():
         print(f"  {cid} stopped: {reason}")
+    he = summary["he"]
+    if he["enabled"]:
+        ratio = he["ciphertext_bytes"] / max(he["plaintext_bytes"], 1)
+        err = he["max_abs_error"]
+        print(
+            f"HE secure aggregation: {he['ciphertext_bytes']} ciphertext bytes per client update "
+            f"({ratio:.2f}x fp32)"
+            + (f", max abs error vs plaintext FedAvg {err:.3g}" if err is not None else "")
+        )
     uri = summary["tracking_uri"]
     print(
         f"MLflow: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000, "

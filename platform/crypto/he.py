@@ -178,12 +178,18 @@ class Decrypted:
 
 
 def encrypt_update(
-    ctx: HEContext, flat: np.ndarray, weight: int, max_l2: float | None = None
+    ctx: HEContext,
+    flat: np.ndarray,
+    weight: int,
+    max_l2: float | None = None,
+    reference: np.ndarray | None = None,
 ) -> EncryptedUpdate:
     """Check, weight and encrypt one client's flat update (client side; needs the secret context).
 
     ``weight`` is the client's sample count; it is encrypted too, so the coordinator never learns
     it. The checks are the client's side of robustness: the coordinator sees only ciphertexts.
+    With ``reference`` (the global model the client started from, when ``flat`` holds full
+    weights), ``max_l2`` bounds the distance ``flat - reference`` instead of ``flat`` itself.
     """
     if not ctx.is_private:
         raise UsageError("encrypting an update needs the secret HE context (secret.ctx)")
@@ -205,7 +211,8 @@ def encrypt_update(
             f"update value {peak:.4g} exceeds the HE bound max_abs_update={params.max_abs_update}"
         )
     if max_l2 is not None:
-        norm = float(np.linalg.norm(values))
+        moved = values if reference is None else values - np.asarray(reference, np.float64).ravel()
+        norm = float(np.linalg.norm(moved))
         if norm > max_l2:
             raise CheckFailed(f"update L2 norm {norm:.4g} exceeds the norm bound {max_l2}")
     start = time.perf_counter()

@@ -1,8 +1,9 @@
 """The Flower App the coordinator submits: a one-file project naming veilfed's installed apps.
 
 ``flwr run`` ships a FAB (a zip of the app project) to the SuperLink, which hands it to every
-SuperNode. veilfed's ServerApp and ClientApp are installed packages on both sides (the Docker
-images, the venv), so the project needs only a ``pyproject.toml`` whose components point at them
+SuperNode. veilfed's ServerApp and ClientApp (in their deployment wrappers, ``server_app`` and
+``client_app`` here) are installed packages on both sides (the Docker images, the venv), so the
+project needs only a ``pyproject.toml`` whose components point at them
 and whose ``[tool.flwr.app.config]`` carries this run's settings. Runtime dependency installation
 stays off: nodes never download anything.
 """

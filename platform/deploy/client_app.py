@@ -21,16 +21,14 @@ log = logging.getLogger("veilfed.node")
 
 
 def announce_declines(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Log ``client X declines round N: reason`` for every declined train message."""
+    """Log ``round N declined: <reason naming the client>`` for every declined train message."""
     log_to_stream()
     reply = call_next(msg, context)
     if reply.has_content() and REPLY_KEY in reply.content.config_records:
         info = reply.content.config_records[REPLY_KEY]
         if info.get("status") == STATUS_DECLINED:
             rnd = msg.content.config_records["config"].get("server-round", "?")
-            log.warning(
-                "client %s declines round %s: %s", info.get("client-id"), rnd, info.get("reason")
-            )
+            log.warning("round %s declined: %s", rnd, info.get("reason"))
     return reply
 
 

@@ -9,16 +9,12 @@ deployment's CA.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from veilfed.errors import UsageError
-
-log = logging.getLogger("veilfed.coordinator")
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class ControlClient:
             ids[name] = int(res.node_id)
         return ids
 
-    def start_run(self, app_dir: Path, overrides: dict[str, Any] | None = None) -> int:
+    def start_run(self, app_dir: Path) -> int:
         """Build the FAB from ``app_dir`` and start a run; its run id."""
         import hashlib
 
@@ -124,7 +120,7 @@ class ControlClient:
         fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
         req = StartRunRequest(
             fab=fab_to_proto(fab),
-            override_config=user_config_to_proto(overrides or {}),
+            override_config=user_config_to_proto({}),
             federation="",
         )
         try:
@@ -158,12 +154,3 @@ class ControlClient:
 
         with contextlib.suppress(Exception):
             self._client.StopRun(StopRunRequest(run_id=run_id))
-
-
-@contextlib.contextmanager
-def control_client(address: str, ca_file: Path, flwr_home: Path) -> Iterator[ControlClient]:
-    client = ControlClient(address, ca_file, flwr_home)
-    try:
-        yield client
-    finally:
-        client.close()

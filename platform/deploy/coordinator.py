@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from veilfed.crypto.certs import (
@@ -49,7 +49,6 @@ class CoordinatorOptions:
     wait_nodes_s: float = 300.0
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
-    run_config: dict[str, object] = field(default_factory=dict)
 
 
 def _check_config(path: Path) -> None:
@@ -134,14 +133,12 @@ def routine_line(line: str) -> bool:
 
 def run_config_for(opts: CoordinatorOptions, nodes: int) -> dict[str, object]:
     """The ``[tool.flwr.app.config]`` of the submitted app: read by the veilfed ServerApp."""
-    cfg: dict[str, object] = {
+    return {
         "config": str(opts.config.absolute()),
         "clients": nodes,
         "runs-dir": str((opts.state / "runs").absolute()),
         "resume": opts.resume or "",
     }
-    cfg.update(opts.run_config)
-    return cfg
 
 
 def start(opts: CoordinatorOptions) -> int:
@@ -198,7 +195,6 @@ def _serve(
         host,
         port,
     )
-    os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     with ControlClient(f"{_local(host)}:{port}", ca, opts.state / "control-home") as ctl:
         ids = ctl.register_nodes(keys)
         log.info("registered %d node key(s): %s", len(ids), ", ".join(sorted(ids)))
@@ -223,13 +219,12 @@ def _serve(
 def _follow(ctl: ControlClient, run_id: int, link: Child, stop: StopSignal) -> int:
     server_log = logging.getLogger("veilfed.serverapp")
     done = threading.Event()
-    errors: list[Exception] = []
 
     def stream() -> None:
         try:
             ctl.stream_logs(run_id, lambda line: server_log.info("%s", strip_colour(line)))
-        except Exception as exc:  # the stream ends with a transport error when we shut down
-            errors.append(exc)
+        except Exception as exc:  # e.g. the SuperLink went away; the run status says the rest
+            log.debug("log stream of run %d ended: %s", run_id, exc)
         finally:
             done.set()
 

@@ -116,7 +116,7 @@ def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
 
 
 def sign_off(host: str, port: int, ca: Path, auth_key: Path, node_id: int) -> bool:
-    """Tell the SuperLink this node is gone (signed DeactivateNode), as Flower's own exit skips it.
+    """Tell the SuperLink this node is gone (signed DeactivateNode); Flower's exit may skip it.
 
     Flower's SuperNode deactivates itself on SIGTERM only sometimes (it depends on where its main
     loop is when the signal arrives); when it does not, the SuperLink lists the node as online

@@ -31,6 +31,7 @@ def log_to_stream() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # a root handler (if a library set one) would print it twice
 
 
 @app.main()

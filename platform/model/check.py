@@ -65,7 +65,7 @@ def example_batch(
     }
 
 
-class _OneBatch(torch.utils.data.Dataset):
+class OneBatchDataset(torch.utils.data.Dataset):
     """Samples of one example batch, so Opacus can wrap an ordinary DataLoader."""
 
     def __init__(self, batch: dict[str, Any]) -> None:
@@ -82,7 +82,7 @@ class _OneBatch(torch.utils.data.Dataset):
 
 
 def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate samples of :class:`_OneBatch` back into a batch."""
+    """Collate samples of :class:`OneBatchDataset` back into a batch."""
     first = samples[0]
     out: dict[str, Any] = {}
     for k, v in first.items():
@@ -138,7 +138,9 @@ def check_one(cfg: ModelSection, mode: str = "hooks", frames: int = 8, size: int
     model.train()
     ModuleValidator.validate(model, strict=True)
     batch = example_batch(2, frames, size, size)
-    loader = torch.utils.data.DataLoader(_OneBatch(batch), batch_size=2, collate_fn=stack_samples)
+    loader = torch.utils.data.DataLoader(
+        OneBatchDataset(batch), batch_size=2, collate_fn=stack_samples
+    )
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     private, opt, loader, privacy = make_private(

@@ -105,11 +105,12 @@ def task_identity():  # type: ignore[no-untyped-def]
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
     logger.handlers[:] = handlers  # the app's stream handler is for app processes only
     logger.setLevel(level)
+    logger.propagate = True
 
 
-def test_declined_round_is_one_clear_node_log_line(
-    caplog: pytest.LogCaptureFixture, task_identity: None
-) -> None:
+def test_declined_round_is_one_clear_node_log_line(task_identity: None) -> None:
+    import logging
+
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
     from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
@@ -123,13 +124,23 @@ def test_declined_round_is_one_clear_node_log_line(
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
 
     def answer(status: str):  # type: ignore[no-untyped-def]
-        info = {"client-id": "client-0001", "status": status, "reason": "ε 7.99 > budget 6.5"}
+        reason = "client client-0001: declining to train: ε 7.99 > budget 6.5"
+        info = {"client-id": "client-0001", "status": status, "reason": reason}
         return lambda m, c: Message(RecordDict({REPLY_KEY: ConfigRecord(info)}), reply_to=m)
 
-    with caplog.at_level("INFO", logger="veilfed.node"):
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = records.append  # type: ignore[method-assign]
+    node_log = logging.getLogger("veilfed.node")
+    node_log.addHandler(catcher)
+    try:
         announce_declines(msg, ctx, answer(STATUS_TRAINED))
-        assert not caplog.records
+        assert not records
         reply = announce_declines(msg, ctx, answer(STATUS_DECLINED))
+    finally:
+        node_log.removeHandler(catcher)
     assert reply.content[REPLY_KEY]["status"] == STATUS_DECLINED  # passed through unchanged
-    (record,) = caplog.records
-    assert record.getMessage() == "client client-0001 declines round 2: ε 7.99 > budget 6.5"
+    (record,) = records
+    assert record.getMessage() == (
+        "round 2 declined: client client-0001: declining to train: ε 7.99 > budget 6.5"
+    )

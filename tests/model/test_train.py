@@ -9,7 +9,7 @@ from opacus.accountants import RDPAccountant
 
 from veilfed.errors import UsageError
 from veilfed.model import create_model
-from veilfed.model.check import _OneBatch, stack_samples
+from veilfed.model.check import OneBatchDataset, stack_samples
 from veilfed.train import CachedDataset, make_private, train_steps
 
 
@@ -18,7 +18,7 @@ def _setup(fusion: str = "concat", n: int = 4, seed: int = 0):
     tasks = {"action": 1.0, "detection": 1.0, "caption": 1.0, "qa": 1.0, "restoration": 1.0}
     model = create_model(tiny(tasks=tasks, fusion=fusion, loss_weighting="uncertainty"))
     loader = torch.utils.data.DataLoader(
-        _OneBatch(make_batch(n)), batch_size=n, collate_fn=stack_samples
+        OneBatchDataset(make_batch(n)), batch_size=n, collate_fn=stack_samples
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     return model, opt, loader

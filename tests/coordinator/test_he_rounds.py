@@ -1,0 +1,197 @@
+"""HE secure aggregation through the round loop and the real ClientApp (in-process grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fedtest import LocalGrid, write_config
+from flwr.app import Message
+
+from veilfed.cli.simulate import prepare
+from veilfed.coordinator import checkpoint
+from veilfed.coordinator.server_app import REPLY_KEY, Coordinator
+from veilfed.crypto.he import decrypt_average, flatten, load_context
+from veilfed.data.partition import client_name
+from veilfed.errors import UsageError
+
+# Per value of the averaged weights: CKKS noise of the sum is ≤ 3.1e-6 / Σ n_k (docs/he.md,
+# HEParams.error_bound); after the next local round that difference is propagated by SGD
+# (lr 0.05, a handful of steps), so 1e-4 is a generous bound that still catches a wrong average
+# (e.g. unweighted instead of sample-weighted differs by ~1e-2 here).
+TOLERANCE = 1e-4
+
+
+def _run(tmp_path, he: bool, grid_kw=None, extra: str = "", **cfg):
+    cfg_path = write_config(tmp_path, extra=extra, **cfg)
+    settings, tracker = prepare(cfg_path, {}, None, None, None, None, tmp_path / "runs", he=he)
+    Coordinator(LocalGrid(settings.federated.clients, **(grid_kw or {})), settings, tracker).run()
+    return settings, tracker, checkpoint.load(settings.run_dir)
+
+
+def _decrypted_global(settings, ckpt) -> np.ndarray:
+    """What any client holds after the last round (the test plays a client: it has secret.ctx)."""
+    secret = load_context(settings.he.secret_path, require_secret=True)
+    return decrypt_average(secret, ckpt.he_global).average
+
+
+def test_encrypted_fedavg_equals_plaintext_fedavg(tmp_path):
+    he_settings, tracker, he_ckpt = _run(
+        tmp_path, True, extra="[he]\nshadow = true\n", clients=3, rounds=2
+    )
+    _, _, plain_ckpt = _run(tmp_path, False, clients=3, rounds=2)
+    assert [h["aggregated"] for h in he_ckpt.history] == [True, True]
+    assert he_ckpt.he_global is not None
+    # the coordinator kept only the (public) initial weights, never a trained plaintext model
+    plain_flat, _ = flatten(list(plain_ckpt.arrays.values()))
+    initial_flat, _ = flatten(list(he_ckpt.arrays.values()))
+    assert np.max(np.abs(initial_flat - plain_flat)) > 1e-3
+    he_flat = _decrypted_global(he_settings, he_ckpt)
+    assert np.max(np.abs(he_flat - plain_flat)) < TOLERANCE
+    # every round: the evaluating clients compared their decryption with the shadow FedAvg
+    for h in he_ckpt.history:
+        m = h["metrics"]
+        assert 0 <= m["he/max_abs_error"] < 1e-5
+        assert m["he/encrypt_ms"] > 0 and m["he/aggregate_ms"] > 0 and m["he/decrypt_ms"] > 0
+        assert 4 < m["he/bytes_ratio"] < 12
+    names = set(tracker.client.get_run(tracker.run_id).data.metrics)
+    assert {"he/encrypt_ms", "he/aggregate_ms", "he/decrypt_ms", "he/bytes_ratio"} <= names
+    assert "he/max_abs_error" in names
+
+
+def test_coordinator_only_loads_the_public_context(tmp_path, monkeypatch):
+    import veilfed.crypto.he as he
+
+    settings, tracker = prepare(
+        write_config(tmp_path, clients=2, rounds=1), {}, None, None, None, None, tmp_path, he=True
+    )
+    loaded: list[tuple[str, bool]] = []
+    real = he.load_context
+
+    def spy(path, require_secret):
+        loaded.append((str(path), require_secret))
+        return real(path, require_secret)
+
+    monkeypatch.setattr(he, "load_context", spy)
+    coord = Coordinator(LocalGrid(2), settings, tracker)
+    assert loaded == [(settings.he.public_path, False)]
+    assert coord.he_ctx is not None and not coord.he_ctx.is_private
+    coord.run()
+    ckpt = checkpoint.load(settings.run_dir)
+    with pytest.raises(UsageError, match="secret"):
+        decrypt_average(coord.he_ctx, ckpt.he_global)
+
+
+def _tamper(foreign_blob: bytes):
+    def tamper(reply: Message) -> Message:
+        cid = reply.content[REPLY_KEY]["client-id"]
+        he = reply.content.config_records.get("he")
+        blob = bytes(he["update"])
+        if cid == client_name(0):
+            he["update"] = foreign_blob
+        elif cid == client_name(1):
+            he["update"] = blob[: len(blob) - 100]
+        elif cid == client_name(2):  # plaintext when HE is required
+            from flwr.app import Array, ArrayRecord
+
+            del reply.content["he"]
+            reply.content["arrays"] = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+        elif cid == client_name(3):
+            he["update"] = b"VFHEUPD1" + (5).to_bytes(4, "big") + b"{bad}" + blob[-64:]
+        return reply
+
+    return tamper
+
+
+def test_bad_encrypted_updates_are_rejected_and_the_round_goes_on(tmp_path):
+    from veilfed.crypto.he import HEParams, encrypt_update, new_context
+
+    foreign = new_context(HEParams.for_bounds(16.0, 2**16))
+    settings, tracker = prepare(
+        write_config(tmp_path, clips=15, clients=5, rounds=1),
+        {},
+        None,
+        None,
+        None,
+        None,
+        tmp_path,
+        he=True,
+    )
+    size = sum(a.size for a in Coordinator(LocalGrid(5), settings, tracker).arrays.values())
+    foreign_blob = encrypt_update(foreign, np.zeros(size), 3).to_bytes()
+    Coordinator(LocalGrid(5, tamper=_tamper(foreign_blob)), settings, tracker).run()
+    ckpt = checkpoint.load(settings.run_dir)
+    h = ckpt.history[0]
+    assert h["aggregated"] and ckpt.he_global is not None
+    rejected = h["rejected"]
+    assert set(rejected) == {client_name(0), client_name(1), client_name(2), client_name(3)}
+    assert "stale or foreign key" in rejected[client_name(0)]
+    assert "truncated" in rejected[client_name(1)]
+    assert "plaintext" in rejected[client_name(2)]
+    assert "malformed" in rejected[client_name(3)]
+    assert h["metrics"]["round/rejected"] == 4 and h["metrics"]["round/accepted"] == 1
+    # the survivor's update alone is the new global model, decryptable by any client
+    secret = load_context(settings.he.secret_path, require_secret=True)
+    assert decrypt_average(secret, ckpt.he_global).clients == 1
+
+
+def test_client_enforces_the_norm_bound_and_withholds(tmp_path):
+    cfg = write_config(tmp_path, clients=2, rounds=1)
+    cfg.write_text(cfg.read_text() + "norm_bound = 1e-6\n")
+    settings, tracker = prepare(cfg, {}, None, None, None, None, tmp_path, he=True)
+    Coordinator(LocalGrid(2), settings, tracker).run()
+    h = checkpoint.load(settings.run_dir).history[0]
+    assert not h["aggregated"] and len(h["rejected"]) == 2
+    for reason in h["rejected"].values():
+        assert "withheld" in reason and "norm bound" in reason
+    # the privacy reports still arrived (the ε was spent): no gap in the chains
+    assert h["metrics"]["privacy/eps_max"] > 0
+
+
+def test_resume_keeps_the_encrypted_aggregate(tmp_path):
+    cfg = write_config(tmp_path, clients=2, rounds=2)
+    settings, tracker = prepare(cfg, {}, None, None, None, None, tmp_path, he=True)
+    with pytest.raises(KeyboardInterrupt):
+        Coordinator(LocalGrid(2, kill_after=3), settings, tracker).run()
+    after_one = checkpoint.load(settings.run_dir)
+    assert after_one.round == 1 and after_one.he_global is not None
+    resumed = Coordinator(LocalGrid(2), settings, tracker)
+    assert resumed.he_global == after_one.he_global
+    resumed.run()
+    assert checkpoint.load(settings.run_dir).round == 2
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "HE context file not found"),
+        ("swapped", "holds the HE secret key"),
+        ("median", "incompatible with HE"),
+        ("central", "incompatible with HE"),
+    ],
+)
+def test_bad_he_setup_is_a_one_line_usage_error(tmp_path, setup, message):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from veilfed.cli.main import app
+    from veilfed.crypto.he import HEParams, keygen
+
+    cfg = write_config(tmp_path, clients=2, rounds=1)
+    args = ["simulate", "--config", str(cfg), "--he"]
+    keys = tmp_path / "keys"
+    if setup == "missing":
+        args += ["--he-dir", str(keys)]
+    elif setup == "swapped":
+        keygen(keys, HEParams.for_bounds(16.0, 2**16))
+        shutil.copy(keys / "secret.ctx", keys / "public.ctx")
+        args += ["--he-dir", str(keys)]
+    else:
+        line = 'strategy = "median"' if setup == "median" else 'central_dp = "fixed"'
+        cfg.write_text(cfg.read_text() + line + "\n")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any(
+        p.name != "stores" for p in (tmp_path / "runs").iterdir()
+    ), "no run is created for bad input"
