@@ -191,7 +191,6 @@ def train_round(
     proximal_mu: float = 0.0,
 ) -> RoundResult:
     """One local round of (DP-)SGD on the client's training split, starting from ``arrays``."""
-    from veilfed.data.dataset import collate
     from veilfed.privacy.accounting import plan_round
     from veilfed.privacy.reports import record_round, sign
 

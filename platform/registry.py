@@ -54,3 +54,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package`` so their ``@REG.register`` decorators run.
+
+    Registries fill themselves: adding a component is one new file, with no import list to edit.
+    """
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")

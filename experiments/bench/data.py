@@ -36,8 +36,11 @@ def main() -> None:
         "encode_clips_s": rate(lambda i: encode_clip(clips[i]), n),
         "synth_clips_s": rate(lambda i: encode_clip(synth.generate_clip(cfg, i)), n),
         "decode_clips_s": rate(
-            lambda i: video.decode(blobs[i], cfg.frames, (cfg.height, cfg.width),
-                                   cfg.sample_rate, cfg.audio_samples), n),
+            lambda i: video.decode(
+                blobs[i], cfg.frames, (cfg.height, cfg.width), cfg.sample_rate, cfg.audio_samples
+            ),
+            n,
+        ),
     }
     ds = ClipDataset(MemorySource(clips, encode=True), cfg)
     figures["sample_clips_s"] = rate(lambda i: ds[i], n)  # decode + all targets
@@ -45,9 +48,17 @@ def main() -> None:
     print(f"{'stage':<22}{'clips/s':>10}   ({n} clips of {size}, 1 process)")
     for name, value in figures.items():
         print(f"{name:<22}{value:>10.1f}")
-    print(json.dumps({"bench": "data", "clips": n, "size": size,
-                      **{k: round(v, 1) for k, v in figures.items()},
-                      "mean_mp4_bytes": round(sum(map(len, blobs)) / n)}))
+    print(
+        json.dumps(
+            {
+                "bench": "data",
+                "clips": n,
+                "size": size,
+                **{k: round(v, 1) for k, v in figures.items()},
+                "mean_mp4_bytes": round(sum(map(len, blobs)) / n),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

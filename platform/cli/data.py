@@ -58,14 +58,22 @@ def synth_cmd(
                     total += len(data)
                     advance(i)
             target = str(store)
-    summary = {"clips": clips, "with_audio": with_audio, "bytes": total, "out": target,
-               "encrypted": store is not None, "world": cfg.to_dict()}
+    summary = {
+        "clips": clips,
+        "with_audio": with_audio,
+        "bytes": total,
+        "out": target,
+        "encrypted": store is not None,
+        "world": cfg.to_dict(),
+    }
     if as_json:
         print_json(summary)
     else:
         kind = "encrypted store" if store is not None else "MP4 + sidecars"
-        print(f"wrote {clips} clips ({with_audio} with audio, {total / 1e6:.1f} MB) to "
-              f"{target} as {kind}; world {frames}x{size}x{size}, seed {seed}")
+        print(
+            f"wrote {clips} clips ({with_audio} with audio, {total / 1e6:.1f} MB) to "
+            f"{target} as {kind}; world {frames}x{size}x{size}, seed {seed}"
+        )
 
 
 def _open_store(store: Path, key_file: Path):  # type: ignore[no-untyped-def]
@@ -131,10 +139,12 @@ def export_cmd(
     client: str = typer.Option(..., "--client", help="Client id, e.g. client-0000."),
     out: Path = typer.Option(..., "--out", help="Bundle file to write (.vfs)."),
     client_key_file: Path | None = typer.Option(
-        None, "--client-key-file", help="Client's key; default: derived (`veilfed keys derive`)."),
+        None, "--client-key-file", help="Client's key; default: derived (`veilfed keys derive`)."
+    ),
     clips: Path | None = typer.Option(None, "--clips", help="File listing the clip ids to send."),
-    num_clients: int | None = typer.Option(None, "--num-clients", min=1,
-                                           help="Partition the store among N clients."),
+    num_clients: int | None = typer.Option(
+        None, "--num-clients", min=1, help="Partition the store among N clients."
+    ),
     scheme: str = typer.Option("iid", "--partition", help="iid, dirichlet or quantity."),
     alpha: float = typer.Option(0.5, "--alpha"),
     seed: int = typer.Option(0, "--seed"),
@@ -155,8 +165,10 @@ def export_cmd(
     if as_json:
         print_json(summary)
     else:
-        print(f"exported {summary['clips']} clips for {client} to {out} "
-              f"(client key {summary['key_id']})")
+        print(
+            f"exported {summary['clips']} clips for {client} to {out} "
+            f"(client key {summary['key_id']})"
+        )
 
 
 @app.command("import")

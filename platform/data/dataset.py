@@ -22,8 +22,12 @@ from veilfed.data.video import DecodedClip, decode
 
 Sample = dict[str, Any]
 # Tasks whose labels a real (non-synthetic) clip can carry, by label key.
-_SCALAR_TASKS = {"action": torch.long, "sentiment": torch.long, "moderation": torch.float32,
-                 "quality": torch.float32}
+_SCALAR_TASKS = {
+    "action": torch.long,
+    "sentiment": torch.long,
+    "moderation": torch.float32,
+    "quality": torch.float32,
+}
 
 
 class ClipSource(Protocol):
@@ -42,11 +46,19 @@ class MemorySource:
             if encode:
                 payload = encode_clip(clip)
             else:
-                n = clip.labels["world"]["frames"] * clip.labels["world"]["sample_rate"] \
+                n = (
+                    clip.labels["world"]["frames"]
+                    * clip.labels["world"]["sample_rate"]
                     // clip.labels["world"]["fps"]
+                )
                 audio = clip.audio if clip.audio is not None else np.zeros(n, np.float32)
-                payload = DecodedClip(clip.video, audio, clip.audio is not None,
-                                      float(clip.labels["world"]["fps"]), len(clip.video))
+                payload = DecodedClip(
+                    clip.video,
+                    audio,
+                    clip.audio is not None,
+                    float(clip.labels["world"]["fps"]),
+                    len(clip.video),
+                )
             self._items[clip.clip_id] = (payload, clip.labels)
 
     @classmethod
@@ -64,8 +76,9 @@ def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     if frames.shape[1:3] == (height, width):
         return frames
     t = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear",
-                                        antialias=True, align_corners=False)
+    t = torch.nn.functional.interpolate(
+        t, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
@@ -74,8 +87,14 @@ def _to_video_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def synthetic_targets(labels: dict[str, Any], frames: int, height: int, width: int,
-                      next_frames: int, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+def synthetic_targets(
+    labels: dict[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    next_frames: int,
+    tokenizer: Tokenizer,
+) -> dict[str, torch.Tensor]:
     """Every task's target for a synthetic clip, rendered at (frames, height, width)."""
     objects = labels["objects"]
     boxes = torch.zeros(frames, schema.MAX_OBJECTS, 4)
@@ -99,10 +118,12 @@ def synthetic_targets(labels: dict[str, Any], frames: int, height: int, width: i
         "segmentation": class_of_instance[inst],
         "keypoints": kp,
         "keypoint_visible": torch.ones(kp.shape[:2], dtype=torch.bool),
-        "caption": torch.tensor(tokenizer.encode(labels["caption"], schema.MAX_CAPTION_TOKENS,
-                                                 bos_eos=True)),
-        "questions": torch.tensor([tokenizer.encode(q["question"], schema.MAX_QUESTION_TOKENS)
-                                   for q in qa]),
+        "caption": torch.tensor(
+            tokenizer.encode(labels["caption"], schema.MAX_CAPTION_TOKENS, bos_eos=True)
+        ),
+        "questions": torch.tensor(
+            [tokenizer.encode(q["question"], schema.MAX_QUESTION_TOKENS) for q in qa]
+        ),
         "answers": torch.tensor([schema.ANSWERS.index(q["answer"]) for q in qa]),
         "keyframes": torch.tensor(labels["keyframes"][:frames], dtype=torch.float32),
         "clean": _to_video_tensor(synth.render(labels, height, width, range(frames))),
@@ -115,8 +136,10 @@ def empty_targets(frames: int, height: int, width: int, next_frames: int) -> dic
     p = len(schema.KEYPOINTS)
     q = len(schema.QA_TYPES)
     return {
-        "action": torch.tensor(0), "sentiment": torch.tensor(0),
-        "moderation": torch.tensor(0.0), "quality": torch.tensor(0.0),
+        "action": torch.tensor(0),
+        "sentiment": torch.tensor(0),
+        "moderation": torch.tensor(0.0),
+        "quality": torch.tensor(0.0),
         "boxes": torch.zeros(frames, schema.MAX_OBJECTS, 4),
         "box_classes": torch.full((frames, schema.MAX_OBJECTS), -1, dtype=torch.long),
         "segmentation": torch.zeros(frames, height, width, dtype=torch.long),
@@ -138,11 +161,15 @@ class ClipDataset(Dataset[Sample]):
     ``augment`` is applied per sample (see :mod:`veilfed.augment`).
     """
 
-    def __init__(self, source: ClipSource, world: synth.WorldConfig,
-                 ids: Sequence[str] | None = None,
-                 augment: Callable[[Sample], Sample] | None = None,
-                 drop_modalities: Iterable[str] = (),
-                 tokenizer: Tokenizer | None = None) -> None:
+    def __init__(
+        self,
+        source: ClipSource,
+        world: synth.WorldConfig,
+        ids: Sequence[str] | None = None,
+        augment: Callable[[Sample], Sample] | None = None,
+        drop_modalities: Iterable[str] = (),
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
         self.source = source
         self.world = world
         self.ids = list(ids) if ids is not None else source.ids()
@@ -150,8 +177,9 @@ class ClipDataset(Dataset[Sample]):
         self.drop = frozenset(drop_modalities)
         unknown = self.drop - set(schema.MODALITIES)
         if unknown:
-            raise ValueError(f"unknown modality {sorted(unknown)[0]!r}; valid: "
-                             f"{', '.join(schema.MODALITIES)}")
+            raise ValueError(
+                f"unknown modality {sorted(unknown)[0]!r}; valid: {', '.join(schema.MODALITIES)}"
+            )
         self.tokenizer = tokenizer or Tokenizer()
 
     def __len__(self) -> int:
@@ -168,26 +196,39 @@ class ClipDataset(Dataset[Sample]):
             clip = payload
             frames = _resize_frames(clip.video, w.height, w.width)
         else:
-            clip = decode(payload, w.frames, (w.height, w.width), w.sample_rate, w.audio_samples,
-                          name=cid)
+            clip = decode(
+                payload, w.frames, (w.height, w.width), w.sample_rate, w.audio_samples, name=cid
+            )
             frames = clip.video
         modalities = labels.get("modalities", {})
         present = {
             "video": "video" not in self.drop,
             "audio": clip.has_audio and "audio" not in self.drop,
-            "text": bool(labels.get("transcript")) and modalities.get("text", True)
+            "text": bool(labels.get("transcript"))
+            and modalities.get("text", True)
             and "text" not in self.drop,
         }
-        video = _to_video_tensor(frames) if present["video"] else \
-            torch.zeros(w.frames, 3, w.height, w.width)
-        audio = torch.from_numpy(clip.audio[: w.audio_samples].copy()) if present["audio"] \
+        video = (
+            _to_video_tensor(frames)
+            if present["video"]
+            else torch.zeros(w.frames, 3, w.height, w.width)
+        )
+        audio = (
+            torch.from_numpy(clip.audio[: w.audio_samples].copy())
+            if present["audio"]
             else torch.zeros(w.audio_samples)
-        text = torch.tensor(self.tokenizer.encode(labels.get("transcript", ""),
-                                                  schema.MAX_TEXT_TOKENS)) if present["text"] \
+        )
+        text = (
+            torch.tensor(
+                self.tokenizer.encode(labels.get("transcript", ""), schema.MAX_TEXT_TOKENS)
+            )
+            if present["text"]
             else torch.zeros(schema.MAX_TEXT_TOKENS, dtype=torch.long)
+        )
         if labels.get("synthetic"):
-            targets = synthetic_targets(labels, w.frames, w.height, w.width, w.next_frames,
-                                        self.tokenizer)
+            targets = synthetic_targets(
+                labels, w.frames, w.height, w.width, w.next_frames, self.tokenizer
+            )
             target_mask = dict.fromkeys(schema.TASKS, True)
         else:
             targets = empty_targets(w.frames, w.height, w.width, w.next_frames)
@@ -210,6 +251,7 @@ class ClipDataset(Dataset[Sample]):
 
 def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     """Stack samples into a batch (docs/contracts.md); clip ids stay a list."""
+
     def stack(key: str, group: str | None = None) -> torch.Tensor:
         items = [s[group][key] if group else s[key] for s in samples]
         return torch.stack(items)

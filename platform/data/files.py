@@ -30,8 +30,9 @@ def encode_clip(clip: synth.Clip) -> bytes:
     return video.encode_mp4(clip.video, clip.audio, world["fps"], world["sample_rate"])
 
 
-def write_world(cfg: synth.WorldConfig, n: int, out: str | Path,
-                on_clip: Callable[[int], None] | None = None) -> dict[str, Any]:
+def write_world(
+    cfg: synth.WorldConfig, n: int, out: str | Path, on_clip: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Write ``n`` clips to a new directory ``out``; built under a temp name, then renamed.
 
     A crash leaves no half-written world at ``out``; an existing non-empty ``out`` is refused
@@ -53,14 +54,16 @@ def write_world(cfg: synth.WorldConfig, n: int, out: str | Path,
             data = encode_clip(clip)
             (tmp / f"{clip.clip_id}.mp4").write_bytes(data)
             (tmp / f"{clip.clip_id}.json").write_text(json.dumps(clip.labels))
-            entries.append({
-                "clip_id": clip.clip_id,
-                "video": f"{clip.clip_id}.mp4",
-                "labels": f"{clip.clip_id}.json",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "has_audio": clip.audio is not None,
-            })
+            entries.append(
+                {
+                    "clip_id": clip.clip_id,
+                    "video": f"{clip.clip_id}.mp4",
+                    "labels": f"{clip.clip_id}.json",
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                    "has_audio": clip.audio is not None,
+                }
+            )
             if on_clip:
                 on_clip(len(entries))
         manifest = {"format": FORMAT, "world": cfg.to_dict(), "clips": entries}
@@ -84,8 +87,9 @@ class DirectorySource:
             self.manifest = json.loads(path.read_text())
             self._entries = {e["clip_id"]: e for e in self.manifest["clips"]}
         except FileNotFoundError:
-            raise UsageError(f"{path}: missing; point at a directory made by 'veilfed data synth'")\
-                from None
+            raise UsageError(
+                f"{path}: missing; point at a directory made by 'veilfed data synth'"
+            ) from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UsageError(f"{path}: not a veilfed manifest ({exc}); regenerate it") from None
 
@@ -107,8 +111,10 @@ class DirectorySource:
         bad = []
         for cid, entry in self._entries.items():
             with contextlib.suppress(FileNotFoundError):
-                if hashlib.sha256((self.root / entry["video"]).read_bytes()).hexdigest() == \
-                        entry["sha256"]:
+                if (
+                    hashlib.sha256((self.root / entry["video"]).read_bytes()).hexdigest()
+                    == entry["sha256"]
+                ):
                     continue
             bad.append(cid)
         return bad

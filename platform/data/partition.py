@@ -52,8 +52,10 @@ def partition(
     if scheme not in SCHEMES:
         raise UsageError(f"unknown partitioning {scheme!r}; valid: {', '.join(SCHEMES)}")
     if num_clients < 1 or num_clients > n:
-        raise UsageError(f"{num_clients} clients for {n} clips: need 1 <= clients <= clips; "
-                         "synthesize more clips or use fewer clients")
+        raise UsageError(
+            f"{num_clients} clients for {n} clips: need 1 <= clients <= clips; "
+            "synthesize more clips or use fewer clients"
+        )
     if alpha <= 0:
         raise UsageError(f"partition alpha must be > 0, got {alpha}")
     table = Dataset.from_dict({"idx": list(range(n)), "label": [int(x) for x in labels]})
@@ -62,9 +64,14 @@ def partition(
         part = IidPartitioner(num_partitions=num_clients)
         table = table.shuffle(seed=seed)
     elif scheme == "dirichlet":
-        part = DirichletPartitioner(num_partitions=num_clients, partition_by="label", alpha=alpha,
-                                    min_partition_size=1 if n >= num_clients else 0,
-                                    self_balancing=False, seed=seed)
+        part = DirichletPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=1 if n >= num_clients else 0,
+            self_balancing=False,
+            seed=seed,
+        )
     else:
         sizes = _quantity_sizes(n, num_clients, alpha, rng)
         part = SizePartitioner(partition_sizes=sizes)
@@ -73,8 +80,10 @@ def partition(
     try:
         shares = [sorted(part.load_partition(i)["idx"]) for i in range(num_clients)]
     except ValueError as exc:
-        raise UsageError(f"cannot partition {n} clips into {num_clients} clients with "
-                         f"{scheme} (alpha={alpha}): {exc}") from None
+        raise UsageError(
+            f"cannot partition {n} clips into {num_clients} clients with "
+            f"{scheme} (alpha={alpha}): {exc}"
+        ) from None
     lacking = _missing_modalities(num_clients, missing or {}, rng)
     return [ClientPartition(client_name(i), shares[i], lacking[i]) for i in range(num_clients)]
 
@@ -85,13 +94,16 @@ def _quantity_sizes(n: int, k: int, alpha: float, rng: np.random.Generator) -> l
     return [int(1 + e) for e in extra]
 
 
-def _missing_modalities(k: int, missing: dict[str, float],
-                        rng: np.random.Generator) -> list[tuple[str, ...]]:
+def _missing_modalities(
+    k: int, missing: dict[str, float], rng: np.random.Generator
+) -> list[tuple[str, ...]]:
     lacking: list[list[str]] = [[] for _ in range(k)]
     for modality, fraction in missing.items():
         if modality not in schema.MODALITIES:
-            raise UsageError(f"partition.missing: unknown modality {modality!r}; valid: "
-                             f"{', '.join(schema.MODALITIES)}")
+            raise UsageError(
+                f"partition.missing: unknown modality {modality!r}; valid: "
+                f"{', '.join(schema.MODALITIES)}"
+            )
         if not 0.0 <= fraction <= 1.0:
             raise UsageError(f"partition.missing.{modality} must be in [0, 1], got {fraction}")
         for i in rng.choice(k, size=round(fraction * k), replace=False):

@@ -9,7 +9,15 @@ from __future__ import annotations
 MODALITIES: tuple[str, ...] = ("video", "audio", "text")
 
 ACTIONS: tuple[str, ...] = (
-    "static", "left", "right", "up", "down", "rotate", "grow", "shrink", "bounce",
+    "static",
+    "left",
+    "right",
+    "up",
+    "down",
+    "rotate",
+    "grow",
+    "shrink",
+    "bounce",
 )
 OBJECT_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "white")
@@ -25,7 +33,13 @@ SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 DEGRADATIONS: tuple[str, ...] = ("none", "blur", "noise", "blocking")
 # Articulated stick figure: pose keypoints, in this order, and the bones drawn between them.
 KEYPOINTS: tuple[str, ...] = (
-    "head", "neck", "hip", "left_hand", "right_hand", "left_foot", "right_foot",
+    "head",
+    "neck",
+    "hip",
+    "left_hand",
+    "right_hand",
+    "left_foot",
+    "right_foot",
 )
 BONES: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6))
 # Moderation: this word in the transcript/audio or the "forbidden" X symbol on screen flags a clip.
@@ -40,10 +54,50 @@ ANSWERS: tuple[str, ...] = (*COLORS, "0", "1", "2", "3", "4", *ACTIONS, "yes", "
 
 # Word-level vocabulary of transcripts, captions and questions; the tokenizer falls back to bytes.
 _FILLER = (
-    "a", "an", "the", "moves", "is", "and", "while", "figure", "waves", "scene", "feels", "what",
-    "color", "how", "many", "objects", "are", "there", "which", "way", "does", "go", "any",
-    "forbidden", "content", "here", "with", "background", "warm", "cool", "neutral", "says", "hey",
-    "look", "at", "this", "in", "of", "shapes", "moving", "sign", "symbol", "no", "yes",
+    "a",
+    "an",
+    "the",
+    "moves",
+    "is",
+    "and",
+    "while",
+    "figure",
+    "waves",
+    "scene",
+    "feels",
+    "what",
+    "color",
+    "how",
+    "many",
+    "objects",
+    "are",
+    "there",
+    "which",
+    "way",
+    "does",
+    "go",
+    "any",
+    "forbidden",
+    "content",
+    "here",
+    "with",
+    "background",
+    "warm",
+    "cool",
+    "neutral",
+    "says",
+    "hey",
+    "look",
+    "at",
+    "this",
+    "in",
+    "of",
+    "shapes",
+    "moving",
+    "sign",
+    "symbol",
+    "no",
+    "yes",
 )
 WORDS: tuple[str, ...] = tuple(
     dict.fromkeys(
@@ -57,8 +111,18 @@ WORDS: tuple[str, ...] = tuple(
 )
 
 TASKS: tuple[str, ...] = (
-    "action", "sentiment", "moderation", "quality", "detection", "segmentation", "pose",
-    "caption", "qa", "summary", "restoration", "next_frame",
+    "action",
+    "sentiment",
+    "moderation",
+    "quality",
+    "detection",
+    "segmentation",
+    "pose",
+    "caption",
+    "qa",
+    "summary",
+    "restoration",
+    "next_frame",
 )
 
 # Default world geometry (configurable through WorldConfig).

@@ -80,8 +80,13 @@ class WorldConfig:
             raise UsageError(
                 f"world.sample_rate {self.sample_rate} is not an AAC rate; use one of {AAC_RATES}"
             )
-        for name in ("p_missing_audio", "p_missing_text", "p_degraded", "p_forbidden",
-                     "text_noise"):
+        for name in (
+            "p_missing_audio",
+            "p_missing_text",
+            "p_degraded",
+            "p_forbidden",
+            "text_noise",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"world.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -201,21 +206,23 @@ def make_labels(cfg: WorldConfig, index: int) -> dict[str, Any]:
     cls_i = int(rng.integers(len(schema.OBJECT_CLASSES)))
     color = schema.COLORS[int(rng.integers(len(schema.COLORS)))]
 
-    objects = [
-        {"class": cls_i, "color": color, **_trajectory(action, rng, n_total)}
-    ]
+    objects = [{"class": cls_i, "color": color, **_trajectory(action, rng, n_total)}]
     n_distractors = int(rng.integers(0, schema.MAX_OBJECTS))
     other_classes = [c for c in range(len(schema.OBJECT_CLASSES)) if c != cls_i]
     for slot, c in enumerate(rng.permutation(other_classes)[:n_distractors]):
         # Distractors sit in the top corners; the figure lives bottom-left.
         x = 0.16 if slot == 0 else 0.84
         s = float(rng.uniform(0.07, 0.09))
-        objects.append({
-            "class": int(c),
-            "color": schema.COLORS[int(rng.integers(len(schema.COLORS)))],
-            "cx": [x] * n_total, "cy": [0.16] * n_total,
-            "size": [round(s, 5)] * n_total, "angle": [0.0] * n_total,
-        })
+        objects.append(
+            {
+                "class": int(c),
+                "color": schema.COLORS[int(rng.integers(len(schema.COLORS)))],
+                "cx": [x] * n_total,
+                "cy": [0.16] * n_total,
+                "size": [round(s, 5)] * n_total,
+                "angle": [0.0] * n_total,
+            }
+        )
     draw_order = list(range(1, len(objects))) + [0]  # main object on top
     for obj in objects:
         shape = schema.OBJECT_CLASSES[obj["class"]]
@@ -226,8 +233,9 @@ def make_labels(cfg: WorldConfig, index: int) -> dict[str, Any]:
 
     fig_scale = float(rng.uniform(0.8, 1.0))
     fig_x, fig_y = float(rng.uniform(0.12, 0.2)), float(rng.uniform(0.72, 0.8))
-    keypoints = _figure_keypoints(fig_x, fig_y, fig_scale, float(rng.uniform(0, 2 * math.pi)),
-                                  n_total)
+    keypoints = _figure_keypoints(
+        fig_x, fig_y, fig_scale, float(rng.uniform(0, 2 * math.pi)), n_total
+    )
 
     palette, contour, word = (int(v) for v in rng.integers(-1, 2, size=3))
     total = palette + contour + word
@@ -238,24 +246,29 @@ def make_labels(cfg: WorldConfig, index: int) -> dict[str, Any]:
     symbol_frame = int(rng.integers(cfg.frames // 4, max(cfg.frames // 4 + 1, cfg.frames - 2)))
 
     degraded = bool(rng.random() < cfg.p_degraded)
-    degradation = schema.DEGRADATIONS[int(rng.integers(1, len(schema.DEGRADATIONS)))] \
-        if degraded else "none"
+    degradation = (
+        schema.DEGRADATIONS[int(rng.integers(1, len(schema.DEGRADATIONS)))] if degraded else "none"
+    )
     level = round(float(rng.uniform(0.2, 1.0)), 4) if degraded else 0.0
 
     has_audio = bool(rng.random() >= cfg.p_missing_audio)
     has_text = bool(rng.random() >= cfg.p_missing_text)
-    transcript = _transcript(rng, cfg, color, schema.OBJECT_CLASSES[cls_i], action, word,
-                             forbidden_word) if has_text else ""
+    transcript = (
+        _transcript(rng, cfg, color, schema.OBJECT_CLASSES[cls_i], action, word, forbidden_word)
+        if has_text
+        else ""
+    )
     caption = f"a {color} {schema.OBJECT_CLASSES[cls_i]} moves {action} while a figure waves"
     main_shape = schema.OBJECT_CLASSES[cls_i]
     qa = [
         {"type": "color", "question": f"what color is the {main_shape}", "answer": color},
-        {"type": "count", "question": "how many objects are there",
-         "answer": str(len(objects))},
-        {"type": "direction", "question": f"which way does the {main_shape} go",
-         "answer": action},
-        {"type": "forbidden", "question": "is there any forbidden content here",
-         "answer": "yes" if (forbidden_symbol or forbidden_word) else "no"},
+        {"type": "count", "question": "how many objects are there", "answer": str(len(objects))},
+        {"type": "direction", "question": f"which way does the {main_shape} go", "answer": action},
+        {
+            "type": "forbidden",
+            "question": "is there any forbidden content here",
+            "answer": "yes" if (forbidden_symbol or forbidden_word) else "no",
+        },
     ]
     main = objects[0]
     motion = [0.0] + [
@@ -283,8 +296,11 @@ def make_labels(cfg: WorldConfig, index: int) -> dict[str, Any]:
         "sentiment": sentiment,
         "sentiment_cues": {"palette": palette, "pitch": contour, "word": word},
         "moderation": int(forbidden_symbol or forbidden_word),
-        "forbidden": {"symbol": forbidden_symbol, "word": forbidden_word,
-                      "symbol_frame": symbol_frame},
+        "forbidden": {
+            "symbol": forbidden_symbol,
+            "word": forbidden_word,
+            "symbol_frame": symbol_frame,
+        },
         "degradation": degradation,
         "degradation_level": level,
         "quality": round(1.0 - 0.8 * level, 4),
@@ -296,8 +312,15 @@ def make_labels(cfg: WorldConfig, index: int) -> dict[str, Any]:
     }
 
 
-def _transcript(rng: np.random.Generator, cfg: WorldConfig, color: str, shape: str, action: str,
-                word_cue: int, forbidden: bool) -> str:
+def _transcript(
+    rng: np.random.Generator,
+    cfg: WorldConfig,
+    color: str,
+    shape: str,
+    action: str,
+    word_cue: int,
+    forbidden: bool,
+) -> str:
     words = ["look", "at", "this"]
     if rng.random() < 0.6:
         words.append(color)
@@ -324,8 +347,9 @@ def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(xs, ys)
 
 
-def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, s: float,
-                angle: float) -> np.ndarray:
+def _shape_mask(
+    shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, s: float, angle: float
+) -> np.ndarray:
     dx, dy = x - cx, y - cy
     if shape == "circle":
         return dx * dx + dy * dy <= s * s
@@ -339,8 +363,9 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, 
     return (ry <= 0.5 * s) & (np.abs(rx) <= 0.9 * s * (ry + s) / (1.5 * s))
 
 
-def _segment_mask(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  width: float) -> np.ndarray:
+def _segment_mask(
+    x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, width: float
+) -> np.ndarray:
     ab = b - a
     denom = float(ab @ ab) or 1e-12
     t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / denom, 0.0, 1.0)
@@ -353,8 +378,9 @@ def _frame_range(labels: dict[str, Any], frames: range | None) -> range:
     return frames if frames is not None else range(world["frames"])
 
 
-def instance_masks(labels: dict[str, Any], height: int, width: int,
-                   frames: range | None = None) -> np.ndarray:
+def instance_masks(
+    labels: dict[str, Any], height: int, width: int, frames: range | None = None
+) -> np.ndarray:
     """uint8 [n, H, W]: 0 background, i + 1 for ``labels["objects"][i]`` (visible pixels)."""
     frames = _frame_range(labels, frames)
     x, y = _grid(height, width)
@@ -363,19 +389,22 @@ def instance_masks(labels: dict[str, Any], height: int, width: int,
         for i in labels["draw_order"]:
             obj = labels["objects"][i]
             shape = schema.OBJECT_CLASSES[obj["class"]]
-            m = _shape_mask(shape, x, y, obj["cx"][t], obj["cy"][t], obj["size"][t],
-                            obj["angle"][t])
+            m = _shape_mask(
+                shape, x, y, obj["cx"][t], obj["cy"][t], obj["size"][t], obj["angle"][t]
+            )
             out[k][m] = i + 1
     return out
 
 
-def render(labels: dict[str, Any], height: int, width: int,
-           frames: range | None = None) -> np.ndarray:
+def render(
+    labels: dict[str, Any], height: int, width: int, frames: range | None = None
+) -> np.ndarray:
     """Clean frames uint8 [n, H, W, 3] of the clip at any resolution (restoration target)."""
     frames = _frame_range(labels, frames)
     x, y = _grid(height, width)
-    top, bottom = (np.array(c, dtype=np.float32) for c in
-                   _PALETTES[labels["sentiment_cues"]["palette"]])
+    top, bottom = (
+        np.array(c, dtype=np.float32) for c in _PALETTES[labels["sentiment_cues"]["palette"]]
+    )
     background = top + (bottom - top) * y[..., None].astype(np.float32)
     masks = instance_masks(labels, height, width, frames)
     colors = np.array([schema.COLOR_RGB[o["color"]] for o in labels["objects"]], np.float32)
@@ -396,7 +425,8 @@ def render(labels: dict[str, Any], height: int, width: int,
         if forbidden["symbol"] and t >= forbidden["symbol_frame"]:
             p, q = np.array([0.82, 0.78]), np.array([0.94, 0.92])
             sym = _segment_mask(x, y, p, q, line) | _segment_mask(
-                x, y, np.array([p[0], q[1]]), np.array([q[0], p[1]]), line)
+                x, y, np.array([p[0], q[1]]), np.array([q[0], p[1]]), line
+            )
             img[sym] = _SYMBOL_RGB
         out[k] = img.clip(0, 255).astype(np.uint8)
     return out
@@ -416,8 +446,10 @@ def degrade(frames: np.ndarray, kind: str, level: float, rng: np.random.Generato
             pad = [(0, 0)] * 4
             pad[axis] = (radius, radius)
             p = np.pad(f, pad, mode="edge")
-            f = sum(kernel[i] * np.take(p, range(i, i + f.shape[axis]), axis=axis)
-                    for i in range(kernel.size))
+            f = sum(
+                kernel[i] * np.take(p, range(i, i + f.shape[axis]), axis=axis)
+                for i in range(kernel.size)
+            )
     elif kind == "blocking":
         b = 2 ** max(1, round(1 + 2 * level))  # 4 or 8 pixel blocks
         t, h, w, c = f.shape
@@ -427,8 +459,9 @@ def degrade(frames: np.ndarray, kind: str, level: float, rng: np.random.Generato
     return f.clip(0, 255).astype(np.uint8)
 
 
-def synthesize_audio(labels: dict[str, Any], sample_rate: int, n_samples: int,
-                     noise: float, rng: np.random.Generator) -> np.ndarray:
+def synthesize_audio(
+    labels: dict[str, Any], sample_rate: int, n_samples: int, noise: float, rng: np.random.Generator
+) -> np.ndarray:
     """float32 [S]: pitch <-> class, pulse rhythm <-> action, contour <-> sentiment cue."""
     t = np.arange(n_samples) / sample_rate
     u = t / max(t[-1], 1e-9)

@@ -94,8 +94,11 @@ def probe(source: Source, name: str | None = None) -> dict[str, object]:
         }
         if container.streams.audio:
             a = container.streams.audio[0]
-            info.update(audio_codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate,
-                        channels=a.codec_context.channels)
+            info.update(
+                audio_codec=a.codec_context.name,
+                sample_rate=a.codec_context.sample_rate,
+                channels=a.codec_context.channels,
+            )
         return info
 
 
@@ -132,8 +135,7 @@ def decode(
             for packet in container.demux(*streams):
                 for frame in packet.decode():
                     if isinstance(frame, av.VideoFrame):
-                        images.append(frame.to_ndarray(format="rgb24", width=width,
-                                                       height=height))
+                        images.append(frame.to_ndarray(format="rgb24", width=width, height=height))
                     else:
                         chunks.extend(r.to_ndarray()[0] for r in resampler.resample(frame))
             if astream is not None:
@@ -161,12 +163,15 @@ def decode(
     return DecodedClip(video, audio, has_audio, fps, len(images))
 
 
-def encode_mp4(video: np.ndarray, audio: np.ndarray | None, fps: int,
-               sample_rate: int = 16_000) -> bytes:
+def encode_mp4(
+    video: np.ndarray, audio: np.ndarray | None, fps: int, sample_rate: int = 16_000
+) -> bytes:
     """MP4 bytes (H.264 yuv420p + AAC mono) of uint8 [T, H, W, 3] frames and float audio."""
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-        raise VideoError(f"encode_mp4: expected uint8 [T, H, W, 3] frames, got {video.dtype} "
-                         f"{tuple(video.shape)}")
+        raise VideoError(
+            f"encode_mp4: expected uint8 [T, H, W, 3] frames, got {video.dtype} "
+            f"{tuple(video.shape)}"
+        )
     _, height, width, _ = video.shape
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
@@ -186,9 +191,10 @@ def encode_mp4(video: np.ndarray, audio: np.ndarray | None, fps: int,
             step = 1024
             samples = np.asarray(audio, dtype=np.float32)
             for start in range(0, samples.size, step):
-                chunk = samples[start:start + step][None, :]
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp",
-                                                   layout="mono")
+                chunk = samples[start : start + step][None, :]
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(chunk), format="fltp", layout="mono"
+                )
                 frame.sample_rate = sample_rate
                 frame.pts = start
                 out.mux(ast.encode(frame))

@@ -21,8 +21,19 @@ def test_help_lists_command_groups():
 
 def test_synth_writes_mp4_with_video_and_audio(tmp_path):
     out = tmp_path / "world"
-    res = run("data", "synth", "--out", str(out), "--clips", "6", "--frames", "8", "--size", "32",
-              "--json")
+    res = run(
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--clips",
+        "6",
+        "--frames",
+        "8",
+        "--size",
+        "32",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["clips"] == 6 and summary["with_audio"] == 6

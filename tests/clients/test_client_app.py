@@ -123,3 +123,18 @@ def test_non_private_round_has_no_accountant_or_report(tmp_path):
     assert info["status"] == "trained" and "report" not in info
     assert not (NodeState(settings.run_dir, "client-0000").dir / "accountant").exists()
     assert math.isfinite(reply.content["metrics"]["train/loss"])
+
+
+def test_train_batches_survive_an_empty_poisson_batch(run):
+    """Opacus rebuilds an empty batch from the first one's structure; string ids crashed it."""
+    from opacus.data_loader import wrap_collate_with_empty
+
+    from veilfed.clients.trainer import _dataset, train_collate
+
+    train_ids, _ = split_shard(run, "client-0000")
+    dataset = _dataset(run, train_ids)
+    collate = wrap_collate_with_empty(collate_fn=train_collate)
+    full = collate([dataset[0]])
+    empty = collate([])
+    assert "clip_id" not in full and full["video"].shape[0] == 1
+    assert empty["video"].shape[0] == 0 and set(empty) == set(full)

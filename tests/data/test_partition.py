@@ -18,8 +18,10 @@ def test_disjoint_and_covering(scheme):
 
 
 def test_skew_grows_as_alpha_falls():
-    skews = [label_skew(partition(LABELS, 6, "dirichlet", alpha=a, seed=2), LABELS, 9)
-             for a in (100.0, 1.0, 0.1)]
+    skews = [
+        label_skew(partition(LABELS, 6, "dirichlet", alpha=a, seed=2), LABELS, 9)
+        for a in (100.0, 1.0, 0.1)
+    ]
     assert skews[0] < skews[1] < skews[2]
 
 
@@ -36,12 +38,15 @@ def test_missing_modality_fraction():
     assert sum("text" in p.missing for p in parts) == 2
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"scheme": "zipf"}, "unknown partitioning 'zipf'"),
-    ({"num_clients": 1000}, "1000 clients for 360 clips"),
-    ({"alpha": 0.0, "scheme": "dirichlet"}, "alpha must be > 0"),
-    ({"missing": {"smell": 0.5}}, "unknown modality 'smell'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"scheme": "zipf"}, "unknown partitioning 'zipf'"),
+        ({"num_clients": 1000}, "1000 clients for 360 clips"),
+        ({"alpha": 0.0, "scheme": "dirichlet"}, "alpha must be > 0"),
+        ({"missing": {"smell": 0.5}}, "unknown modality 'smell'"),
+    ],
+)
 def test_bad_partition_requests(kwargs, match):
     args = {"labels": LABELS, "num_clients": 4, **kwargs}
     with pytest.raises(UsageError, match=match):

@@ -98,8 +98,10 @@ def test_audio_pitch_encodes_class(tiny_world):
         hz = np.fft.rfftfreq(len(clip.audio), 1 / cfg.sample_rate)
         tonal = hz < 1000  # the forbidden-word buzz sits at 1.2 kHz
         peak = hz[tonal][np.argmax(spectrum[tonal])]
-        assert abs(peak - pitches[clip.labels["object_class"]]) < 0.15 * pitches[
-            clip.labels["object_class"]]
+        assert (
+            abs(peak - pitches[clip.labels["object_class"]])
+            < 0.15 * pitches[clip.labels["object_class"]]
+        )
 
 
 def test_missing_modalities_configurable():
@@ -109,8 +111,9 @@ def test_missing_modalities_configurable():
     assert clip.labels["modalities"] == {"video": True, "audio": False, "text": False}
 
 
-@pytest.mark.parametrize("field,value", [("sample_rate", 12345), ("height", 15), ("frames", 0),
-                                         ("p_missing_audio", 1.5)])
+@pytest.mark.parametrize(
+    "field,value", [("sample_rate", 12345), ("height", 15), ("frames", 0), ("p_missing_audio", 1.5)]
+)
 def test_bad_world_config(field, value):
     with pytest.raises(UsageError, match=field.split("_")[0]):
         synth.WorldConfig(**{field: value})

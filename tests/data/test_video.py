@@ -29,8 +29,9 @@ def test_mp4_round_trip_keeps_frames_and_audio():
         info = video.probe(data)
         assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
         assert info["has_audio"] and info["sample_rate"] == cfg.sample_rate
-        dec = video.decode(data, cfg.frames, (cfg.height, cfg.width), cfg.sample_rate,
-                           cfg.audio_samples)
+        dec = video.decode(
+            data, cfg.frames, (cfg.height, cfg.width), cfg.sample_rate, cfg.audio_samples
+        )
         assert dec.video.shape == clip.video.shape and dec.source_frames == cfg.frames
         psnrs.append(_psnr(dec.video, clip.video))
         assert np.corrcoef(dec.audio, clip.audio)[0, 1] > 0.95
@@ -124,8 +125,9 @@ def test_unsupported_stream_is_clear(tmp_path):
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         s = out.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
         frame.sample_rate = 16000
         out.mux(s.encode(frame))
         out.mux(s.encode(None))

@@ -1,6 +1,8 @@
-"""Encoders, one modality each; importing registers them in ``ENCODERS``."""
+"""Encoders, one modality each; every module here registers in ``ENCODERS``."""
 
-from veilfed.model.encoders import audio, text, video  # noqa: F401  (registration)
 from veilfed.model.encoders.base import Encoded, Encoder
+from veilfed.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["Encoded", "Encoder"]

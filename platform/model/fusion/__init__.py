@@ -1,12 +1,8 @@
-"""Fusion strategies; importing registers them in ``FUSIONS``."""
+"""Fusion strategies; every module here registers in ``FUSIONS``."""
 
-from veilfed.model.fusion import (  # noqa: F401  (registration)
-    concat,
-    cross_attention,
-    gated,
-    transformer,
-    vote,
-)
 from veilfed.model.fusion.base import Fusion, FusionOutput, View
+from veilfed.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["Fusion", "FusionOutput", "View"]

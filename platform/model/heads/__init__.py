@@ -1,7 +1,9 @@
-"""Task heads, one per task of the synthetic world; importing registers them in ``HEADS``."""
+"""Task heads, one per task of the synthetic world; every module here registers in ``HEADS``."""
 
-from veilfed.model.heads import clip, dense, language, pixels  # noqa: F401  (registration)
 from veilfed.model.heads.base import Head, HeadInput
 from veilfed.model.heads.pixels import PixelDecoder
+from veilfed.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["Head", "HeadInput", "PixelDecoder"]
