@@ -235,6 +235,7 @@ def train_round(
             accountant=acc.opacus,
             accountant_kind=p.accountant,
         )
+        prime_empty_batches(loader.collate_fn, dataset)
     losses: list[float] = []
     for _ in range(settings.federated.local_epochs):
         for batch in loader:
@@ -283,6 +284,18 @@ def train_collate(samples: list[Any]) -> dict[str, Any]:
     batch = collate(samples)
     batch.pop("clip_id", None)
     return batch
+
+
+def prime_empty_batches(collate_fn: Any, dataset: Any) -> None:
+    """Teach Opacus' empty-batch collate the batch structure before the first Poisson batch.
+
+    Opacus learns it from the first non-empty batch; when the very first batch is empty it falls
+    back to a list of tensors shaped like one raw sample, which our dict samples cannot give
+    (the client crashed). The structure (keys, shapes past the batch axis, dtypes) is public;
+    the empty batch built from it carries no data.
+    """
+    if getattr(collate_fn, "first_batch", False) is None:
+        collate_fn.first_batch = train_collate([dataset[0]])
 
 
 def _noise_only_step(optimizer: Any) -> None:

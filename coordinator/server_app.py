@@ -179,6 +179,7 @@ class Coordinator:
 
             self.he_ctx = load_context(settings.he.public_path, require_secret=False)
         self.he_global: bytes | None
+        self.he_previous: bytes | None = None  # this round's predecessor, until it is evaluated
         self.he_shadow: np.ndarray | None = None
         ckpt = ckpt_io.load(self.run_dir)
         if ckpt is None:
@@ -341,6 +342,7 @@ class Coordinator:
             )
             return
         wire = [len(bytes(blobs[c])) for c in rlog.accepted]
+        self.he_previous = self.he_global
         self.he_global = agg.to_bytes()
         rlog.aggregated = True
         self.releases += 1
@@ -357,13 +359,17 @@ class Coordinator:
             from veilfed.clients.secure import to_flat
 
             kept = [r for r in accepted if cid_of[r.metadata.src_node_id] in rlog.accepted]
-            flats = [
-                to_flat(self.s, {k: a.numpy() for k, a in r.content["arrays"].items()})
-                for r in kept
-            ]
-            weights = [
-                int(next(iter(r.content.metric_records.values()))[SHADOW_WEIGHT]) for r in kept
-            ]
+            try:
+                flats = [
+                    to_flat(self.s, {k: a.numpy() for k, a in r.content["arrays"].items()})
+                    for r in kept
+                ]
+                weights = [
+                    int(next(iter(r.content.metric_records.values()))[SHADOW_WEIGHT]) for r in kept
+                ]
+            except (KeyError, ValueError) as exc:  # a shadow copy is missing: no error metric
+                log.warning("round %d: no HE shadow aggregate (%s)", rnd, exc)
+                return
             self.he_shadow = shadow_average(flats, weights)
 
     def _check_report(self, rnd: int, cid: str, info: dict[str, Any]) -> None:
@@ -414,9 +420,11 @@ class Coordinator:
         results: list[tuple[float, dict[str, float]]] = []
         decrypt_ms: list[float] = []
         errors: list[float] = []
+        failures: list[str] = []
         for reply in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout_s):
             if reply.has_error():
                 log.warning("round %d: evaluation failed: %s", rnd, reply.error.reason)
+                failures.append(reply.error.reason)
                 continue
             metrics = dict(next(iter(reply.content.metric_records.values())))
             weight = float(metrics.pop(WEIGHT_KEY, 0))
@@ -432,6 +440,30 @@ class Coordinator:
             rlog.he["he/decrypt_ms"] = float(np.mean(decrypt_ms))
         if errors:
             rlog.he["he/max_abs_error"] = max(errors)
+        if (
+            self.he_ctx is not None
+            and rlog.aggregated
+            and not results
+            and failures
+            and all("integrity check" in f for f in failures)
+        ):
+            self._discard_aggregate(rnd, rlog)
+
+    def _discard_aggregate(self, rnd: int, rlog: RoundLog) -> None:
+        """Every evaluating client refused this round's aggregate (its decryption failed the
+        integrity check: an update under a forged key id or tampered beyond the header checks
+        was summed). It cannot be attributed to a client, so the round is discarded and the
+        previous global model kept, instead of every later round failing on it."""
+        log.warning(
+            "round %d: clients refused the encrypted aggregate (integrity check); discarding the "
+            "round and keeping the previous global model",
+            rnd,
+        )
+        self.he_global = self.he_previous
+        self.he_shadow = None
+        self.releases -= 1
+        rlog.aggregated = False
+        rlog.he["he/discarded"] = 1.0
 
     def run(self) -> None:
         node_of = discover(self.grid, str(self.run_dir), self.fed.clients, self.fed.round_timeout_s)

@@ -21,7 +21,7 @@ if [ ! -d store ]; then
   "$VEILFED" data synth --store store --key-file store.key --clips 64 --frames 8 --size 32 --seed 0
 fi
 
-echo "== federated simulation: 8 clients, 5 rounds, 4 sampled per round, client DP-SGD (eps=8), HE"
+echo "== federated simulation: 8 clients, 5 rounds, 4 sampled per round, client DP-SGD (eps<=8), HE"
 "$VEILFED" simulate --config "$ROOT/experiments/federated.toml" --store store --key-file store.key \
   --clients 8 --rounds 5 --fraction 0.5 --he --summary-json summary.json
 echo "== summary: demo-out/summary.json"

@@ -129,12 +129,15 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
     """Opacus rebuilds an empty batch from the first one's structure; string ids crashed it."""
     from opacus.data_loader import wrap_collate_with_empty
 
-    from veilfed.clients.trainer import _dataset, train_collate
+    from veilfed.clients.trainer import _dataset, prime_empty_batches, train_collate
 
     train_ids, _ = split_shard(run, "client-0000")
     dataset = _dataset(run, train_ids)
+    first_empty = wrap_collate_with_empty(collate_fn=train_collate)
+    prime_empty_batches(first_empty, dataset)
+    empty = first_empty([])  # the very first Poisson batch is empty
+    assert isinstance(empty, dict) and empty["video"].shape[0] == 0
     collate = wrap_collate_with_empty(collate_fn=train_collate)
     full = collate([dataset[0]])
-    empty = collate([])
     assert "clip_id" not in full and full["video"].shape[0] == 1
-    assert empty["video"].shape[0] == 0 and set(empty) == set(full)
+    assert collate([])["video"].shape[0] == 0 and set(collate([])) == set(full) == set(empty)

@@ -195,3 +195,30 @@ def test_bad_he_setup_is_a_one_line_usage_error(tmp_path, setup, message):
     assert not (tmp_path / "runs").exists() or not any(
         p.name != "stores" for p in (tmp_path / "runs").iterdir()
     ), "no run is created for bad input"
+
+
+def test_an_aggregate_no_client_can_decrypt_is_discarded(tmp_path):
+    """A forged key id passes every header check; the clients' integrity check catches it."""
+    from dataclasses import replace
+
+    from veilfed.crypto.he import EncryptedUpdate, encrypt_update, new_context
+
+    settings, tracker = prepare(
+        write_config(tmp_path, clients=2, rounds=1), {}, None, None, None, None, tmp_path, he=True
+    )
+    public = load_context(settings.he.public_path, require_secret=False)
+    foreign = new_context(public.params)
+
+    def forge(reply: Message) -> Message:
+        if reply.content[REPLY_KEY]["client-id"] == client_name(0):
+            he = reply.content["he"]
+            real = EncryptedUpdate.from_bytes(bytes(he["update"]))
+            fake = encrypt_update(foreign, np.zeros(real.size), 3)
+            he["update"] = replace(fake, key_id=public.key_id).to_bytes()
+        return reply
+
+    Coordinator(LocalGrid(2, tamper=forge), settings, tracker).run()
+    ckpt = checkpoint.load(settings.run_dir)
+    h = ckpt.history[0]
+    assert not h["aggregated"] and h["metrics"]["he/discarded"] == 1
+    assert ckpt.he_global is None  # back to the (public) initial weights

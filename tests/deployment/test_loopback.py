@@ -28,7 +28,7 @@ def test_two_rounds_over_tls_with_three_nodes(
     cluster: Cluster, trust: certs.CertBundle, shards, tmp_path: Path
 ) -> None:
     config = tmp_path / "loopback.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + "\n[he]\nenabled = true\n")  # DP + CKKS secure aggregation
     address = f"127.0.0.1:{free_port()}"
     coord = cluster.start(
         "coordinator",
@@ -64,6 +64,7 @@ def test_two_rounds_over_tls_with_three_nodes(
     metrics = client.get_run(run_id).data.metrics
     for task in ("action", "moderation"):
         assert f"eval/{task}/accuracy" in metrics, sorted(metrics)
+    assert {"he/encrypt_ms", "he/aggregate_ms", "he/bytes_ratio"} <= set(metrics), sorted(metrics)
     for cid in CLIENTS:
         eps = metrics[f"privacy/client/{cid}/eps"]
         assert 0 < eps <= 8.0
