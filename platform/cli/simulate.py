@@ -223,6 +223,12 @@ def prepare(
     fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
     raw["federated"] = {**cfg.federated, **overrides}
     privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
+    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
+    if he:
+        he_cfg = dataclasses.replace(he_cfg, enabled=True)
+    if he_dir is not None and not he_cfg.enabled:
+        raise UsageError("--he-dir needs --he (or [he] enabled = true)")
+    he_cfg.check_compatible(fed, f"{config}: [federated]")
     if (store is None) != (key_file is None):
         raise UsageError("--store and --key-file go together (or give neither to synthesize)")
     if store is None:
@@ -235,12 +241,6 @@ def prepare(
     shards = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed)
     smallest = min(len(s) - max(1, round(fed.holdout * len(s))) for s in shards.values())
     privacy.validate(max(1, smallest), "privacy")
-    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
-    if he:
-        he_cfg = dataclasses.replace(he_cfg, enabled=True)
-    if he_dir is not None and not he_cfg.enabled:
-        raise UsageError("--he-dir needs --he (or [he] enabled = true)")
-    he_cfg.check_compatible(fed, f"{config}: [federated]")
     he_params = None
     if he_cfg.enabled:
         he_params = resolve_he(he_cfg, he_dir, shards, fed.holdout)
