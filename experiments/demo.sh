@@ -27,7 +27,7 @@ echo "== federated simulation: 8 clients, 5 rounds, 4 sampled per round, client 
 echo "== summary: demo-out/summary.json"
 RUN_ID=$("$ROOT/.venv/bin/python" -c 'import json; print(json.load(open("summary.json"))["run_id"])')
 echo "== privacy audit of run $RUN_ID"
-if "$VEILFED" audit run "$RUN_ID" --out audit; then
+if "$VEILFED" audit "$RUN_ID" --format md --out audit; then
   echo "audit verdict: PASS (every signed epsilon claim verified); report: demo-out/audit/audit.md"
 else
   echo "audit verdict: FAIL; report: demo-out/audit/audit.md" >&2

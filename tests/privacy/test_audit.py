@@ -156,6 +156,21 @@ def test_budget_violation(store) -> None:
     assert stricter.checks[2].epsilon_at_audit_delta > stricter.checks[2].rdp
 
 
+def test_verified_claim_at_the_budget_is_not_a_violation() -> None:
+    """A claim within tolerance of the recomputation, spending exactly the budget, passes even
+    when the independent accountant's last digits land just above it (as Opacus' and
+    dp-accounting's conversions do at the demo's settings)."""
+    honest_report = make_chain("c0", KEYS["c0"], [1])[0].report
+    rdp = rdp_epsilon([(1.1, 0.05, 20)], DELTA)
+    claim = rdp * 0.997  # within 1 % below the recomputation
+    report = dataclasses.replace(honest_report, epsilon=claim, epsilon_budget=claim)
+    result = audit_reports({"c0": [sign(report, KEYS["c0"])]}, PUBS)
+    assert result.violations == []
+    over = dataclasses.replace(report, epsilon_budget=claim * 0.999)
+    result = audit_reports({"c0": [sign(over, KEYS["c0"])]}, PUBS)
+    assert [v.kind for v in result.violations] == ["budget"]
+
+
 def test_reported_budget_is_used_by_default() -> None:
     reports = make_chain("c0", KEYS["c0"], [1, 2], budget=0.5)
     result = audit_reports({"c0": reports}, PUBS)
