@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from veilfed.clients.node import NodeState
-from veilfed.coordinator.settings import SimSettings, load_shards
+from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
 from veilfed.errors import UsageError
 
 
@@ -85,12 +85,22 @@ def split_shard(settings: SimSettings, cid: str) -> tuple[list[str], list[str]]:
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def _dataset(settings: SimSettings, ids: list[str]) -> Any:
+def _dataset(settings: SimSettings, ids: list[str], cid: str, train: bool = False) -> Any:
+    """The client's clips, without the modalities its partition lacks; the config's
+    augmentations apply to its training split only."""
+    from veilfed.augment import build_augmentations
     from veilfed.data.dataset import ClipDataset
 
     exp = experiment(settings)
     world = exp.world.world_config()
-    return ClipDataset(_store(settings.store, settings.key_file), world, ids=ids)
+    specs = exp.train.augmentations if train else []
+    return ClipDataset(
+        _store(settings.store, settings.key_file),
+        world,
+        ids=ids,
+        augment=build_augmentations(specs) if specs else None,
+        drop_modalities=load_missing(settings.run_dir).get(cid, ()),
+    )
 
 
 def _model(settings: SimSettings, arrays: dict[str, np.ndarray] | None) -> torch.nn.Module:
@@ -214,7 +224,7 @@ def train_round(
 
     model = _model(settings, arrays)
     model.train()
-    dataset = _dataset(settings, train_ids)
+    dataset = _dataset(settings, train_ids, cid, train=True)
     _freeze_unused(settings, model, dataset)
     anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
     params = [q for q in model.parameters() if q.requires_grad]
@@ -328,7 +338,7 @@ def evaluate_round(
     model.eval()
     exp = experiment(settings)
     loader = DataLoader(
-        _dataset(settings, eval_ids), batch_size=exp.train.batch_size, collate_fn=collate
+        _dataset(settings, eval_ids, cid), batch_size=exp.train.batch_size, collate_fn=collate
     )
     with torch.no_grad():
         metrics = evaluate(model, loader)

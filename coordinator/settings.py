@@ -18,6 +18,7 @@ from veilfed.io import write_text_atomic
 
 SETTINGS_FILE = "settings.json"
 SHARDS_FILE = "shards.json"
+MISSING_FILE = "missing.json"  # client id -> modalities it lacks (partition.missing)
 
 
 def _num(value: Any) -> bool:
@@ -42,6 +43,8 @@ class FederatedConfig:
     local_epochs: int = 1
     partition: str = "iid"  # iid | dirichlet | quantity
     alpha: float = 0.5
+    missing_audio: float = 0.0  # fraction of clients without audio (missing-modality skew)
+    missing_text: float = 0.0  # fraction of clients without text
     holdout: float = 0.25  # share of each client's shard kept for federated evaluation
     failure_rate: float = 0.0  # probability a sampled client crashes (fault-injection tests)
     round_timeout_s: float = 900.0
@@ -260,8 +263,24 @@ def _constant(name: str) -> float:
     return {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[name]
 
 
-def save_shards(run_dir: str | Path, shards: dict[str, list[str]]) -> None:
+def save_shards(
+    run_dir: str | Path,
+    shards: dict[str, list[str]],
+    missing: dict[str, list[str]] | None = None,
+) -> None:
     write_text_atomic(Path(run_dir) / SHARDS_FILE, json.dumps(shards, sort_keys=True))
+    write_text_atomic(Path(run_dir) / MISSING_FILE, json.dumps(missing or {}, sort_keys=True))
+
+
+def load_missing(run_dir: str | Path) -> dict[str, list[str]]:
+    """Modalities each client lacks; none for runs that predate missing-modality partitions."""
+    path = Path(run_dir) / MISSING_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read client modalities ({exc})") from None
 
 
 def load_shards(run_dir: str | Path) -> dict[str, list[str]]:

@@ -121,8 +121,10 @@ def federated_rounds(config: Path, clients: int, rounds: int, pairs: int) -> dic
     bytes_ratio = []
     with tempfile.TemporaryDirectory(prefix="bench-he-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        # Untimed warm-up (store synthesis, MLflow tables, torch/Opacus/TenSEAL first calls).
-        _one_run(config, Path(tmp) / "runs", clients, 1, True)
+        # Untimed warm-up of both paths with the same rounds: store synthesis, MLflow tables,
+        # first torch/Opacus/TenSEAL calls and the σ calibration the clients cache per process.
+        for he in (False, True):
+            _one_run(config, Path(tmp) / "runs", clients, rounds, he)
         for _ in range(pairs):
             for he in (False, True):
                 settings, ckpt = _one_run(config, Path(tmp) / "runs", clients, rounds, he)

@@ -178,16 +178,22 @@ def _world_store(cfg: Any, runs_dir: Path) -> tuple[Path, Path]:
 
 
 def make_shards(
-    store: Any, num_clients: int, scheme: str, alpha: float, seed: int
-) -> dict[str, list[str]]:
-    """Partition the store's clip ids among clients (Dirichlet skew over the action label)."""
+    store: Any,
+    num_clients: int,
+    scheme: str,
+    alpha: float,
+    seed: int,
+    missing: dict[str, float] | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Partition the store's clip ids among clients (Dirichlet skew over the action label);
+    also which modalities each client lacks (``missing``: modality -> fraction of clients)."""
     from veilfed.data.partition import partition
 
     ids = sorted(store.ids())
     labels = [0] * len(ids)
     if scheme == "dirichlet":
         labels = [int(store.read(i)[1].get("action", 0)) for i in ids]
-    parts = partition(labels, num_clients, scheme=scheme, alpha=alpha, seed=seed)
+    parts = partition(labels, num_clients, scheme=scheme, alpha=alpha, seed=seed, missing=missing)
     shards = {p.client_id: [ids[i] for i in p.indices] for p in parts}
     for cid, share in shards.items():
         if len(share) < 2:
@@ -195,7 +201,7 @@ def make_shards(
                 f"client {cid}: shard has {len(share)} clip(s); each client needs >= 2 (train + "
                 f"held-out). Use fewer --clients or a bigger world ({len(ids)} clips)"
             )
-    return shards
+    return shards, {p.client_id: list(p.missing) for p in parts if p.missing}
 
 
 def prepare(
@@ -238,7 +244,8 @@ def prepare(
 
     opened = EncryptedStore.open(store, read_key_file(key_file))
     seed = cfg.train.seed
-    shards = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed)
+    missing = {m: f for m, f in (("audio", fed.missing_audio), ("text", fed.missing_text)) if f}
+    shards, lacking = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed, missing)
     smallest = min(len(s) - max(1, round(fed.holdout * len(s))) for s in shards.values())
     privacy.validate(max(1, smallest), "privacy")
     he_params = None
@@ -287,7 +294,7 @@ def prepare(
             tracking_uri=tracking_uri(),
             he=he_cfg,
         )
-        save_shards(run_dir, shards)
+        save_shards(run_dir, shards, lacking)
         if privacy.enabled and fed.sign_reports:
             provision(run_dir, sorted(shards))
         settings.save()

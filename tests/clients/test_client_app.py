@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
     from veilfed.clients.trainer import _dataset, prime_empty_batches, train_collate
 
     train_ids, _ = split_shard(run, "client-0000")
-    dataset = _dataset(run, train_ids)
+    dataset = _dataset(run, train_ids, "client-0000")
     first_empty = wrap_collate_with_empty(collate_fn=train_collate)
     prime_empty_batches(first_empty, dataset)
     empty = first_empty([])  # the very first Poisson batch is empty
@@ -141,3 +142,26 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
     full = collate([dataset[0]])
     assert "clip_id" not in full and full["video"].shape[0] == 1
     assert collate([])["video"].shape[0] == 0 and set(collate([])) == set(full) == set(empty)
+
+
+def test_partition_missing_modality_reaches_the_client(run):
+    """A client the partition marks as lacking audio trains and evaluates without it."""
+    from veilfed.clients.trainer import _dataset
+    from veilfed.coordinator.settings import MISSING_FILE, load_missing
+
+    path = Path(run.run_dir) / MISSING_FILE
+    before = path.read_text() if path.exists() else None
+    try:
+        path.write_text(json.dumps({"client-0000": ["audio"]}))
+        assert load_missing(run.run_dir) == {"client-0000": ["audio"]}
+        ids, _ = split_shard(run, "client-0000")
+        lacking = _dataset(run, ids, "client-0000")[0]
+        assert lacking["modality_mask"].tolist() == [True, False, True]
+        assert not lacking["audio"].any()
+        other_ids, _ = split_shard(run, "client-0001")
+        assert _dataset(run, other_ids, "client-0001")[0]["modality_mask"][1]
+    finally:
+        if before is None:
+            path.unlink()
+        else:
+            path.write_text(before)
