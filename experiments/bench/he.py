@@ -39,6 +39,7 @@ from veilfed.crypto.he import (
     decrypt_average,
     encrypt_update,
     flatten,
+    load_context,
     new_context,
     public_view,
     shadow_average,
@@ -46,6 +47,7 @@ from veilfed.crypto.he import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "experiments" / "federated.toml"
+FEDTEST = str(ROOT / "tests" / "coordinator")
 
 
 def _plain_ms(flats: list[np.ndarray], weights: list[int], repeats: int = 3) -> float:
@@ -98,7 +100,8 @@ def _summary(runs: list[dict[str, Any]], plain_ms: float) -> dict[str, Any]:
 
 def _one_run(config: Path, runs: Path, clients: int, rounds: int, he: bool) -> Any:
     """A full simulation through the real round loop and ClientApp (in process, no Ray)."""
-    sys.path.insert(0, str(ROOT / "tests" / "coordinator"))
+    if FEDTEST not in sys.path:
+        sys.path.insert(0, FEDTEST)
     from fedtest import LocalGrid  # the tests' in-process grid: Flower messages, no Ray actors
 
     from veilfed.cli.simulate import prepare
@@ -132,7 +135,7 @@ def federated_rounds(config: Path, clients: int, rounds: int, pairs: int) -> dic
                 walls[he].append([h["metrics"]["round/wall_s"] for h in ckpt.history])
                 if he:
                     bytes_ratio += [h["metrics"]["he/bytes_ratio"] for h in ckpt.history]
-                    he_params = settings.he
+                    he_params = load_context(settings.he.public_path, require_secret=False).params
                 else:
                     arrays = [np.asarray(a) for a in ckpt.arrays.values()]
     # One ratio per adjacent (off, on) pair, so slow phases of a shared machine hit both sides.
@@ -143,9 +146,7 @@ def federated_rounds(config: Path, clients: int, rounds: int, pairs: int) -> dic
         "plain_round_s": statistics.median(w for run in walls[False] for w in run),
         "he_round_s": statistics.median(w for run in walls[True] for w in run),
         "bytes_ratio": statistics.median(bytes_ratio),
-        "params": HEParams.for_bounds(
-            he_params.max_abs_update, he_params.max_total_weight, he_params.tolerance
-        ),
+        "params": he_params,  # what the run's keys were generated with
         "arrays": arrays,
     }
 
@@ -271,6 +272,7 @@ def main() -> None:
                 "plain_round_s": round(fed["plain_round_s"], 3),
                 "he_round_s": round(fed["he_round_s"], 3),
                 "bytes_ratio_default_model": round(fed["bytes_ratio"], 3),
+                "default_model_params": fed["params"].to_dict(),
                 "default_model_values": pack["values"],
                 "packed_vs_per_tensor_time": round(pack["packed_ms"] / pack["per_tensor_ms"], 3),
                 "packed_vs_per_tensor_bytes": round(

@@ -42,3 +42,8 @@ def test_simulation_on_ray_writes_summary_and_mlflow_run(tmp_path, monkeypatch):
     run = MlflowClient(tracking_uri=summary["tracking_uri"]).get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert "privacy/eps_max" in run.data.metrics and "eval/action/accuracy" in run.data.metrics
+    # Training wrote a store, run state, checkpoints, MLflow rows and artifacts: no MP4 box and no
+    # raw frames in any of them (video is plaintext only in client memory).
+    from veilfed.data.scan import scan
+
+    assert scan([tmp_path]) == []
