@@ -40,12 +40,14 @@ def test_count_correct() -> None:
     assert count_correct(scores, included, 4) == 1 + 1  # in: {5, 4} -> 1; out: {1, 0} -> 1
 
 
+@pytest.mark.integration
 def test_without_dp_the_bound_is_clearly_above_one() -> None:
     result = run_canary_audit(SMALL, DPSettings(enabled=False))
     assert result.epsilon_lower > 1.0 and result.ok and math.isinf(result.epsilon_claimed)
     assert result.to_dict()["epsilon_claimed"] is None
 
 
+@pytest.mark.integration
 def test_with_strong_dp_the_bound_stays_below_the_claim() -> None:
     result = run_canary_audit(SMALL, DPSettings(noise_multiplier=3.0))
     assert result.ok and result.epsilon_lower < min(1.0, result.epsilon_claimed)
