@@ -598,6 +598,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from veilfed.cli.simulate import run_from_flwr_config
+    from veilfed.coordinator.run import run_from_flwr_config
 
     run_from_flwr_config(grid, dict(context.run_config))

@@ -104,8 +104,8 @@ def _one_run(config: Path, runs: Path, clients: int, rounds: int, he: bool) -> A
         sys.path.insert(0, FEDTEST)
     from fedtest import LocalGrid  # the tests' in-process grid: Flower messages, no Ray actors
 
-    from veilfed.cli.simulate import prepare
     from veilfed.coordinator import checkpoint
+    from veilfed.coordinator.run import prepare
     from veilfed.coordinator.server_app import Coordinator
 
     overrides = {"clients": clients, "rounds": rounds}

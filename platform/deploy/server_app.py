@@ -1,7 +1,7 @@
 """The ServerApp ``veilfed coordinator start`` submits: veilfed's run, resumable.
 
 Under ``flwr run`` the ServerApp gets only the FAB's run config. A new run is prepared from it
-exactly as veilfed's own app does (``veilfed.cli.simulate.run_from_flwr_config``); with
+exactly as veilfed's own app does (``veilfed.coordinator.run.run_from_flwr_config``); with
 ``resume = RUN`` the run's saved settings and last checkpoint under ``runs-dir/RUN`` are reopened
 instead, as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry over.
 """
@@ -36,7 +36,7 @@ def log_to_stream() -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from veilfed.cli.simulate import finish, print_report, reopen, run_from_flwr_config
+    from veilfed.coordinator.run import finish, print_report, reopen, run_from_flwr_config
     from veilfed.coordinator.server_app import Coordinator
 
     log_to_stream()

@@ -7,8 +7,8 @@ import pytest
 from fedtest import LocalGrid, write_config
 from flwr.app import Message
 
-from veilfed.cli.simulate import prepare
 from veilfed.coordinator import checkpoint
+from veilfed.coordinator.run import prepare
 from veilfed.coordinator.server_app import REPLY_KEY, Coordinator
 from veilfed.crypto.he import decrypt_average, flatten, load_context
 from veilfed.data.partition import client_name
