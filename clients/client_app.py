@@ -1,10 +1,12 @@
 """The Flower ClientApp: one virtual (or real) client answering query, train and evaluate.
 
-The client's identity is ``client-<partition-id>`` in simulation (``client-id`` in the node
-config on a real node); everything else it needs — settings, its shard, its accountant and
-signing key — it reads from the run directory named in the message, so any Ray actor can serve
-any client in any round. Replies carry a ``reply`` ConfigRecord: client id, status
-(``trained``/``declined``), the reason for declining, and the signed privacy report.
+Every message carries the run's settings (``settings``, JSON); the client's node-local inputs —
+its clips, key, accountant, signing key and HE secret — come from ``veilfed.clients.inputs``
+(the node config on a real node, the run directory in simulation), so any Ray actor can serve any
+client in any round and a real node never needs the coordinator's files. Replies carry a
+``reply`` ConfigRecord: client id, status (``trained``/``declined``), the reason for declining,
+and the signed privacy report; a query reply also says what the coordinator checks before the
+first round (shard size, report signing key, HE key id).
 """
 
 from __future__ import annotations
@@ -16,24 +18,21 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
+from veilfed.clients.inputs import ClientInputs, client_inputs
+from veilfed.coordinator.server_app import (
+    REPLY_KEY,
+    SETTINGS_KEY,
+    STATUS_DECLINED,
+    STATUS_TRAINED,
+)
 from veilfed.coordinator.settings import SimSettings
 from veilfed.coordinator.strategies import UNIT_WEIGHT_KEY, WEIGHT_KEY
-from veilfed.data.partition import client_name
 
 app = ClientApp()
 
 
-def client_id(context: Context) -> str:
-    """``client-id`` from a real node's config, else derived from the simulation partition."""
-    cfg = context.node_config
-    if "client-id" in cfg:
-        return str(cfg["client-id"])
-    return client_name(int(cfg["partition-id"]))
-
-
 def _settings(msg: Message) -> SimSettings:
-    return SimSettings.load(str(msg.content["config"]["run-dir"]))
+    return SimSettings.from_json(str(msg.content["config"][SETTINGS_KEY]), "message settings")
 
 
 def injected_failure(seed: int, cid: str, rnd: int, rate: float) -> bool:
@@ -50,7 +49,31 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    reply = ConfigRecord({"client-id": client_id(context)})
+    """Who this client is, and what the coordinator checks before round 1.
+
+    ``clips`` and ``train-examples`` (a shard needs a held-out part, δ must stay below 1/n, and
+    under HE the round's total weight must fit the keys) are public anyway: FedAvg weights by
+    them. ``signing-key`` is the public half of the
+    report signing key; ``he-key-id`` names the HE keys the node encrypts with.
+    """
+    from veilfed.clients.trainer import split_shard
+
+    settings = _settings(msg)
+    inputs = client_inputs(settings, context.node_config)
+    train_ids, _ = split_shard(settings, inputs)
+    reply = ConfigRecord(
+        {
+            "client-id": inputs.client_id,
+            "clips": len(inputs.clip_ids),
+            "train-examples": len(train_ids),
+        }
+    )
+    if settings.privacy.enabled and settings.federated.sign_reports:
+        reply["signing-key"] = inputs.state.public_key_pem().decode()
+    if settings.he.enabled and inputs.he_secret:
+        from veilfed.clients.secure import secret_context
+
+        reply["he-key-id"] = secret_context(inputs.he_secret).key_id
     return Message(RecordDict({REPLY_KEY: reply}), reply_to=msg)
 
 
@@ -59,7 +82,8 @@ def train(msg: Message, context: Context) -> Message:
     from veilfed.clients.trainer import train_round
 
     settings = _settings(msg)
-    cid = client_id(context)
+    inputs = client_inputs(settings, context.node_config)
+    cid = inputs.client_id
     config = msg.content["config"]
     rnd = int(config["server-round"])
     if injected_failure(settings.seed, cid, rnd, settings.federated.failure_rate):
@@ -67,11 +91,11 @@ def train(msg: Message, context: Context) -> Message:
     if settings.he.enabled:
         from veilfed.clients.secure import global_model
 
-        arrays, _ = global_model(settings, msg)
+        arrays, _ = global_model(settings, inputs.he_secret, msg)
     else:
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
     result = train_round(
-        settings, cid, rnd, arrays, proximal_mu=float(config.get("proximal-mu", 0.0))
+        settings, inputs, rnd, arrays, proximal_mu=float(config.get("proximal-mu", 0.0))
     )
     info = ConfigRecord({"client-id": cid})
     if result.declined is not None:
@@ -82,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     if result.report is not None:
         info["report"] = result.report
     if settings.he.enabled:
-        return _encrypted_reply(msg, settings, arrays, result, info)
+        return _encrypted_reply(msg, settings, inputs, arrays, result, info)
     metrics = MetricRecord(
         {WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss}
     )
@@ -93,6 +117,7 @@ def train(msg: Message, context: Context) -> Message:
 def _encrypted_reply(
     msg: Message,
     settings: SimSettings,
+    inputs: ClientInputs,
     start: dict[str, np.ndarray],
     result: Any,
     info: ConfigRecord,
@@ -102,20 +127,23 @@ def _encrypted_reply(
     The sample count travels only inside the ciphertext, so the loss is reported with unit
     weight. If the client's own checks (finite, HE bounds, norm bound) fail, it withholds the
     update but still sends its signed privacy report: the ε was spent and the report chain must
-    not have a gap. Shadow mode (test runs) adds the plaintext weights and count for
-    ``he/max_abs_error``; they are never aggregated.
+    not have a gap. Shadow mode (simulated test runs) adds the plaintext weights and count for
+    ``he/max_abs_error``; they are never aggregated, and a real node never sends them, whatever
+    the settings it receives say.
     """
     from veilfed.clients.secure import SHADOW_WEIGHT, UPDATE_RECORD, encrypt_weights
     from veilfed.errors import CheckFailed
 
     metrics = MetricRecord({WEIGHT_KEY: 1, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss})
     try:
-        update = encrypt_weights(settings, result.arrays, start, result.num_examples)
+        update = encrypt_weights(
+            settings, inputs.he_secret, result.arrays, start, result.num_examples
+        )
         he = ConfigRecord({"update": update.to_bytes()})
     except CheckFailed as exc:
         he = ConfigRecord({"withheld": str(exc)})
     content = RecordDict({"metrics": metrics, REPLY_KEY: info, UPDATE_RECORD: he})
-    if settings.he.shadow:
+    if settings.he.shadow and inputs.simulated:
         content["arrays"] = _record(result.arrays)
         metrics[SHADOW_WEIGHT] = result.num_examples
     return Message(content, reply_to=msg)
@@ -126,15 +154,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     from veilfed.clients.trainer import evaluate_round
 
     settings = _settings(msg)
-    cid = client_id(context)
+    inputs = client_inputs(settings, context.node_config)
     decrypted = None
     if settings.he.enabled:
         from veilfed.clients.secure import SHADOW_RECORD, global_model
 
-        arrays, decrypted = global_model(settings, msg)
+        arrays, decrypted = global_model(settings, inputs.he_secret, msg)
     else:
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-    num_examples, metrics = evaluate_round(settings, cid, arrays)
+    num_examples, metrics = evaluate_round(settings, inputs, arrays)
     record = MetricRecord({WEIGHT_KEY: num_examples})
     if decrypted is not None:
         record["he/decrypt_ms"] = decrypted.decrypt_ms
@@ -145,5 +173,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     for task, values in metrics.items():
         for metric, value in values.items():
             record[f"eval/{task}/{metric}"] = float(value)
-    info = ConfigRecord({"client-id": cid})
+    info = ConfigRecord({"client-id": inputs.client_id})
     return Message(RecordDict({"metrics": record, REPLY_KEY: info}), reply_to=msg)

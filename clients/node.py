@@ -1,11 +1,15 @@
-"""Node-local state of one client: its accountant history and signing key, under the run.
+"""Node-local state of one client: its accountant history and report signing key.
 
-A virtual client is a fresh ClientApp call on whatever Ray actor is free, so nothing may live in
-memory between rounds. Everything lives in ``<run_dir>/clients/<client_id>/``:
+A virtual client is a fresh ClientApp call on whatever Ray actor is free, and a real node's
+ClientApp may be restarted at any time, so nothing may live in memory between rounds. Everything
+lives in one directory: ``<run_dir>/clients/<client_id>/`` in simulation, the node's own
+``--state`` directory (``<state>/client``) on a real node:
 
 ``accountant/r<round>.json``  the accountant's state after each round the client trained;
-``signing.key`` (+ ``.pub``)   its Ed25519 key for privacy reports (public half registered with
-                                the coordinator's ``KeyRegistry`` when the run is provisioned).
+``signing.key`` (+ ``.pub``)   its Ed25519 key for privacy reports. In simulation the run setup
+                                creates and registers it (``provision``); a real node creates it
+                                on first use and offers the public half when the coordinator asks
+                                which client it is; the coordinator pins it for the run.
 
 Keeping one accountant snapshot per round (instead of overwriting one file) makes a re-run of an
 unfinished round idempotent: the client starts from its state *before* that round. Because the
@@ -34,11 +38,16 @@ _SNAPSHOT = re.compile(r"^r(\d{6})\.json$")
 
 
 class NodeState:
-    """The persisted state of ``client_id`` within one run directory."""
+    """The persisted state of ``client_id`` in ``directory``."""
 
-    def __init__(self, run_dir: str | Path, client_id: str) -> None:
+    def __init__(self, directory: str | Path, client_id: str) -> None:
         self.client_id = check_client_id(client_id)
-        self.dir = Path(run_dir) / "clients" / client_id
+        self.dir = Path(directory)
+
+    @classmethod
+    def in_run(cls, run_dir: str | Path, client_id: str) -> NodeState:
+        """A virtual client's state inside the simulation's run directory."""
+        return cls(Path(run_dir) / "clients" / client_id, client_id)
 
     @property
     def key_path(self) -> Path:
@@ -83,16 +92,22 @@ class NodeState:
     def signing_key(self):  # type: ignore[no-untyped-def]
         return load_signing_key(self.key_path)
 
+    def public_key_pem(self) -> bytes:
+        """The public half of the signing key, created on first use (a real node's first run)."""
+        if not self.key_path.exists():
+            generate_signing_key(self.key_path)
+        return public_key_path(self.key_path).read_bytes()
+
 
 def provision(run_dir: str | Path, client_ids: list[str]) -> KeyRegistry:
     """Give every client a signing key and register the public halves with the coordinator.
 
-    In a real deployment each node generates its key and the operator registers the public key
-    out of band; in simulation the run setup plays both parts.
+    On a real node the node creates its own key and the coordinator pins the public half it
+    offers at discovery (``Coordinator._admit``); in simulation the run setup plays both parts.
     """
     registry = KeyRegistry(Path(run_dir) / "keys")
     for cid in client_ids:
-        node = NodeState(run_dir, cid)
+        node = NodeState.in_run(run_dir, cid)
         if not node.key_path.exists():
             generate_signing_key(node.key_path)
         registry.register(cid, public_key_path(node.key_path))

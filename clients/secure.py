@@ -28,6 +28,7 @@ from veilfed.crypto.he import (
     load_context,
     unflatten,
 )
+from veilfed.errors import UsageError
 
 GLOBAL_KEY = "he-global"  # config entry (bytes): the encrypted aggregate of the last round
 UPDATE_RECORD = "he"  # reply ConfigRecord: "update" (bytes) or "withheld" (reason)
@@ -36,23 +37,32 @@ SHADOW_WEIGHT = "he/shadow-weight"  # reply metric (test runs): the client's sam
 
 
 @functools.lru_cache(maxsize=4)
-def secret_context(path: str) -> HEContext:
-    """The clients' secret context; cached per Ray actor (loading costs ~10 ms)."""
+def _secret(path: str) -> HEContext:
     return load_context(path, require_secret=True)
 
 
+def secret_context(path: str) -> HEContext:
+    """The clients' secret context; cached per process (loading costs ~10 ms)."""
+    if not path:
+        raise UsageError(
+            "this run uses HE secure aggregation but the node has no HE context; start it with "
+            "`veilfed node start ... --he-context secret.ctx` (from `veilfed he keygen`)"
+        )
+    return _secret(path)
+
+
 @functools.lru_cache(maxsize=4)
-def _layout(run_dir: str) -> tuple[tuple[str, ...], tuple[ArraySpec, ...]]:
+def _layout(settings_json: str) -> tuple[tuple[str, ...], tuple[ArraySpec, ...]]:
     from veilfed.clients.trainer import initial_arrays
 
-    arrays = initial_arrays(SimSettings.load(run_dir))
+    arrays = initial_arrays(SimSettings.from_json(settings_json))
     _, specs = flatten(list(arrays.values()))
     return tuple(arrays), tuple(specs)
 
 
 def layout(settings: SimSettings) -> tuple[tuple[str, ...], tuple[ArraySpec, ...]]:
     """Tensor names (state-dict order) and specs of the model every flat vector follows."""
-    return _layout(settings.run_dir)
+    return _layout(settings.to_json())
 
 
 def to_flat(settings: SimSettings, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -61,7 +71,7 @@ def to_flat(settings: SimSettings, arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def global_model(
-    settings: SimSettings, message: Any
+    settings: SimSettings, secret_path: str, message: Any
 ) -> tuple[dict[str, np.ndarray], Decrypted | None]:
     """The global model a train/evaluate message stands for, and the decryption (None: round 1).
 
@@ -71,13 +81,14 @@ def global_model(
     blob = message.content["config"].get(GLOBAL_KEY)
     if blob is None:
         return {k: a.numpy() for k, a in message.content["arrays"].items()}, None
-    result = decrypt_average(secret_context(settings.he.secret_path), bytes(blob))
+    result = decrypt_average(secret_context(secret_path), bytes(blob))
     names, specs = layout(settings)
     return dict(zip(names, unflatten(result.average, specs), strict=True)), result
 
 
 def encrypt_weights(
     settings: SimSettings,
+    secret_path: str,
     new: dict[str, np.ndarray],
     start: dict[str, np.ndarray],
     weight: int,
@@ -88,7 +99,7 @@ def encrypt_weights(
     """
     bound = settings.federated.norm_bound
     return encrypt_update(
-        secret_context(settings.he.secret_path),
+        secret_context(secret_path),
         to_flat(settings, new),
         weight,
         max_l2=bound if bound > 0 else None,

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from veilfed.clients.node import NodeState
-from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
-from veilfed.errors import UsageError
+from veilfed.clients.inputs import ClientInputs
+from veilfed.coordinator.settings import SimSettings
 
 
 @dataclass(frozen=True)
@@ -69,23 +68,18 @@ def _store(path: str, key_file: str) -> Any:
     return EncryptedStore.open(path, read_key_file(key_file))
 
 
-@functools.lru_cache(maxsize=4)
-def _shards(run_dir: str) -> dict[str, list[str]]:
-    return load_shards(run_dir)
-
-
-def split_shard(settings: SimSettings, cid: str) -> tuple[list[str], list[str]]:
+def split_shard(settings: SimSettings, inputs: ClientInputs) -> tuple[list[str], list[str]]:
     """(train ids, held-out ids) of a client's shard; the split is fixed per (seed, client)."""
-    ids = _shards(settings.run_dir).get(cid)
-    if not ids:
-        raise UsageError(f"client {cid}: no shard in {settings.run_dir}/shards.json")
-    rng = np.random.default_rng([settings.seed, zlib.crc32(cid.encode())])
+    ids = list(inputs.clip_ids)
+    rng = np.random.default_rng([settings.seed, zlib.crc32(inputs.client_id.encode())])
     order = [ids[i] for i in rng.permutation(len(ids))]
     n_eval = min(len(ids) - 1, max(1, round(settings.federated.holdout * len(ids))))
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def _dataset(settings: SimSettings, ids: list[str], cid: str, train: bool = False) -> Any:
+def _dataset(
+    settings: SimSettings, inputs: ClientInputs, ids: list[str], train: bool = False
+) -> Any:
     """The client's clips, without the modalities its partition lacks; the config's
     augmentations apply to its training split only."""
     from veilfed.augment import build_augmentations
@@ -95,11 +89,11 @@ def _dataset(settings: SimSettings, ids: list[str], cid: str, train: bool = Fals
     world = exp.world.world_config()
     specs = exp.train.augmentations if train else []
     return ClipDataset(
-        _store(settings.store, settings.key_file),
+        _store(inputs.store, inputs.key_file),
         world,
         ids=ids,
         augment=build_augmentations(specs) if specs else None,
-        drop_modalities=load_missing(settings.run_dir).get(cid, ()),
+        drop_modalities=inputs.missing,
     )
 
 
@@ -195,7 +189,7 @@ def _freeze_unused(settings: SimSettings, model: torch.nn.Module, dataset: Any) 
 
 def train_round(
     settings: SimSettings,
-    cid: str,
+    inputs: ClientInputs,
     rnd: int,
     arrays: dict[str, np.ndarray],
     proximal_mu: float = 0.0,
@@ -205,13 +199,13 @@ def train_round(
     from veilfed.privacy.reports import record_round, sign
 
     _threads()
-    torch.manual_seed(_seed(settings, cid, rnd))
+    torch.manual_seed(_seed(settings, inputs.client_id, rnd))
     exp = experiment(settings)
     p = settings.privacy
-    train_ids, _ = split_shard(settings, cid)
+    train_ids, _ = split_shard(settings, inputs)
     batch_size = min(exp.train.batch_size, len(train_ids))
     plan = plan_round(len(train_ids), batch_size, settings.federated.local_epochs)
-    node = NodeState(settings.run_dir, cid)
+    node = inputs.state
     acc = None
     sigma = 0.0
     if p.enabled:
@@ -224,7 +218,7 @@ def train_round(
 
     model = _model(settings, arrays)
     model.train()
-    dataset = _dataset(settings, train_ids, cid, train=True)
+    dataset = _dataset(settings, inputs, train_ids, train=True)
     _freeze_unused(settings, model, dataset)
     anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
     params = [q for q in model.parameters() if q.requires_grad]
@@ -326,19 +320,19 @@ def _batch_size(batch: Any) -> int:
 
 
 def evaluate_round(
-    settings: SimSettings, cid: str, arrays: dict[str, np.ndarray]
+    settings: SimSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """Per-task metrics of the global model on the client's held-out split."""
     from veilfed.data.dataset import collate
     from veilfed.model import evaluate
 
     _threads()
-    _, eval_ids = split_shard(settings, cid)
+    _, eval_ids = split_shard(settings, inputs)
     model = _model(settings, arrays)
     model.eval()
     exp = experiment(settings)
     loader = DataLoader(
-        _dataset(settings, eval_ids, cid), batch_size=exp.train.batch_size, collate_fn=collate
+        _dataset(settings, inputs, eval_ids), batch_size=exp.train.batch_size, collate_fn=collate
     )
     with torch.no_grad():
         metrics = evaluate(model, loader)

@@ -105,6 +105,60 @@ def make_shards(
     return shards, {p.client_id: list(p.missing) for p in parts if p.missing}
 
 
+def _resolve(
+    config: Path,
+    overrides: dict[str, Any],
+    epsilon: float | None,
+    delta: float | None,
+    he: bool,
+):  # type: ignore[no-untyped-def]
+    """The experiment config with overrides: (cfg, raw TOML, [federated], client DP, [he])."""
+    import tomllib
+
+    from veilfed.config import load_config
+    from veilfed.coordinator.settings import FederatedConfig, HEConfig
+
+    cfg = load_config(config)
+    raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    raw.setdefault("name", config.stem)
+    fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
+    raw["federated"] = {**cfg.federated, **overrides}
+    privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
+    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
+    if he:
+        he_cfg = dataclasses.replace(he_cfg, enabled=True)
+    he_cfg.check_compatible(fed, f"{config}: [federated]")
+    return cfg, raw, fed, privacy, he_cfg
+
+
+def _run_params(
+    config: Path, cfg: Any, fed: Any, privacy: Any, he_cfg: Any, he_params: Any, store: str
+) -> dict[str, Any]:
+    """The MLflow params of a run."""
+    return {
+        "config": str(config),
+        "model": {"encoders": cfg.model.encoders, "dim": cfg.model.dim},
+        "fusion": cfg.model.fusion,
+        "tasks": ",".join(cfg.model.tasks),
+        "dp": {
+            "epsilon": privacy.epsilon,
+            "delta": privacy.delta,
+            "noise_multiplier": privacy.noise_multiplier,
+            "max_grad_norm": privacy.max_grad_norm,
+            "budget": privacy.epsilon_budget,
+            "accountant": privacy.accountant,
+        },
+        "strategy": fed.strategy,
+        "federated": {k: v for k, v in vars(fed).items() if k != "strategy"},
+        "partitioning": f"{fed.partition}(alpha={fed.alpha})",
+        "store": store,
+        "seed": cfg.train.seed,
+        "train": {"batch_size": cfg.train.batch_size, "lr": cfg.train.lr},
+        "he": {"enabled": he_cfg.enabled, "shadow": he_cfg.shadow}
+        | (he_params.to_dict() if he_params is not None else {}),
+    }
+
+
 def prepare(
     config: Path,
     overrides: dict[str, Any],
@@ -117,25 +171,13 @@ def prepare(
     he_dir: Path | None = None,
 ):  # type: ignore[no-untyped-def]
     """Validate everything, then open the MLflow run and lay out the run directory."""
-    import tomllib
-
     from veilfed.clients.node import provision
-    from veilfed.config import load_config
-    from veilfed.coordinator.settings import FederatedConfig, HEConfig, SimSettings, save_shards
+    from veilfed.coordinator.settings import SimSettings, save_shards
     from veilfed.tracking import start_run, tracking_uri
 
-    cfg = load_config(config)
-    raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    raw.setdefault("name", config.stem)
-    fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
-    raw["federated"] = {**cfg.federated, **overrides}
-    privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
-    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
-    if he:
-        he_cfg = dataclasses.replace(he_cfg, enabled=True)
+    cfg, raw, fed, privacy, he_cfg = _resolve(config, overrides, epsilon, delta, he)
     if he_dir is not None and not he_cfg.enabled:
         raise UsageError("--he-dir needs --he (or [he] enabled = true)")
-    he_cfg.check_compatible(fed, f"{config}: [federated]")
     if (store is None) != (key_file is None):
         raise UsageError("--store and --key-file go together (or give neither to synthesize)")
     if store is None:
@@ -154,28 +196,7 @@ def prepare(
         he_params = resolve_he(he_cfg, he_dir, shards, fed.holdout)
 
     experiment = cfg.tracking.experiment or cfg.name
-    params = {
-        "config": str(config),
-        "model": {"encoders": cfg.model.encoders, "dim": cfg.model.dim},
-        "fusion": cfg.model.fusion,
-        "tasks": ",".join(cfg.model.tasks),
-        "dp": {
-            "epsilon": privacy.epsilon,
-            "delta": privacy.delta,
-            "noise_multiplier": privacy.noise_multiplier,
-            "max_grad_norm": privacy.max_grad_norm,
-            "budget": privacy.epsilon_budget,
-            "accountant": privacy.accountant,
-        },
-        "strategy": fed.strategy,
-        "federated": {k: v for k, v in vars(fed).items() if k != "strategy"},
-        "partitioning": f"{fed.partition}(alpha={fed.alpha})",
-        "store": str(store),
-        "seed": seed,
-        "train": {"batch_size": cfg.train.batch_size, "lr": cfg.train.lr},
-        "he": {"enabled": he_cfg.enabled, "shadow": he_cfg.shadow}
-        | (he_params.to_dict() if he_params is not None else {}),
-    }
+    params = _run_params(config, cfg, fed, privacy, he_cfg, he_params, str(store))
     tracker = start_run(experiment, params, tags={"veilfed.kind": "simulation"})
     with tracker.failing_on_error():
         run_dir = (runs_dir / tracker.run_id).resolve()
@@ -198,6 +219,63 @@ def prepare(
         save_shards(run_dir, shards, lacking)
         if privacy.enabled and fed.sign_reports:
             provision(run_dir, sorted(shards))
+        settings.save()
+    return settings, tracker
+
+
+def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Path | None):  # type: ignore[no-untyped-def]
+    """A run on real nodes: the coordinator holds no data, no client keys and no HE secret.
+
+    Each node brings its own shard (imported from its bundle), its own report signing key and
+    the clients' secret HE context; what must be checked about them is checked when they answer
+    discovery (``Coordinator._admit``). ``he_public`` is the public context from
+    ``veilfed he keygen``: giving it turns HE on, and a config with ``[he] enabled`` needs it.
+    """
+    from veilfed.coordinator.settings import SimSettings
+    from veilfed.tracking import start_run, tracking_uri
+
+    cfg, raw, fed, privacy, he_cfg = _resolve(
+        config, {"clients": clients}, None, None, he_public is not None
+    )
+    privacy.validate(1, "privacy")  # δ against each client's n: at discovery
+    he_params = None
+    if he_cfg.enabled:
+        from veilfed.crypto.he import load_context
+
+        if he_public is None:
+            raise UsageError(
+                f"{config}: [he] enabled needs the public HE context: `veilfed coordinator start "
+                "--he-context public.ctx` (from `veilfed he keygen`; the nodes get secret.ctx)"
+            )
+        he_params = load_context(he_public, require_secret=False).params
+        if he_cfg.shadow:
+            import logging
+
+            logging.getLogger("veilfed.coordinator").warning(
+                "%s: [he] shadow is for simulations only; off on real nodes (they never send "
+                "plaintext weights)",
+                config,
+            )
+        he_cfg = dataclasses.replace(he_cfg, shadow=False, public_path=str(he_public.resolve()))
+    experiment = cfg.tracking.experiment or cfg.name
+    params = _run_params(config, cfg, fed, privacy, he_cfg, he_params, "client nodes")
+    tracker = start_run(experiment, params, tags={"veilfed.kind": "deployment"})
+    with tracker.failing_on_error():
+        run_dir = (runs_dir / tracker.run_id).resolve()
+        run_dir.mkdir(parents=True, exist_ok=False)
+        settings = SimSettings(
+            run_id=tracker.run_id,
+            run_dir=str(run_dir),
+            experiment=experiment,
+            config=raw,
+            store="",
+            key_file="",
+            seed=cfg.train.seed,
+            federated=fed,
+            privacy=privacy,
+            tracking_uri=tracking_uri(),
+            he=he_cfg,
+        )
         settings.save()
     return settings, tracker
 
@@ -299,7 +377,6 @@ def run_engine(settings: Any, tracker: Any, ray_address: str | None) -> None:
 
 def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
     """``flwr run .``: the same run, prepared from [tool.flwr.app.config] inside the ServerApp."""
-    from veilfed.coordinator.server_app import Coordinator
 
     def opt(key: str) -> Any:
         value = run_config.get(key)
@@ -318,6 +395,13 @@ def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
         he=bool(opt("he")),
         he_dir=Path(str(he_dir)) if he_dir else None,
     )
+    run_on_grid(grid, settings, tracker)
+
+
+def run_on_grid(grid: Any, settings: Any, tracker: Any) -> None:
+    """The coordinator's rounds on a Flower grid (inside a ServerApp), then summary and report."""
+    from veilfed.coordinator.server_app import Coordinator
+
     start = time.perf_counter()
     with tracker.failing_on_error():
         Coordinator(grid, settings, tracker).run()

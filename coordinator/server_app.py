@@ -47,6 +47,7 @@ from veilfed.io import write_text_atomic
 log = logging.getLogger("veilfed.coordinator")
 
 REPLY_KEY = "reply"  # ConfigRecord every client reply carries (client id, status, report)
+SETTINGS_KEY = "settings"  # config entry of every message: the run's SimSettings as JSON
 STATUS_TRAINED = "trained"
 STATUS_DECLINED = "declined"
 
@@ -102,8 +103,13 @@ def sample_clients(seed: int, rnd: int, eligible: list[str], k: int) -> list[str
     return sorted(pool[int(i)] for i in picks)
 
 
-def discover(grid: Grid, run_dir: str, expected: int, timeout: float) -> dict[str, int]:
-    """Wait for ``expected`` nodes, then ask each which client it is (node ids are random)."""
+def discover(
+    grid: Grid, settings_json: str, expected: int, timeout: float
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Wait for ``expected`` nodes, then ask each which client it is (node ids are random).
+
+    Client id -> (node id, the client's query reply); two nodes claiming one client is an error.
+    """
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -113,19 +119,26 @@ def discover(grid: Grid, run_dir: str, expected: int, timeout: float) -> dict[st
         time.sleep(0.2)
     msgs = [
         Message(
-            content=RecordDict({"config": ConfigRecord({"run-dir": run_dir})}),
+            content=RecordDict({"config": ConfigRecord({SETTINGS_KEY: settings_json})}),
             message_type=MessageType.QUERY,
             dst_node_id=nid,
         )
         for nid in node_ids
     ]
-    mapping: dict[str, int] = {}
+    found: dict[str, tuple[int, dict[str, Any]]] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            raise UsageError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-        cid = str(reply.content[REPLY_KEY]["client-id"])
-        mapping[cid] = reply.metadata.src_node_id
-    return mapping
+            raise UsageError(f"node {node}: {reply.error.reason}")
+        info = _reply_info(reply)
+        cid = str(info.get("client-id"))
+        if cid in found:
+            raise UsageError(
+                f"nodes {found[cid][0]} and {node} both hold client {cid}'s shard; give each "
+                "node its own bundle (`veilfed data export --client ...`)"
+            )
+        found[cid] = (node, info)
+    return found
 
 
 def _reply_info(reply: Message) -> dict[str, Any]:
@@ -157,6 +170,7 @@ class Coordinator:
         self.fed = settings.federated
         self.tracker = tracker
         self.run_dir = Path(settings.run_dir)
+        self.settings_json = settings.to_json()
         self.keys = KeyRegistry(self.run_dir / "keys")
         self.strategy = build_strategy(
             self.fed.strategy,
@@ -304,7 +318,7 @@ class Coordinator:
 
     def _global_message(self) -> tuple[ArrayRecord, ConfigRecord]:
         """The global model for train/evaluate messages: the encrypted aggregate under HE."""
-        config = ConfigRecord({"run-dir": str(self.run_dir)})
+        config = ConfigRecord({SETTINGS_KEY: self.settings_json})
         if self.he_global is not None:
             from veilfed.clients.secure import GLOBAL_KEY
 
@@ -465,11 +479,56 @@ class Coordinator:
         rlog.aggregated = False
         rlog.he["he/discarded"] = 1.0
 
+    def _admit(self, found: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, int]:
+        """Check every client before round 1; client id -> node id.
+
+        What only the nodes know is checked here, naming the client: its shard has a held-out
+        part and δ < 1/n for its n training examples; its report signing key (registered on
+        first contact, then pinned for the run: a node that comes back with another key is
+        refused); under HE it encrypts with the keys whose public context this coordinator
+        holds, and the round's total weight fits them.
+        """
+        train: dict[str, int] = {}
+        for cid, (_, info) in sorted(found.items()):
+            clips, n = int(info.get("clips", 0)), int(info.get("train-examples", 0))
+            if clips < 2:
+                raise UsageError(
+                    f"client {cid}: shard has {clips} clip(s); each client needs >= 2 (train + "
+                    "held-out); export it a bigger bundle"
+                )
+            train[cid] = n
+            if self.s.privacy.enabled:
+                try:
+                    self.s.privacy.validate(n, f"client {cid}: privacy")
+                except UsageError as exc:
+                    raise UsageError(f"{exc}; lower [privacy] delta in the config") from None
+            if self.s.privacy.enabled and self.fed.sign_reports:
+                pem = info.get("signing-key")
+                if not isinstance(pem, str):
+                    raise UsageError(f"client {cid}: offered no report signing key")
+                self.keys.register(cid, pem.encode())
+            if self.he_ctx is not None and info.get("he-key-id") != self.he_ctx.key_id:
+                theirs = info.get("he-key-id")
+                raise UsageError(
+                    f"client {cid}: "
+                    + (f"encrypts with HE keys {theirs}" if theirs else "has no HE context")
+                    + f", this coordinator's public context is {self.he_ctx.key_id}; start the "
+                    "node with --he-context set to the secret.ctx of the same `veilfed he keygen`"
+                )
+        if self.he_ctx is not None and sum(train.values()) > self.he_ctx.params.max_total_weight:
+            raise UsageError(
+                f"HE keys sum at most {self.he_ctx.params.max_total_weight} examples a round, the "
+                f"clients hold {sum(train.values())}; regenerate them with a larger "
+                "--max-total-weight"
+            )
+        return {cid: node for cid, (node, _) in found.items()}
+
     def run(self) -> None:
-        node_of = discover(self.grid, str(self.run_dir), self.fed.clients, self.fed.round_timeout_s)
-        missing = self.fed.clients - len(node_of)
+        found = discover(self.grid, self.settings_json, self.fed.clients, self.fed.round_timeout_s)
+        missing = self.fed.clients - len(found)
         if missing:
             raise UsageError(f"{missing} of {self.fed.clients} clients did not answer discovery")
+        node_of = self._admit(found)
         for rnd in range(self.round + 1, self.fed.rounds + 1):
             if all(c in self.exhausted for c in node_of):
                 log.warning("round %d: every client has spent its budget; stopping", rnd)

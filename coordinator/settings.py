@@ -1,8 +1,9 @@
 """The ``[federated]`` config section and the resolved settings one simulation runs with.
 
 ``SimSettings`` is written once to ``runs/<run_id>/settings.json`` by whoever starts the run
-(``veilfed simulate`` or the ServerApp under ``flwr run``); coordinator and every virtual client
-read that file, so a resumed run continues with exactly the settings it started with.
+(``veilfed simulate``, the ServerApp under ``flwr run`` or ``veilfed coordinator start``), so a
+resumed run continues with exactly the settings it started with; the coordinator sends them to
+the clients in every message (``SETTINGS_KEY``), so a real node needs none of its files.
 """
 
 from __future__ import annotations
@@ -236,23 +237,34 @@ class SimSettings:
     extra: dict[str, Any] = field(default_factory=dict)
     he: HEConfig = field(default_factory=HEConfig)
 
+    def to_json(self) -> str:
+        """The settings as JSON: saved with the run and sent in every message to the clients."""
+        return json.dumps(asdict(self), indent=1, sort_keys=True, default=_jsonable)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "run settings") -> SimSettings:
+        try:
+            data = json.loads(text, parse_constant=_constant)
+            data["federated"] = FederatedConfig(**data["federated"])
+            data["privacy"] = ClientPrivacy(**data["privacy"])
+            data["he"] = HEConfig(**data.get("he", {}))
+            return cls(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{where}: not veilfed run settings ({exc})") from None
+
     def save(self) -> Path:
         path = Path(self.run_dir) / SETTINGS_FILE
-        data = asdict(self)
-        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=_jsonable))
+        write_text_atomic(path, self.to_json())
         return path
 
     @classmethod
     def load(cls, run_dir: str | Path) -> SimSettings:
         path = Path(run_dir) / SETTINGS_FILE
         try:
-            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_constant)
-        except (OSError, json.JSONDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
             raise UsageError(f"{path}: cannot read run settings ({exc})") from None
-        data["federated"] = FederatedConfig(**data["federated"])
-        data["privacy"] = ClientPrivacy(**data["privacy"])
-        data["he"] = HEConfig(**data.get("he", {}))
-        return cls(**data)
+        return cls.from_json(text, str(path))
 
 
 def _jsonable(value: Any) -> Any:

@@ -25,6 +25,12 @@ def start_cmd(
     ),
     config: Path = typer.Option(..., "--config", help="Experiment config (TOML)."),
     resume: str | None = typer.Option(None, "--resume", help="Continue this run (its id)."),
+    he_context: Path | None = typer.Option(
+        None,
+        "--he-context",
+        help="Public CKKS context (he keygen's public.ctx): secure aggregation on. Never the "
+        "secret one.",
+    ),
     state: Path = typer.Option(
         Path("coordinator-state"), "--state", help="SuperLink database, app and run files."
     ),
@@ -48,6 +54,7 @@ def start_cmd(
         config=config,
         state=state,
         resume=resume,
+        he_context=he_context,
         wait_nodes_s=wait_nodes,
         serve=serve,
     )

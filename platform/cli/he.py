@@ -8,10 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from veilfed.cli.common import handle_errors, print_json
+from veilfed.coordinator.settings import HEConfig
 from veilfed.crypto.he_keys import HEContext, keygen, load_context
 from veilfed.crypto.he_params import HEParams
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+# Defaults are the run's ([he] in a config): clients encrypt full weights × n_k, not deltas.
+_RUN = HEConfig()
 
 
 def _describe(ctx: HEContext) -> dict[str, Any]:
@@ -31,14 +34,14 @@ def _describe(ctx: HEContext) -> dict[str, Any]:
 def keygen_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for secret.ctx and public.ctx.")],
     max_abs_update: Annotated[
-        float, typer.Option(help="Bound on every update coordinate (clients enforce it).")
-    ] = 1.0,
+        float, typer.Option(help="Bound on every weight a client encrypts (clients enforce it).")
+    ] = _RUN.max_abs_update,
     max_total_weight: Annotated[
         int, typer.Option(help="Bound on the summed sample counts of one round.")
-    ] = 2**20,
+    ] = _RUN.max_total_weight,
     tolerance: Annotated[
-        float, typer.Option(help="Max abs error allowed on the averaged update.")
-    ] = 1e-5,
+        float, typer.Option(help="Max abs error allowed on the averaged model.")
+    ] = _RUN.tolerance,
     force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:

@@ -1,11 +1,12 @@
 """``veilfed coordinator start``: a SuperLink with TLS and node auth, then the veilfed run.
 
-Order of events: preflight (certificates current and chained to the CA, node keys readable, config
-present, port free) → ``flower-superlink`` child on one HTTPS port (Fleet, Control and Runtime
-APIs) → wait until it answers TLS → register every node public key from ``--auth-keys`` (only those
-nodes get in) → wait for the nodes to come online (bounded) → submit the veilfed Flower App with
-this run's config → stream the ServerApp log until the run finishes. SIGTERM stops the run and the
-SuperLink in order; the ServerApp checkpoints every round, so ``--resume RUN`` continues it.
+Order of events: preflight (certificates current and chained to the CA, node keys readable,
+config present, HE context public, port free) → ``flower-superlink`` child on one HTTPS port
+(Fleet, Control and Runtime APIs) → wait until it answers TLS → register every node public key
+from ``--auth-keys`` (only those nodes get in) → wait for the nodes to come online (bounded) →
+submit the veilfed Flower App with this run's config → stream the ServerApp log until the run
+finishes. SIGTERM stops the run and the SuperLink in order; the ServerApp checkpoints every round,
+so ``--resume RUN`` continues it. The coordinator never holds data, client keys or the HE secret.
 """
 
 from __future__ import annotations
@@ -45,21 +46,29 @@ class CoordinatorOptions:
     config: Path
     state: Path
     resume: str | None = None
+    he_context: Path | None = None  # the *public* CKKS context; the secret one stays with nodes
     serve: bool = False  # keep the SuperLink up after the run (a service); else exit with it
     wait_nodes_s: float = 300.0
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
 
 
-def _check_config(path: Path) -> None:
+def _check_config(path: Path, he_context: Path | None) -> None:
+    """The config parses; HE runs get the public context here (the secret one never)."""
     try:
-        tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found; check --config") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read config ({exc}); check --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc}); check --config") from None
+    he = data.get("he")
+    if isinstance(he, dict) and he.get("enabled") is True and he_context is None:
+        raise UsageError(
+            f"{path}: [he] enabled needs --he-context public.ctx (from `veilfed he keygen`; the "
+            "nodes get its secret.ctx)"
+        )
 
 
 def _check_resumable(runs_dir: Path, run_id: str) -> None:
@@ -138,6 +147,7 @@ def run_config_for(opts: CoordinatorOptions, nodes: int) -> dict[str, object]:
         "clients": nodes,
         "runs-dir": str((opts.state / "runs").absolute()),
         "resume": opts.resume or "",
+        "he-context": str(opts.he_context.absolute()) if opts.he_context else "",
     }
 
 
@@ -146,7 +156,14 @@ def start(opts: CoordinatorOptions) -> int:
     host, port = parse_address(opts.address, "--address")
     check_server_material(opts.certs)
     keys = load_node_public_keys(opts.auth_keys)
-    _check_config(opts.config)
+    _check_config(opts.config, opts.he_context)
+    if opts.he_context is not None:
+        from veilfed.crypto.he_keys import load_context
+
+        try:
+            load_context(opts.he_context, require_secret=False)
+        except UsageError as exc:
+            raise UsageError(f"--he-context {exc}") from None
     if opts.resume:
         _check_resumable(opts.state / "runs", opts.resume)
     check_port_free(host, port, "--address")

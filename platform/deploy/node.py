@@ -8,9 +8,11 @@ and its certificate verifies against our CA. Only then does ``flower-supernode``
 whose key the coordinator did not register is refused by the SuperLink at activation; that is
 reported as one line, exit 2.
 
-The ClientApp finds its node-local inputs in Flower's node config: ``client-id`` (from the bundle),
-``shard``, ``key-file``, ``state-dir`` (accountant history and report signing key survive
-restarts there) and ``he-context``.
+The checked bundle is imported into the node store ``<state>/client/store``: the same Fernet tokens
+under the client's key, so clips are decrypted only in the ClientApp's memory, clip by clip. The
+ClientApp finds its node-local inputs in Flower's node config (``veilfed.clients.inputs``):
+``client-id`` (from the bundle), ``store``, ``key-file``, ``state-dir`` (accountant history and
+report signing key survive restarts there) and ``he-context``; nothing of the coordinator's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from veilfed.crypto.certs import check_ca, load_node_private_key
 from veilfed.deploy.flower import child_env, executable
 from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
 from veilfed.deploy.process import Child, StopSignal
-from veilfed.errors import UsageError
+from veilfed.errors import UsageError, VeilfedError
 from veilfed.io import write_text_atomic
 
 log = logging.getLogger("veilfed.node")
@@ -58,18 +60,54 @@ class NodeOptions:
     stop_timeout_s: float = 15.0
 
 
-def check_shard(shard: Path, key_file: Path) -> str:
-    """The client id of the bundle, after checking the key opens every record of it."""
+def node_store(state: Path) -> Path:
+    return state / "client" / "store"
+
+
+def import_shard(shard: Path, key_file: Path, state: Path) -> str:
+    """Check the key opens every record of the bundle, then make it the node store; the client id.
+
+    The new store is built next to the old one and swapped in by renames, so a failed import
+    leaves the previous store (and the bundle, the owner's copy) as they were.
+    """
+    import shutil
+
     from veilfed.crypto.keys import read_key_file
-    from veilfed.data.bundle import read_bundle
+    from veilfed.data.bundle import import_bundle
 
     key = read_key_file(key_file)
+    target = node_store(state)
+    fresh, old = target.with_name("store.importing"), target.with_name("store.previous")
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        client, _, clips = read_bundle(shard, key)
-    except UsageError as exc:
-        raise UsageError(f"--shard/--key-file: {exc}") from None
-    log.info("shard %s opens with %s: client %s, %d clips", shard, key_file, client, len(clips))
-    return client
+        info = import_bundle(shard, fresh, key)
+    except VeilfedError as exc:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise type(exc)(f"--shard/--key-file: {exc}") from None
+    if target.exists():
+        target.rename(old)
+    fresh.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info(
+        "shard %s opens with %s: client %s, %d clips (node store %s)",
+        shard, key_file, info["client"], info["clips"], target,
+    )  # fmt: skip
+    return str(info["client"])
+
+
+def log_signing_key(state: Path, client: str) -> None:
+    """The fingerprint the coordinator will pin and auditors will see for this client."""
+    from veilfed.clients.node import NodeState
+    from veilfed.privacy.reports import key_id, load_public_key
+
+    pem = NodeState(state / "client", client).public_key_pem()
+    log.info(
+        "privacy reports of client %s are signed with key %s (%s); `veilfed audit RUN_ID` "
+        "must list the same key for %s",
+        client, key_id(load_public_key(pem)), state / "client" / "signing.key.pub", client,
+    )  # fmt: skip
 
 
 def _literal(value: str, flag: str) -> str:
@@ -82,7 +120,7 @@ def _literal(value: str, flag: str) -> str:
 def node_config(client: str, opts: NodeOptions) -> str:
     items = {
         "client-id": client,
-        "shard": str(opts.shard.absolute()),
+        "store": str(node_store(opts.state).absolute()),
         "key-file": str(opts.key_file.absolute()),
         "state-dir": str((opts.state / "client").absolute()),
     }
@@ -96,7 +134,8 @@ def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
     host, port = parse_address(opts.superlink, "--superlink")
     ca = check_ca(opts.certs)
     load_node_private_key(opts.auth_key)
-    client = check_shard(opts.shard, opts.key_file)
+    client = import_shard(opts.shard, opts.key_file, opts.state)
+    log_signing_key(opts.state, client)
     if opts.he_context is not None:
         from veilfed.crypto.he_keys import load_context
 

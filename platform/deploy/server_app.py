@@ -1,16 +1,16 @@
-"""The ServerApp ``veilfed coordinator start`` submits: veilfed's run, resumable.
+"""The ServerApp ``veilfed coordinator start`` submits: veilfed's run on real nodes, resumable.
 
-Under ``flwr run`` the ServerApp gets only the FAB's run config. A new run is prepared from it
-exactly as veilfed's own app does (``veilfed.coordinator.run.run_from_flwr_config``); with
-``resume = RUN`` the run's saved settings and last checkpoint under ``runs-dir/RUN`` are reopened
-instead, as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry over.
+Under ``flwr run`` the ServerApp gets only the FAB's run config (``config``, ``clients``,
+``runs-dir``, ``resume``, ``he-context``). A new run is prepared for real nodes
+(``veilfed.coordinator.run.prepare_deployment``: no data, client keys or HE secret here); with
+``resume = RUN`` the run's saved settings and last checkpoint under ``runs-dir/RUN`` are reopened,
+as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry over.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 from flwr.app import Context
@@ -36,17 +36,17 @@ def log_to_stream() -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from veilfed.coordinator.run import finish, print_report, reopen, run_from_flwr_config
-    from veilfed.coordinator.server_app import Coordinator
+    from veilfed.coordinator.run import prepare_deployment, reopen, run_on_grid
 
     log_to_stream()
     cfg = dict(context.run_config)
+    runs_dir = Path(str(cfg["runs-dir"]))
     resume = str(cfg.get("resume") or "")
-    if not resume:
-        run_from_flwr_config(grid, cfg)
-        return
-    settings, tracker = reopen(Path(str(cfg["runs-dir"])), resume)
-    start = time.perf_counter()
-    with tracker.failing_on_error():
-        Coordinator(grid, settings, tracker).run()
-        print_report(finish(settings, tracker, time.perf_counter() - start))
+    if resume:
+        settings, tracker = reopen(runs_dir, resume)
+    else:
+        he = str(cfg.get("he-context") or "")
+        settings, tracker = prepare_deployment(
+            Path(str(cfg["config"])), int(cfg["clients"]), runs_dir, Path(he) if he else None
+        )
+    run_on_grid(grid, settings, tracker)

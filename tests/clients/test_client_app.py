@@ -10,7 +10,8 @@ import pytest
 from fedtest import make_run, write_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from veilfed.clients.client_app import app, client_id, injected_failure
+from veilfed.clients.client_app import app, injected_failure
+from veilfed.clients.inputs import client_inputs
 from veilfed.clients.node import NodeState
 from veilfed.clients.trainer import initial_arrays, split_shard
 from veilfed.privacy.reports import KeyRegistry, SignedReport
@@ -38,28 +39,30 @@ def _msg(settings, kind: str, rnd: int, arrays=None) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-            "config": ConfigRecord({"run-dir": settings.run_dir, "server-round": rnd}),
+            "config": ConfigRecord({"settings": settings.to_json(), "server-round": rnd}),
         }
     )
     return Message(content, message_type=kind, dst_node_id=100)
 
 
-def test_client_identity_and_query(run):
-    assert client_id(_ctx(2)) == "client-0002"
-    real = Context(
-        run_id=1,
-        node_id=5,
-        state=RecordDict(),
-        run_config={},
-        node_config={"client-id": "hospital-a"},
-    )
-    assert client_id(real) == "hospital-a"
+def _split(settings, pid: int):  # type: ignore[no-untyped-def]
+    return split_shard(settings, client_inputs(settings, {"partition-id": pid}))
+
+
+def test_query_names_the_client_its_shard_and_signing_key(run):
     q = Message(
-        RecordDict({"config": ConfigRecord({"run-dir": run.run_dir})}),
+        RecordDict({"config": ConfigRecord({"settings": run.to_json()})}),
         message_type="query",
         dst_node_id=101,
     )
-    assert app(q, _ctx(1)).content["reply"]["client-id"] == "client-0001"
+    info = app(q, _ctx(1)).content["reply"]
+    train_ids, eval_ids = _split(run, 1)
+    assert info["client-id"] == "client-0001"
+    assert info["clips"] == len(train_ids) + len(eval_ids) and info["train-examples"] == len(
+        train_ids
+    )
+    registered = KeyRegistry(f"{run.run_dir}/keys").path("client-0001").read_text()
+    assert info["signing-key"] == registered  # the key provisioned for the simulation
 
 
 def test_train_reply_is_signed_cumulative_and_idempotent(run):
@@ -70,7 +73,7 @@ def test_train_reply_is_signed_cumulative_and_idempotent(run):
     report = KeyRegistry(f"{run.run_dir}/keys").verify(signed, "client-0000")
     assert report.round == 1 and report.steps_total == report.steps_round > 0
     metrics = first.content["metrics"]
-    assert metrics["num-examples"] == len(split_shard(run, "client-0000")[0])
+    assert metrics["num-examples"] == len(_split(run, 0)[0])
 
     again = app(_msg(run, "train", 1), _ctx(0))  # a re-run of round 1 (resume after a kill)
     assert SignedReport.from_json(again.content["reply"]["report"]).report == report
@@ -82,7 +85,9 @@ def test_train_reply_is_signed_cumulative_and_idempotent(run):
     assert r3.prev_round == 1 and r3.prev_hash == report.digest()
     assert r3.steps_total == 2 * report.steps_total and r3.epsilon > report.epsilon
     state = json.loads(
-        (NodeState(run.run_dir, "client-0000").dir / "accountant" / "r000003.json").read_text()
+        (
+            NodeState.in_run(run.run_dir, "client-0000").dir / "accountant" / "r000003.json"
+        ).read_text()
     )
     assert sum(n for _, _, n in state["history"]) == r3.steps_total
 
@@ -99,7 +104,7 @@ def test_client_declines_when_the_next_round_would_exceed_its_budget(run):
 def test_evaluate_reports_per_task_metrics_on_held_out_clips(run):
     reply = app(_msg(run, "evaluate", 1), _ctx(2))
     metrics = reply.content["metrics"]
-    train_ids, eval_ids = split_shard(run, "client-0002")
+    train_ids, eval_ids = _split(run, 2)
     assert metrics["num-examples"] == len(eval_ids) and not set(train_ids) & set(eval_ids)
     assert {"eval/action/accuracy", "eval/moderation/f1"} <= set(metrics)
 
@@ -122,7 +127,7 @@ def test_non_private_round_has_no_accountant_or_report(tmp_path):
     reply = app(_msg(settings, "train", 1), _ctx(0))
     info = reply.content["reply"]
     assert info["status"] == "trained" and "report" not in info
-    assert not (NodeState(settings.run_dir, "client-0000").dir / "accountant").exists()
+    assert not (NodeState.in_run(settings.run_dir, "client-0000").dir / "accountant").exists()
     assert math.isfinite(reply.content["metrics"]["train/loss"])
 
 
@@ -132,8 +137,8 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
 
     from veilfed.clients.trainer import _dataset, prime_empty_batches, train_collate
 
-    train_ids, _ = split_shard(run, "client-0000")
-    dataset = _dataset(run, train_ids, "client-0000")
+    train_ids, _ = _split(run, 0)
+    dataset = _dataset(run, client_inputs(run, {"partition-id": 0}), train_ids)
     first_empty = wrap_collate_with_empty(collate_fn=train_collate)
     prime_empty_batches(first_empty, dataset)
     empty = first_empty([])  # the very first Poisson batch is empty
@@ -154,12 +159,13 @@ def test_partition_missing_modality_reaches_the_client(run):
     try:
         path.write_text(json.dumps({"client-0000": ["audio"]}))
         assert load_missing(run.run_dir) == {"client-0000": ["audio"]}
-        ids, _ = split_shard(run, "client-0000")
-        lacking = _dataset(run, ids, "client-0000")[0]
+        inputs = client_inputs(run, {"partition-id": 0})
+        ids, _ = split_shard(run, inputs)
+        lacking = _dataset(run, inputs, ids)[0]
         assert lacking["modality_mask"].tolist() == [True, False, True]
         assert not lacking["audio"].any()
-        other_ids, _ = split_shard(run, "client-0001")
-        assert _dataset(run, other_ids, "client-0001")[0]["modality_mask"][1]
+        other = client_inputs(run, {"partition-id": 1})
+        assert _dataset(run, other, split_shard(run, other)[0])[0]["modality_mask"][1]
     finally:
         if before is None:
             path.unlink()

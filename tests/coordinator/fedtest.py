@@ -72,13 +72,18 @@ def make_run(
 
 
 class LocalGrid:
-    """Grid stand-in calling the ClientApp in-process; ``tamper``/``kill_after`` inject faults."""
+    """Grid stand-in calling the ClientApp in-process; ``tamper``/``kill_after`` inject faults.
+
+    ``node_configs`` makes the nodes real ones (``veilfed node start``'s node config) instead of
+    simulation partitions.
+    """
 
     def __init__(
         self,
         num_nodes: int,
         tamper: Callable[[Message], Message] | None = None,
         kill_after: int | None = None,
+        node_configs: list[dict[str, Any]] | None = None,
     ) -> None:
         from veilfed.clients.client_app import app
 
@@ -91,7 +96,11 @@ class LocalGrid:
                 node_id=nid,
                 state=RecordDict(),
                 run_config={},
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config=(
+                    node_configs[pid]
+                    if node_configs is not None
+                    else {"partition-id": pid, "num-partitions": num_nodes}
+                ),
             )
             for pid, nid in enumerate(ids)
         }

@@ -155,3 +155,48 @@ def test_node_he_context_must_be_the_secret_one(trust: certs.CertBundle, shard, 
     args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
     code, err, _ = run([*args, "--he-context", str(tmp_path / "he" / "public.ctx")], tmp_path)
     assert "public.ctx: public HE context has no secret key" in error_line(code, err)
+
+
+def test_coordinator_refuses_the_he_secret_context(trust: certs.CertBundle, config: Path) -> None:
+    """The coordinator must never hold the HE secret key: given secret.ctx it refuses to start."""
+    res = subprocess.run(
+        [*VEILFED, "he", "keygen", "--out", str(config.parent / "he")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    args = coordinator(trust.out, config, f"127.0.0.1:{free_port()}")
+    code, err, _ = run(
+        [*args, "--he-context", str(config.parent / "he" / "secret.ctx")], config.parent
+    )
+    line = error_line(code, err)
+    assert line.startswith("error: --he-context") and "holds the HE secret key" in line
+
+
+def test_coordinator_he_config_needs_the_public_context(
+    trust: certs.CertBundle, config: Path
+) -> None:
+    config.write_text('name = "x"\n[he]\nenabled = true\n')
+    code, err, _ = run(coordinator(trust.out, config, f"127.0.0.1:{free_port()}"), config.parent)
+    line = error_line(code, err)
+    assert "[he] enabled needs --he-context public.ctx" in line
+
+
+def test_node_import_failure_keeps_the_previous_store(
+    trust: certs.CertBundle, shard, tmp_path
+) -> None:
+    """A bundle that does not open leaves the node store of the last good import in place."""
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.store import EncryptedStore
+    from veilfed.deploy.node import import_shard, node_store
+    from veilfed.errors import UsageError
+
+    bundle, key, wrong_key = shard
+    state = tmp_path / "state"
+    assert import_shard(bundle, key, state) == "client-0000"
+    assert import_shard(bundle, key, state) == "client-0000"  # a restart re-imports in place
+    with pytest.raises(UsageError, match="bundle is for client client-0000"):
+        import_shard(bundle, wrong_key, state)
+    store = EncryptedStore.open(node_store(state), read_key_file(key))
+    assert sorted(store.ids()) == ["clip-0", "clip-1"]
+    assert sorted(p.name for p in node_store(state).parent.iterdir()) == ["store"]

@@ -21,7 +21,7 @@ def _node(tmp_path: Path, **kw) -> NodeOptions:  # type: ignore[no-untyped-def]
         key_file=tmp_path / "k.key",
         certs=tmp_path,
         auth_key=tmp_path / "a.key",
-        state=tmp_path / "state",
+        state=tmp_path / "node state",
         **kw,
     )
 
@@ -31,9 +31,9 @@ def test_node_config_parses_in_flower(tmp_path: Path) -> None:
     parsed = parse_config_args([node_config("client-0002", opts)])
     assert parsed == {
         "client-id": "client-0002",
-        "shard": str(tmp_path / "my shard.vfs"),  # spaces survive
+        "store": str(tmp_path / "node state" / "client" / "store"),  # spaces survive
         "key-file": str(tmp_path / "k.key"),
-        "state-dir": str(tmp_path / "state" / "client"),
+        "state-dir": str(tmp_path / "node state" / "client"),
         "he-context": str(tmp_path / "he" / "secret.ctx"),
     }
     assert "he-context" not in parse_config_args([node_config("c", _node(tmp_path))])
@@ -41,7 +41,7 @@ def test_node_config_parses_in_flower(tmp_path: Path) -> None:
 
 def test_node_config_refuses_quotes(tmp_path: Path) -> None:
     opts = _node(tmp_path)
-    opts.shard = tmp_path / "it's.vfs"
+    opts.state = tmp_path / "it's"
     with pytest.raises(UsageError, match="quotes"):
         node_config("client-0000", opts)
 

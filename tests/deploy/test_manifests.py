@@ -3,7 +3,9 @@
 Docker has no engine here, so nothing is built or started; instead every cross-reference is
 checked: files the Dockerfiles COPY exist, images used are images built, ports line up end to
 end, secrets and config maps referenced are generated, generated secrets come from files that
-`veilfed certs new` writes, and every CLI flag in a command line is a real option.
+`veilfed certs new` or `veilfed he keygen` writes, and every CLI flag in a command line is a real
+option. CKKS secure aggregation is wired everywhere: the coordinator gets public.ctx, the nodes
+secret.ctx, and the coordinator never secret.ctx.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import pytest
 import typer
 import yaml
+from typer.testing import CliRunner
 
 from veilfed.cli.main import app
 from veilfed.crypto import certs
+from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME, load_context
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -59,6 +63,35 @@ def check_flags(args: list[str], *command: str) -> dict[str, str]:
     return found
 
 
+def readme_command(prefix: str) -> list[str]:
+    """Arguments of the one README command line (continuations joined) starting with ``prefix``."""
+    lines = README.replace("\\\n", " ").splitlines()
+    found = [line.strip().removeprefix(prefix) for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, f"README: {len(found)} `{prefix}` lines"
+    return shlex.split(found[0])
+
+
+@pytest.fixture(scope="module")
+def he_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory `veilfed he keygen` (CLI defaults, as the README runs it) writes."""
+    out = tmp_path_factory.mktemp("he")
+    result = CliRunner().invoke(app, ["he", "keygen", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {SECRET_NAME, PUBLIC_NAME}
+    return out
+
+
+def test_readme_processes_use_he() -> None:
+    keygen = re.findall(r"^veilfed he keygen --out (\S+)$", README, re.M)
+    assert keygen == ["deploy/he", "deploy/k8s/he"]  # all setups, then Kubernetes' Secrets
+    coord = check_flags(readme_command("veilfed coordinator start "), "coordinator", "start")
+    assert coord["--he-context"] == f"deploy/he/{PUBLIC_NAME}"
+    node = check_flags(readme_command("veilfed node start "), "node", "start")
+    assert node["--he-context"] == f"deploy/he/{SECRET_NAME}"
+    chown = readme_command("sudo chown -R 10001:10001 ")
+    assert {"deploy/certs", "deploy/data", "deploy/he"} <= set(chown)
+
+
 # -- Dockerfiles ---------------------------------------------------------------------------------
 
 
@@ -91,7 +124,9 @@ def test_dockerfile(role: str) -> None:
     assert entry == ["tini", "--", "veilfed", role, "start"]
     assert any(word == "USER" for word, _ in ins)
     ignore = (path.parent / f"{path.name}.dockerignore").read_text().split()
-    assert {".venv", ".git", "deploy/certs", "deploy/data"} <= set(ignore)
+    assert {".venv", ".git", "deploy/certs", "deploy/data", "deploy/he", "deploy/k8s/he"} <= set(
+        ignore
+    )
     if role == "coordinator":
         assert ("EXPOSE", str(PORT)) in ins
         cmd = json.loads(next(rest for word, rest in ins if word == "CMD"))
@@ -151,7 +186,9 @@ def test_compose_services_images_and_builds(compose: dict[str, Any]) -> None:
                 assert src in named, f"volume {src} is not declared"
 
 
-def test_compose_ports_and_commands(compose: dict[str, Any], cert_files: set[str]) -> None:
+def test_compose_ports_and_commands(
+    compose: dict[str, Any], cert_files: set[str], he_files: Path
+) -> None:
     services = compose["services"]
     coord = services["coordinator"]
     found = check_flags(coord["command"], "coordinator", "start")
@@ -163,6 +200,8 @@ def test_compose_ports_and_commands(compose: dict[str, Any], cert_files: set[str
     for name in ("ca.pem", "superlink.pem", "superlink.key"):
         assert mounts[f"{found['--certs']}/{name}"] == f"./certs/{name}"
     assert mounts[found["--auth-keys"]] == "./certs/auth-keys"
+    assert mounts[found["--he-context"]] == f"./he/{PUBLIC_NAME}"
+    assert SECRET_NAME not in json.dumps(coord), "the coordinator must never get the HE secret"
     for i in range(3):
         node = services[f"node-{i}"]
         cid = f"client-{i:04d}"
@@ -173,12 +212,16 @@ def test_compose_ports_and_commands(compose: dict[str, Any], cert_files: set[str
         assert mounts[f"{nf['--certs']}/ca.pem"] == "./certs/ca.pem"
         assert mounts[nf["--shard"]] == f"./data/{cid}.vfs"
         assert mounts[nf["--key-file"]] == f"./data/{cid}.key"
-    # Every ./certs source is a file `veilfed certs new` writes; ./data ones the README exports.
+        assert mounts[nf["--he-context"]] == f"./he/{SECRET_NAME}"
+    # Every ./certs source is a file `veilfed certs new` writes, ./he ones `veilfed he keygen`;
+    # ./data ones the README exports.
     for svc in services.values():
         for vol in svc.get("volumes", []):
             src = vol.split(":")[0]
             if src.startswith("./certs/"):
                 assert src.removeprefix("./certs/") in cert_files, src
+            elif src.startswith("./he/"):
+                assert (he_files / src.removeprefix("./he/")).is_file(), src
             elif src.startswith("./data/"):
                 assert re.fullmatch(r"\./data/client-000[0-2]\.(vfs|key)", src), src
     assert "--out deploy/data/$c.vfs" in README and "--out deploy/data/$c.key" in README
@@ -186,6 +229,21 @@ def test_compose_ports_and_commands(compose: dict[str, Any], cert_files: set[str
 
 
 # -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def secret_behind(
+    spec: dict[str, Any], container: dict[str, Any], path: str, secrets: dict[str, list[str]]
+) -> str:
+    """The generated Secret whose file ``path`` is in ``container`` (a mounted secret volume)."""
+    mount = next(
+        (m for m in container["volumeMounts"] if Path(path).parent == Path(m["mountPath"])), None
+    )
+    assert mount is not None, f"{path}: not in a volume of {container['name']}"
+    vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "secret" in vol, f"{path}: volume {vol['name']} is not a Secret"
+    name = vol["secret"]["secretName"]
+    assert Path(path).name in {Path(f).name for f in secrets[name]}, f"{path}: not in {name}"
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +289,7 @@ def test_k8s_kinds(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
 
 
 def test_k8s_secrets_configmaps_and_files(
-    kustomization: dict[str, Any], k8s: dict[tuple[str, str], dict[str, Any]], cert_files
+    kustomization: dict[str, Any], k8s: dict[tuple[str, str], dict[str, Any]], cert_files, he_files
 ) -> None:
     secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
     configmaps = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
@@ -251,10 +309,19 @@ def test_k8s_secrets_configmaps_and_files(
         for f in files:
             if f.startswith("certs/"):
                 assert f.removeprefix("certs/") in cert_files, f
+            elif f.startswith("he/"):
+                assert (he_files / f.removeprefix("he/")).is_file(), f
             else:
                 assert re.fullmatch(r"data-keys/client-000[0-2]\.key", f), f
     assert "--out deploy/k8s/data-keys/client-000$i.key" in README
     assert "certs new --out deploy/k8s/certs --nodes 3" in README
+    assert secrets["veilfed-he-public"] == [f"he/{PUBLIC_NAME}"]
+    assert secrets["veilfed-he-secret"] == [f"he/{SECRET_NAME}"]
+    assert "he keygen --out deploy/k8s/he" in README
+    # Only the node pods may reference the HE secret context.
+    for (kind, name), doc in k8s.items():
+        if (kind, name) != ("StatefulSet", "veilfed-node"):
+            assert "veilfed-he-secret" not in json.dumps(doc), f"{kind} {name} gets the HE secret"
     for files in configmaps.values():
         for f in files:
             tomllib.loads((DEPLOY / "k8s" / f).read_text())
@@ -284,6 +351,11 @@ def test_k8s_images_ports_and_commands(
     mounts = {m["mountPath"] for m in coord["volumeMounts"]}
     assert found["--certs"] in mounts and found["--state"] in mounts
     assert str(Path(found["--config"]).parent) in mounts
+    coord_spec = pod_spec(k8s, "Deployment", "veilfed-coordinator")
+    secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    he_public = secret_behind(coord_spec, coord, found["--he-context"], secrets)
+    assert he_public == "veilfed-he-public"
+    assert SECRET_NAME not in json.dumps(coord_spec)
 
     nodes = k8s[("StatefulSet", "veilfed-node")]["spec"]
     node = nodes["template"]["spec"]["containers"][0]
@@ -292,13 +364,29 @@ def test_k8s_images_ports_and_commands(
     assert argv[:3] == ["veilfed", "node", "start"]
     nf = check_flags(argv[3:], "node", "start")
     assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
-    secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    he_secret = secret_behind(nodes["template"]["spec"], node, nf["--he-context"], secrets)
+    assert he_secret == "veilfed-he-secret"
     n_keys = sum(f.startswith("certs/nodes/") for f in secrets["veilfed-node-keys"])
     n_pub = len(secrets["veilfed-auth-keys"])
     experiment = tomllib.loads((DEPLOY / "k8s" / "experiment.toml").read_text())
     assert nodes["replicas"] == n_keys == n_pub == experiment["federated"]["clients"]
     init = nodes["template"]["spec"]["initContainers"][0]["args"][0]
     assert "install -m 600" in init  # keys made private before veilfed checks their mode
+
+
+def test_k8s_he_secret_mounted_as_is(
+    k8s: dict[tuple[str, str], dict[str, Any]], he_files: Path, tmp_path: Path
+) -> None:
+    """secret.ctx is mounted straight from its Secret (group-readable, as fsGroup makes it), not
+    copied with `install -m 600`: fine only while veilfed checks no file mode on it."""
+    spec = pod_spec(k8s, "StatefulSet", "veilfed-node")
+    vol = next(
+        v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "veilfed-he-secret"
+    )
+    ctx = tmp_path / SECRET_NAME
+    ctx.write_bytes((he_files / SECRET_NAME).read_bytes())
+    ctx.chmod(vol["secret"].get("defaultMode", 0o644) | 0o040)
+    assert load_context(ctx, require_secret=True).is_private
 
 
 # -- Ray -----------------------------------------------------------------------------------------

@@ -21,39 +21,9 @@ from veilfed.deploy.net import free_port
 
 VEILFED = [sys.executable, "-m", "veilfed.cli.main"]
 
-# A tiny DP experiment: 2 tasks, 4x32x32 clips, 2 rounds (tests override rounds/clients).
-CONFIG = """
-name = "loopback"
-[world]
-clips = 12
-frames = 4
-size = 32
-seed = 0
-[model]
-dim = 16
-pixel_dim = 8
-encoders = { video = "conv2p1d", audio = "logmel_conv", text = "text_transformer" }
-fusion = "concat"
-tasks = { action = 1.0, moderation = 1.0 }
-[train]
-batch_size = 4
-lr = 0.05
-seed = 0
-[privacy]
-enabled = true
-epsilon = 8.0
-delta = 1e-3
-max_grad_norm = 1.0
-[federated]
-clients = 3
-rounds = 2
-fraction = 1.0
-fraction_evaluate = 1.0
-min_fit_clients = 2
-strategy = "fedavg"
-local_epochs = 1
-holdout = 0.25
-"""
+# The real-node experiment of README's walkthrough: 2 tasks, 4x32x32 clips, 2 rounds, 3 clients
+# (tests override rounds/clients; `--he-context` on the coordinator turns HE on).
+CONFIG = (Path(__file__).parents[2] / "experiments" / "nodes.toml").read_text()
 
 TAG_VAR = "VEILFED_TEST_TAG"
 

@@ -28,18 +28,20 @@ def test_two_rounds_over_tls_with_three_nodes(
     cluster: Cluster, trust: certs.CertBundle, shards, tmp_path: Path
 ) -> None:
     config = tmp_path / "loopback.toml"
-    config.write_text(CONFIG + "\n[he]\nenabled = true\n")  # DP + CKKS secure aggregation
+    config.write_text(CONFIG)  # DP; the coordinator's --he-context adds CKKS secure aggregation
+    # The clients' HE keys: the coordinator gets public.ctx only, every node secret.ctx.
+    keygen = cluster.run(["he", "keygen", "--out", str(tmp_path / "he")], timeout=60)
+    assert keygen.returncode == 0, keygen.stderr
     address = f"127.0.0.1:{free_port()}"
+    state = tmp_path / "cstate"
     coord = cluster.start(
         "coordinator",
         [
-            *coordinator_args(address, trust.out, trust.auth_keys, config, tmp_path / "cstate"),
-            "--wait-nodes", "120",
+            *coordinator_args(address, trust.out, trust.auth_keys, config, state),
+            "--wait-nodes", "120", "--he-context", str(tmp_path / "he/public.ctx"),
         ],
     )  # fmt: skip
     coord.wait_for(rf"SuperLink listening on https://{address}", 90)
-    keygen = cluster.run(["he", "keygen", "--out", str(tmp_path / "he")], timeout=60)
-    assert keygen.returncode == 0, keygen.stderr
     nodes = {}
     for cid in CLIENTS:
         shard, key = shards[cid]
@@ -70,6 +72,18 @@ def test_two_rounds_over_tls_with_three_nodes(
         assert 0 < eps <= 8.0
         history = client.get_metric_history(run_id, f"privacy/client/{cid}/eps")
         assert [m.step for m in history] == [1, 2]
+
+    # The nodes trained on their own bundles: the coordinator's side holds no clips, no client
+    # keys and no HE secret; each node's signing key is the one the run pinned and published.
+    run_dir = state / "runs" / run_id
+    assert not list(state.rglob("*.vfs")) and not list(state.rglob("signing.key"))
+    assert not list(state.rglob("secret.ctx")) and not (run_dir / "shards.json").exists()
+    for cid in CLIENTS:
+        pinned = (run_dir / "keys" / f"{cid}.pub").read_bytes()
+        assert pinned == (tmp_path / cid / "client" / "signing.key.pub").read_bytes()
+        assert (tmp_path / cid / "client" / "accountant" / "r000002.json").is_file()
+        published = client.download_artifacts(run_id, f"privacy/keys/{cid}.pub", str(tmp_path))
+        assert Path(published).read_bytes() == pinned
 
     audit = cluster.run(["audit", run_id], timeout=120)
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]

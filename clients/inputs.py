@@ -1,0 +1,103 @@
+"""Where a client finds its node-local inputs: its clips, its key, its state, its HE secret.
+
+The run settings travel in every message from the coordinator; everything *node-local* never
+does. Two places hold it:
+
+- **a real node** (``veilfed node start``): Flower's node config names the client (``client-id``),
+  the node store its shard bundle was imported into (``store``, under the client's own Fernet
+  key ``key-file``), the node's state directory (``state-dir``) and, for HE runs, the clients'
+  secret context (``he-context``). The coordinator's run directory is never read: it is on
+  another machine.
+- **a virtual client** (simulation): the run directory the settings name holds the shard table
+  (``shards.json``), the modalities each client lacks, the client's state and the HE secret.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veilfed.clients.node import NodeState
+from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
+from veilfed.data.partition import client_name
+from veilfed.errors import UsageError
+
+REAL_NODE_KEYS = ("client-id", "store", "key-file", "state-dir")
+
+
+@dataclass(frozen=True)
+class ClientInputs:
+    """One client's node-local inputs for one message."""
+
+    client_id: str
+    store: str  # encrypted store directory holding the client's clips
+    key_file: str  # Fernet key file that opens ``store``
+    clip_ids: tuple[str, ...]  # the whole shard (train + held-out)
+    missing: tuple[str, ...]  # modalities this client lacks
+    state: NodeState
+    he_secret: str  # the clients' secret HE context ("" when the node has none)
+    simulated: bool  # a virtual client; a real node never sends HE shadow (plaintext) copies
+
+
+@functools.lru_cache(maxsize=8)
+def _node_store_ids(store: str, key_file: str) -> tuple[str, ...]:
+    from veilfed.crypto.keys import read_key_file
+    from veilfed.data.store import EncryptedStore
+
+    return tuple(sorted(EncryptedStore.open(store, read_key_file(key_file)).ids()))
+
+
+@functools.lru_cache(maxsize=4)
+def _run_tables(run_dir: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """A simulation's shard table and missing modalities, read once per Ray actor and run."""
+    return load_shards(run_dir), load_missing(run_dir)
+
+
+def is_real_node(node_config: dict[str, Any]) -> bool:
+    return "client-id" in node_config
+
+
+def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientInputs:
+    """The inputs of the client this node (real) or partition (simulation) is."""
+    if is_real_node(node_config):
+        return _real_node(node_config)
+    cid = client_name(int(node_config["partition-id"]))
+    shards, missing = _run_tables(settings.run_dir)
+    ids = shards.get(cid)
+    if not ids:
+        raise UsageError(f"client {cid}: no shard in {settings.run_dir}/shards.json")
+    return ClientInputs(
+        client_id=cid,
+        store=settings.store,
+        key_file=settings.key_file,
+        clip_ids=tuple(ids),
+        missing=tuple(missing.get(cid, ())),
+        state=NodeState.in_run(settings.run_dir, cid),
+        he_secret=settings.he.secret_path,
+        simulated=True,
+    )
+
+
+def _real_node(cfg: dict[str, Any]) -> ClientInputs:
+    absent = [k for k in REAL_NODE_KEYS if not cfg.get(k)]
+    if absent:
+        raise UsageError(
+            f"node config lacks {', '.join(absent)}; start the node with `veilfed node start`"
+        )
+    cid = str(cfg["client-id"])
+    store, key_file = str(cfg["store"]), str(cfg["key-file"])
+    ids = _node_store_ids(store, key_file)
+    if not ids:
+        raise UsageError(f"client {cid}: node store {store} holds no clips; check --shard")
+    return ClientInputs(
+        client_id=cid,
+        store=store,
+        key_file=key_file,
+        clip_ids=ids,
+        missing=(),
+        state=NodeState(Path(str(cfg["state-dir"])), cid),
+        he_secret=str(cfg.get("he-context") or ""),
+        simulated=False,
+    )

@@ -1,0 +1,158 @@
+"""The coordinator with real nodes (node configs as `veilfed node start` writes them), in-process.
+
+The coordinator side holds no data, no client keys and no HE secret: each node trains on the
+store imported from its own bundle, signs with its own key (pinned at discovery) and encrypts with
+the secret context it was given. The same path runs over real processes in tests/deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fedtest import LocalGrid, write_config
+
+from veilfed.coordinator import checkpoint
+from veilfed.coordinator.run import finish, prepare_deployment
+from veilfed.coordinator.server_app import Coordinator
+from veilfed.crypto.he import HEParams, keygen
+from veilfed.errors import CheckFailed, UsageError
+
+CLIENTS = ("client-0000", "client-0001")
+
+
+def _owner_store(config: Path, root: Path):  # type: ignore[no-untyped-def]
+    """The data owner's encrypted store of the config's synthetic world."""
+    from veilfed.config import load_config
+    from veilfed.crypto.keys import FernetKey
+    from veilfed.data import synth
+    from veilfed.data.files import encode_clip
+    from veilfed.data.store import EncryptedStore
+
+    cfg = load_config(config)
+    owner = FernetKey.generate()
+    store = EncryptedStore.create(root / "owner-store", owner)
+    store.put_many(
+        (clip.clip_id, encode_clip(clip), clip.labels)
+        for clip in synth.iter_world(cfg.world.world_config(), cfg.world.clips)
+    )
+    return store, owner
+
+
+def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, Any]]:
+    """Each client's bundle exported, imported into its node store; the node configs."""
+    from veilfed.crypto.keys import write_key_file
+    from veilfed.data.bundle import client_key, export_bundle, partition_ids
+    from veilfed.deploy.node import NodeOptions, import_shard, node_config
+
+    store, owner = _owner_store(config, root)
+    configs = []
+    for cid in CLIENTS:
+        bundle, key = root / f"{cid}.vfs", root / f"{cid}.key"
+        export_bundle(store, cid, bundle, clip_ids=partition_ids(store, cid, len(CLIENTS)))
+        write_key_file(key, client_key(owner, cid))
+        opts = NodeOptions("h:1", bundle, key, root, root, root / cid, he_context=he_secret)
+        assert import_shard(bundle, key, opts.state) == cid
+        from flwr.common.config import parse_config_args
+
+        configs.append(parse_config_args([node_config(cid, opts)]))
+    return configs
+
+
+def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, clients=2, extra="[he]\nenabled = true\nshadow = true\nmax_abs_update = 16.0\n"
+    )
+    secret, public = keygen(tmp_path / "he", HEParams.for_bounds(16.0, 2**16, 1e-5))
+    nodes = _nodes(config, tmp_path, secret)
+    settings, tracker = prepare_deployment(config, len(CLIENTS), tmp_path / "runs", public)
+    assert settings.store == "" and settings.he.secret_path == ""
+    assert not settings.he.shadow  # shadow copies are plaintext: never on real nodes
+    Coordinator(LocalGrid(2, node_configs=nodes), settings, tracker).run()
+    summary = finish(settings, tracker, 1.0)
+
+    run_dir = Path(settings.run_dir)
+    ckpt = checkpoint.load(run_dir)
+    assert ckpt is not None and ckpt.round == 2
+    assert all(h["aggregated"] and len(h["sampled"]) == 2 for h in ckpt.history)
+    assert summary["he"]["ciphertext_bytes"] > 0 and summary["he"]["max_abs_error"] is None
+    assert set(summary["clients"]) == set(CLIENTS)
+    assert not (run_dir / "shards.json").exists() and not (run_dir / "clients").exists()
+    for cid in CLIENTS:
+        state = tmp_path / cid / "client"
+        assert (run_dir / "keys" / f"{cid}.pub").read_bytes() == (
+            state / "signing.key.pub"
+        ).read_bytes()
+        assert (state / "accountant" / "r000002.json").is_file()
+
+
+@pytest.fixture
+def plain_nodes(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    config = write_config(tmp_path, clients=2)
+    return config, _nodes(config, tmp_path, None)
+
+
+def _coordinator(tmp_path: Path, config: Path, nodes, he_public=None) -> Coordinator:  # type: ignore[no-untyped-def]
+    settings, tracker = prepare_deployment(config, len(nodes), tmp_path / "runs", he_public)
+    tracker.finish()
+    return Coordinator(LocalGrid(len(nodes), node_configs=nodes), settings, tracker)
+
+
+def test_a_node_that_comes_back_with_another_signing_key_is_refused(
+    tmp_path: Path, plain_nodes
+) -> None:
+    from veilfed.coordinator.server_app import discover
+
+    config, nodes = plain_nodes
+    coord = _coordinator(tmp_path, config, nodes)
+    found = discover(coord.grid, coord.settings_json, 2, 30)
+    assert set(coord._admit(found)) == set(CLIENTS)
+    assert coord._admit(found)  # the same keys again: fine (a restarted node)
+    key = Path(nodes[0]["state-dir"]) / "signing.key"
+    key.unlink()
+    (key.parent / "signing.key.pub").unlink()  # the node lost its key and made a new one
+    with pytest.raises(CheckFailed, match="client client-0000: already registered with key"):
+        coord._admit(discover(coord.grid, coord.settings_json, 2, 30))
+
+
+def test_two_nodes_with_one_clients_shard_are_refused(tmp_path: Path, plain_nodes) -> None:
+    config, nodes = plain_nodes
+    twins = [nodes[0], {**nodes[0], "state-dir": str(tmp_path / "twin")}]
+    with pytest.raises(UsageError, match="both hold client client-0000's shard"):
+        _coordinator(tmp_path, config, twins).run()
+
+
+def test_node_without_the_runs_he_keys_is_refused_by_name(tmp_path: Path, plain_nodes) -> None:
+    config, nodes = plain_nodes
+    _, public = keygen(tmp_path / "he", HEParams.for_bounds(16.0, 2**16, 1e-5))
+    other, _ = keygen(tmp_path / "other", HEParams.for_bounds(16.0, 2**16, 1e-5))
+    mixed = [{**nodes[0], "he-context": str(other)}, nodes[1]]
+    with pytest.raises(UsageError, match="client client-0000: encrypts with HE keys"):
+        _coordinator(tmp_path, config, mixed, public).run()
+    with pytest.raises(UsageError, match="client client-0000: has no HE context"):
+        _coordinator(tmp_path, config, nodes, public).run()
+
+
+def test_small_shard_and_delta_are_checked_per_client(tmp_path: Path, plain_nodes) -> None:
+    config, nodes = plain_nodes
+    coord = _coordinator(tmp_path, config, nodes)
+    found = {"client-0000": (1, {"client-id": "client-0000", "clips": 1, "train-examples": 1})}
+    with pytest.raises(UsageError, match="client client-0000: shard has 1 clip"):
+        coord._admit(found)
+    found = {
+        "client-0000": (1, {"client-id": "client-0000", "clips": 2700, "train-examples": 2000})
+    }
+    with pytest.raises(UsageError, match=r"client-0000: privacy\.delta .* lower \[privacy\]"):
+        coord._admit(found)  # δ = 1e-3 is not < 1/2000
+
+
+def test_real_node_never_reads_the_coordinators_files(tmp_path: Path, plain_nodes) -> None:
+    """A node config without its store is an error naming what to do, never a fallback."""
+    from veilfed.clients.inputs import client_inputs
+
+    config, nodes = plain_nodes
+    coord = _coordinator(tmp_path, config, nodes)
+    broken = {k: v for k, v in nodes[0].items() if k != "store"}
+    with pytest.raises(UsageError, match="node config lacks store; start the node with"):
+        client_inputs(coord.s, broken)
