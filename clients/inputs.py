@@ -25,6 +25,7 @@ from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
 
 REAL_NODE_KEYS = ("client-id", "store", "key-file", "state-dir")
+BUDGET_KEY = "epsilon-budget"  # node config: the most ε this node spends in one run
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ClientInputs:
     state: NodeState
     he_secret: str  # the clients' secret HE context ("" when the node has none)
     simulated: bool  # a virtual client; a real node never sends HE shadow (plaintext) copies
+    budget: float = 0.0  # > 0: the node's own ε cap per run (the data owner's, not the run's)
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,7 +64,7 @@ def is_real_node(node_config: dict[str, Any]) -> bool:
 def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientInputs:
     """The inputs of the client this node (real) or partition (simulation) is."""
     if is_real_node(node_config):
-        return _real_node(node_config)
+        return _real_node(settings.run_id, node_config)
     cid = client_name(int(node_config["partition-id"]))
     shards, missing = _run_tables(settings.run_dir)
     ids = shards.get(cid)
@@ -80,7 +82,7 @@ def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientI
     )
 
 
-def _real_node(cfg: dict[str, Any]) -> ClientInputs:
+def _real_node(run_id: str, cfg: dict[str, Any]) -> ClientInputs:
     absent = [k for k in REAL_NODE_KEYS if not cfg.get(k)]
     if absent:
         raise UsageError(
@@ -97,7 +99,8 @@ def _real_node(cfg: dict[str, Any]) -> ClientInputs:
         key_file=key_file,
         clip_ids=ids,
         missing=(),
-        state=NodeState(Path(str(cfg["state-dir"])), cid),
+        state=NodeState.on_node(Path(str(cfg["state-dir"])), run_id, cid),
         he_secret=str(cfg.get("he-context") or ""),
         simulated=False,
+        budget=float(cfg.get(BUDGET_KEY, 0.0)),
     )

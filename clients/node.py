@@ -1,11 +1,13 @@
 """Node-local state of one client: its accountant history and report signing key.
 
 A virtual client is a fresh ClientApp call on whatever Ray actor is free, and a real node's
-ClientApp may be restarted at any time, so nothing may live in memory between rounds. Everything
-lives in one directory: ``<run_dir>/clients/<client_id>/`` in simulation, the node's own
-``--state`` directory (``<state>/client``) on a real node:
+ClientApp may be restarted at any time, so nothing may live in memory between rounds. In
+simulation everything lives in ``<run_dir>/clients/<client_id>/``; on a real node in its own
+``--state`` directory (``<state>/client``), the accountant once per run (a node serves many runs,
+each with its own round numbers) and the signing key once per node:
 
-``accountant/r<round>.json``  the accountant's state after each round the client trained;
+``accountant/r<round>.json``  the accountant's state after each round the client trained
+                                (real node: ``runs/<run id>/accountant/``);
 ``signing.key`` (+ ``.pub``)   its Ed25519 key for privacy reports. In simulation the run setup
                                 creates and registers it (``provision``); a real node creates it
                                 on first use and offers the public half when the coordinator asks
@@ -35,23 +37,41 @@ from veilfed.privacy.reports import (
 )
 
 _SNAPSHOT = re.compile(r"^r(\d{6})\.json$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids from the coordinator's messages become a directory name on the node."""
+    if not _RUN_ID.match(run_id):
+        raise UsageError(f"run id {run_id!r}: not a run id (letters, digits, '_', '-')")
+    return run_id
 
 
 class NodeState:
-    """The persisted state of ``client_id`` in ``directory``."""
+    """The persisted state of ``client_id``: accountant in ``directory``, signing key at
+    ``key_path`` (default ``directory/signing.key``)."""
 
-    def __init__(self, directory: str | Path, client_id: str) -> None:
+    def __init__(
+        self, directory: str | Path, client_id: str, key_path: str | Path | None = None
+    ) -> None:
         self.client_id = check_client_id(client_id)
         self.dir = Path(directory)
+        self._key_path = Path(key_path) if key_path is not None else self.dir / "signing.key"
 
     @classmethod
     def in_run(cls, run_dir: str | Path, client_id: str) -> NodeState:
         """A virtual client's state inside the simulation's run directory."""
         return cls(Path(run_dir) / "clients" / client_id, client_id)
 
+    @classmethod
+    def on_node(cls, state_dir: str | Path, run_id: str, client_id: str) -> NodeState:
+        """A real node's state for one run: its accountant per run, its signing key per node."""
+        state = Path(state_dir)
+        return cls(state / "runs" / check_run_id(run_id), client_id, state / "signing.key")
+
     @property
     def key_path(self) -> Path:
-        return self.dir / "signing.key"
+        return self._key_path
 
     def _snapshots(self) -> dict[int, Path]:
         acc_dir = self.dir / "accountant"

@@ -208,11 +208,20 @@ def train_round(
     node = inputs.state
     acc = None
     sigma = 0.0
+    budget = p.epsilon_budget
+    if inputs.budget > 0:
+        if not p.enabled:
+            reason = (
+                f"client {inputs.client_id}: declining to train: the run has no client DP and "
+                f"this node spends at most epsilon {inputs.budget:g} (--budget)"
+            )
+            return RoundResult({}, 0, math.nan, None, declined=reason)
+        budget = min(budget, inputs.budget)
     if p.enabled:
         _memoize_rdp()
         acc = node.accountant_before(rnd, p.accountant)
         sigma = noise_multiplier(settings, plan.sample_rate, plan.steps)
-        reason = acc.refusal(p.epsilon_budget, p.delta, sigma, plan.sample_rate, plan.steps)
+        reason = acc.refusal(budget, p.delta, sigma, plan.sample_rate, plan.steps)
         if reason is not None:
             return RoundResult({}, 0, math.nan, None, declined=reason)
 
@@ -262,7 +271,7 @@ def train_round(
             round=rnd,
             max_grad_norm=p.max_grad_norm,
             delta=p.delta,
-            epsilon_budget=p.epsilon_budget,
+            epsilon_budget=budget,
         )
         if settings.federated.sign_reports:
             report = sign(rep, node.signing_key()).to_json()

@@ -22,6 +22,11 @@ def start_cmd(
     he_context: Path | None = typer.Option(
         None, "--he-context", help="CKKS secret context (he keygen) for secure aggregation."
     ),
+    budget: float = typer.Option(
+        0.0,
+        "--budget",
+        help="Most epsilon this node spends in one run; it declines rounds beyond (0: the run's).",
+    ),
     state: Path = typer.Option(
         Path("node-state"), "--state", help="Node-local state: accountant, signing key, Flower."
     ),
@@ -44,6 +49,7 @@ def start_cmd(
         auth_key=auth_key,
         state=state,
         he_context=he_context,
+        budget=budget,
         port=port,
         connect_tries=max(1, connect_tries),
     )

@@ -111,6 +111,11 @@ def load_context(path: str | Path, require_secret: bool) -> HEContext:
         raise UsageError(
             f"{path}: public HE context has no secret key; clients need {SECRET_NAME} from keygen"
         )
+    if is_secret and path.stat().st_mode & 0o077:
+        raise UsageError(
+            f"{path}: HE secret context is readable by others; chmod 600 it (it decrypts every "
+            "aggregate)"
+        )
     if not require_secret and is_secret:
         raise UsageError(
             f"{path}: holds the HE secret key; the coordinator must load {PUBLIC_NAME} instead"

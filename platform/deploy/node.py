@@ -12,7 +12,8 @@ The checked bundle is imported into the node store ``<state>/client/store``: the
 under the client's key, so clips are decrypted only in the ClientApp's memory, clip by clip. The
 ClientApp finds its node-local inputs in Flower's node config (``veilfed.clients.inputs``):
 ``client-id`` (from the bundle), ``store``, ``key-file``, ``state-dir`` (accountant history and
-report signing key survive restarts there) and ``he-context``; nothing of the coordinator's.
+report signing key survive restarts there), ``he-context`` and ``epsilon-budget`` (``--budget``:
+the node's own cap, below whatever the run asks); nothing of the coordinator's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from veilfed.clients.inputs import BUDGET_KEY
 from veilfed.crypto.certs import check_ca, load_node_private_key
 from veilfed.deploy.flower import child_env, executable
 from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
@@ -52,6 +54,7 @@ class NodeOptions:
     auth_key: Path
     state: Path
     he_context: Path | None = None
+    budget: float = 0.0  # > 0: the most ε this node spends in one run, whatever the run asks
     port: int = 9094
     connect_tries: int = 5
     first_delay_s: float = 0.5
@@ -126,12 +129,17 @@ def node_config(client: str, opts: NodeOptions) -> str:
     }
     if opts.he_context is not None:
         items["he-context"] = str(opts.he_context.absolute())
-    return " ".join(f"{k}={_literal(v, '--' + k)}" for k, v in items.items())
+    pairs = [f"{k}={_literal(v, '--' + k)}" for k, v in items.items()]
+    if opts.budget > 0:
+        pairs.append(f"{BUDGET_KEY}={float(opts.budget)!r}")
+    return " ".join(pairs)
 
 
 def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
     """Every check before the SuperNode starts; (host, port, CA path, client id)."""
     host, port = parse_address(opts.superlink, "--superlink")
+    if not (0 <= opts.budget < float("inf")):
+        raise UsageError(f"--budget {opts.budget:g}: use a positive epsilon (0: the run's budget)")
     ca = check_ca(opts.certs)
     load_node_private_key(opts.auth_key)
     client = import_shard(opts.shard, opts.key_file, opts.state)

@@ -84,7 +84,7 @@ def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
         assert (run_dir / "keys" / f"{cid}.pub").read_bytes() == (
             state / "signing.key.pub"
         ).read_bytes()
-        assert (state / "accountant" / "r000002.json").is_file()
+        assert (state / "runs" / settings.run_id / "accountant" / "r000002.json").is_file()
 
 
 @pytest.fixture
@@ -156,3 +156,33 @@ def test_real_node_never_reads_the_coordinators_files(tmp_path: Path, plain_node
     broken = {k: v for k, v in nodes[0].items() if k != "store"}
     with pytest.raises(UsageError, match="node config lacks store; start the node with"):
         client_inputs(coord.s, broken)
+
+
+def test_node_budget_caps_the_run_and_runs_keep_separate_accountants(
+    tmp_path: Path, plain_nodes
+) -> None:
+    """A node's own --budget wins over the run's: σ is calibrated for ε = 8 after both rounds,
+    a node capped at 6.5 declines round 2, says so, and signs its cap into its report. A second
+    run on the same node state starts a fresh accountant and leaves the first run's intact."""
+    from veilfed.privacy.reports import SignedReport
+
+    config, nodes = plain_nodes
+    capped = [{**nodes[0], "epsilon-budget": 6.5}, nodes[1]]
+    first = _coordinator(tmp_path, config, capped)
+    first.run()
+    ckpt = checkpoint.load(first.run_dir)
+    assert ckpt is not None
+    second_round = ckpt.history[1]
+    assert second_round["declined"]["client-0000"].endswith("> budget 6.5 (delta=0.001)")
+    assert ckpt.clients["client-0001"]["rounds"] == 2 and ckpt.clients["client-0000"]["rounds"] == 1
+    report = SignedReport.from_json(ckpt.clients["client-0000"]["report"]).report
+    assert report.epsilon_budget == 6.5
+
+    state = Path(nodes[0]["state-dir"])
+    before = sorted((state / "runs" / first.s.run_id / "accountant").iterdir())
+    second = _coordinator(tmp_path, config, nodes)
+    second.run()
+    assert sorted((state / "runs" / first.s.run_id / "accountant").iterdir()) == before
+    again = checkpoint.load(second.run_dir)
+    assert again is not None and again.clients["client-0000"]["rounds"] == 2
+    assert again.clients["client-0000"]["epsilon"] > ckpt.clients["client-0000"]["epsilon"]

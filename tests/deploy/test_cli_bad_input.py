@@ -200,3 +200,10 @@ def test_node_import_failure_keeps_the_previous_store(
     store = EncryptedStore.open(node_store(state), read_key_file(key))
     assert sorted(store.ids()) == ["clip-0", "clip-1"]
     assert sorted(p.name for p in node_store(state).parent.iterdir()) == ["store"]
+
+
+def test_node_budget_must_be_a_positive_epsilon(trust: certs.CertBundle, shard, tmp_path) -> None:
+    bundle, key, _ = shard
+    args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
+    code, err, _ = run([*args, "--budget", "-1"], tmp_path)
+    assert "--budget -1: use a positive epsilon" in error_line(code, err)

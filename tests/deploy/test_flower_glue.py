@@ -27,7 +27,7 @@ def _node(tmp_path: Path, **kw) -> NodeOptions:  # type: ignore[no-untyped-def]
 
 
 def test_node_config_parses_in_flower(tmp_path: Path) -> None:
-    opts = _node(tmp_path, he_context=tmp_path / "he" / "secret.ctx")
+    opts = _node(tmp_path, he_context=tmp_path / "he" / "secret.ctx", budget=6.5)
     parsed = parse_config_args([node_config("client-0002", opts)])
     assert parsed == {
         "client-id": "client-0002",
@@ -35,8 +35,10 @@ def test_node_config_parses_in_flower(tmp_path: Path) -> None:
         "key-file": str(tmp_path / "k.key"),
         "state-dir": str(tmp_path / "node state" / "client"),
         "he-context": str(tmp_path / "he" / "secret.ctx"),
+        "epsilon-budget": 6.5,
     }
-    assert "he-context" not in parse_config_args([node_config("c", _node(tmp_path))])
+    default = parse_config_args([node_config("c", _node(tmp_path))])
+    assert "he-context" not in default and "epsilon-budget" not in default
 
 
 def test_node_config_refuses_quotes(tmp_path: Path) -> None:

@@ -364,7 +364,12 @@ def test_k8s_images_ports_and_commands(
     assert argv[:3] == ["veilfed", "node", "start"]
     nf = check_flags(argv[3:], "node", "start")
     assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
-    he_secret = secret_behind(nodes["template"]["spec"], node, nf["--he-context"], secrets)
+    # secret.ctx reaches the node as a private copy the init container makes from its Secret.
+    init_spec = nodes["template"]["spec"]["initContainers"][0]
+    copy = re.search(r"install -m 600 (\S+) " + re.escape(nf["--he-context"]), init_spec["args"][0])
+    assert copy is not None, "the node's --he-context is not a private copy of the HE secret"
+    assert Path(nf["--he-context"]).parent == Path(nf["--certs"])  # the in-memory /keys
+    he_secret = secret_behind(nodes["template"]["spec"], init_spec, copy.group(1), secrets)
     assert he_secret == "veilfed-he-secret"
     n_keys = sum(f.startswith("certs/nodes/") for f in secrets["veilfed-node-keys"])
     n_pub = len(secrets["veilfed-auth-keys"])
@@ -374,18 +379,17 @@ def test_k8s_images_ports_and_commands(
     assert "install -m 600" in init  # keys made private before veilfed checks their mode
 
 
-def test_k8s_he_secret_mounted_as_is(
-    k8s: dict[tuple[str, str], dict[str, Any]], he_files: Path, tmp_path: Path
-) -> None:
-    """secret.ctx is mounted straight from its Secret (group-readable, as fsGroup makes it), not
-    copied with `install -m 600`: fine only while veilfed checks no file mode on it."""
-    spec = pod_spec(k8s, "StatefulSet", "veilfed-node")
-    vol = next(
-        v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "veilfed-he-secret"
-    )
+def test_he_secret_context_must_be_private(he_files: Path, tmp_path: Path) -> None:
+    """A group-readable secret.ctx (as a Kubernetes Secret mount is) is refused, which is why the
+    node pods copy it with `install -m 600` first."""
+    from veilfed.errors import UsageError
+
     ctx = tmp_path / SECRET_NAME
     ctx.write_bytes((he_files / SECRET_NAME).read_bytes())
-    ctx.chmod(vol["secret"].get("defaultMode", 0o644) | 0o040)
+    ctx.chmod(0o440)
+    with pytest.raises(UsageError, match="readable by others; chmod 600"):
+        load_context(ctx, require_secret=True)
+    ctx.chmod(0o600)
     assert load_context(ctx, require_secret=True).is_private
 
 

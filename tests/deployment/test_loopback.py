@@ -81,7 +81,8 @@ def test_two_rounds_over_tls_with_three_nodes(
     for cid in CLIENTS:
         pinned = (run_dir / "keys" / f"{cid}.pub").read_bytes()
         assert pinned == (tmp_path / cid / "client" / "signing.key.pub").read_bytes()
-        assert (tmp_path / cid / "client" / "accountant" / "r000002.json").is_file()
+        accountant = tmp_path / cid / "client" / "runs" / run_id / "accountant"
+        assert (accountant / "r000002.json").is_file()  # on the node, per run
         published = client.download_artifacts(run_id, f"privacy/keys/{cid}.pub", str(tmp_path))
         assert Path(published).read_bytes() == pinned
 
