@@ -398,13 +398,16 @@ def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
     run_on_grid(grid, settings, tracker)
 
 
-def run_on_grid(grid: Any, settings: Any, tracker: Any) -> None:
-    """The coordinator's rounds on a Flower grid (inside a ServerApp), then summary and report."""
+def run_on_grid(
+    grid: Any, settings: Any, tracker: Any, node_clients: dict[int, str] | None = None
+) -> None:
+    """The coordinator's rounds on a Flower grid (inside a ServerApp), then summary and report;
+    ``node_clients``: the client id each authenticated node must be (real nodes)."""
     from veilfed.coordinator.server_app import Coordinator
 
     start = time.perf_counter()
     with tracker.failing_on_error():
-        Coordinator(grid, settings, tracker).run()
+        Coordinator(grid, settings, tracker, node_clients).run()
         print_report(finish(settings, tracker, time.perf_counter() - start))
 
 

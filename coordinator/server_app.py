@@ -161,7 +161,13 @@ def _weighted(values: Iterable[tuple[float, dict[str, float]]]) -> dict[str, flo
 class Coordinator:
     """One simulation's server side: state, round loop, logging and checkpoints."""
 
-    def __init__(self, grid: Grid, settings: SimSettings, tracker: Any) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        settings: SimSettings,
+        tracker: Any,
+        node_clients: dict[int, str] | None = None,
+    ) -> None:
         from veilfed.clients.trainer import initial_arrays
         from veilfed.privacy.reports import KeyRegistry
 
@@ -171,6 +177,8 @@ class Coordinator:
         self.tracker = tracker
         self.run_dir = Path(settings.run_dir)
         self.settings_json = settings.to_json()
+        # Real nodes: node id -> the client id its auth key is registered as (empty: simulation)
+        self.node_clients = dict(node_clients or {})
         self.keys = KeyRegistry(self.run_dir / "keys")
         self.strategy = build_strategy(
             self.fed.strategy,
@@ -482,14 +490,22 @@ class Coordinator:
     def _admit(self, found: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, int]:
         """Check every client before round 1; client id -> node id.
 
-        What only the nodes know is checked here, naming the client: its shard has a held-out
+        What only the nodes know is checked here, naming the client: a real node presents the
+        shard of the client its auth key is registered as, not another's; its shard has a held-out
         part and δ < 1/n for its n training examples; its report signing key (registered on
         first contact, then pinned for the run: a node that comes back with another key is
         refused); under HE it encrypts with the keys whose public context this coordinator
         holds, and the round's total weight fits them.
         """
         train: dict[str, int] = {}
-        for cid, (_, info) in sorted(found.items()):
+        for cid, (node, info) in sorted(found.items()):
+            if self.node_clients and self.node_clients.get(node) != cid:
+                owner = self.node_clients.get(node)
+                raise UsageError(
+                    f"client {cid}: its shard is on node {node}, which authenticates as "
+                    + (f"{owner}" if owner else "a key not in --auth-keys")
+                    + f"; start client {cid}'s node with its own auth key ({cid}.key)"
+                )
             clips, n = int(info.get("clips", 0)), int(info.get("train-examples", 0))
             if clips < 2:
                 raise UsageError(

@@ -11,6 +11,7 @@ so ``--resume RUN`` continues it. The coordinator never holds data, client keys 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -140,11 +141,16 @@ def routine_line(line: str) -> bool:
     return any(marker in line for marker in _ROUTINE)
 
 
-def run_config_for(opts: CoordinatorOptions, nodes: int) -> dict[str, object]:
-    """The ``[tool.flwr.app.config]`` of the submitted app: read by the veilfed ServerApp."""
+def run_config_for(opts: CoordinatorOptions, ids: dict[str, int]) -> dict[str, object]:
+    """The ``[tool.flwr.app.config]`` of the submitted app: read by the veilfed ServerApp.
+
+    ``node-clients`` maps each registered node id to the name of its auth key (the client id it
+    must present), so a node cannot pass off another client's shard as its own.
+    """
     return {
         "config": str(opts.config.absolute()),
-        "clients": nodes,
+        "clients": len(ids),
+        "node-clients": json.dumps({str(node): name for name, node in ids.items()}),
         "runs-dir": str((opts.state / "runs").absolute()),
         "resume": opts.resume or "",
         "he-context": str(opts.he_context.absolute()) if opts.he_context else "",
@@ -226,7 +232,7 @@ def _serve(
             )
         if len(online) < len(ids):
             log.warning("starting with %d of %d nodes online", len(online), len(ids))
-        app_dir = write_app_project(opts.state / "app", run_config_for(opts, len(ids)))
+        app_dir = write_app_project(opts.state / "app", run_config_for(opts, ids))
         run_id = ctl.start_run(app_dir)
         log.info("started run %d (MLflow tracking at %s)", run_id, tracking)
         code = _follow(ctl, run_id, link, stop)

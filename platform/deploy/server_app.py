@@ -1,7 +1,7 @@
 """The ServerApp ``veilfed coordinator start`` submits: veilfed's run on real nodes, resumable.
 
 Under ``flwr run`` the ServerApp gets only the FAB's run config (``config``, ``clients``,
-``runs-dir``, ``resume``, ``he-context``). A new run is prepared for real nodes
+``node-clients``, ``runs-dir``, ``resume``, ``he-context``). A new run is prepared for real nodes
 (``veilfed.coordinator.run.prepare_deployment``: no data, client keys or HE secret here); with
 ``resume = RUN`` the run's saved settings and last checkpoint under ``runs-dir/RUN`` are reopened,
 as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry over.
@@ -9,6 +9,7 @@ as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,4 +50,5 @@ def main(grid: Grid, context: Context) -> None:
         settings, tracker = prepare_deployment(
             Path(str(cfg["config"])), int(cfg["clients"]), runs_dir, Path(he) if he else None
         )
-    run_on_grid(grid, settings, tracker)
+    names = json.loads(str(cfg.get("node-clients") or "{}"))
+    run_on_grid(grid, settings, tracker, {int(node): str(cid) for node, cid in names.items()})

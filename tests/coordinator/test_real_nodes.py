@@ -93,10 +93,14 @@ def plain_nodes(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     return config, _nodes(config, tmp_path, None)
 
 
-def _coordinator(tmp_path: Path, config: Path, nodes, he_public=None) -> Coordinator:  # type: ignore[no-untyped-def]
+def _coordinator(tmp_path: Path, config: Path, nodes, he_public=None, names=None) -> Coordinator:  # type: ignore[no-untyped-def]
     settings, tracker = prepare_deployment(config, len(nodes), tmp_path / "runs", he_public)
     tracker.finish()
-    return Coordinator(LocalGrid(len(nodes), node_configs=nodes), settings, tracker)
+    grid = LocalGrid(len(nodes), node_configs=nodes)
+    node_clients = None
+    if names is not None:  # the auth key each node authenticates with, in node order
+        node_clients = dict(zip(grid.contexts, names, strict=True))
+    return Coordinator(grid, settings, tracker, node_clients)
 
 
 def test_a_node_that_comes_back_with_another_signing_key_is_refused(
@@ -186,3 +190,21 @@ def test_node_budget_caps_the_run_and_runs_keep_separate_accountants(
     again = checkpoint.load(second.run_dir)
     assert again is not None and again.clients["client-0000"]["rounds"] == 2
     assert again.clients["client-0000"]["epsilon"] > ckpt.clients["client-0000"]["epsilon"]
+
+
+def test_a_node_must_present_the_shard_of_the_client_its_auth_key_names(
+    tmp_path: Path, plain_nodes
+) -> None:
+    """Auth key client-0000 with client-0001's bundle (and vice versa) is refused by name; the
+    matching assignment is admitted."""
+    from veilfed.coordinator.server_app import discover
+
+    config, nodes = plain_nodes
+    right = _coordinator(tmp_path, config, nodes, names=list(CLIENTS))
+    assert set(right._admit(discover(right.grid, right.settings_json, 2, 30))) == set(CLIENTS)
+    swapped = _coordinator(tmp_path, config, nodes, names=list(reversed(CLIENTS)))
+    with pytest.raises(UsageError, match="client client-0000: its shard is on node .* client-0001"):
+        swapped.run()
+    stranger = _coordinator(tmp_path, config, nodes, names=["client-0000", "someone-else"])
+    with pytest.raises(UsageError, match="client client-0001: .*someone-else"):
+        stranger.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,9 @@ def test_app_project_builds_a_fab_with_our_apps(tmp_path: Path) -> None:
         state=tmp_path / "state",
         resume="abc",
     )
-    cfg = run_config_for(opts, 3)
+    cfg = run_config_for(opts, {"client-0000": 11, "client-0001": 12, "client-0002": 13})
     assert cfg["clients"] == 3 and cfg["resume"] == "abc"
+    assert json.loads(str(cfg["node-clients"]))["12"] == "client-0001"
     assert cfg["config"] == str((tmp_path / "exp.toml").absolute())
     fab = build_fab_from_disk(write_app_project(tmp_path / "app", cfg))
     with zipfile.ZipFile(io.BytesIO(fab)) as zf:
