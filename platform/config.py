@@ -188,18 +188,22 @@ def parse_config(data: dict[str, Any], source: str, name: str = "experiment") ->
     return cfg
 
 
+def read_toml(path: Path, hint: str = "") -> dict[str, Any]:
+    """A config file's TOML; a one-line error naming the file (``hint`` says what to fix)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such config file{hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read ({exc}){hint}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML ({exc}){hint}") from None
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Load and validate ``path`` (TOML); the config's name defaults to the file's stem."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML ({exc})") from None
-    return parse_config(data, str(path), name=path.stem)
+    return parse_config(read_toml(path), str(path), name=path.stem)
 
 
 def validate(cfg: ExperimentConfig) -> None:

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +55,9 @@ class CoordinatorOptions:
 
 def _check_config(path: Path, he_context: Path | None) -> None:
     """The config parses; HE runs get the public context here (the secret one never)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found; check --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read config ({exc}); check --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc}); check --config") from None
-    he = data.get("he")
+    from veilfed.config import read_toml
+
+    he = read_toml(path, "; check --config").get("he")
     if isinstance(he, dict) and he.get("enabled") is True and he_context is None:
         raise UsageError(
             f"{path}: [he] enabled needs --he-context public.ctx (from `veilfed he keygen`; the "

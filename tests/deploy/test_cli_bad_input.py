@@ -79,7 +79,7 @@ def test_coordinator_wrong_ca(trust: certs.CertBundle, tmp_path: Path, config: P
 def test_coordinator_missing_config(trust: certs.CertBundle, tmp_path: Path) -> None:
     cfg = tmp_path / "nope.toml"
     code, err, _ = run(coordinator(trust.out, cfg, f"127.0.0.1:{free_port()}"), tmp_path)
-    assert "nope.toml: config file not found" in error_line(code, err)
+    assert "nope.toml: no such config file; check --config" in error_line(code, err)
 
 
 def node(shard: Path, key: Path, trust_dir: Path, auth_key: Path, superlink: str) -> list[str]:
