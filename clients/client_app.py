@@ -7,10 +7,18 @@ client in any round and a real node never needs the coordinator's files. Replies
 ``reply`` ConfigRecord: client id, status (``trained``/``declined``), the reason for declining,
 and the signed privacy report; a query reply also says what the coordinator checks before the
 first round (shard size, report signing key, HE key id).
+
+What leaves the node besides the (DP-noised) update and its report: a virtual client (the user's
+own data, a research simulation) reports its mean training loss and metrics on its held-out clips;
+a real node never sends its training loss, and sends evaluation metrics only when its data owner
+marked the held-out clips evaluable (``--share-eval-metrics``); otherwise it declines the evaluate
+message with no numbers. Under HE, a client that refuses the global model (too few contributors,
+failed integrity check) declines with ``refused-model`` set: one line, the round goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Any
 
@@ -20,6 +28,7 @@ from flwr.clientapp import ClientApp
 
 from veilfed.clients.inputs import ClientInputs, client_inputs
 from veilfed.coordinator.server_app import (
+    REFUSED_MODEL,
     REPLY_KEY,
     SETTINGS_KEY,
     STATUS_DECLINED,
@@ -27,6 +36,10 @@ from veilfed.coordinator.server_app import (
 )
 from veilfed.coordinator.settings import SimSettings
 from veilfed.coordinator.strategies import UNIT_WEIGHT_KEY, WEIGHT_KEY
+from veilfed.errors import CheckFailed
+from veilfed.federation.digest import model_digest
+
+log = logging.getLogger("veilfed.client")
 
 app = ClientApp()
 
@@ -45,6 +58,29 @@ def injected_failure(seed: int, cid: str, rnd: int, rate: float) -> bool:
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _declined(msg: Message, cid: str, reason: str, refused_model: bool = False) -> Message:
+    """A one-line declined reply without numbers; logged on the node too."""
+    log.warning("%s", reason)
+    info = ConfigRecord({"client-id": cid, "status": STATUS_DECLINED, "reason": reason})
+    if refused_model:
+        info[REFUSED_MODEL] = True
+    return Message(RecordDict({REPLY_KEY: info}), reply_to=msg)
+
+
+def _global_model(
+    msg: Message, settings: SimSettings, inputs: ClientInputs
+) -> tuple[dict[str, np.ndarray], Any]:
+    """The message's global model and its HE decryption (None without HE or in round 1).
+
+    Raises ``CheckFailed`` when the client refuses the encrypted aggregate.
+    """
+    if not settings.he.enabled:
+        return {k: a.numpy() for k, a in msg.content["arrays"].items()}, None
+    from veilfed.clients.secure import global_model
+
+    return global_model(settings, inputs.he_secret, msg, inputs.he_min_contributors)
 
 
 @app.query()
@@ -88,14 +124,24 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(config["server-round"])
     if injected_failure(settings.seed, cid, rnd, settings.federated.failure_rate):
         raise RuntimeError(f"client {cid}: injected failure in round {rnd} (failure_rate)")
+    try:
+        arrays, _ = _global_model(msg, settings, inputs)
+    except CheckFailed as exc:
+        return _declined(msg, cid, f"client {cid}: {exc}", refused_model=True)
+    blob = None
     if settings.he.enabled:
-        from veilfed.clients.secure import global_model
+        from veilfed.clients.secure import GLOBAL_KEY
 
-        arrays, _ = global_model(settings, inputs.he_secret, msg)
-    else:
-        arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+        blob = config.get(GLOBAL_KEY)
+    # The model as sent (the ciphertext under HE): what a replay must match and a report names.
+    digest = model_digest(None if blob is not None else arrays, blob)
     result = train_round(
-        settings, inputs, rnd, arrays, proximal_mu=float(config.get("proximal-mu", 0.0))
+        settings,
+        inputs,
+        rnd,
+        arrays,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        model_digest=digest,
     )
     info = ConfigRecord({"client-id": cid})
     if result.declined is not None:
@@ -107,9 +153,9 @@ def train(msg: Message, context: Context) -> Message:
         info["report"] = result.report
     if settings.he.enabled:
         return _encrypted_reply(msg, settings, inputs, arrays, result, info)
-    metrics = MetricRecord(
-        {WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss}
-    )
+    metrics = MetricRecord({WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1})
+    if inputs.simulated:
+        metrics["train/loss"] = result.loss
     content = RecordDict({"arrays": _record(result.arrays), "metrics": metrics, REPLY_KEY: info})
     return Message(content, reply_to=msg)
 
@@ -124,20 +170,28 @@ def _encrypted_reply(
 ) -> Message:
     """Reply with Enc(n_k · w_k, n_k) instead of plaintext weights.
 
-    The sample count travels only inside the ciphertext, so the loss is reported with unit
-    weight. If the client's own checks (finite, HE bounds, norm bound) fail, it withholds the
-    update but still sends its signed privacy report: the ε was spent and the report chain must
-    not have a gap. Shadow mode (simulated test runs) adds the plaintext weights and count for
-    ``he/max_abs_error``; they are never aggregated, and a real node never sends them, whatever
-    the settings it receives say.
+    The sample count travels only inside the ciphertext, so a virtual client's loss is reported
+    with unit weight. If the client's own checks (finite, HE bounds, norm bound) fail, it
+    withholds the update but still sends its signed privacy report: the ε was spent and the report
+    chain must not have a gap. Shadow mode (simulated test runs only, off in every shipped config)
+    adds the plaintext weights and count for ``he/max_abs_error``; they are never aggregated, and
+    a real node never sends them, whatever the settings it receives say.
     """
-    from veilfed.clients.secure import SHADOW_WEIGHT, UPDATE_RECORD, encrypt_weights
-    from veilfed.errors import CheckFailed
+    from veilfed.clients.secure import (
+        SHADOW_WEIGHT,
+        UPDATE_RECORD,
+        contributor_label,
+        encrypt_weights,
+    )
 
-    metrics = MetricRecord({WEIGHT_KEY: 1, UNIT_WEIGHT_KEY: 1, "train/loss": result.loss})
+    metrics = MetricRecord({WEIGHT_KEY: 1, UNIT_WEIGHT_KEY: 1})
+    if inputs.simulated:
+        metrics["train/loss"] = result.loss
+    rnd = int(msg.content["config"]["server-round"])
+    label = contributor_label(settings.run_id, rnd, inputs.client_id)
     try:
         update = encrypt_weights(
-            settings, inputs.he_secret, result.arrays, start, result.num_examples
+            settings, inputs.he_secret, result.arrays, start, result.num_examples, label
         )
         he = ConfigRecord({"update": update.to_bytes()})
     except CheckFailed as exc:
@@ -155,16 +209,24 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     settings = _settings(msg)
     inputs = client_inputs(settings, context.node_config)
-    decrypted = None
-    if settings.he.enabled:
-        from veilfed.clients.secure import SHADOW_RECORD, global_model
-
-        arrays, decrypted = global_model(settings, inputs.he_secret, msg)
-    else:
-        arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+    cid = inputs.client_id
+    try:
+        # Under HE a node checks the aggregate even when it shares no metrics: its refusal is
+        # what lets the coordinator discard an aggregate nobody accepts.
+        arrays, decrypted = _global_model(msg, settings, inputs)
+    except CheckFailed as exc:
+        return _declined(msg, cid, f"client {cid}: {exc}", refused_model=True)
+    if not inputs.share_eval:
+        reason = (
+            f"client {cid}: metrics on its held-out clips are not shared (the node was started "
+            "without --share-eval-metrics)"
+        )
+        return _declined(msg, cid, reason)
     num_examples, metrics = evaluate_round(settings, inputs, arrays)
     record = MetricRecord({WEIGHT_KEY: num_examples})
     if decrypted is not None:
+        from veilfed.clients.secure import SHADOW_RECORD
+
         record["he/decrypt_ms"] = decrypted.decrypt_ms
         shadow = msg.content.array_records.get(SHADOW_RECORD)
         if shadow is not None:
@@ -173,5 +235,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     for task, values in metrics.items():
         for metric, value in values.items():
             record[f"eval/{task}/{metric}"] = float(value)
-    info = ConfigRecord({"client-id": inputs.client_id})
+    info = ConfigRecord({"client-id": cid})
     return Message(RecordDict({"metrics": record, REPLY_KEY: info}), reply_to=msg)

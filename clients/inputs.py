@@ -5,9 +5,10 @@ does. Two places hold it:
 
 - **a real node** (``veilfed node start``): Flower's node config names the client (``client-id``),
   the node store its shard bundle was imported into (``store``, under the client's own Fernet
-  key ``key-file``), the node's state directory (``state-dir``) and, for HE runs, the clients'
-  secret context (``he-context``). The coordinator's run directory is never read: it is on
-  another machine.
+  key ``key-file``), the node's state directory (``state-dir``: its cumulative accountant,
+  releases and signing key), its privacy policy (``veilfed.clients.policy``) and, for HE runs,
+  the clients' secret context (``he-context``). The coordinator's run directory is never read:
+  it is on another machine.
 - **a virtual client** (simulation): the run directory the settings name holds the shard table
   (``shards.json``), the modalities each client lacks, the client's state and the HE secret.
 """
@@ -20,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from veilfed.clients.node import NodeState
+from veilfed.clients.policy import NodePolicy
 from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
 
 REAL_NODE_KEYS = ("client-id", "store", "key-file", "state-dir")
-BUDGET_KEY = "epsilon-budget"  # node config: the most ε this node spends in one run
+# Node config (``veilfed node start``): whether the held-out clips are evaluable, i.e. metrics on
+# them may leave the node (``--share-eval-metrics``; default: no), and the fewest contributors an
+# HE aggregate must sum before this node decrypts it (``--he-min-contributors``).
+SHARE_EVAL_KEY = "share-eval-metrics"
+HE_FLOOR_KEY = "he-min-contributors"
+DEFAULT_HE_FLOOR = 3
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,11 @@ class ClientInputs:
     state: NodeState
     he_secret: str  # the clients' secret HE context ("" when the node has none)
     simulated: bool  # a virtual client; a real node never sends HE shadow (plaintext) copies
-    budget: float = 0.0  # > 0: the node's own ε cap per run (the data owner's, not the run's)
+    policy: NodePolicy | None = None  # a real node's own privacy policy; None: a virtual client
+    # Metrics (train loss, evaluation) leave the client: a virtual client (the user's own data)
+    # always, a real node only with --share-eval-metrics (evaluation only; never its train loss).
+    share_eval: bool = True
+    he_min_contributors: int = DEFAULT_HE_FLOOR  # the node's floor wins over the run's
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,7 +75,7 @@ def is_real_node(node_config: dict[str, Any]) -> bool:
 def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientInputs:
     """The inputs of the client this node (real) or partition (simulation) is."""
     if is_real_node(node_config):
-        return _real_node(settings.run_id, node_config)
+        return _real_node(node_config)
     cid = client_name(int(node_config["partition-id"]))
     shards, missing = _run_tables(settings.run_dir)
     ids = shards.get(cid)
@@ -79,10 +90,11 @@ def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientI
         state=NodeState.in_run(settings.run_dir, cid),
         he_secret=settings.he.secret_path,
         simulated=True,
+        he_min_contributors=settings.he.min_contributors,
     )
 
 
-def _real_node(run_id: str, cfg: dict[str, Any]) -> ClientInputs:
+def _real_node(cfg: dict[str, Any]) -> ClientInputs:
     absent = [k for k in REAL_NODE_KEYS if not cfg.get(k)]
     if absent:
         raise UsageError(
@@ -99,8 +111,17 @@ def _real_node(run_id: str, cfg: dict[str, Any]) -> ClientInputs:
         key_file=key_file,
         clip_ids=ids,
         missing=(),
-        state=NodeState.on_node(Path(str(cfg["state-dir"])), run_id, cid),
+        state=NodeState.on_node(Path(str(cfg["state-dir"])), cid),
         he_secret=str(cfg.get("he-context") or ""),
         simulated=False,
-        budget=float(cfg.get(BUDGET_KEY, 0.0)),
+        policy=NodePolicy.from_node_config(cfg),
+        share_eval=cfg.get(SHARE_EVAL_KEY) is True,
+        he_min_contributors=he_floor(cfg.get(HE_FLOOR_KEY, DEFAULT_HE_FLOOR)),
     )
+
+
+def he_floor(value: Any, where: str = "--he-min-contributors") -> int:
+    """A node's HE contributor floor: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{where} {value!r}: use an integer >= 1 (default {DEFAULT_HE_FLOOR})")
+    return value

@@ -1,34 +1,55 @@
-"""Node-local state of one client: its accountant history and report signing key.
+"""Node-local state of one client: its lifetime accountant, its last release, its signing key.
 
 A virtual client is a fresh ClientApp call on whatever Ray actor is free, and a real node's
-ClientApp may be restarted at any time, so nothing may live in memory between rounds. In
-simulation everything lives in ``<run_dir>/clients/<client_id>/``; on a real node in its own
-``--state`` directory (``<state>/client``), the accountant once per run (a node serves many runs,
-each with its own round numbers) and the signing key once per node:
+ClientApp may be restarted at any time, so nothing may live in memory between rounds. The state
+lives in one directory per client:
 
-``accountant/r<round>.json``  the accountant's state after each round the client trained
-                                (real node: ``runs/<run id>/accountant/``);
-``signing.key`` (+ ``.pub``)   its Ed25519 key for privacy reports. In simulation the run setup
-                                creates and registers it (``provision``); a real node creates it
-                                on first use and offers the public half when the coordinator asks
-                                which client it is; the coordinator pins it for the run.
+- **a real node**: ``<state>/client`` (``veilfed node start --state``). The accountant belongs to
+  the node's shard and client id, not to a run: every run and round the client ever joined
+  composes into it, whatever run id or round number the coordinator sends;
+- **a virtual client** (simulation): ``<run_dir>/clients/<client_id>``, one accountant per run
+  (the user's own data in a research run, and each run reports its own ε).
 
-Keeping one accountant snapshot per round (instead of overwriting one file) makes a re-run of an
-unfinished round idempotent: the client starts from its state *before* that round. Because the
-round's training is a pure function of (seed, client, round, global model), the re-run releases
-the very same update as the killed attempt, so it is no new privacy loss and must not be counted
-twice — which is exactly what the per-round snapshots give (resume-equality test).
+Layout of that directory::
+
+    accountant/<client_id>.json   the cumulative accountant (``AccountantStore``), replaced
+                                  atomically after every release
+    accountant/<client_id>.lock   held while a round spends (two runs never race on the file)
+    release/<client_id>/<sha256>.npz  each run's last released update, its loss and its report,
+                                  named by the SHA-256 the accountant records for it
+    signing.key (+ .pub)          the Ed25519 key for privacy reports (created on first use on
+                                  a real node; provisioned by the run setup in simulation)
+
+Replays. DP noise is drawn fresh from the OS for every training, so retraining a round is a
+*second* release even from the same model. A true replay — same run, same round, same global
+model (``veilfed.federation.digest.model_digest`` of what the message carried) as the last
+release — gets the stored update back at no new spend; anything else trains and spends again,
+under the budget check; a round of the same run that is not after its last reported round is
+declined (re-releasing it would be a second release under a name the audit already holds).
+Ordering makes a crash safe: the release file is written first, then the accountant that both
+counts the spend and names the release (by its SHA-256) in one atomic replace. A crash before
+that replace means nothing left the node; one after it leaves a counted release; a release file
+the accountant does not name is never served.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import json
-import re
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from veilfed.errors import UsageError
-from veilfed.io import write_text_atomic
-from veilfed.privacy.accounting import ClientAccountant, check_client_id
+from veilfed.io import write_bytes_atomic
+from veilfed.privacy.accounting import AccountantStore, ClientAccountant, check_client_id
 from veilfed.privacy.reports import (
     KeyRegistry,
     generate_signing_key,
@@ -36,20 +57,34 @@ from veilfed.privacy.reports import (
     public_key_path,
 )
 
-_SNAPSHOT = re.compile(r"^r(\d{6})\.json$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_META = "__release__"  # npz entry holding the release's JSON metadata (bytes)
 
 
-def check_run_id(run_id: str) -> str:
-    """Run ids from the coordinator's messages become a directory name on the node."""
-    if not _RUN_ID.match(run_id):
-        raise UsageError(f"run id {run_id!r}: not a run id (letters, digits, '_', '-')")
-    return run_id
+@dataclass(frozen=True)
+class ReleaseKey:
+    """What makes a round the same round: run id, round number and global model digest."""
+
+    run_id: str
+    round: int
+    model: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "round": self.round, "model": self.model}
+
+
+@dataclass(frozen=True)
+class Release:
+    """An update that left the node: the weights, its example count, loss and report."""
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    loss: float
+    report: str | None
 
 
 class NodeState:
-    """The persisted state of ``client_id``: accountant in ``directory``, signing key at
-    ``key_path`` (default ``directory/signing.key``)."""
+    """The persisted state of ``client_id`` in ``directory`` (signing key at ``key_path``,
+    default ``directory/signing.key``)."""
 
     def __init__(
         self, directory: str | Path, client_id: str, key_path: str | Path | None = None
@@ -57,57 +92,95 @@ class NodeState:
         self.client_id = check_client_id(client_id)
         self.dir = Path(directory)
         self._key_path = Path(key_path) if key_path is not None else self.dir / "signing.key"
+        self.accountants = AccountantStore(self.dir / "accountant")
 
     @classmethod
     def in_run(cls, run_dir: str | Path, client_id: str) -> NodeState:
-        """A virtual client's state inside the simulation's run directory."""
+        """A virtual client's state inside the simulation's run directory (per run)."""
         return cls(Path(run_dir) / "clients" / client_id, client_id)
 
     @classmethod
-    def on_node(cls, state_dir: str | Path, run_id: str, client_id: str) -> NodeState:
-        """A real node's state for one run: its accountant per run, its signing key per node."""
-        state = Path(state_dir)
-        return cls(state / "runs" / check_run_id(run_id), client_id, state / "signing.key")
+    def on_node(cls, state_dir: str | Path, client_id: str) -> NodeState:
+        """A real node's state (``<state>/client``): one accountant for every run it joins."""
+        return cls(Path(state_dir), client_id)
 
     @property
     def key_path(self) -> Path:
         return self._key_path
 
-    def _snapshots(self) -> dict[int, Path]:
-        acc_dir = self.dir / "accountant"
-        if not acc_dir.is_dir():
-            return {}
-        found = {}
-        for path in acc_dir.iterdir():
-            m = _SNAPSHOT.match(path.name)
-            if m:
-                found[int(m.group(1))] = path
-        return found
+    def release_path(self, sha256: str) -> Path:
+        return self.dir / "release" / self.client_id / f"{sha256}.npz"
 
-    def accountant_before(self, rnd: int, mechanism: str) -> ClientAccountant:
-        """The accountant as it was when round ``rnd`` started (fresh if never trained)."""
-        earlier = [r for r in self._snapshots() if r < rnd]
-        if not earlier:
-            return ClientAccountant(self.client_id, mechanism)
-        path = self._snapshots()[max(earlier)]
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(
-                f"{path}: cannot read accountant state ({exc}); deleting it would reset this "
-                "client's privacy spend"
-            ) from None
-        acc = ClientAccountant(self.client_id, mechanism)
-        try:
-            acc.load_state_dict(state)
-        except UsageError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+    @contextlib.contextmanager
+    def spending(self) -> Iterator[None]:
+        """Hold the client's accountant for one round: concurrent runs on one node queue here."""
+        lock = self.accountants.path(self.client_id).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def accountant(self, mechanism: str, run_id: str) -> ClientAccountant:
+        """The client's cumulative accountant read with ``mechanism`` (fresh if never trained),
+        with ``run_id``'s report chain and release selected."""
+        acc = self.accountants.load(self.client_id, mechanism, recompose=True)
+        acc.select_run(run_id)
         return acc
 
-    def save_accountant(self, rnd: int, acc: ClientAccountant) -> Path:
-        path = self.dir / "accountant" / f"r{rnd:06d}.json"
-        write_text_atomic(path, json.dumps(acc.state_dict(), sort_keys=True, indent=1) + "\n")
-        return path
+    def released(self, acc: ClientAccountant, key: ReleaseKey) -> Release | None:
+        """The stored update when ``key`` is exactly the last release ``acc`` counted, else None."""
+        named = acc.release
+        if named is None or {k: named.get(k) for k in ("run_id", "round", "model")} != (
+            key.as_dict()
+        ):
+            return None
+        try:
+            blob = self.release_path(str(named["sha256"])).read_bytes()
+        except OSError:
+            return None  # counted but lost: the caller declines, never releases at no cost
+        if hashlib.sha256(blob).hexdigest() != named["sha256"]:
+            return None
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            meta = json.loads(bytes(data[_META]).decode("utf-8"))
+            arrays = {name: data[name].copy() for name in meta["arrays"]}
+        loss = meta["loss"]
+        return Release(
+            arrays,
+            int(meta["num_examples"]),
+            math.nan if loss is None else float(loss),
+            meta["report"],
+        )
+
+    def commit(self, acc: ClientAccountant, key: ReleaseKey, release: Release) -> None:
+        """Persist the release, then the accountant that counts it; before it leaves the node."""
+        names = sorted(release.arrays)
+        if _META in names:
+            raise UsageError(f"client {self.client_id}: a tensor may not be named {_META!r}")
+        meta = {
+            "arrays": names,
+            "num_examples": release.num_examples,
+            "loss": release.loss if math.isfinite(release.loss) else None,
+            "report": release.report,
+            **key.as_dict(),
+        }
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            **{n: release.arrays[n] for n in names},
+            **{_META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)},
+        )
+        blob = buf.getvalue()
+        sha = hashlib.sha256(blob).hexdigest()
+        write_bytes_atomic(self.release_path(sha), blob, mode=0o600)
+        previous = acc.release
+        acc.release = {**key.as_dict(), "sha256": sha}
+        self.accountants.save(acc)
+        if previous is not None and previous.get("sha256") != sha:
+            with contextlib.suppress(OSError):  # superseded: no replay can ask for it any more
+                self.release_path(str(previous["sha256"])).unlink()
 
     def signing_key(self):  # type: ignore[no-untyped-def]
         return load_signing_key(self.key_path)

@@ -7,6 +7,13 @@ public). Any client, including one that was never sampled before, decrypts it an
 decrypted total weight: that is exactly the FedAvg global model, identical on every client
 (decryption is deterministic). No per-round history is needed, so a stateless Ray actor can
 serve any client in any round.
+
+Each update is labelled ``<run id>/<round>/<client id>``. A client decrypts an aggregate only if
+it sums at least its floor of contributors (``he-min-contributors`` on a real node, ``[he]
+min_contributors`` in a simulation), all distinct clients of one round of one run: the labels are
+the coordinator's word, but the contributor tags inside the ciphertexts must match them
+(``veilfed.crypto.he.decrypt_average``), so a coordinator cannot pass off one client's update,
+alone or added to itself, as an aggregate.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from veilfed.crypto.he import (
     load_context,
     unflatten,
 )
-from veilfed.errors import UsageError
+from veilfed.errors import CheckFailed, UsageError
 
 GLOBAL_KEY = "he-global"  # config entry (bytes): the encrypted aggregate of the last round
 UPDATE_RECORD = "he"  # reply ConfigRecord: "update" (bytes) or "withheld" (reason)
@@ -70,18 +77,38 @@ def to_flat(settings: SimSettings, arrays: dict[str, np.ndarray]) -> np.ndarray:
     return flatten([arrays[k] for k in names])[0]
 
 
+def contributor_label(run_id: str, rnd: int, client_id: str) -> str:
+    return f"{run_id}/{rnd}/{client_id}"
+
+
+def check_contributors(labels: list[str]) -> None:
+    """An aggregate sums distinct clients of one round of one run; ``CheckFailed`` otherwise."""
+    parts = [label.split("/") for label in labels]
+    if any(len(p) != 3 for p in parts):
+        raise CheckFailed("HE aggregate lists a contributor that is not <run>/<round>/<client>")
+    rounds = {(p[0], p[1]) for p in parts}
+    if len(rounds) > 1:
+        raise CheckFailed(f"HE aggregate mixes updates of {len(rounds)} rounds; refusing it")
+    clients = [p[2] for p in parts]
+    if len(set(clients)) < len(clients):
+        raise CheckFailed("HE aggregate counts one client more than once; refusing it")
+
+
 def global_model(
-    settings: SimSettings, secret_path: str, message: Any
+    settings: SimSettings, secret_path: str, message: Any, min_contributors: int = 1
 ) -> tuple[dict[str, np.ndarray], Decrypted | None]:
     """The global model a train/evaluate message stands for, and the decryption (None: round 1).
 
     A plaintext model is only ever accepted before the first aggregate (the seeded initial
-    weights); afterwards the message must carry the encrypted aggregate.
+    weights); afterwards the message must carry the encrypted aggregate, of at least
+    ``min_contributors`` distinct clients. Raises ``CheckFailed`` when the client refuses it.
     """
     blob = message.content["config"].get(GLOBAL_KEY)
     if blob is None:
         return {k: a.numpy() for k, a in message.content["arrays"].items()}, None
-    result = decrypt_average(secret_context(secret_path), bytes(blob))
+    update = EncryptedUpdate.from_bytes(bytes(blob))
+    check_contributors(update.contributors)
+    result = decrypt_average(secret_context(secret_path), update, min_clients=min_contributors)
     names, specs = layout(settings)
     return dict(zip(names, unflatten(result.average, specs), strict=True)), result
 
@@ -92,8 +119,10 @@ def encrypt_weights(
     new: dict[str, np.ndarray],
     start: dict[str, np.ndarray],
     weight: int,
+    contributor: str,
 ) -> EncryptedUpdate:
-    """Enc(n_k · w_k, n_k) after the client's own checks (finite, bounds, norm of w_k − start).
+    """Enc(n_k · w_k, n_k) after the client's own checks (finite, bounds, norm of w_k − start),
+    labelled ``contributor`` (:func:`contributor_label`).
 
     Raises ``CheckFailed`` when a check fails; the caller withholds the update.
     """
@@ -104,4 +133,5 @@ def encrypt_weights(
         weight,
         max_l2=bound if bound > 0 else None,
         reference=to_flat(settings, start),
+        contributor=contributor,
     )

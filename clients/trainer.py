@@ -4,14 +4,19 @@ Only the model core's public API is used (``create_model``, ``model(batch)``, ``
 ``evaluate``, ``state_dict``). DP-SGD is Opacus with Poisson sampling; the accountant is the
 client's persisted one (``NodeState``), attached to the PrivacyEngine before ``make_private`` so
 every step lands in the cumulative history. σ comes from the target ε over *all* planned rounds
-(``calibrate_noise``) unless given. Every round is seeded from (seed, client, round), so a
-re-run of the same round is bit-identical (see ``node.py`` for why that matters).
+(``calibrate_noise``) unless given. A round's augmentations are seeded from (seed, client,
+round); its DP noise and Poisson sample come from OS entropy (``veilfed.privacy.noise``), so no
+one who knows the public seed can replay them, and a re-run of a round is a new release:
+a true replay (same run, round and global model) is served from the node's stored release
+instead (``veilfed.clients.node``), and a real node first checks the run's privacy settings
+against its own policy (``veilfed.clients.policy``).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -22,7 +27,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from veilfed.clients.inputs import ClientInputs
+from veilfed.clients.node import Release, ReleaseKey
 from veilfed.coordinator.settings import SimSettings
+from veilfed.privacy.accounting import ClientAccountant
+
+log = logging.getLogger("veilfed.client")
 
 
 @dataclass(frozen=True)
@@ -187,43 +196,90 @@ def _freeze_unused(settings: SimSettings, model: torch.nn.Module, dataset: Any) 
             param.requires_grad_(False)
 
 
+def _declined(reason: str) -> RoundResult:
+    log.warning("%s", reason)
+    return RoundResult({}, 0, math.nan, None, declined=reason)
+
+
 def train_round(
     settings: SimSettings,
     inputs: ClientInputs,
     rnd: int,
     arrays: dict[str, np.ndarray],
     proximal_mu: float = 0.0,
+    model_digest: str = "",
 ) -> RoundResult:
-    """One local round of (DP-)SGD on the client's training split, starting from ``arrays``."""
+    """One local round of (DP-)SGD on the client's training split, starting from ``arrays``.
+
+    ``model_digest`` names the global model the message carried (``model_digest``): a round
+    with the same run, round and model as the client's last release in that run is a replay and
+    gets that release back at no new spend; any other round is a new release, checked against
+    the node's policy and budget (``veilfed.clients.node``, ``veilfed.clients.policy``).
+    """
+    p = settings.privacy
+    train_ids, _ = split_shard(settings, inputs)
+    if inputs.policy is not None:
+        reason = inputs.policy.refusal(inputs.client_id, p, len(train_ids))
+        if reason is not None:
+            return _declined(reason)
+    if not p.enabled:
+        return _train(settings, inputs, rnd, arrays, proximal_mu, None, train_ids, model_digest)
+    node = inputs.state
+    key = ReleaseKey(settings.run_id, rnd, model_digest)
+    with node.spending():
+        acc = node.accountant(p.accountant, settings.run_id)
+        before = acc.release
+        cached = node.released(acc, key)
+        if cached is not None:
+            log.info("client %s: round %d of run %s replayed: same release, no new spend",
+                     inputs.client_id, rnd, settings.run_id)  # fmt: skip
+            return RoundResult(cached.arrays, cached.num_examples, cached.loss, cached.report)
+        if acc.last_round is not None and rnd <= acc.last_round:
+            last = (
+                "the same" if before is not None and before["model"] == model_digest else "another"
+            )
+            return _declined(
+                f"client {inputs.client_id}: declining to train: round {rnd} of run "
+                f"{settings.run_id} is not after its last released round {acc.last_round} "
+                f"(from {last} global model); releasing it again would be a second release"
+            )
+        result = _train(settings, inputs, rnd, arrays, proximal_mu, acc, train_ids, model_digest)
+        if result.declined is None:
+            node.commit(
+                acc, key, Release(result.arrays, result.num_examples, result.loss, result.report)
+            )
+    return result
+
+
+def _train(
+    settings: SimSettings,
+    inputs: ClientInputs,
+    rnd: int,
+    arrays: dict[str, np.ndarray],
+    proximal_mu: float,
+    acc: ClientAccountant | None,
+    train_ids: list[str],
+    model_digest: str,
+) -> RoundResult:
+    """Train one round; with ``acc``, DP-SGD recorded into it after its budget check."""
     from veilfed.privacy.accounting import plan_round
     from veilfed.privacy.reports import record_round, sign
 
     _threads()
-    torch.manual_seed(_seed(settings, inputs.client_id, rnd))
+    torch.manual_seed(_seed(settings, inputs.client_id, rnd))  # augmentations, not DP noise
     exp = experiment(settings)
     p = settings.privacy
-    train_ids, _ = split_shard(settings, inputs)
     batch_size = min(exp.train.batch_size, len(train_ids))
     plan = plan_round(len(train_ids), batch_size, settings.federated.local_epochs)
     node = inputs.state
-    acc = None
     sigma = 0.0
-    budget = p.epsilon_budget
-    if inputs.budget > 0:
-        if not p.enabled:
-            reason = (
-                f"client {inputs.client_id}: declining to train: the run has no client DP and "
-                f"this node spends at most epsilon {inputs.budget:g} (--budget)"
-            )
-            return RoundResult({}, 0, math.nan, None, declined=reason)
-        budget = min(budget, inputs.budget)
-    if p.enabled:
+    budget = p.epsilon_budget if inputs.policy is None else inputs.policy.budget_for(p)
+    if acc is not None:
         _memoize_rdp()
-        acc = node.accountant_before(rnd, p.accountant)
         sigma = noise_multiplier(settings, plan.sample_rate, plan.steps)
         reason = acc.refusal(budget, p.delta, sigma, plan.sample_rate, plan.steps)
         if reason is not None:
-            return RoundResult({}, 0, math.nan, None, declined=reason)
+            return _declined(reason)
 
     model = _model(settings, arrays)
     model.train()
@@ -268,7 +324,9 @@ def train_round(
     if acc is not None:
         rep = record_round(
             acc,
+            run_id=settings.run_id,
             round=rnd,
+            model_digest=model_digest,
             max_grad_norm=p.max_grad_norm,
             delta=p.delta,
             epsilon_budget=budget,
@@ -280,7 +338,6 @@ def train_round(
             from dataclasses import asdict
 
             report = json.dumps(asdict(rep), sort_keys=True)
-        node.save_accountant(rnd, acc)
     return RoundResult(
         _numpy_state(model),
         len(train_ids),

@@ -556,3 +556,6 @@ def print_report(summary: dict[str, Any]) -> None:
         f"MLflow: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000, "
         f"run {summary['run_id']})"
     )
+    if summary["private"]:
+        # keys/ holds the clients' registered keys and the coordinator's round-log key
+        print(f"audit: veilfed audit {summary['run_id']} --keys {summary['run_dir']}/keys")

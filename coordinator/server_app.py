@@ -43,6 +43,7 @@ from veilfed.coordinator.strategies import (
 )
 from veilfed.errors import CheckFailed, UsageError, VeilfedError
 from veilfed.io import write_text_atomic
+from veilfed.privacy.audit_log import COORDINATOR_KEY_ARTIFACT, LOG_ARTIFACT
 
 log = logging.getLogger("veilfed.coordinator")
 
@@ -50,6 +51,10 @@ REPLY_KEY = "reply"  # ConfigRecord every client reply carries (client id, statu
 SETTINGS_KEY = "settings"  # config entry of every message: the run's SimSettings as JSON
 STATUS_TRAINED = "trained"
 STATUS_DECLINED = "declined"
+# Set in a declined reply when the client refused the global model it was sent (an HE aggregate
+# below its contributor floor or failing its integrity check): not a budget matter, so the client
+# stays eligible for later rounds.
+REFUSED_MODEL = "refused-model"
 
 
 @dataclass
@@ -63,6 +68,7 @@ class RoundLog:
     rejected: dict[str, str] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
     reported: list[str] = field(default_factory=list)  # verified privacy reports (ε spent)
+    model_digest: str = ""  # of the global model this round's messages carried
     aggregated: bool = False
     train_loss: float = math.nan
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -180,6 +186,13 @@ class Coordinator:
         # Real nodes: node id -> the client id its auth key is registered as (empty: simulation)
         self.node_clients = dict(node_clients or {})
         self.keys = KeyRegistry(self.run_dir / "keys")
+        self.train_examples: dict[str, int] = {}  # admitted clients' n (δ <= 1/n per report)
+        self.round_digest = ""
+        self.round_log = None
+        if settings.privacy.enabled and self.fed.sign_reports:
+            from veilfed.privacy.audit_log import RoundLogWriter
+
+            self.round_log = RoundLogWriter(self.run_dir, settings.run_id)
         self.strategy = build_strategy(
             self.fed.strategy,
             sampled_per_round=self.fed.sampled_per_round,
@@ -212,7 +225,6 @@ class Coordinator:
             self.exhausted: dict[str, str] = {}
             self.releases = 0
             self.he_global = None
-            np.random.seed(settings.seed)
         else:
             self.round = ckpt.round
             self.arrays = ckpt.arrays
@@ -227,6 +239,13 @@ class Coordinator:
 
     # -- one round ------------------------------------------------------------------------
     def _train(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
+        from veilfed.federation.digest import model_digest
+
+        # What this round sends (the encrypted aggregate under HE): the clients' reports name it.
+        rlog.model_digest = model_digest(
+            None if self.he_global is not None else self.arrays, self.he_global
+        )
+        self.round_digest = rlog.model_digest
         eligible = [c for c in node_of if c not in self.exhausted]
         rlog.sampled = sample_clients(self.s.seed, rnd, eligible, self.fed.sampled_per_round)
         if not rlog.sampled:
@@ -257,7 +276,8 @@ class Coordinator:
             info = _reply_info(reply)
             if info.get("status") == STATUS_DECLINED:
                 rlog.declined[cid] = str(info.get("reason", "budget exhausted"))
-                self.exhausted[cid] = rlog.declined[cid]
+                if info.get(REFUSED_MODEL) is not True:
+                    self.exhausted[cid] = rlog.declined[cid]
                 log.warning("round %d: %s", rnd, rlog.declined[cid])
                 continue
             reason = self._screen(rnd, cid, reply, info, rlog)
@@ -267,8 +287,11 @@ class Coordinator:
                 continue
             accepted.append(reply)
             rlog.accepted.append(cid)
+            # Only virtual clients report a training loss; a real node keeps it.
             metrics = dict(next(iter(reply.content.metric_records.values())))
-            losses.append((float(metrics.get(WEIGHT_KEY, 0)), {"loss": metrics["train/loss"]}))
+            loss = metrics.get("train/loss")
+            if isinstance(loss, int | float) and not isinstance(loss, bool):
+                losses.append((float(metrics[WEIGHT_KEY]), {"loss": float(loss)}))
         for cid in set(rlog.sampled) - answered:
             rlog.failed[cid] = "no reply before the round timeout"
         rlog.train_loss = _weighted(losses).get("loss", math.nan)
@@ -303,7 +326,7 @@ class Coordinator:
         if info.get("client-id") != cid:
             return f"reply claims to be client {info.get('client-id')!r}"
         metrics = list(reply.content.metric_records.values())
-        if len(metrics) != 1 or WEIGHT_KEY not in metrics[0] or "train/loss" not in metrics[0]:
+        if len(metrics) != 1 or WEIGHT_KEY not in metrics[0]:
             return "reply lacks its training metrics"
         weight = metrics[0][WEIGHT_KEY]
         if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
@@ -355,12 +378,15 @@ class Coordinator:
             rlog.rejected[rej.client] = rej.reason
             rlog.accepted.remove(rej.client)
             log.warning("round %d: rejected update of client %s: %s", rnd, rej.client, rej.reason)
-        if agg is None or len(rlog.accepted) < self.fed.min_fit_clients:
+        # Clients refuse to decrypt an aggregate of fewer than [he] min_contributors clients.
+        needed = max(self.fed.min_fit_clients, self.s.he.min_contributors)
+        if agg is None or len(rlog.accepted) < needed:
             log.warning(
-                "round %d: %d accepted updates < min_fit_clients %d; global model unchanged",
+                "round %d: %d accepted updates < %d (min_fit_clients, [he] min_contributors); "
+                "global model unchanged",
                 rnd,
                 len(rlog.accepted),
-                self.fed.min_fit_clients,
+                needed,
             )
             return
         wire = [len(bytes(blobs[c])) for c in rlog.accepted]
@@ -404,9 +430,12 @@ class Coordinator:
             signed = SignedReport.from_json(raw, f"client {cid} round {rnd} report")
             report = self.keys.verify(signed, cid)
         else:
-            report = PrivacyReport.from_dict(json.loads(raw), f"client {cid} round {rnd} report")
-        if report.round != rnd:
-            raise CheckFailed(f"client {cid}: report is for round {report.round}, not {rnd}")
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise CheckFailed(f"client {cid}: privacy report is not JSON; refused") from None
+            report = PrivacyReport.from_dict(data, f"client {cid} round {rnd} report")
+        self._check_binding(rnd, cid, report)
         budget = self.s.privacy.epsilon_budget
         if report.epsilon > budget * (1 + 1e-9):
             raise CheckFailed(
@@ -425,6 +454,53 @@ class Coordinator:
             report=raw,
         )
 
+    def _check_binding(self, rnd: int, cid: str, report: Any) -> None:
+        """The report names this run, round and model, and the run's δ and accountant."""
+        who = f"client {cid} round {rnd}"
+        p = self.s.privacy
+        if report.run_id != self.s.run_id:
+            raise CheckFailed(f"{who}: report is for run {report.run_id}, not {self.s.run_id}")
+        if report.round != rnd:
+            raise CheckFailed(f"client {cid}: report is for round {report.round}, not {rnd}")
+        if report.model_digest != self.round_digest:
+            raise CheckFailed(f"{who}: report names another global model than this round's")
+        if report.delta != p.delta:
+            raise CheckFailed(f"{who}: report delta {report.delta:g} is not the run's {p.delta:g}")
+        n = self.train_examples.get(cid, 0)
+        if n > 0 and report.delta > 1 / n:
+            raise CheckFailed(f"{who}: report delta {report.delta:g} > 1/n = {1 / n:.3g}")
+        if report.accountant != p.accountant:
+            raise CheckFailed(
+                f"{who}: report accounted with {report.accountant}, the run uses {p.accountant}"
+            )
+
+    def _log_settings(self) -> None:
+        """The signed round log's first entry: the privacy settings the audit pins."""
+        from veilfed.privacy.reports import key_id
+
+        if self.round_log is None:
+            return
+        p = self.s.privacy
+        budget = p.epsilon_budget
+        keys = self.keys.public_keys()
+        clients = {
+            cid: {"n": n, "key_id": key_id(keys[cid]) if cid in keys else None}
+            for cid, n in sorted(self.train_examples.items())
+        }
+        text = self.round_log.settings(
+            {
+                "delta": p.delta,
+                "epsilon_budget": budget if math.isfinite(budget) else None,
+                "accountant": p.accountant,
+                "clients": clients,
+            }
+        )
+        self.tracker.log_text(self.round_log.public_pem.decode("ascii"), COORDINATOR_KEY_ARTIFACT)
+        self._upload_round_log(text)
+
+    def _upload_round_log(self, text: str) -> None:
+        self.tracker.log_text(text, LOG_ARTIFACT)
+
     def _evaluate(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
         pool = sorted(node_of)
         chosen = sample_clients(self.s.seed + 1, rnd, pool, self.fed.evaluated_per_round)
@@ -439,22 +515,39 @@ class Coordinator:
             Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of[c])
             for c in chosen
         ]
+        cid_of = {node_of[c]: c for c in chosen}
         results: list[tuple[float, dict[str, float]]] = []
         decrypt_ms: list[float] = []
         errors: list[float] = []
-        failures: list[str] = []
+        refused: list[str] = []
+        accepted_model = 0  # replies whose client accepted the global model
         for reply in self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout_s):
-            if reply.has_error():
-                log.warning("round %d: evaluation failed: %s", rnd, reply.error.reason)
-                failures.append(reply.error.reason)
+            cid = cid_of.get(reply.metadata.src_node_id)
+            if cid is None:
                 continue
-            metrics = dict(next(iter(reply.content.metric_records.values())))
-            weight = float(metrics.pop(WEIGHT_KEY, 0))
+            if reply.has_error():
+                log.warning("round %d: evaluation by %s failed: %s", rnd, cid, reply.error.reason)
+                continue
+            info = _reply_info(reply)
+            if info.get("status") == STATUS_DECLINED:
+                reason = str(info.get("reason", "declined"))
+                log.warning("round %d: evaluation: %s", rnd, reason)
+                if info.get(REFUSED_MODEL) is True:
+                    refused.append(cid)
+                else:
+                    accepted_model += 1
+                continue
+            parsed = _eval_metrics(reply)
+            if isinstance(parsed, str):
+                log.warning("round %d: evaluation reply of %s rejected: %s", rnd, cid, parsed)
+                continue
+            weight, metrics = parsed
+            accepted_model += 1
             if "he/decrypt_ms" in metrics:
-                decrypt_ms.append(float(metrics.pop("he/decrypt_ms")))
+                decrypt_ms.append(metrics.pop("he/decrypt_ms"))
             if "he/max_abs_error" in metrics:
-                errors.append(float(metrics.pop("he/max_abs_error")))
-            results.append((weight, {k: float(v) for k, v in metrics.items()}))
+                errors.append(metrics.pop("he/max_abs_error"))
+            results.append((weight, metrics))
         for key, value in _weighted(results).items():
             _, task, metric = key.split("/", 2)
             rlog.eval.setdefault(task, {})[metric] = value
@@ -462,23 +555,18 @@ class Coordinator:
             rlog.he["he/decrypt_ms"] = float(np.mean(decrypt_ms))
         if errors:
             rlog.he["he/max_abs_error"] = max(errors)
-        if (
-            self.he_ctx is not None
-            and rlog.aggregated
-            and not results
-            and failures
-            and all("integrity check" in f for f in failures)
-        ):
+        if self.he_ctx is not None and rlog.aggregated and refused and not accepted_model:
             self._discard_aggregate(rnd, rlog)
 
     def _discard_aggregate(self, rnd: int, rlog: RoundLog) -> None:
         """Every evaluating client refused this round's aggregate (its decryption failed the
         integrity check: an update under a forged key id or tampered beyond the header checks
-        was summed). It cannot be attributed to a client, so the round is discarded and the
-        previous global model kept, instead of every later round failing on it."""
+        was summed; or it sums fewer contributors than the clients' floor). It cannot be
+        attributed to a client, so the round is discarded and the previous global model kept,
+        instead of every later round failing on it."""
         log.warning(
-            "round %d: clients refused the encrypted aggregate (integrity check); discarding the "
-            "round and keeping the previous global model",
+            "round %d: clients refused the encrypted aggregate (integrity check or contributor "
+            "floor); discarding the round and keeping the previous global model",
             rnd,
         )
         self.he_global = self.he_previous
@@ -513,6 +601,7 @@ class Coordinator:
                     "held-out); export it a bigger bundle"
                 )
             train[cid] = n
+            self.train_examples[cid] = n
             if self.s.privacy.enabled:
                 try:
                     self.s.privacy.validate(n, f"client {cid}: privacy")
@@ -545,6 +634,7 @@ class Coordinator:
         if missing:
             raise UsageError(f"{missing} of {self.fed.clients} clients did not answer discovery")
         node_of = self._admit(found)
+        self._log_settings()
         for rnd in range(self.round + 1, self.fed.rounds + 1):
             if all(c in self.exhausted for c in node_of):
                 log.warning("round %d: every client has spent its budget; stopping", rnd)
@@ -555,9 +645,24 @@ class Coordinator:
             self._evaluate(rnd, node_of, rlog)
             rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.reported}
             self._finish_round(rlog, start)
+        if self.round_log is not None:
+            self._upload_round_log(self.round_log.end(self.round))
 
     def _finish_round(self, rlog: RoundLog, start: float) -> None:
         self._log_reports(rlog)
+        if self.round_log is not None:
+            self._upload_round_log(
+                self.round_log.round(
+                    {
+                        "round": rlog.round,
+                        "model_digest": rlog.model_digest,
+                        "sampled": sorted(rlog.sampled),
+                        "reported": sorted(rlog.reported),
+                        "accepted": sorted(rlog.accepted),
+                        "aggregated": rlog.aggregated,
+                    }
+                )
+            )
         rlog.wall_s = time.perf_counter() - start  # train + evaluate + report logging
         all_eps = {c: float(v["epsilon"]) for c, v in self.clients.items()}
         central = (
@@ -634,6 +739,38 @@ class Coordinator:
             self.tracker.log_artifacts(staged, REPORTS_DIR)
             if any(keys.iterdir()):
                 self.tracker.log_artifacts(keys, KEYS_DIR)
+
+
+EVAL_EXTRA = ("he/decrypt_ms", "he/max_abs_error")  # numbers an evaluate reply may add
+
+
+def _eval_metrics(reply: Message) -> tuple[float, dict[str, float]] | str:
+    """(weight, metrics) of an evaluate reply, or why it is rejected (never an exception).
+
+    One MetricRecord: a positive ``num-examples``, then only ``eval/<task>/<metric>`` and
+    ``EVAL_EXTRA`` entries, each a finite number.
+    """
+    records = list(reply.content.metric_records.values())
+    if len(records) != 1:
+        return f"{len(records)} metric records, expected 1"
+    metrics = dict(records[0])
+    weight = metrics.pop(WEIGHT_KEY, None)
+    if not _finite_number(weight) or weight <= 0:
+        return f"invalid {WEIGHT_KEY} {weight!r}"
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split("/", 2)
+        named = key in EVAL_EXTRA or (len(parts) == 3 and parts[0] == "eval" and all(parts))
+        if not named:
+            return f"unexpected metric {key!r}"
+        if not _finite_number(value):
+            return f"metric {key!r} is not a finite number ({value!r})"
+        out[key] = float(value)
+    return float(weight), out
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _encrypted_payload_problem(reply: Message) -> str | None:

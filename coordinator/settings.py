@@ -148,11 +148,26 @@ class ClientPrivacy:
     def epsilon_budget(self) -> float:
         return self.budget if self.budget > 0 else self.epsilon
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "privacy") -> ClientPrivacy:
+        """Typed construction from JSON (numbers as numbers, ``accountant`` a string)."""
+        return cls(**_typed(cls, data, where))
+
     def validate(self, num_examples_min: int, where: str = "privacy") -> None:
+        """Ranges of every field; ``num_examples_min``: the smallest client's n (δ < 1/n)."""
+        from veilfed.privacy.accounting import MECHANISMS
+
         if not self.epsilon > 0:
             raise UsageError(f"{where}.epsilon must be > 0 (got {self.epsilon:g})")
         if not 0 < self.delta < 1:
             raise UsageError(f"{where}.delta must be in (0, 1) (got {self.delta:g})")
+        if self.accountant not in MECHANISMS:
+            raise UsageError(
+                f"{where}.accountant {self.accountant!r}: use one of {', '.join(MECHANISMS)}"
+            )
+        finite = (self.noise_multiplier, self.max_grad_norm, self.budget)
+        if not all(math.isfinite(v) for v in finite):
+            raise UsageError(f"{where}: noise_multiplier, max_grad_norm and budget must be finite")
         if self.enabled and self.delta >= 1 / num_examples_min:
             raise UsageError(
                 f"{where}.delta {self.delta:g} must be < 1/n = {1 / num_examples_min:.3g} "
@@ -175,10 +190,14 @@ class HEConfig:
     weights × n_k, not deltas, see docs/federated.md), so it is larger than the library's
     delta-sized default. ``shadow`` (test runs only) makes clients also send their plaintext
     weights so the coordinator can hand evaluating clients the plaintext FedAvg to compare with.
+    ``min_contributors`` is the floor of distinct clients an aggregate must sum: the coordinator
+    keeps the previous model below it, and virtual clients refuse to decrypt below it (a real
+    node applies its own ``--he-min-contributors`` instead).
     """
 
     enabled: bool = False
     shadow: bool = False
+    min_contributors: int = 3
     max_abs_update: float = 16.0
     max_total_weight: int = 2**16
     tolerance: float = 1e-5
@@ -208,6 +227,14 @@ class HEConfig:
         """Server-side rules that need plaintext updates cannot run on ciphertexts."""
         if not self.enabled:
             return
+        if self.min_contributors < 1:
+            raise UsageError(f"{where}: [he] min_contributors must be >= 1")
+        if fed.sampled_per_round < self.min_contributors:
+            raise UsageError(
+                f"{where}: {fed.sampled_per_round} clients sampled per round cannot reach [he] "
+                f"min_contributors = {self.min_contributors} (clients refuse to decrypt smaller "
+                "aggregates); sample more clients (fraction, clients)"
+            )
         if fed.strategy not in HE_STRATEGIES:
             raise UsageError(
                 f"{where}: strategy {fed.strategy!r} needs plaintext updates and is incompatible "
@@ -243,14 +270,18 @@ class SimSettings:
 
     @classmethod
     def from_json(cls, text: str, where: str = "run settings") -> SimSettings:
+        """Parse and validate settings as the coordinator's own config load does: a node runs
+        whatever these say, so ranges are checked here too (one-line ``UsageError``)."""
         try:
             data = json.loads(text, parse_constant=_constant)
-            data["federated"] = FederatedConfig(**data["federated"])
-            data["privacy"] = ClientPrivacy(**data["privacy"])
-            data["he"] = HEConfig(**data.get("he", {}))
-            return cls(**data)
-        except (ValueError, KeyError, TypeError) as exc:
+            data["federated"] = FederatedConfig.from_dict(data["federated"], f"{where}: federated")
+            data["privacy"] = ClientPrivacy.from_dict(data["privacy"], f"{where}: privacy")
+            data["he"] = HEConfig(**_typed(HEConfig, data.get("he", {}), f"{where}: he"))
+            settings = cls(**data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"{where}: not veilfed run settings ({exc})") from None
+        settings.privacy.validate(1, f"{where}: privacy")  # δ against each client's n: on use
+        return settings
 
     def save(self) -> Path:
         path = Path(self.run_dir) / SETTINGS_FILE
@@ -265,6 +296,25 @@ class SimSettings:
         except OSError as exc:
             raise UsageError(f"{path}: cannot read run settings ({exc})") from None
         return cls.from_json(text, str(path))
+
+
+def _typed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with ints accepted for float fields; unknown fields and wrong types refused."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected an object")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise UsageError(f"{where}: unknown field {key!r}")
+        expected = type(getattr(defaults, key))
+        if expected is float and _num(value):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        clean[key] = value
+    return clean
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,7 +3,9 @@
 The round loop (``server_app.py``) owns sampling, screening and checkpointing; a strategy here
 only turns the *accepted* replies into the next global model. Aggregation rules are Flower's own
 (``flwr.serverapp.strategy``); we only configure them so that they never sample or wait on their
-own (sampling is done by the loop through :class:`FixedNodes`).
+own (sampling is done by the loop through :class:`FixedNodes`). Central DP uses Flower's
+server-side clipping wrappers with their noise drawn from an OS-entropy generator made each round
+(:mod:`veilfed.privacy.noise`) instead of numpy's global RNG, which a public seed would replay.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -24,8 +27,10 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Strategy,
 )
+from flwr.supercore.differential_privacy import compute_stdv
 
 from veilfed.errors import UsageError
+from veilfed.privacy.noise import gaussian, numpy_generator
 from veilfed.registry import Registry
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -87,6 +92,55 @@ def _trimmed(weight_key: str = WEIGHT_KEY, trim_beta: float = 0.2, **_: Any) -> 
     return FedTrimmedAvg(weighted_by_key=weight_key, beta=trim_beta, **_NO_SAMPLING)
 
 
+class _UnreplayableNoise:
+    """Central DP noise from a fresh OS-entropy generator per round, four-draw construction.
+
+    Flower's server-side wrappers draw the update noise (``_add_noise_to_aggregated_arrays``) and
+    the adaptive clipped-count noise (``_noisy_fraction``) from ``np.random``; both are replaced.
+    The generator is never part of :func:`strategy_state`, so no checkpoint holds it.
+    """
+
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
+    clipped_count_stddev: float
+    _noise_rng: np.random.Generator | None = None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self._noise_rng = numpy_generator("central DP noise", (server_round,))
+        try:
+            return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        finally:
+            vars(self).pop("_noise_rng", None)
+
+    def _rng(self) -> np.random.Generator:
+        if self._noise_rng is None:
+            raise RuntimeError("central DP noise is drawn only inside aggregate_train")
+        return self._noise_rng
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        rng = self._rng()
+        noisy = {}
+        for key, value in zip(aggregated.keys(), aggregated.to_numpy_ndarrays(), strict=True):
+            noisy[key] = Array(np.asarray(value + gaussian(rng, std, value.shape, value.dtype)))
+        return ArrayRecord(noisy)
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        noise = float(gaussian(self._rng(), self.clipped_count_stddev, ()))
+        return (count + noise) / float(total)
+
+
+class CentralFixedClipping(_UnreplayableNoise, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping with unreplayable noise."""
+
+
+class CentralAdaptiveClipping(_UnreplayableNoise, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with unreplayable noise."""
+
+
 def build_strategy(
     name: str,
     *,
@@ -107,14 +161,14 @@ def build_strategy(
     weight_key = WEIGHT_KEY if central_dp == "off" else UNIT_WEIGHT_KEY
     base = STRATEGIES.build(name, weight_key=weight_key, **options)
     if central_dp == "fixed":
-        return DifferentialPrivacyServerSideFixedClipping(
+        return CentralFixedClipping(
             base, central_noise_multiplier, central_clipping_norm, sampled_per_round
         )
     if central_dp == "adaptive":
         # Andrew et al.: the clipped-count noise σ_b and the update noise share the budget of
         # one Gaussian with multiplier σ (what we account); σ_b must exceed σ / 2. Flower's
         # default σ_b = sampled / 20 fails that for small cohorts.
-        return DifferentialPrivacyServerSideAdaptiveClipping(
+        return CentralAdaptiveClipping(
             base,
             central_noise_multiplier,
             sampled_per_round,

@@ -23,11 +23,12 @@ fi
 
 echo "== federated simulation: 8 clients, 5 rounds, 4 sampled per round, client DP-SGD (eps<=8), HE"
 "$VEILFED" simulate --config "$ROOT/experiments/federated.toml" --store store --key-file store.key \
-  --clients 8 --rounds 5 --fraction 0.5 --he --summary-json summary.json
+  --clients 8 --rounds 5 --fraction 0.5 --he --summary-json summary.json --force
 echo "== summary: demo-out/summary.json"
 RUN_ID=$("$ROOT/.venv/bin/python" -c 'import json; print(json.load(open("summary.json"))["run_id"])')
-echo "== privacy audit of run $RUN_ID"
-if "$VEILFED" audit "$RUN_ID" --format md --out audit; then
+RUN_DIR=$("$ROOT/.venv/bin/python" -c 'import json; print(json.load(open("summary.json"))["run_dir"])')
+echo "== privacy audit of run $RUN_ID (trusted keys: the coordinator's $RUN_DIR/keys)"
+if "$VEILFED" audit "$RUN_ID" --keys "$RUN_DIR/keys" --format md --out audit --force; then
   echo "audit verdict: PASS (every signed epsilon claim verified); report: demo-out/audit/audit.md"
 else
   echo "audit verdict: FAIL; report: demo-out/audit/audit.md" >&2

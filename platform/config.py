@@ -12,6 +12,7 @@ Adding a section: write a dataclass with defaults and add it as a field of
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,8 @@ from typing import Any
 
 from veilfed.data import schema
 from veilfed.errors import UsageError
+
+ACCOUNTANTS = ("rdp", "prv")  # rigorous bounds; Opacus' gdp is a CLT approximation
 
 
 @dataclass
@@ -266,13 +269,50 @@ def validate(cfg: ExperimentConfig) -> None:
             "a multiple of 8 (the video encoder's strides)"
         )
     _validate_augmentations(cfg.train.augmentations)
-    p = cfg.privacy
+    for section, key in (("world", "seed"), ("train", "seed")):
+        if getattr(getattr(cfg, section), key) < 0:
+            raise UsageError(f"{section}.{key}: must be >= 0")
+    _validate_privacy(cfg.privacy)
+
+
+def check_dp_target(epsilon: float | None, delta: float, where: str = "privacy") -> None:
+    """A DP target is meaningful only with ε > 0 (``inf``: no DP) and δ in (0, 1)."""
+    if epsilon is not None and not epsilon > 0:
+        raise UsageError(f"{where}.epsilon: must be > 0 (got {epsilon:g})")
+    if not 0 < delta < 1:
+        raise UsageError(f"{where}.delta: must be in (0, 1) (got {delta:g})")
+
+
+def check_delta_for(delta: float, n: int, where: str = "privacy", what: str = "") -> None:
+    """δ < 1/n for a dataset of ``n`` examples: at δ ≥ 1/n releasing one example whole is DP."""
+    if n < 1 or delta >= 1 / n:
+        raise UsageError(
+            f"{where}.delta {delta:g} must be < 1/n = {1 / max(n, 1):.3g} (n = {n}"
+            f"{', ' + what if what else ''}); lower delta"
+        )
+
+
+def _validate_privacy(p: PrivacySection) -> None:
     if p.mode not in ("auto", "hooks", "ghost"):
         raise UsageError(f"privacy.mode: {p.mode!r}; valid: auto, ghost, hooks")
+    if p.accountant not in ACCOUNTANTS:
+        raise UsageError(
+            f"privacy.accountant: {p.accountant!r}; valid: {', '.join(ACCOUNTANTS)} "
+            "(gdp is an approximation, not a bound)"
+        )
+    check_dp_target(p.epsilon, p.delta)
+    if p.noise_multiplier is not None and not 0 < p.noise_multiplier < math.inf:
+        raise UsageError(
+            f"privacy.noise_multiplier: must be > 0 and finite (got {p.noise_multiplier:g})"
+        )
     if p.enabled and p.noise_multiplier is None and p.epsilon is None:
         raise UsageError("privacy: enabled needs noise_multiplier or epsilon")
-    if p.max_grad_norm <= 0:
-        raise UsageError("privacy.max_grad_norm: must be > 0")
+    if p.enabled and p.noise_multiplier is None and p.epsilon == math.inf:
+        raise UsageError(
+            "privacy.epsilon: inf means no DP; set enabled = false or a finite epsilon"
+        )
+    if not 0 < p.max_grad_norm < math.inf:
+        raise UsageError("privacy.max_grad_norm: must be > 0 and finite")
 
 
 def _validate_augmentations(specs: list[str | dict[str, Any]]) -> None:

@@ -2,8 +2,10 @@
 
 ``make_private`` wraps model/optimizer/loader with Opacus DP-SGD (Poisson sampling) in either
 grad-sample mode: "hooks" (per-sample gradients) or "ghost" (ghost clipping: per-sample gradient
-norms only, two backward passes). ``train_steps`` runs either the plain or the private loop with
-the same code, so a federated client is the centralized trainer on its shard.
+norms only, two backward passes). Its noise and its Poisson sample come from OS entropy
+(:mod:`veilfed.privacy.noise`), never from the run seed. ``train_steps`` runs either the plain
+or the private loop with the same code, so a federated client is the centralized trainer on its
+shard.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from veilfed.errors import UsageError
+from veilfed.privacy.noise import protect
 
 # Opacus' hooks fire on the first layer, whose input (the clip) needs no gradient: harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
@@ -64,11 +67,14 @@ def make_private(
     accountant: Any = None,
     accountant_kind: str = "rdp",
     poisson_sampling: bool = True,
-    noise_generator: torch.Generator | None = None,
 ) -> tuple[nn.Module, Any, Any, Privacy]:
     """Opacus DP-SGD around ``model`` (a MultiTaskModel); returns (model, optimizer, loader,
     privacy). Pass a persisted ``accountant`` (an Opacus accountant object) to keep cumulative
-    epsilon across rounds; otherwise a fresh ``accountant_kind`` one is made."""
+    epsilon across rounds; otherwise a fresh ``accountant_kind`` one is made.
+
+    The noise and the Poisson sampler get their own OS-entropy generators
+    (:func:`veilfed.privacy.noise.protect`): seeding torch beforehand fixes the initial weights and
+    augmentations, not what the privacy guarantee rests on."""
     from opacus import PrivacyEngine
 
     from veilfed.model.core import MultiTaskCriterion
@@ -90,7 +96,6 @@ def make_private(
         "max_grad_norm": max_grad_norm,
         "poisson_sampling": poisson_sampling,
         "grad_sample_mode": mode,
-        "noise_generator": noise_generator,
     }
     if mode == "ghost":
         kwargs["criterion"] = criterion
@@ -98,6 +103,7 @@ def make_private(
         criterion = dp_criterion
     else:
         private_model, private_opt, private_loader = engine.make_private(**kwargs)
+    protect(private_opt, private_loader)
     sample_rate = 1.0 / max(len(private_loader), 1)
     privacy = Privacy(
         engine, engine.accountant, criterion, mode, noise_multiplier, max_grad_norm, sample_rate

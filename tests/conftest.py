@@ -7,6 +7,13 @@ import pytest
 from veilfed.data import synth
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_outside_the_checkout(tmp_path, monkeypatch):
+    """No test writes an MLflow store (``mlflow.db``, ``mlartifacts/``) into the working tree:
+    unless a test points MLflow elsewhere itself, runs land in the test's own temp directory."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="session")
 def tiny_world() -> synth.WorldConfig:
     """8 frames of 32x32: enough for every task's ground truth, fast to encode and train."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from veilfed.config import ExperimentConfig, load_config, parse_config
+from veilfed.config import ExperimentConfig, check_delta_for, load_config, parse_config
 from veilfed.errors import UsageError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -64,6 +64,22 @@ def test_federated_and_he_sections_pass_through(tmp_path: Path) -> None:
         ("[model]\ntasks = 3\n", r"model.tasks: expected a table, got int"),
         ("[privacy]\nenabled = true\n", r"privacy: enabled needs noise_multiplier or epsilon"),
         ("[world]\nsize = 36\n", r"multiple of 8"),
+        # nonsense DP targets, the review's train config among them
+        (
+            "[privacy]\nenabled = true\nepsilon = -3.0\ndelta = 5.0\n",
+            r"exp.toml: privacy.epsilon: must be > 0 \(got -3\)",
+        ),
+        ("[privacy]\nenabled = true\nepsilon = 0.0\n", r"privacy.epsilon: must be > 0"),
+        ("[privacy]\nepsilon = nan\n", r"privacy.epsilon: must be > 0 \(got nan\)"),
+        ("[privacy]\nenabled = true\nepsilon = 8.0\ndelta = 5.0\n", r"delta: must be in \(0, 1\)"),
+        ("[privacy]\nenabled = true\nepsilon = 8.0\ndelta = 0.0\n", r"delta: must be in \(0, 1\)"),
+        ("[privacy]\nenabled = true\nepsilon = inf\n", r"privacy.epsilon: inf means no DP"),
+        ("[privacy]\nnoise_multiplier = -1.0\n", r"privacy.noise_multiplier: must be > 0"),
+        ("[privacy]\nnoise_multiplier = inf\n", r"privacy.noise_multiplier: must be > 0"),
+        ("[privacy]\nmax_grad_norm = nan\n", r"privacy.max_grad_norm: must be > 0"),
+        ("[privacy]\naccountant = 'gdp'\n", r"privacy.accountant: 'gdp'; valid: rdp, prv"),
+        ("[world]\nseed = -5\n", r"world.seed: must be >= 0"),
+        ("[train]\nseed = -1\n", r"train.seed: must be >= 0"),
         ("world = 3\n", r"world: expected a table"),
     ],
 )
@@ -83,3 +99,13 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
 def test_parse_config_from_a_table() -> None:
     cfg = parse_config({"model": {"fusion": "vote"}}, "pyproject.toml", name="flwr")
     assert cfg.name == "flwr" and cfg.model.fusion == "vote"
+
+
+def test_delta_must_be_below_one_over_n() -> None:
+    check_delta_for(1e-3, 999)
+    with pytest.raises(
+        UsageError, match=r"x.toml: privacy.delta 0.01 must be < 1/n = 0.01 \(n = 100"
+    ):
+        check_delta_for(0.01, 100, "x.toml: privacy")
+    with pytest.raises(UsageError, match="must be < 1/n"):
+        check_delta_for(1e-5, 0)

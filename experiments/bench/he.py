@@ -108,7 +108,8 @@ def _one_run(config: Path, runs: Path, clients: int, rounds: int, he: bool) -> A
     from veilfed.coordinator.run import prepare
     from veilfed.coordinator.server_app import Coordinator
 
-    overrides = {"clients": clients, "rounds": rounds}
+    # Every client in every round: an HE aggregate needs [he] min_contributors (3) of them.
+    overrides = {"clients": clients, "rounds": rounds, "fraction": 1.0}
     settings, tracker = prepare(config, overrides, None, None, None, None, runs, he=he)
     if he and settings.he.shadow:  # shadow copies are a test aid; production rounds send none
         settings = dataclasses.replace(settings, he=dataclasses.replace(settings.he, shadow=False))
@@ -195,7 +196,9 @@ def main() -> None:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="federated experiment (its model)"
     )
-    parser.add_argument("--fed-clients", type=int, default=4, help="virtual clients per run")
+    parser.add_argument(
+        "--fed-clients", type=int, default=3, help="virtual clients per run, all in every round"
+    )
     parser.add_argument("--fed-rounds", type=int, default=None, help="rounds per run (default 2)")
     parser.add_argument(
         "--pairs", type=int, default=None, help="(HE off, HE on) run pairs (default 5, quick 2)"

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from veilfed.model import create_model, evaluate
 from veilfed.model.check import OneBatchDataset, example_batch, stack_samples
 from veilfed.train import CachedDataset, make_private, train_steps
 
-warnings.filterwarnings("ignore", message="Secure RNG turned off")
 ROOT = Path(__file__).resolve().parents[2]
 FUSIONS = ("concat", "vote", "gated", "cross_attention", "transformer")
 HEADLINE = {  # task -> metric shown in the fusion table

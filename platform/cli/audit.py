@@ -16,14 +16,10 @@ from typer.core import TyperGroup
 
 from veilfed.cli.common import handle_errors, print_json
 from veilfed.errors import CheckFailed
-from veilfed.io import write_bytes_atomic, write_text_atomic
+from veilfed.io import check_new_output, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from veilfed.privacy.audit import AuditResult
-
-# Same as veilfed.privacy.audit.DEFAULT_TOLERANCE (asserted in the tests); importing that module
-# here would load MLflow and dp-accounting for every ``veilfed --help``.
-DEFAULT_TOLERANCE = 0.01
+    from veilfed.privacy.audit_result import AuditResult
 
 
 class _RunByDefault(TyperGroup):
@@ -66,7 +62,7 @@ def _fail_fast_mlflow() -> Iterator[None]:
 
 
 def _render(result: AuditResult, fmt: Format, with_plot_file: bool) -> tuple[str, bytes | None]:
-    from veilfed.privacy.audit import plot_png, render_html, render_markdown
+    from veilfed.privacy.audit_render import plot_png, render_html, render_markdown
 
     if fmt is Format.json:
         return json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", None
@@ -82,15 +78,12 @@ def run(
     run_id: Annotated[str, typer.Argument(help="MLflow run id of a simulation or training run.")],
     budget: Annotated[
         float | None,
-        typer.Option("--budget", help="ε budget; default: each report's epsilon_budget."),
+        typer.Option("--budget", help="ε budget; default: the run's signed settings."),
     ] = None,
     delta: Annotated[
         float | None,
-        typer.Option("--delta", help="δ for the budget check; default: each report's δ."),
+        typer.Option("--delta", help="δ for the budget check; default: the run's signed settings."),
     ] = None,
-    tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Allowed relative claim error.")
-    ] = DEFAULT_TOLERANCE,
     fmt: Annotated[Format, typer.Option("--format", help="Report format.")] = Format.md,
     out: Annotated[
         Path | None,
@@ -99,26 +92,36 @@ def run(
     keys: Annotated[
         Path | None,
         typer.Option(
-            "--keys", help="Registered public keys (<client>.pub); default: the run's privacy/keys."
+            "--keys",
+            help="Directory of trusted public keys: <client>.pub and coordinator.pem (the "
+            "coordinator's <run_dir>/keys); default: the run's own artifacts, with a warning.",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing report in --out.")
+    ] = False,
 ) -> None:
-    """Verify signatures and hash chains, recompute every ε (RDP, PLD), flag violations.
+    """Verify signatures, hash chains and the signed round log, recompute every ε, flag violations.
 
     The store is MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     """
-    from veilfed.privacy.audit import audit_run
+    from veilfed.privacy.audit_load import audit_run
 
+    if out is not None:
+        check_new_output(out / f"audit.{fmt.value}", force)
     with _fail_fast_mlflow():
-        result = audit_run(run_id, budget=budget, delta=delta, tolerance=tolerance, keys_dir=keys)
+        result = audit_run(run_id, budget=budget, delta=delta, keys_dir=keys)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     text, png = _render(result, fmt, with_plot_file=out is not None)
     if out is None:
         typer.echo(text, nl=False)
     else:
-        if png is not None:
-            write_bytes_atomic(out / PLOT_FILE, png)
         target = out / f"audit.{fmt.value}"
-        write_text_atomic(target, text)
+        if png is not None:
+            check_new_output(out / PLOT_FILE, force)
+            write_bytes_atomic(out / PLOT_FILE, png, overwrite=force)
+        write_text_atomic(target, text, overwrite=force)
         typer.echo(f"wrote {target}")
     if not result.ok:
         first = result.violations[0]

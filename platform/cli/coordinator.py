@@ -15,13 +15,25 @@ app = typer.Typer(no_args_is_help=True)
 @handle_errors
 def start_cmd(
     address: str = typer.Option(
-        "0.0.0.0:9092", "--address", help="HOST:PORT the SuperLink listens on (one HTTPS port)."
+        "0.0.0.0:9092",
+        "--address",
+        help="HOST:PORT nodes connect to: the Fleet API only (HTTPS, node authentication).",
+    ),
+    control_port: int = typer.Option(
+        9093,
+        "--control-port",
+        help="Port of the Control and Runtime APIs, served on 127.0.0.1 only.",
     ),
     certs: Path = typer.Option(
         ..., "--certs", help="Directory with ca.pem, superlink.pem, superlink.key (certs new)."
     ),
     auth_keys: Path = typer.Option(
         ..., "--auth-keys", help="Directory of node public keys (*.pub); only these may join."
+    ),
+    app_signing_key: Path | None = typer.Option(
+        None,
+        "--app-signing-key",
+        help="Key that signs the app bundle nodes run (default: --certs/app-signing.key).",
     ),
     config: Path = typer.Option(..., "--config", help="Experiment config (TOML)."),
     resume: str | None = typer.Option(None, "--resume", help="Continue this run (its id)."),
@@ -42,7 +54,8 @@ def start_cmd(
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
 ) -> None:
-    """Run the SuperLink (TLS, node auth) and one veilfed run; exit when it finishes."""
+    """Run the SuperLink (TLS, node auth; Fleet API only on --address) and one signed veilfed
+    run; exit when it finishes."""
     from veilfed.deploy.coordinator import CoordinatorOptions, start
     from veilfed.deploy.process import setup_logging
 
@@ -57,5 +70,7 @@ def start_cmd(
         he_context=he_context,
         wait_nodes_s=wait_nodes,
         serve=serve,
+        control_port=control_port,
+        app_signing_key=app_signing_key,
     )
     raise typer.Exit(start(opts))

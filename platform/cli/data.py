@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from veilfed.cli.common import fail, handle_errors, print_json, progress
+from veilfed.crypto.keys import read_key_file
 from veilfed.data import synth
+from veilfed.data.bundle import export_bundle, import_bundle, partition_ids, read_clip_list
+from veilfed.data.files import encode_clip, write_world
+from veilfed.data.ingest import ingest_to, load_labels
+from veilfed.data.store import EncryptedStore
+from veilfed.io import check_new_output
+from veilfed.privacy.accounting import check_client_id
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -19,7 +26,7 @@ def synth_cmd(
     out: Path | None = typer.Option(None, "--out", help="New directory: MP4 + JSON sidecars."),
     store: Path | None = typer.Option(None, "--store", help="Encrypted store to write instead."),
     key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of the store."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="World seed (>= 0)."),
     frames: int = typer.Option(synth.WorldConfig.frames, "--frames"),
     size: int = typer.Option(synth.WorldConfig.height, "--size", help="Frame height and width."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -37,17 +44,11 @@ def synth_cmd(
             bar.update(task, completed=done)
 
         if out is not None:
-            from veilfed.data.files import write_world
-
             manifest = write_world(cfg, clips, out, on_clip=advance)
             with_audio = sum(c["has_audio"] for c in manifest["clips"])
             total = sum(c["bytes"] for c in manifest["clips"])
             target = str(out)
         else:
-            from veilfed.crypto.keys import read_key_file
-            from veilfed.data.files import encode_clip
-            from veilfed.data.store import EncryptedStore
-
             enc = EncryptedStore.create(store, read_key_file(key_file))
             with_audio = total = 0
             with enc.batch():  # MP4 bytes go from memory straight into Fernet tokens
@@ -76,11 +77,7 @@ def synth_cmd(
         )
 
 
-def _open_store(store: Path, key_file: Path):  # type: ignore[no-untyped-def]
-    """Open an encrypted store (imports stay lazy so `--help` is fast)."""
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.store import EncryptedStore
-
+def _open_store(store: Path, key_file: Path) -> EncryptedStore:
     return EncryptedStore.open(store, read_key_file(key_file))
 
 
@@ -93,26 +90,21 @@ def ingest_cmd(
     labels: Path | None = typer.Option(None, "--labels", help="Per-file labels, CSV or JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Encrypt real videos (MP4/MOV/MKV/WebM) into a store; exit 2 if nothing was ingested."""
-    import shutil
+    """Encrypt real videos (MP4/MOV/MKV/WebM) into a store; exit 2 if no video was usable.
 
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.ingest import ingest
-    from veilfed.data.store import EncryptedStore
-
+    Files whose content is already in the store are skipped (a rerun adds nothing and exits 0);
+    a concurrent writer of the same store is waited for.
+    """
     key = read_key_file(key_file)
-    new_store = not store.exists()
-    enc = EncryptedStore.create(store, key, exist_ok=True)
-    summary = ingest(sources, enc, labels).to_json()
-    if new_store and not summary["ingested"]:
-        shutil.rmtree(store)  # leave no empty store behind a failed first ingest
+    table = load_labels(labels) if labels is not None else None  # before any store exists
+    summary = ingest_to(store, key, sources, table).to_json()
     if as_json:
         print_json(summary)
     else:
         for s in summary["skipped_files"]:
             print(f"skipped {s['file']}: {s['reason']}")
         print(f"ingested {summary['ingested']} videos into {store}, skipped {summary['skipped']}")
-    if not summary["ingested"]:
+    if not summary["ingested"] and not summary["already_in_store"]:
         raise fail(f"{store}: no video was ingested; check the SRC paths and the skip reasons")
 
 
@@ -137,7 +129,7 @@ def export_cmd(
     store: Path = typer.Option(..., "--store", help="Encrypted store directory."),
     key_file: Path = typer.Option(..., "--key-file", help="Fernet key file of the store."),
     client: str = typer.Option(..., "--client", help="Client id, e.g. client-0000."),
-    out: Path = typer.Option(..., "--out", help="Bundle file to write (.vfs)."),
+    out: Path = typer.Option(..., "--out", help="Bundle file to write (.vfs); never replaced."),
     client_key_file: Path | None = typer.Option(
         None, "--client-key-file", help="Client's key; default: derived (`veilfed keys derive`)."
     ),
@@ -147,21 +139,21 @@ def export_cmd(
     ),
     scheme: str = typer.Option("iid", "--partition", help="iid, dirichlet or quantity."),
     alpha: float = typer.Option(0.5, "--alpha"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write one client's clips as a bundle encrypted under that client's key."""
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.bundle import export_bundle, partition_ids, read_clip_list
-
-    enc = _open_store(store, key_file)
+    check_client_id(client)
+    check_new_output(out, force)
     if clips is not None and num_clients is not None:
         raise fail("give at most one of --clips FILE and --num-clients N")
+    enc = _open_store(store, key_file)
     ids = read_clip_list(clips) if clips is not None else None
     if num_clients is not None:
         ids = partition_ids(enc, client, num_clients, scheme, alpha, seed)
     key = read_key_file(client_key_file) if client_key_file is not None else None
-    summary = export_bundle(enc, client, out, key, ids)
+    summary = export_bundle(enc, client, out, key, ids, overwrite=force)
     if as_json:
         print_json(summary)
     else:
@@ -180,9 +172,6 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Check a bundle and add its clips, still encrypted, to this node's store."""
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.bundle import import_bundle
-
     summary = import_bundle(bundle, store, read_key_file(key_file))
     if as_json:
         print_json(summary)

@@ -7,6 +7,10 @@ from pathlib import Path
 import typer
 
 from veilfed.cli.common import handle_errors, print_json
+from veilfed.crypto.keys import read_key_file, write_key_file
+from veilfed.data.bundle import client_key
+from veilfed.data.store import rotate_store
+from veilfed.privacy.accounting import check_client_id
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -18,8 +22,6 @@ def new_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Create a new Fernet key file readable only by you (mode 0600)."""
-    from veilfed.crypto.keys import write_key_file
-
     key = write_key_file(out)
     if as_json:
         print_json({"out": str(out), "key_id": key.key_id})
@@ -36,9 +38,7 @@ def derive_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write the per-client key that `data export` uses by default; hand it to that node only."""
-    from veilfed.crypto.keys import read_key_file, write_key_file
-    from veilfed.data.bundle import client_key
-
+    check_client_id(client)
     key = write_key_file(out, client_key(read_key_file(key_file), client))
     if as_json:
         print_json({"out": str(out), "client": client, "key_id": key.key_id})
@@ -54,10 +54,10 @@ def rotate_cmd(
     new_key_file: Path = typer.Option(..., "--new-key-file", help="Key to re-encrypt under."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Re-encrypt a store under a new key; a crash leaves it wholly under the old or new key."""
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.store import rotate_store
+    """Re-encrypt a store under a new key; a crash leaves it wholly under the old or new key.
 
+    Holds the store's writer lock throughout (a concurrent ingest waits, or this one does).
+    """
     old, new = read_key_file(key_file), read_key_file(new_key_file)
     n = rotate_store(store, old, new)
     if as_json:

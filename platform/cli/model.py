@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import typer
@@ -57,7 +56,6 @@ def check_cmd(
         from veilfed.errors import UsageError
 
         raise UsageError(f"--mode {mode!r}; valid: {', '.join(GRAD_SAMPLE_MODES)}")
-    warnings.filterwarnings("ignore", message="Secure RNG turned off")
     base = load_config(config).model if config is not None else ModelSection()
     with console.status("checking model combinations"):
         results = run_checks(base, everything, mode)

@@ -17,15 +17,47 @@ def start_cmd(
     superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator."),
     shard: Path = typer.Option(..., "--shard", help="This node's shard bundle (data export)."),
     key_file: Path = typer.Option(..., "--key-file", help="The key that opens the shard."),
-    certs: Path = typer.Option(..., "--certs", help="Directory with the deployment's ca.pem."),
+    certs: Path = typer.Option(
+        ...,
+        "--certs",
+        help="Directory with the deployment's ca.pem (and trusted-entities.yaml, by default).",
+    ),
     auth_key: Path = typer.Option(..., "--auth-key", help="This node's private auth key."),
     he_context: Path | None = typer.Option(
         None, "--he-context", help="CKKS secret context (he keygen) for secure aggregation."
     ),
+    trusted_entities: Path | None = typer.Option(
+        None,
+        "--trusted-entities",
+        help="App-signing keys whose bundles this node runs (certs new's trusted-entities.yaml; "
+        "default: the one in --certs). Unsigned or foreign bundles are refused.",
+    ),
     budget: float = typer.Option(
         0.0,
         "--budget",
-        help="Most epsilon this node spends in one run; it declines rounds beyond (0: the run's).",
+        help="Most epsilon this shard spends over every run this node joins; it declines rounds "
+        "beyond (0: each run's budget caps the total).",
+    ),
+    max_delta: float = typer.Option(
+        0.0, "--max-delta", help="Largest delta this node accepts (always also below 1/n)."
+    ),
+    accountants: str = typer.Option(
+        "rdp,prv", "--accountants", help="Accountants this node accepts: rdp, prv (never gdp)."
+    ),
+    allow_no_dp: bool = typer.Option(
+        False, "--allow-no-dp", help="Train in runs without client DP (epsilon inf)."
+    ),
+    share_eval_metrics: bool = typer.Option(
+        False,
+        "--share-eval-metrics",
+        help="The held-out clips are evaluable: send the global model's metrics on them (no DP). "
+        "Default: decline evaluation; the training loss never leaves the node.",
+    ),
+    he_min_contributors: int = typer.Option(
+        3,
+        "--he-min-contributors",
+        min=1,
+        help="Refuse to decrypt an HE aggregate of fewer distinct clients (whatever the run says).",
     ),
     state: Path = typer.Option(
         Path("node-state"), "--state", help="Node-local state: accountant, signing key, Flower."
@@ -37,6 +69,7 @@ def start_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
 ) -> None:
     """Join the federation; train and evaluate when the coordinator asks. SIGTERM stops it."""
+    from veilfed.clients.policy import NodePolicy, parse_accountants
     from veilfed.deploy.node import NodeOptions, start
     from veilfed.deploy.process import setup_logging
 
@@ -49,7 +82,10 @@ def start_cmd(
         auth_key=auth_key,
         state=state,
         he_context=he_context,
-        budget=budget,
+        trusted_entities=trusted_entities,
+        policy=NodePolicy(budget, max_delta, parse_accountants(accountants), allow_no_dp),
+        share_eval_metrics=share_eval_metrics,
+        he_min_contributors=he_min_contributors,
         port=port,
         connect_tries=max(1, connect_tries),
     )

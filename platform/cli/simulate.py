@@ -16,6 +16,7 @@ import typer
 from veilfed.cli.common import handle_errors, print_json
 from veilfed.coordinator import run as lifecycle
 from veilfed.errors import UsageError
+from veilfed.io import check_new_output, write_text_atomic
 
 
 def register(app: typer.Typer) -> None:
@@ -52,9 +53,12 @@ def simulate(
         Path(lifecycle.RUNS_DIR), "--runs-dir", help="Where run state lives."
     ),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write summary here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --summary-json."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
+    if summary_json is not None:
+        check_new_output(summary_json, force, "--summary-json")
     if ray_address:
         check_ray_address(ray_address)
     if resume:
@@ -91,9 +95,8 @@ def simulate(
         lifecycle.run_engine(settings, tracker, ray_address)
         summary = lifecycle.finish(settings, tracker, time.perf_counter() - start)
     if summary_json is not None:
-        from veilfed.io import write_text_atomic
-
-        write_text_atomic(summary_json, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
     if json_out:
         print_json(summary)
     else:

@@ -30,17 +30,24 @@ def register(app: typer.Typer) -> None:
 def train_cmd(
     config: Path = typer.Option(..., "--config", help="Experiment TOML (experiments/*.toml)."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the summary."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --summary-json."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
-    from veilfed.config import load_config
+    from veilfed.config import check_delta_for, load_config
+    from veilfed.io import check_new_output, write_text_atomic
 
     cfg = load_config(config)
+    if cfg.privacy.enabled:  # n: the training set, every clip of the config's world
+        check_delta_for(
+            cfg.privacy.delta, cfg.world.clips, f"{config}: privacy", "the world.clips examples"
+        )
+    if summary_json is not None:
+        check_new_output(summary_json, force, "--summary-json")
     summary = run(cfg)
     if summary_json is not None:
-        from veilfed.io import write_text_atomic
-
-        write_text_atomic(summary_json, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
     if as_json:
         print_json(summary)
     else:
@@ -75,7 +82,6 @@ def run(cfg: Any) -> dict[str, Any]:
     from veilfed.model import create_model, evaluate
     from veilfed.train import make_private, train_steps
 
-    warnings.filterwarnings("ignore", message="Secure RNG turned off")
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     t = cfg.train
     if t.threads:

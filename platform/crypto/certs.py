@@ -16,14 +16,19 @@ Layout of ``veilfed certs new --out DIR``::
     DIR/superlink.pem  DIR/superlink.key      coordinator TLS
     DIR/auth-keys/<node>.pub                  public halves: the coordinator's --auth-keys DIR
     DIR/nodes/<node>.key (+ .pub)             each node's private key: that node's --auth-key
+    DIR/app-signing.key                       coordinator: signs the app bundles it submits
+    DIR/trusted-entities.yaml                 its public half: every node runs only what it signed
 
 Private keys are written with mode 0600 and never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
+import math
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from veilfed.crypto.app_signing import APP_SIGNING_KEY, TRUSTED_ENTITIES, write_signing_key
 from veilfed.errors import UsageError
 from veilfed.io import write_bytes_atomic
 
@@ -44,6 +50,8 @@ SERVER_KEY = "superlink.key"
 AUTH_KEYS_DIR = "auth-keys"
 NODE_KEYS_DIR = "nodes"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+MAX_DAYS = 36_500  # 100 years; X.509 dates end in 9999
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _CURVE = ec.SECP384R1()
 
 
@@ -81,6 +89,14 @@ class CertBundle:
     def node_key(self, node: str) -> Path:
         return self.out / NODE_KEYS_DIR / f"{node}.key"
 
+    @property
+    def app_signing_key(self) -> Path:
+        return self.out / APP_SIGNING_KEY
+
+    @property
+    def trusted_entities(self) -> Path:
+        return self.out / TRUSTED_ENTITIES
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
@@ -92,6 +108,8 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _validity(days: float, not_before: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
+    if not math.isfinite(days) or abs(days) > MAX_DAYS:
+        raise UsageError(f"--days {days}: give a number of days up to {MAX_DAYS}")
     if days <= 0 and not_before is None:
         raise UsageError(f"--days {days}: a certificate must be valid for a positive duration")
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -134,9 +152,22 @@ def new_ca(
     return key, cert
 
 
+def check_host(host: str) -> str:
+    """A coordinator host for the certificate: an IP address or an RFC 1123 DNS name."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return host
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(
+            f"--host {host!r}: not an IP address or DNS name (letters, digits, '-' and dots)"
+        )
+    return host
+
+
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
-    for host in hosts:
+    for host in map(check_host, hosts):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -220,6 +251,7 @@ def create_bundle(
         write_bytes_atomic(out / NODE_KEYS_DIR / f"{name}.key", private, mode=0o600)
         write_bytes_atomic(out / NODE_KEYS_DIR / f"{name}.pub", public)
         write_bytes_atomic(out / AUTH_KEYS_DIR / f"{name}.pub", public)
+    write_signing_key(out)
     write_bytes_atomic(out / SERVER_KEY, _pem_key(srv_key), mode=0o600)
     write_bytes_atomic(out / SERVER_CERT, srv_cert.public_bytes(serialization.Encoding.PEM))
     write_bytes_atomic(out / CA_KEY, _pem_key(ca_key), mode=0o600)

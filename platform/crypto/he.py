@@ -2,38 +2,46 @@
 
 Protocol (docs/he.md): a client flattens its (already DP-noised) update, checks it is finite and
 within the bounds the parameters were sized for, multiplies it by its sample count and appends the
-count as one extra value, then encrypts the vector in as few ciphertexts as the ring allows, each
-ciphertext's last slot holding 1.0. The coordinator, holding only the public context, checks each
-message's key id, checksum and shape, sums the ciphertexts chunk by chunk and returns the
-encrypted sum. Each client decrypts, checks that every chunk's last slot decrypts to the number of
-clients summed (a chunk under a foreign key, corrupted, or wrapped around the modulus does not)
-and that the total sample count is an integer, then divides.
+count as one extra value, then encrypts the vector in as few ciphertexts as the ring allows. Each
+ciphertext ends with the contributor's tags (pseudo-random values keyed by the clients' secret key
+and the contributor's label, see ``he_packing``) and a check slot holding 1.0; the header names
+the contributor. The coordinator, holding only the public context, checks each message's key id,
+checksum, shape and that no contributor is summed twice, sums the ciphertexts chunk by chunk and
+returns the encrypted sum with the list of contributors. A client decrypts only an aggregate of at
+least as many contributors as its floor, and checks that every chunk's check slot decrypts to the
+number of contributors listed and its tags to the sum of those contributors' tags (a chunk under
+a foreign key, corrupted, wrapped around the modulus, a ciphertext added twice or a plaintext
+added to forge the count does not), and that the total sample count is an integer, then divides.
 
-Wire format of :class:`EncryptedUpdate`: ``MAGIC`` + 4-byte big-endian header length + JSON header
-+ the serialized CKKS chunks back to back (their lengths and CRC-32s are in the header: a forger
-can recompute any checksum, so it only has to catch accidents, and CRC-32 is 3x cheaper than SHA-256
-on these tens of megabytes).
+Wire format of :class:`EncryptedUpdate`: ``veilfed.crypto.he_update``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import struct
+import secrets
 import time
-import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal as ts
 
 from veilfed.crypto.he_keys import HEContext, keygen, load_context, new_context, public_view
-from veilfed.crypto.he_packing import ArraySpec, flatten, unflatten
+from veilfed.crypto.he_packing import (
+    RESERVED_SLOTS,
+    ArraySpec,
+    chunk_layout,
+    contributor_tags,
+    flatten,
+    tag_key,
+    unflatten,
+)
 from veilfed.crypto.he_params import HEParams
+from veilfed.crypto.he_update import EncryptedUpdate
 from veilfed.errors import CheckFailed, UsageError
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "HEParams",
     "Rejection",
     "aggregate",
+    "chunk_layout",
     "decrypt_average",
     "encrypt_update",
     "flatten",
@@ -57,107 +66,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"VFHEUPD1"
 # Half-width of the band around an integer the check slots and the total sample count must decrypt
 # into. Honest noise there is < 1e-4 for every parameter set here; a chunk under another key,
 # corrupted, or wrapped around the modulus decrypts to values spread over the whole capacity, so
 # its check slot lands within the band of the known client count with probability ~0.02/capacity.
 COUNT_TOLERANCE = 0.01
-
-
-@dataclass
-class EncryptedUpdate:
-    """One client's encrypted, weighted update, or the coordinator's encrypted sum of several.
-
-    ``size`` counts model values; the chunks hold the ``size`` weighted values then the weight,
-    ``slots - 1`` per chunk, and a last check slot of 1.0 each (see :func:`chunk_layout`).
-    ``attested`` records the bounds the client(s) enforced before encrypting (the coordinator cannot
-    check them itself); timings are for MLflow (``he/encrypt_ms``, ``he/aggregate_ms``).
-    """
-
-    key_id: str
-    size: int
-    chunks: list[bytes]
-    clients: int = 1
-    attested: dict[str, Any] = field(default_factory=dict)
-    encrypt_ms: float = 0.0
-    aggregate_ms: float = 0.0
-
-    def _header(self) -> bytes:
-        header = {
-            "crc32": [zlib.crc32(c) for c in self.chunks],
-            "key_id": self.key_id,
-            "size": self.size,
-            "clients": self.clients,
-            "chunks": [len(c) for c in self.chunks],
-            "attested": self.attested,
-            "encrypt_ms": self.encrypt_ms,
-            "aggregate_ms": self.aggregate_ms,
-        }
-        return json.dumps(header, sort_keys=True).encode()
-
-    def to_bytes(self) -> bytes:
-        """One blob for a Flower message (e.g. a ``bytes`` value in a ConfigRecord)."""
-        raw = self._header()
-        return b"".join([MAGIC, struct.pack(">I", len(raw)), raw, *self.chunks])
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> EncryptedUpdate:
-        """Parse a message; raises UsageError with the reason when it is not a whole HE update."""
-        blob = bytes(blob)
-        if blob.startswith(b"\x93NUMPY"):
-            raise UsageError("sent a plaintext numpy array but HE is required")
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 4:
-            raise UsageError("not an HE update (no veilfed HE header): plaintext or another format")
-        (hsize,) = struct.unpack(">I", blob[len(MAGIC) : len(MAGIC) + 4])
-        start = len(MAGIC) + 4
-        try:
-            h = json.loads(blob[start : start + hsize])
-            lengths = [int(n) for n in h["chunks"]]
-            crcs = [int(c) for c in h["crc32"]]
-            update = cls(
-                key_id=str(h["key_id"]),
-                size=int(h["size"]),
-                chunks=[],
-                clients=int(h["clients"]),
-                attested=dict(h["attested"]),
-                encrypt_ms=float(h["encrypt_ms"]),
-                aggregate_ms=float(h["aggregate_ms"]),
-            )
-            if update.size < 0 or update.clients < 1:
-                raise ValueError(f"size {update.size}, clients {update.clients}")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"malformed HE update header ({exc})") from None
-        body = memoryview(blob)[start + hsize :]
-        if len(crcs) != len(lengths):
-            raise UsageError("malformed HE update header (chunk and checksum counts differ)")
-        if sum(lengths) != len(body) or min(lengths, default=1) <= 0:
-            raise UsageError(
-                f"truncated or padded HE update: header announces {sum(lengths)} ciphertext bytes, "
-                f"message carries {len(body)}"
-            )
-        offset = 0
-        for i, (n, crc) in enumerate(zip(lengths, crcs, strict=True)):
-            chunk = bytes(body[offset : offset + n])
-            if zlib.crc32(chunk) != crc:
-                raise UsageError(f"HE update chunk {i} fails its CRC-32 checksum: corrupted")
-            update.chunks.append(chunk)
-            offset += n
-        return update
-
-    @property
-    def wire_bytes(self) -> int:
-        """Size of :meth:`to_bytes` without building it."""
-        return len(MAGIC) + 4 + len(self._header()) + sum(len(c) for c in self.chunks)
-
-    @property
-    def plaintext_bytes(self) -> int:
-        """What the same update costs as float32 (the ``he/bytes_ratio`` denominator)."""
-        return 4 * self.size
-
-    @property
-    def bytes_ratio(self) -> float:
-        return self.wire_bytes / max(self.plaintext_bytes, 1)
+# Half-width of the band each decrypted tag slot must fall into around the expected tag sum (or the
+# parameters' own noise bound if that is wider). Tags are uniform over [-B, B] with B >= 1, so a
+# forger who does not hold the secret key hits one slot's band with probability <= 1e-3,
+# and every chunk has TAG_SLOTS of them.
+TAG_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -183,11 +101,14 @@ def encrypt_update(
     weight: int,
     max_l2: float | None = None,
     reference: np.ndarray | None = None,
+    contributor: str | None = None,
 ) -> EncryptedUpdate:
     """Check, weight and encrypt one client's flat update (client side; needs the secret context).
 
     ``weight`` is the client's sample count; it is encrypted too, so the coordinator never learns
-    it. The checks are the client's side of robustness: the coordinator sees only ciphertexts.
+    it. ``contributor`` labels the update (default: a random label); its tags are written into
+    every chunk, so an aggregate can list it at most once and only with this very ciphertext.
+    The checks are the client's side of robustness: the coordinator sees only ciphertexts.
     With ``reference`` (the global model the client started from, when ``flat`` holds full
     weights), ``max_l2`` bounds the distance ``flat - reference`` instead of ``flat`` itself.
     """
@@ -216,16 +137,20 @@ def encrypt_update(
         if norm > max_l2:
             raise CheckFailed(f"update L2 norm {norm:.4g} exceeds the norm bound {max_l2}")
     start = time.perf_counter()
+    label = contributor if contributor is not None else secrets.token_hex(8)
     packed = np.append(values * float(weight), float(weight))
+    layout = chunk_layout(values.size, params.slots)
+    tags = contributor_tags(_tag_key(ctx), label, len(layout), _tag_bound(params))
     chunks = [
-        ts.ckks_vector(ctx.ts_context, np.append(packed[lo:hi], 1.0)).serialize()
-        for lo, hi in chunk_layout(values.size, params.slots)
+        ts.ckks_vector(ctx.ts_context, np.concatenate([packed[lo:hi], tags[i], [1.0]])).serialize()
+        for i, (lo, hi) in enumerate(layout)
     ]
     attested = {"finite": True, "max_abs": params.max_abs_update, "max_l2": max_l2}
     return EncryptedUpdate(
         key_id=ctx.key_id,
         size=values.size,
         chunks=chunks,
+        contributors=[label],
         attested=attested,
         encrypt_ms=(time.perf_counter() - start) * 1e3,
     )
@@ -251,6 +176,7 @@ def aggregate(
         rejections.append(Rejection(client, reason))
 
     parsed: dict[str, EncryptedUpdate] = {}
+    seen: set[str] = set()
     for client, message in updates.items():
         try:
             parsed[client] = _parse(message)
@@ -263,6 +189,9 @@ def aggregate(
     accepted: list[EncryptedUpdate] = []
     for client, update in parsed.items():
         reason = _mismatch(ctx, update, expected_size, require_max_l2)
+        twice = seen.intersection(update.contributors)
+        if not reason and (twice or len(set(update.contributors)) < update.clients):
+            reason = f"contributor {sorted(twice or update.contributors)[0]} would be summed twice"
         if reason:
             reject(client, reason)
             continue
@@ -273,6 +202,7 @@ def aggregate(
             reject(client, f"ciphertext does not fit this context ({exc})")
             continue
         accepted.append(update)
+        seen.update(update.contributors)
 
     if acc is None:
         return None, rejections
@@ -281,7 +211,7 @@ def aggregate(
         key_id=ctx.key_id,
         size=accepted[0].size,
         chunks=[v.serialize() for v in acc],
-        clients=sum(u.clients for u in accepted),
+        contributors=[c for u in accepted for c in u.contributors],
         attested={
             "finite": True,
             "max_abs": max(float(u.attested.get("max_abs", math.inf)) for u in accepted),
@@ -293,8 +223,18 @@ def aggregate(
     return total, rejections
 
 
-def decrypt_average(ctx: HEContext, agg: EncryptedUpdate | bytes) -> Decrypted:
-    """Decrypt the encrypted sum and divide by the decrypted total sample count (client side)."""
+def decrypt_average(
+    ctx: HEContext, agg: EncryptedUpdate | bytes, min_clients: int = 1
+) -> Decrypted:
+    """Decrypt the encrypted sum and divide by the decrypted total sample count (client side).
+
+    Refuses (``CheckFailed``, before decrypting) an aggregate listing fewer than ``min_clients``
+    distinct contributors, so a coordinator cannot hand one client's ciphertext to another. The
+    list is the coordinator's word, so after decrypting every chunk's check slot must equal its
+    length and every tag slot the sum of the listed contributors' tags: a ciphertext added to
+    itself, a plaintext added to the check slots, or another client's update relabelled all fail
+    unless the forger holds the secret key (docs/he.md says what such a client can still do).
+    """
     if not ctx.is_private:
         raise UsageError("decrypting the aggregate needs the secret HE context (secret.ctx)")
     update = agg if isinstance(agg, EncryptedUpdate) else EncryptedUpdate.from_bytes(agg)
@@ -303,13 +243,32 @@ def decrypt_average(ctx: HEContext, agg: EncryptedUpdate | bytes) -> Decrypted:
             f"aggregate was encrypted under HE key {update.key_id[:8]}, this client holds "
             f"{ctx.key_id[:8]}; load the current secret.ctx"
         )
+    distinct = len(set(update.contributors))
+    if distinct < update.clients:
+        raise CheckFailed(
+            f"HE aggregate failed its integrity check: it lists {update.clients} contributors, "
+            f"only {distinct} distinct; refusing to decrypt it"
+        )
+    if update.clients < min_clients:
+        raise CheckFailed(
+            f"HE aggregate of {update.clients} contributor(s) is below this client's floor of "
+            f"{min_clients}; refusing to decrypt it (it would expose individual updates)"
+        )
     start = time.perf_counter()
     try:
         parts = [np.asarray(v.decrypt(), dtype=np.float64) for v in _load_chunks(ctx, update)]
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"aggregate ciphertext does not fit this HE context ({exc})") from None
+    reserved = RESERVED_SLOTS
     checks = np.array([p[-1] for p in parts])
-    values = np.concatenate([p[:-1] for p in parts])
+    tags = np.stack([p[-reserved:-1] for p in parts])
+    values = np.concatenate([p[:-reserved] for p in parts])
+    expected = sum(
+        contributor_tags(_tag_key(ctx), c, len(parts), _tag_bound(ctx.params))
+        for c in update.contributors
+    )
+    tag_tolerance = max(TAG_TOLERANCE, 2 * ctx.params.error_bound(update.clients, 1))
+    tag_error = float(np.max(np.abs(tags - expected)))
     weight_sum = float(values[update.size])
     total = round(weight_sum)
     limit = 2 * ctx.params.max_total_weight
@@ -319,6 +278,12 @@ def decrypt_average(ctx: HEContext, agg: EncryptedUpdate | bytes) -> Decrypted:
             f"HE aggregate of {update.clients} clients failed its integrity check: check slots "
             f"off by up to {worst:.3g}, total sample count decrypts to {weight_sum:.6g} (an "
             "update under another key, corrupted, or beyond the keys' capacity); discard the round"
+        )
+    if tag_error > tag_tolerance:
+        raise CheckFailed(
+            f"HE aggregate of {update.clients} clients failed its integrity check: contributor "
+            f"tags off by {tag_error:.3g} (a forged contributor count, an update summed twice or "
+            "relabelled); discard the round"
         )
     if total > limit:
         raise CheckFailed(
@@ -341,14 +306,21 @@ def shadow_average(flats: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     return np.average(stacked, axis=0, weights=np.asarray(weights, dtype=np.float64))
 
 
-def chunk_layout(size: int, slots: int) -> list[tuple[int, int]]:
-    """Value ranges [lo, hi) of the packed vector (``size`` values + weight) held by each chunk.
+def _tag_bound(params: HEParams) -> float:
+    """Tags lie in [-B, B], B = max(max_abs_update, 1): a sum of k tags fits the capacity the
+    keys were sized for (k contributors weigh at least k, and B·W is inside it)."""
+    return max(float(params.max_abs_update), 1.0)
 
-    Each chunk holds ``slots - 1`` of them and one check slot, so the whole model takes
-    ``ceil((size + 1) / (slots - 1))`` ciphertexts, none of them per-tensor.
-    """
-    per_chunk = slots - 1
-    return [(lo, min(lo + per_chunk, size + 1)) for lo in range(0, size + 1, per_chunk)]
+
+_TAG_KEYS: dict[tuple[str, int], bytes] = {}
+
+
+def _tag_key(ctx: HEContext) -> bytes:
+    """:func:`tag_key` of ``ctx``, computed once per loaded context."""
+    cache = (ctx.key_id, id(ctx.ts_context))
+    if cache not in _TAG_KEYS:
+        _TAG_KEYS[cache] = tag_key(ctx.ts_context)
+    return _TAG_KEYS[cache]
 
 
 def _parse(message: Any) -> EncryptedUpdate:
@@ -389,7 +361,7 @@ def _load_chunks(ctx: HEContext, update: EncryptedUpdate) -> list[ts.CKKSVector]
     layout = chunk_layout(update.size, ctx.params.slots)
     for i, (blob, (lo, hi)) in enumerate(zip(update.chunks, layout, strict=True)):
         vector = ts.ckks_vector_from(ctx.ts_context, blob)
-        expected = hi - lo + 1
+        expected = hi - lo + RESERVED_SLOTS
         if vector.size() != expected:
             raise ValueError(f"chunk {i} holds {vector.size()} values, expected {expected}")
         vectors.append(vector)

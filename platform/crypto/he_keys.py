@@ -101,8 +101,7 @@ def load_context(path: str | Path, require_secret: bool) -> HEContext:
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"{path}: corrupt HE context ({exc}); regenerate it with keygen") from None
     params: HEParams = header["params"]
-    degree = ctx.seal_context().data.key_context_data().parms().poly_modulus_degree()
-    if degree != params.poly_modulus_degree or ctx.global_scale != 2.0**params.global_scale_bits:
+    if not _header_matches(ctx, params):
         raise UsageError(f"{path}: header parameters do not match the context; regenerate it")
     is_secret = ctx.is_private()
     if is_secret != (header["kind"] == "secret"):
@@ -121,6 +120,25 @@ def load_context(path: str | Path, require_secret: bool) -> HEContext:
             f"{path}: holds the HE secret key; the coordinator must load {PUBLIC_NAME} instead"
         )
     return HEContext(ctx, header["key_id"], params)
+
+
+def _header_matches(ctx: ts.Context, params: HEParams) -> bool:
+    """Whether the header's ring degree, scale and modulus chain are the context's own.
+
+    SEAL exposes each level's total modulus bit count and chain position, not each prime. Its
+    b-bit primes are the largest below 2^b, so a product of primes of b_i bits has exactly
+    sum(b_i) bits: the key level holds every prime, the first data level all but the special one.
+    """
+    data = ctx.seal_context().data
+    key_level, first = data.key_context_data(), data.first_context_data()
+    bits = list(params.coeff_mod_bit_sizes)
+    return (
+        key_level.parms().poly_modulus_degree() == params.poly_modulus_degree
+        and ctx.global_scale == 2.0**params.global_scale_bits
+        and key_level.chain_index() + 1 == len(bits)
+        and key_level.total_coeff_modulus_bit_count() == sum(bits)
+        and first.total_coeff_modulus_bit_count() == sum(bits[:-1])
+    )
 
 
 def _context_bytes(ctx: HEContext, secret: bool) -> bytes:

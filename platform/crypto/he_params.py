@@ -58,9 +58,10 @@ class HEParams:
         adds the integer bits of ``max(U, 1) * W`` (the sample-count slot holds W too), one sign
         bit and one guard bit.
         """
-        if not (max_abs_update > 0 and max_total_weight >= 1 and 0 < tolerance < 1):
+        if not (0 < max_abs_update < math.inf and max_total_weight >= 1 and 0 < tolerance < 1):
             raise UsageError(
-                "HE bounds: need max_abs_update > 0, max_total_weight >= 1, 0 < tolerance < 1"
+                "HE bounds: need a finite max_abs_update > 0, max_total_weight >= 1, "
+                "0 < tolerance < 1"
             )
         integer_bits = math.ceil(math.log2(max(max_abs_update, 1.0) * max_total_weight))
         for n in sorted(MAX_MODULUS_BITS):

@@ -145,12 +145,12 @@ def unarmor(token: bytes) -> bytes:
 def write_key_file(path: str | Path, key: FernetKey | None = None) -> FernetKey:
     """Write a new (or the given) key to ``path`` with mode 0600; never overwrites a file."""
     path = Path(path)
-    if path.exists():
+    if os.path.lexists(path):  # a dangling symlink too: never write a key somewhere unseen
         raise UsageError(
             f"{path}: already exists; refusing to overwrite a key file (choose another --out)"
         )
     key = key or FernetKey.generate()
-    write_bytes_atomic(path, key.secret() + b"\n", mode=0o600)
+    write_bytes_atomic(path, key.secret() + b"\n", mode=0o600, overwrite=False)
     return key
 
 

@@ -25,14 +25,8 @@ from typing import Any
 
 from veilfed.crypto.keys import FernetKey, InvalidToken
 from veilfed.data.partition import client_name, partition
-from veilfed.data.store import (
-    ClipEntry,
-    EncryptedStore,
-    join_records,
-    open_clip,
-    seal_record,
-    split_records,
-)
+from veilfed.data.records import ClipEntry, join_records, open_clip, seal_record, split_records
+from veilfed.data.store import EncryptedStore
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.io import atomic_writer
 
@@ -93,8 +87,13 @@ def export_bundle(
     out: str | Path,
     key: FernetKey | None = None,
     clip_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the client's clips, re-encrypted under the client's key, to ``out``."""
+    """Write the client's clips, re-encrypted under the client's key, to ``out``.
+
+    An existing ``out`` is never replaced unless ``overwrite`` (``--force``): a bundle written
+    over the owner's key file would destroy the only copy of that key.
+    """
     key = key or client_key(store.keys[0], client)
     ids = list(store.ids() if clip_ids is None else clip_ids)
     if not ids:
@@ -103,7 +102,7 @@ def export_bundle(
     if missing:
         raise UsageError(f"{store.root}: no clip {missing[0]!r} in this store; check the clip list")
     clips: list[dict[str, Any]] = []
-    with atomic_writer(out, 0o600) as fh:
+    with atomic_writer(out, 0o600, overwrite=overwrite) as fh:
         header = json.dumps(
             {"format": FORMAT, "version": 1, "client": client, "key_id": key.key_id}
         ).encode()

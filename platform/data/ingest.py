@@ -5,7 +5,9 @@ second lossy encode, the training resolution/frame count stays a config choice m
 (``ClipDataset`` decodes to the world geometry), and labels that refer to the original timeline stay
 valid. Each file is probed and fully decoded once at ingest so unreadable or truncated files are
 skipped with a reason instead of failing a training run later. The plaintext file is only read,
-never copied; what is written is Fernet tokens.
+never copied; what is written is Fernet tokens. A file whose content (sha256) is already in the
+store, from this or any earlier ingest, is skipped with a reason: one person's video stored twice
+would count twice towards their privacy loss. The whole ingest holds the store's writer lock.
 
 Labels (``--labels FILE``): CSV with a ``file`` column (or ``path``/``clip_id``) or JSON
 (``{"name.mp4": {...}}`` or a list of objects with ``file``), matched by path, file name or stem.
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veilfed.crypto.keys import FernetKey
 from veilfed.data import schema, video
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
@@ -36,12 +40,14 @@ class IngestSummary:
     store: str
     ingested: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    already_stored: int = 0  # skipped files whose content an earlier ingest stored
 
     def to_json(self) -> dict[str, Any]:
         return {
             "store": self.store,
             "ingested": len(self.ingested),
             "skipped": len(self.skipped),
+            "already_in_store": self.already_stored,
             "clips": self.ingested,
             "skipped_files": self.skipped,
         }
@@ -129,61 +135,124 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _match(labels: dict[str, dict[str, Any]], path: Path) -> dict[str, Any]:
+def _match(labels: Mapping[str, dict[str, Any]], path: Path) -> dict[str, Any]:
     for key in (str(path), path.name, path.stem):
         if key in labels:
             return labels[key]
     return {}
 
 
-def ingest(
-    paths: Iterable[str | Path], store: EncryptedStore, labels_file: str | Path | None = None
-) -> IngestSummary:
-    """Probe, validate and encrypt each file into ``store``; unreadable files are skipped."""
-    labels = load_labels(labels_file) if labels_file else {}
-    summary = IngestSummary(str(store.root))
-    seen: dict[str, str] = {}
-    with store.batch():
-        for path in iter_sources(paths):
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                summary.skipped.append({"file": str(path), "reason": exc.strerror or str(exc)})
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
-                summary.skipped.append(
-                    {"file": str(path), "reason": f"same content as {seen[digest]}"}
-                )
-                continue
-            try:
-                info = video.probe(data, name=str(path))
-                clip = video.decode(data, 1, (16, 16), name=str(path))
-            except video.VideoError as exc:
-                reason = str(exc).removeprefix(f"{path}: ")
-                summary.skipped.append({"file": str(path), "reason": reason})
-                continue
-            clip_id = path.stem
-            if clip_id in store or any(c["clip_id"] == clip_id for c in summary.ingested):
-                clip_id = f"{path.stem}-{digest[:8]}"
-            info["frames"] = clip.source_frames
-            record = {
-                "synthetic": False,
-                "source": {"name": path.name, "sha256": digest, **info},
-                **_match(labels, path),
-            }
-            store.put(clip_id, data, record)
-            seen[digest] = str(path)
-            summary.ingested.append(
-                {
-                    "file": str(path),
-                    "clip_id": clip_id,
-                    "bytes": len(data),
-                    "width": info["width"],
-                    "height": info["height"],
-                    "fps": info["fps"],
-                    "has_audio": info["has_audio"],
-                    "labels": sorted(_match(labels, path)),
-                }
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    data: bytes
+    digest: str
+    info: dict[str, Any]
+
+
+def _candidates(paths: Iterable[str | Path], summary: IngestSummary) -> Iterator[_Candidate]:
+    """Readable, decodable videos among ``paths``; the rest go to ``summary.skipped``."""
+    for path in iter_sources(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            summary.skipped.append({"file": str(path), "reason": exc.strerror or str(exc)})
+            continue
+        try:
+            info = video.probe(data, name=str(path))
+            clip = video.decode(data, 1, (16, 16), name=str(path))
+        except video.VideoError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+            summary.skipped.append({"file": str(path), "reason": reason})
+            continue
+        info["frames"] = clip.source_frames
+        yield _Candidate(path, data, hashlib.sha256(data).hexdigest(), info)
+
+
+def _add(
+    store: EncryptedStore,
+    candidates: Iterable[_Candidate],
+    labels: Mapping[str, dict[str, Any]],
+    summary: IngestSummary,
+) -> None:
+    """Encrypt each candidate into ``store`` (inside its batch, so under its writer lock).
+
+    A file whose content (sha256) is already in the store, from this or any earlier ingest, is
+    skipped: a person's video stored twice would count twice towards their privacy loss.
+    """
+    stored = store.content_hashes()
+    known = {d: f"clip {cid!r} already in the store" for d, cid in stored.items()}
+    for c in candidates:
+        if c.digest in known:
+            summary.already_stored += c.digest in stored
+            summary.skipped.append(
+                {"file": str(c.path), "reason": f"same content as {known[c.digest]}"}
             )
+            continue
+        clip_id = c.path.stem
+        if clip_id in store:
+            clip_id = f"{c.path.stem}-{c.digest[:8]}"
+        matched = _match(labels, c.path)
+        record = {
+            "synthetic": False,
+            "source": {"name": c.path.name, "sha256": c.digest, **c.info},
+            **matched,
+        }
+        store.put(clip_id, c.data, record)
+        known[c.digest] = str(c.path)
+        summary.ingested.append(
+            {
+                "file": str(c.path),
+                "clip_id": clip_id,
+                "bytes": len(c.data),
+                "width": c.info["width"],
+                "height": c.info["height"],
+                "fps": c.info["fps"],
+                "has_audio": c.info["has_audio"],
+                "labels": sorted(matched),
+            }
+        )
+
+
+def _labels(labels: Mapping[str, dict[str, Any]] | str | Path | None) -> Mapping[str, Any]:
+    if labels is None:
+        return {}
+    return load_labels(labels) if isinstance(labels, str | Path) else labels
+
+
+def ingest(
+    paths: Iterable[str | Path],
+    store: EncryptedStore,
+    labels: Mapping[str, dict[str, Any]] | str | Path | None = None,
+) -> IngestSummary:
+    """Probe, validate and encrypt each file into ``store``; unreadable files are skipped.
+
+    ``labels``: what :func:`load_labels` returns, or the labels file to load.
+    """
+    table = _labels(labels)
+    summary = IngestSummary(str(store.root))
+    with store.batch():
+        _add(store, _candidates(paths, summary), table, summary)
+    return summary
+
+
+def ingest_to(
+    root: str | Path,
+    key: FernetKey,
+    paths: Iterable[str | Path],
+    labels: Mapping[str, dict[str, Any]] | str | Path | None = None,
+) -> IngestSummary:
+    """Like :func:`ingest` into the store at ``root``, creating it at the first good video.
+
+    When no file is a usable video, nothing is created: a failed first ingest leaves no store.
+    """
+    table = _labels(labels)
+    summary = IngestSummary(str(root))
+    candidates = _candidates(paths, summary)
+    first = next(candidates, None)
+    if first is None:
+        return summary
+    store = EncryptedStore.create(root, key, exist_ok=True)
+    with store.batch():
+        _add(store, itertools.chain([first], candidates), table, summary)
     return summary

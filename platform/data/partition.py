@@ -56,8 +56,10 @@ def partition(
             f"{num_clients} clients for {n} clips: need 1 <= clients <= clips; "
             "synthesize more clips or use fewer clients"
         )
-    if alpha <= 0:
+    if not alpha > 0:
         raise UsageError(f"partition alpha must be > 0, got {alpha}")
+    if seed < 0:
+        raise UsageError(f"partition seed must be >= 0, got {seed}")
     table = Dataset.from_dict({"idx": list(range(n)), "label": [int(x) for x in labels]})
     rng = np.random.default_rng(seed)
     if scheme == "iid":

@@ -7,6 +7,7 @@ API (a :class:`ClipSource` for ``veilfed.data.dataset``)::
         store.put(clip_id, mp4_bytes, labels_dict)
     store = EncryptedStore.open(dir, key)            # or open(dir, [new_key, old_key])
     store.ids(); store.read(clip_id) -> (mp4_bytes, labels); store.verify() -> n clips
+    store.labels(clip_id); store.content_hashes()    # labels only; {sha256 of source: clip id}
     rotate_store(dir, old_key, new_key)              # crash-safe, resumable re-encryption
 
 Layout of ``DIR``::
@@ -15,16 +16,24 @@ Layout of ``DIR``::
                        "manifest": base64(raw Fernet token of the manifest JSON)}
     clips/<rand>.vfc  b"VFCLIP\\0\\1", then records (u32 big-endian length, raw Fernet token):
                       the labels record, then the clip's video chunks in order
+    store.lock        the writer lock (empty; see below)
 
 Each token's plaintext starts with a header binding it to its place: kind (labels/video), clip id,
 chunk index, chunk count, total length and the clip's random nonce (new on every put). The manifest
 (encrypted, so clip ids stay private too) lists every clip's file, chunk count, total length and
 nonce. A reader checks every header against the manifest, so reordering, dropping, duplicating,
 truncating, swapping chunks between clips or replaying an older version of a clip is detected, and
-a clip is returned only when every chunk has been checked (no partial plaintext).
+a clip is returned only when every chunk has been checked (no partial plaintext). The record
+format itself is :mod:`veilfed.data.records`.
 
-Writes are atomic (``veilfed.io``). One writer at a time; any number of readers (DataLoader workers
-receive the store by pickle and open clip files themselves).
+Writes are atomic (``veilfed.io``). One writer at a time, enforced across processes by the store's
+writer lock (``DIR/store.lock``, :mod:`veilfed.data.lock`): every write (``put`` outside a batch, a
+whole ``batch()`` block, ``rotate_store``) takes the lock, re-reads the manifest from disk under it
+and commits before releasing it, so a concurrent writer waits (bounded, then a one-line refusal)
+instead of overwriting the other's manifest, and the orphan sweep can never delete a clip file a
+live writer has yet to commit. Any number of readers take no lock (DataLoader workers receive the
+store by pickle and open clip files themselves); a reader racing a rotation may find a replaced clip
+file gone and should rerun.
 """
 
 from __future__ import annotations
@@ -33,65 +42,59 @@ import base64
 import binascii
 import contextlib
 import json
-import os
+import logging
 import secrets
-import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.fernet import MultiFernet
 
 from veilfed.crypto.keys import FernetKey, InvalidToken, armor, unarmor
+from veilfed.data.lock import LOCK_NAME, writer_lock
+from veilfed.data.records import (
+    CLIP_MAGIC,
+    KIND_LABELS,
+    KIND_VIDEO,
+    LEN,
+    ClipEntry,
+    Record,
+    decrypt_clip,
+    encrypt_clip,
+    join_records,
+    open_clip,
+    open_record,
+    seal_record,
+    split_records,
+)
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.io import write_bytes_atomic, write_text_atomic
+
+__all__ = [  # the record format is re-exported: callers import it from here
+    "CLIP_MAGIC",
+    "KIND_LABELS",
+    "KIND_VIDEO",
+    "ClipEntry",
+    "EncryptedStore",
+    "Record",
+    "decrypt_clip",
+    "encrypt_clip",
+    "join_records",
+    "open_clip",
+    "open_record",
+    "read_header",
+    "rotate_store",
+    "seal_record",
+    "split_records",
+    "sweep_orphans",
+    "write_header",
+]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "veilfed-store"
 VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
-CLIP_MAGIC = b"VFCLIP\x00\x01"
-KIND_LABELS = 0
-KIND_VIDEO = 1
-_KIND_NAMES = {KIND_LABELS: "labels record", KIND_VIDEO: "chunk"}
-# magic, kind, id length, chunk index, chunk count, total length, clip nonce; then the clip id.
-_HDR = struct.Struct(">4sBxHIIQ16s")
-_HDR_MAGIC = b"VFS1"
-_LEN = struct.Struct(">I")
-
-
-@dataclass(frozen=True)
-class ClipEntry:
-    """What the manifest knows about one clip."""
-
-    file: str
-    chunks: int
-    length: int
-    nonce: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "chunks": self.chunks,
-            "length": self.length,
-            "nonce": self.nonce.hex(),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ClipEntry:
-        return cls(str(d["file"]), int(d["chunks"]), int(d["length"]), bytes.fromhex(d["nonce"]))
-
-
-class Record(NamedTuple):
-    """One decrypted record: its binding header and payload."""
-
-    kind: int
-    clip_id: str
-    index: int
-    count: int
-    total: int
-    nonce: bytes
-    payload: memoryview
 
 
 def _keys(key: FernetKey | Sequence[FernetKey]) -> tuple[FernetKey, ...]:
@@ -99,158 +102,6 @@ def _keys(key: FernetKey | Sequence[FernetKey]) -> tuple[FernetKey, ...]:
     if not keys:
         raise UsageError("no key given; pass --key-file")
     return keys
-
-
-def seal_record(
-    key: FernetKey,
-    clip_id: str,
-    kind: int,
-    index: int,
-    count: int,
-    total: int,
-    nonce: bytes,
-    payload: bytes | memoryview,
-) -> bytes:
-    """Encrypt one record with its binding header."""
-    cid = clip_id.encode()
-    header = _HDR.pack(_HDR_MAGIC, kind, len(cid), index, count, total, nonce) + cid
-    return key.encrypt(header + payload)
-
-
-def open_record(keys: Sequence[FernetKey], token: bytes | memoryview) -> Record:
-    """Decrypt a record (with the first key that authenticates it) and parse its header."""
-    for key in keys:
-        try:
-            plain = key.decrypt(token)
-            break
-        except InvalidToken:
-            continue
-    else:
-        raise InvalidToken
-    if len(plain) < _HDR.size:
-        raise InvalidToken
-    magic, kind, id_len, index, count, total, nonce = _HDR.unpack_from(plain)
-    if magic != _HDR_MAGIC:
-        raise InvalidToken
-    end = _HDR.size + id_len
-    clip_id = plain[_HDR.size : end].decode("utf-8", "replace")
-    return Record(kind, clip_id, index, count, total, nonce, memoryview(plain)[end:])
-
-
-def split_records(data: bytes | memoryview, where: str) -> list[memoryview]:
-    """Parse a length-prefixed record file body (after its magic)."""
-    mv = memoryview(data)
-    out: list[memoryview] = []
-    pos = 0
-    while pos < len(mv):
-        if pos + _LEN.size > len(mv):
-            raise CheckFailed(f"{where}: truncated after record {len(out) - 1}")
-        (n,) = _LEN.unpack_from(mv, pos)
-        pos += _LEN.size
-        if pos + n > len(mv):
-            raise CheckFailed(f"{where}: record {len(out)} is truncated")
-        out.append(mv[pos : pos + n])
-        pos += n
-    return out
-
-
-def join_records(tokens: Iterable[bytes | memoryview]) -> bytes:
-    return b"".join(_LEN.pack(len(t)) + bytes(t) for t in tokens)
-
-
-def encrypt_clip(
-    key: FernetKey, clip_id: str, mp4: bytes, labels: dict[str, Any], chunk_size: int
-) -> tuple[list[bytes], int, bytes]:
-    """Tokens (labels record first, then video chunks), chunk count and nonce for one clip."""
-    nonce = os.urandom(16)
-    label_bytes = json.dumps(labels, separators=(",", ":"), sort_keys=True).encode()
-    mv = memoryview(mp4)
-    count = max(1, -(-len(mv) // chunk_size))
-    tokens = [seal_record(key, clip_id, KIND_LABELS, 0, 1, len(label_bytes), nonce, label_bytes)]
-    tokens += [
-        seal_record(
-            key,
-            clip_id,
-            KIND_VIDEO,
-            i,
-            count,
-            len(mv),
-            nonce,
-            mv[i * chunk_size : (i + 1) * chunk_size],
-        )
-        for i in range(count)
-    ]
-    return tokens, count, nonce
-
-
-def open_clip(
-    keys: Sequence[FernetKey],
-    clip_id: str,
-    entry: ClipEntry,
-    records: Sequence[bytes | memoryview],
-    where: str,
-    fix: str = "restore it from a backup or ingest it again",
-) -> list[Record]:
-    """Decrypt a clip's records and check each header against ``entry``; all or nothing."""
-    if not records:
-        raise CheckFailed(f"{where}: clip {clip_id!r} has no records; {fix}")
-    out: list[Record] = []
-    for pos, token in enumerate(records):
-        what = "labels record" if pos == 0 else f"chunk {pos - 1}"
-        try:
-            rec = open_record(keys, token)
-        except InvalidToken:
-            raise CheckFailed(
-                f"{where}: clip {clip_id!r} {what} does not decrypt (tampered, damaged or "
-                f"wrong key); {fix}"
-            ) from None
-        want_kind = KIND_LABELS if pos == 0 else KIND_VIDEO
-        want_index = 0 if pos == 0 else pos - 1
-        problem = None
-        if rec.clip_id != clip_id:
-            problem = f"belongs to clip {rec.clip_id!r}"
-        elif rec.nonce != entry.nonce:
-            problem = "is from another version"
-        elif rec.kind != want_kind or rec.index != want_index:
-            name = _KIND_NAMES.get(rec.kind, "record")
-            problem = f"is {name} {rec.index} (out of order or duplicated)"
-        elif rec.kind == KIND_VIDEO and (rec.count != entry.chunks or rec.total != entry.length):
-            problem = "disagrees with the manifest on chunk count or length"
-        elif rec.kind == KIND_LABELS and len(rec.payload) != rec.total:
-            problem = "is truncated"
-        if problem:
-            raise CheckFailed(f"{where}: clip {clip_id!r} {what} {problem}; {fix}")
-        out.append(rec)
-    if len(records) != entry.chunks + 1:
-        raise CheckFailed(
-            f"{where}: clip {clip_id!r} has {len(records) - 1} chunks, manifest says "
-            f"{entry.chunks} (chunk {min(len(records) - 1, entry.chunks)} missing or extra); {fix}"
-        )
-    size = sum(len(r.payload) for r in out[1:])
-    if size != entry.length:
-        raise CheckFailed(
-            f"{where}: clip {clip_id!r} is {size} bytes, manifest says {entry.length}; {fix}"
-        )
-    return out
-
-
-def decrypt_clip(
-    keys: Sequence[FernetKey],
-    clip_id: str,
-    entry: ClipEntry,
-    records: Sequence[bytes | memoryview],
-    where: str,
-    fix: str = "restore it from a backup or ingest it again",
-) -> tuple[bytes, dict[str, Any]]:
-    """(video bytes, labels) of a clip whose every record checked out; all or nothing."""
-    opened = open_clip(keys, clip_id, entry, records, where, fix)
-    try:
-        labels = json.loads(bytes(opened[0].payload))
-    except ValueError:
-        raise CheckFailed(f"{where}: clip {clip_id!r} labels are not JSON; {fix}") from None
-    payloads = [r.payload for r in opened[1:]]
-    data = payloads[0].tobytes() if len(payloads) == 1 else b"".join(payloads)
-    return data, labels
 
 
 class EncryptedStore:
@@ -271,6 +122,12 @@ class EncryptedStore:
         self._header = header
         self._batch = 0
         self._garbage: list[str] = []
+        self._lock: contextlib.ExitStack | None = None
+        self._lock_depth = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for DataLoader workers, which only read: the writer lock stays here."""
+        return {**self.__dict__, "_lock": None, "_lock_depth": 0, "_batch": 0, "_garbage": []}
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
@@ -283,44 +140,72 @@ class EncryptedStore:
     ) -> EncryptedStore:
         """A new empty store at ``root`` (or the existing one there when ``exist_ok``)."""
         root = Path(root)
+        if chunk_size < 1024:
+            raise UsageError(f"chunk size {chunk_size} is too small; use at least 1024 bytes")
         if (root / "store.json").exists():
             if exist_ok:
                 return cls.open(root, key)
             raise UsageError(f"{root}: a store already exists here; open it or choose another dir")
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise UsageError(f"{root}: exists and is not an empty directory; choose a new --store")
-        if chunk_size < 1024:
-            raise UsageError(f"chunk size {chunk_size} is too small; use at least 1024 bytes")
-        (root / "clips").mkdir(parents=True, exist_ok=True)
-        header = {"format": FORMAT, "version": VERSION, "key_id": key.key_id}
-        store = cls(root, (key,), chunk_size, {}, header)
-        store.commit()
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root}: exists and is not a directory; choose a new --store")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{root}: cannot create the store ({exc.strerror})") from None
+        with writer_lock(root):  # two creators of one new store: one creates, one opens
+            if (root / "store.json").exists():
+                if exist_ok:
+                    return cls.open(root, key)
+                raise UsageError(
+                    f"{root}: a store already exists here; open it or choose another dir"
+                )
+            if any(p.name != LOCK_NAME for p in root.iterdir()):
+                raise UsageError(
+                    f"{root}: exists and is not an empty directory; choose a new --store"
+                )
+            (root / "clips").mkdir(exist_ok=True)
+            header = {"format": FORMAT, "version": VERSION, "key_id": key.key_id}
+            store = cls(root, (key,), chunk_size, {}, header)
+            store._write_manifest()
         return store
 
     @classmethod
     def open(cls, root: str | Path, key: FernetKey | Sequence[FernetKey]) -> EncryptedStore:
         """Open a store with its key (or a list of keys, of which one must be current)."""
         root = Path(root)
-        keys = _keys(key)
-        header = read_header(root)
-        matching = [k for k in keys if k.key_id == header["key_id"]]
-        if not matching:
-            names = ", ".join(k.key_id for k in keys)
-            raise UsageError(
-                f"{root}: store is encrypted with key {header['key_id']}, not key {names}; "
-                "use the store's current key file (an old key stops working after `keys rotate`)"
+        header, current, chunk_size, clips = _load(root, _keys(key))
+        return cls(root, (current,), chunk_size, clips, header)
+
+    # ---- the writer lock ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[EncryptedStore]:
+        """Hold the store's writer lock for the block (re-entrant within this object).
+
+        On first acquisition the manifest is re-read from disk, so what this writer commits
+        builds on every clip another writer committed before it. A store re-encrypted meanwhile
+        (``keys rotate``) is a one-line refusal: this writer's key no longer opens it.
+        """
+        if self._lock is not None:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(writer_lock(self.root))
+            header, current, chunk_size, clips = _load(self.root, self.keys)
+            self._header, self.keys, self.chunk_size, self._clips = (
+                header,
+                (current,),
+                chunk_size,
+                clips,
             )
-        try:
-            token = base64.b64decode(header["manifest"], validate=True)
-            manifest = json.loads(matching[0].decrypt(token))
-            clips = {cid: ClipEntry.from_json(e) for cid, e in manifest["clips"].items()}
-            chunk_size = int(manifest["chunk_size"])
-        except (InvalidToken, binascii.Error, ValueError, KeyError, TypeError, AttributeError):
-            raise CheckFailed(
-                f"{root / 'store.json'}: manifest does not authenticate (tampered or damaged); "
-                "restore store.json from a backup"
-            ) from None
-        return cls(root, (matching[0],), chunk_size, clips, header)
+            self._lock, self._lock_depth = stack, 1
+            try:
+                yield self
+            finally:
+                self._lock, self._lock_depth = None, 0
 
     # ---- ClipSource -----------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -349,6 +234,11 @@ class EncryptedStore:
                 f"{self.root}: clip {clip_id!r} file {path.name} is missing; restore it from a "
                 "backup or ingest the clip again"
             ) from None
+        except OSError as exc:
+            raise CheckFailed(
+                f"{path}: clip {clip_id!r} file cannot be read ({exc.strerror}); restore it from "
+                "a backup or ingest the clip again"
+            ) from None
         if data[: len(CLIP_MAGIC)] != CLIP_MAGIC:
             raise CheckFailed(f"{path}: clip {clip_id!r} file header is damaged; restore it")
         return split_records(memoryview(data)[len(CLIP_MAGIC) :], f"{path}: clip {clip_id!r}")
@@ -358,6 +248,47 @@ class EncryptedStore:
         return decrypt_clip(
             self.keys, clip_id, self.entry(clip_id), self.records(clip_id), str(self.root)
         )
+
+    def labels(self, clip_id: str) -> dict[str, Any]:
+        """A clip's labels, reading and checking only its first record (not the video)."""
+        entry = self.entry(clip_id)
+        path = self.root / "clips" / entry.file
+        fix = "run `veilfed data verify` and restore the clip from a backup"
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(CLIP_MAGIC) + LEN.size)
+                size = LEN.unpack_from(head, len(CLIP_MAGIC))[0] if len(head) == 12 else -1
+                token = fh.read(size) if size >= 0 else b""
+        except OSError as exc:
+            raise CheckFailed(
+                f"{path}: clip {clip_id!r} cannot be read ({exc.strerror}); {fix}"
+            ) from None
+        if head[: len(CLIP_MAGIC)] != CLIP_MAGIC or size < 0 or len(token) != size:
+            raise CheckFailed(f"{path}: clip {clip_id!r} labels record is damaged; {fix}")
+        try:
+            rec = open_record(self.keys, token)
+            ok = (rec.kind, rec.clip_id, rec.nonce, len(rec.payload)) == (
+                KIND_LABELS,
+                clip_id,
+                entry.nonce,
+                rec.total,
+            )
+            labels = json.loads(bytes(rec.payload)) if ok else None
+        except (InvalidToken, ValueError):
+            labels = None
+        if not isinstance(labels, dict):
+            raise CheckFailed(f"{path}: clip {clip_id!r} labels record does not check out; {fix}")
+        return labels
+
+    def content_hashes(self) -> dict[str, str]:
+        """{sha256 of the original file: clip id} for every clip ingested from a real file."""
+        out: dict[str, str] = {}
+        for clip_id in self.ids():
+            source = self.labels(clip_id).get("source")
+            digest = source.get("sha256") if isinstance(source, dict) else None
+            if isinstance(digest, str):
+                out.setdefault(digest, clip_id)
+        return out
 
     def verify(self) -> int:
         """Decrypt and check every clip; raise CheckFailed naming the first bad clip and chunk."""
@@ -377,22 +308,27 @@ class EncryptedStore:
         If the block raises, nothing is committed: the on-disk store stays as it was (files
         already written are unreferenced and swept by the next rotation).
         """
-        snapshot = (dict(self._clips), list(self._garbage), self.keys)
-        self._batch += 1
-        try:
-            yield self
-        except BaseException:
-            self._clips, self._garbage, self.keys = snapshot
-            raise
-        finally:
-            self._batch -= 1
-        if self._batch == 0:
-            self.commit()
+        with self.locked():
+            snapshot = (dict(self._clips), list(self._garbage), self.keys)
+            self._batch += 1
+            try:
+                yield self
+            except BaseException:
+                self._clips, self._garbage, self.keys = snapshot
+                raise
+            finally:
+                self._batch -= 1
+            if self._batch == 0:
+                self.commit()
 
     def put(self, clip_id: str, video: bytes, labels: dict[str, Any]) -> None:
         """Encrypt and store a clip (replacing any clip with the same id)."""
         if not clip_id or len(clip_id.encode()) > 1024:
             raise UsageError(f"clip id {clip_id[:40]!r}: must be 1 to 1024 bytes")
+        if self._batch == 0:
+            with self.batch():
+                self.put(clip_id, video, labels)
+            return
         tokens, count, nonce = encrypt_clip(self.keys[0], clip_id, video, labels, self.chunk_size)
         self.put_records(clip_id, tokens, ClipEntry("", count, len(video), nonce))
 
@@ -408,17 +344,28 @@ class EncryptedStore:
         self, clip_id: str, tokens: Sequence[bytes | memoryview], entry: ClipEntry
     ) -> None:
         """Store already-encrypted records unchanged (bundle import, rotation)."""
+        if self._batch == 0:
+            with self.batch():
+                self.put_records(clip_id, tokens, entry)
+            return
         name = f"{secrets.token_hex(16)}.vfc"
         write_bytes_atomic(self.root / "clips" / name, CLIP_MAGIC + join_records(tokens), 0o600)
         old = self._clips.get(clip_id)
         if old is not None and old.file != name:
             self._garbage.append(old.file)
         self._clips[clip_id] = ClipEntry(name, entry.chunks, entry.length, entry.nonce)
-        if self._batch == 0:
-            self.commit()
 
     def commit(self) -> None:
-        """Atomically write the manifest, then delete replaced clip files."""
+        """Atomically write the manifest, then delete replaced clip files (lock held)."""
+        if self._lock is None:
+            raise RuntimeError("the manifest is committed only inside batch()")
+        self._write_manifest()
+        for name in self._garbage:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / "clips" / name).unlink()
+        self._garbage.clear()
+
+    def _write_manifest(self) -> None:
         manifest = {
             "chunk_size": self.chunk_size,
             "clips": {cid: e.to_json() for cid, e in sorted(self._clips.items())},
@@ -430,10 +377,6 @@ class EncryptedStore:
             "manifest": base64.b64encode(token).decode(),
         }
         write_header(self.root, self._header)
-        for name in self._garbage:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / "clips" / name).unlink()
-        self._garbage.clear()
 
 
 def read_header(root: Path) -> dict[str, Any]:
@@ -456,6 +399,31 @@ def read_header(root: Path) -> dict[str, Any]:
     return header
 
 
+def _load(
+    root: Path, keys: Sequence[FernetKey]
+) -> tuple[dict[str, Any], FernetKey, int, dict[str, ClipEntry]]:
+    """(header, the key among ``keys`` that opens it, chunk size, clips) of the store."""
+    header = read_header(root)
+    matching = [k for k in keys if k.key_id == header["key_id"]]
+    if not matching:
+        names = ", ".join(k.key_id for k in keys)
+        raise UsageError(
+            f"{root}: store is encrypted with key {header['key_id']}, not key {names}; "
+            "use the store's current key file (an old key stops working after `keys rotate`)"
+        )
+    try:
+        token = base64.b64decode(header["manifest"], validate=True)
+        manifest = json.loads(matching[0].decrypt(token))
+        clips = {cid: ClipEntry.from_json(e) for cid, e in manifest["clips"].items()}
+        chunk_size = int(manifest["chunk_size"])
+    except (InvalidToken, binascii.Error, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckFailed(
+            f"{root / 'store.json'}: manifest does not authenticate (tampered or damaged); "
+            "restore store.json from a backup"
+        ) from None
+    return header, matching[0], chunk_size, clips
+
+
 def write_header(root: Path, header: dict[str, Any]) -> None:
     write_text_atomic(root / "store.json", json.dumps(header, indent=1, sort_keys=True) + "\n")
 
@@ -466,6 +434,7 @@ def rotate_store(root: str | Path, old: FernetKey, new: FernetKey) -> int:
     Crash-safe: rotated clips go to new files while store.json (manifest under the old key) still
     points at the old ones, so until the single atomic store.json write at the end the store is
     exactly the old store; after it, exactly the new one. Leftovers of a crash are swept on re-run.
+    The writer lock is held throughout: no other writer's clip is swept or left under the old key.
     """
     root = Path(root)
     if old == new:
@@ -474,26 +443,36 @@ def rotate_store(root: str | Path, old: FernetKey, new: FernetKey) -> int:
     if header["key_id"] == new.key_id:
         raise UsageError(f"{root}: store is already encrypted with the new key {new.key_id}")
     store = EncryptedStore.open(root, old)
-    sweep_orphans(store)
-    multi = MultiFernet([new.fernet(), old.fernet()])
-    with store.batch():
-        for clip_id in store.ids():
-            entry = store.entry(clip_id)
-            records = store.records(clip_id)
-            decrypt_clip((old,), clip_id, entry, records, str(root))  # never rotate a bad clip
-            rotated = [unarmor(multi.rotate(armor(bytes(t)))) for t in records]
-            store.put_records(clip_id, rotated, entry)
-        store.keys = (new,)
-    sweep_orphans(store)
+    with store.locked():
+        sweep_orphans(store)
+        multi = MultiFernet([new.fernet(), old.fernet()])
+        with store.batch():
+            for clip_id in store.ids():
+                entry = store.entry(clip_id)
+                records = store.records(clip_id)
+                decrypt_clip((old,), clip_id, entry, records, str(root))  # never rotate a bad clip
+                rotated = [unarmor(multi.rotate(armor(bytes(t)))) for t in records]
+                store.put_records(clip_id, rotated, entry)
+            store.keys = (new,)
+        sweep_orphans(store)
     return len(store)
 
 
 def sweep_orphans(store: EncryptedStore) -> int:
-    """Delete clip files and temp files the manifest does not reference (left by a crash)."""
-    live = {store.entry(cid).file for cid in store.ids()}
+    """Delete clip files and temp files the manifest does not reference (left by a crash).
+
+    Runs under the writer lock, so a file is an orphan only if no writer can still commit it.
+    Anything that is not a plain file (a directory someone put there) is left alone.
+    """
     n = 0
-    for path in (store.root / "clips").iterdir():
-        if path.name not in live:
+    with store.locked():
+        live = {store.entry(cid).file for cid in store.ids()}
+        for path in (store.root / "clips").iterdir():
+            if path.name in live:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                log.warning("%s: not a clip file; left in place", path)
+                continue
             path.unlink(missing_ok=True)
             n += 1
     return n

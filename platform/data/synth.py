@@ -72,6 +72,8 @@ class WorldConfig:
         for name in ("frames", "height", "width", "fps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"world.{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:  # numpy seeds are non-negative
+            raise UsageError(f"world.seed must be >= 0, got {self.seed}")
         if self.height % 2 or self.width % 2 or self.height < 16 or self.width < 16:
             raise UsageError(
                 f"world size {self.height}x{self.width}: height and width must be even and >= 16"

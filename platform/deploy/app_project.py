@@ -4,8 +4,10 @@
 SuperNode. veilfed's ServerApp and ClientApp (in their deployment wrappers, ``server_app`` and
 ``client_app`` here) are installed packages on both sides (the Docker images, the venv), so the
 project needs only a ``pyproject.toml`` whose components point at them
-and whose ``[tool.flwr.app.config]`` carries this run's settings. Runtime dependency installation
-stays off: nodes never download anything.
+and whose ``[tool.flwr.app.config]`` carries this run's settings, plus an empty
+``app-signature`` slot: the coordinator fills it at submission with its signature over the built
+FAB (``veilfed.crypto.app_signing``), the only config a run may override. Runtime dependency
+installation stays off: nodes never download anything.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from veilfed.crypto.app_signing import SIGNATURE_KEY
 from veilfed.io import write_text_atomic
 
 SERVER_APP = "veilfed.deploy.server_app:app"
@@ -54,6 +57,7 @@ def write_app_project(directory: str | Path, run_config: dict[str, Any]) -> Path
         "",
         "[tool.flwr.app.config]",
         *(f"{key} = {_toml_value(value)}" for key, value in run_config.items()),
+        f'{SIGNATURE_KEY} = ""',
         "",
     ]
     write_text_atomic(directory / "pyproject.toml", "\n".join(lines))

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from veilfed.crypto.app_signing import SIGNATURE_KEY, sign_fab
 from veilfed.errors import UsageError
 
 
@@ -107,8 +110,13 @@ class ControlClient:
             ids[name] = int(res.node_id)
         return ids
 
-    def start_run(self, app_dir: Path) -> int:
-        """Build the FAB from ``app_dir`` and start a run; its run id."""
+    def start_run(self, app_dir: Path, signing_key: Ed25519PrivateKey | None) -> int:
+        """Build the FAB from ``app_dir``, sign it, and start a run; its run id.
+
+        The signature travels as the run's one config override (``app-signature``), which nodes
+        check before Flower runs any of the bundle; ``None`` submits it unsigned (nodes refuse
+        it: only for tests of that refusal).
+        """
         import hashlib
 
         from flwr.cli.build import build_fab_from_disk
@@ -118,9 +126,10 @@ class ControlClient:
 
         fab_bytes = build_fab_from_disk(app_dir)
         fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+        overrides = {} if signing_key is None else {SIGNATURE_KEY: sign_fab(fab_bytes, signing_key)}
         req = StartRunRequest(
             fab=fab_to_proto(fab),
-            override_config=user_config_to_proto({}),
+            override_config=user_config_to_proto(overrides),
             federation="",
         )
         try:

@@ -1,12 +1,15 @@
 """``veilfed coordinator start``: a SuperLink with TLS and node auth, then the veilfed run.
 
 Order of events: preflight (certificates current and chained to the CA, node keys readable,
-config present, HE context public, port free) → ``flower-superlink`` child on one HTTPS port
-(Fleet, Control and Runtime APIs) → wait until it answers TLS → register every node public key
-from ``--auth-keys`` (only those nodes get in) → wait for the nodes to come online (bounded) →
-submit the veilfed Flower App with this run's config → stream the ServerApp log until the run
-finishes. SIGTERM stops the run and the SuperLink in order; the ServerApp checkpoints every round,
-so ``--resume RUN`` continues it. The coordinator never holds data, client keys or the HE secret.
+app-signing key private, config present, HE context public, ports free) → the SuperLink child
+(``veilfed.deploy.superlink``: Flower's SuperLink with only the Fleet API on ``--address`` and the
+Control and Runtime APIs on ``127.0.0.1:--control-port``) → wait until it answers TLS → register
+every node public key from ``--auth-keys`` over the loopback Control API (only those nodes get
+in) → wait for the nodes to come online (bounded) → submit the veilfed Flower App with this run's
+config, signed with the app-signing key (nodes run only signed bundles) → stream the ServerApp
+log until the run finishes. SIGTERM stops the run and the SuperLink in order; the ServerApp
+checkpoints every round, so ``--resume RUN`` continues it. The coordinator never holds data,
+client keys or the HE secret.
 """
 
 from __future__ import annotations
@@ -14,21 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from veilfed.crypto.app_signing import APP_SIGNING_KEY, load_signing_key
 from veilfed.crypto.certs import (
     CA_CERT,
     SERVER_CERT,
     SERVER_KEY,
+    check_private_mode,
     check_server_material,
     load_node_public_keys,
 )
 from veilfed.deploy.app_project import write_app_project
 from veilfed.deploy.control import ControlClient
-from veilfed.deploy.flower import child_env, executable
+from veilfed.deploy.flower import child_env
 from veilfed.deploy.net import check_port_free, check_tls, parse_address
 from veilfed.deploy.process import Child, StopSignal, strip_colour
 from veilfed.errors import CheckFailed, UsageError
@@ -48,6 +56,8 @@ class CoordinatorOptions:
     resume: str | None = None
     he_context: Path | None = None  # the *public* CKKS context; the secret one stays with nodes
     serve: bool = False  # keep the SuperLink up after the run (a service); else exit with it
+    control_port: int = 9093  # Control and Runtime APIs, on 127.0.0.1 only
+    app_signing_key: Path | None = None  # default: <certs>/app-signing.key
     wait_nodes_s: float = 300.0
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
@@ -77,6 +87,21 @@ def _check_resumable(runs_dir: Path, run_id: str) -> None:
 def _local(host: str) -> str:
     """The address to reach a server bound to ``host`` from this machine."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+CONTROL_HOST = "127.0.0.1"
+
+
+def _signing_key(opts: CoordinatorOptions) -> Ed25519PrivateKey:
+    path = opts.app_signing_key or opts.certs / APP_SIGNING_KEY
+    flag = "--app-signing-key" if opts.app_signing_key else "--certs"
+    if not path.exists():
+        raise UsageError(
+            f"{path}: app-signing key not found; check {flag} (`veilfed certs signing-key "
+            "--out DIR` makes one; nodes run only app bundles it signed)"
+        )
+    check_private_mode(path, flag)
+    return load_signing_key(path, flag)
 
 
 def _wait_ready(
@@ -153,7 +178,13 @@ def run_config_for(opts: CoordinatorOptions, ids: dict[str, int]) -> dict[str, o
 def start(opts: CoordinatorOptions) -> int:
     """Run the coordinator until its run finishes (0), fails (1) or SIGTERM arrives (0)."""
     host, port = parse_address(opts.address, "--address")
+    if not 0 < opts.control_port < 65536 or opts.control_port == port:
+        raise UsageError(
+            f"--control-port {opts.control_port}: use a port in 1..65535 other than the "
+            f"--address port {port}"
+        )
     check_server_material(opts.certs)
+    signing_key = _signing_key(opts)
     keys = load_node_public_keys(opts.auth_keys)
     _check_config(opts.config, opts.he_context)
     if opts.he_context is not None:
@@ -166,26 +197,28 @@ def start(opts: CoordinatorOptions) -> int:
     if opts.resume:
         _check_resumable(opts.state / "runs", opts.resume)
     check_port_free(host, port, "--address")
+    check_port_free(CONTROL_HOST, opts.control_port, "--control-port")
     ca = (opts.certs / CA_CERT).absolute()
     opts.state.mkdir(parents=True, exist_ok=True)
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
     env = child_env(opts.state / "superlink-home", {"MLFLOW_TRACKING_URI": tracking})
     argv = [
-        executable("flower-superlink"),
+        sys.executable, "-m", "veilfed.deploy.superlink",
+        "--fleet-address", opts.address,
         "--ssl-ca-certfile", str(ca),
         "--ssl-certfile", str((opts.certs / SERVER_CERT).absolute()),
         "--ssl-keyfile", str((opts.certs / SERVER_KEY).absolute()),
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
         "--database", str((opts.state / "superlink.db").absolute()),
-        "--host", host,
-        "--port", str(port),
+        "--host", CONTROL_HOST,
+        "--port", str(opts.control_port),
     ]  # fmt: skip
     stop = StopSignal()
     with stop.installed():
         link = Child("superlink", argv, env, cwd=opts.state, quiet=routine_line)
         try:
-            return _serve(opts, link, host, port, ca, keys, stop, tracking)
+            return _serve(opts, link, (host, port), ca, keys, signing_key, stop, tracking)
         finally:
             code = link.stop(opts.stop_timeout_s)
             log.info("SuperLink stopped (exit %s)", code)
@@ -194,24 +227,25 @@ def start(opts: CoordinatorOptions) -> int:
 def _serve(
     opts: CoordinatorOptions,
     link: Child,
-    host: str,
-    port: int,
+    fleet: tuple[str, int],
     ca: Path,
     keys: dict[str, bytes],
+    signing_key: Ed25519PrivateKey,
     stop: StopSignal,
     tracking: str,
 ) -> int:
+    host, port = fleet
     _wait_ready(link, host, port, ca, opts.ready_timeout_s, stop)
     if stop.event.is_set():
         log.info("stopped on %s while the SuperLink started", stop.name)
         return 0
     log.info(
-        "SuperLink listening on https://%s:%d (Fleet, Control and Runtime APIs; TLS on, "
-        "node authentication on)",
-        host,
-        port,
-    )
-    with ControlClient(f"{_local(host)}:{port}", ca, opts.state / "control-home") as ctl:
+        "SuperLink listening on https://%s:%d (Fleet API only; TLS on, node authentication on); "
+        "Control and Runtime APIs on https://%s:%d (this machine only)",
+        host, port, CONTROL_HOST, opts.control_port,
+    )  # fmt: skip
+    control = f"{CONTROL_HOST}:{opts.control_port}"
+    with ControlClient(control, ca, opts.state / "control-home") as ctl:
         ids = ctl.register_nodes(keys)
         log.info("registered %d node key(s): %s", len(ids), ", ".join(sorted(ids)))
         online = _wait_nodes(ctl, ids, stop, opts.wait_nodes_s)
@@ -226,7 +260,7 @@ def _serve(
         if len(online) < len(ids):
             log.warning("starting with %d of %d nodes online", len(online), len(ids))
         app_dir = write_app_project(opts.state / "app", run_config_for(opts, ids))
-        run_id = ctl.start_run(app_dir)
+        run_id = ctl.start_run(app_dir, signing_key)
         log.info("started run %d (MLflow tracking at %s)", run_id, tracking)
         code = _follow(ctl, run_id, link, stop)
     return _serve_on(stop, link) if opts.serve and not stop.event.is_set() else code

@@ -1,24 +1,10 @@
-"""Locating Flower's executables and giving each child an environment of its own."""
+"""An environment of its own for each Flower child, with Flower's executables found first."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
-
-from veilfed.errors import UsageError
-
-
-def executable(name: str) -> str:
-    """``flower-superlink`` etc. next to this interpreter (the venv), else on PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise UsageError(f"{name}: not found; install veilfed with its flwr dependency")
-    return found
 
 
 def child_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

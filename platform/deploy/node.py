@@ -3,29 +3,39 @@
 Preflight, in the order a user would fix things: the SuperLink address parses; the CA
 certificate is current; the auth key is a private OpenSSH EC key; the shard key opens the bundle
 (every chunk authenticates, and the bundle names the client); the HE secret context loads; the
-node's local Runtime API port is free; the SuperLink is reachable (bounded retries with back-off)
-and its certificate verifies against our CA. Only then does ``flower-supernode`` start. A node
-whose key the coordinator did not register is refused by the SuperLink at activation; that is
-reported as one line, exit 2.
+node's local Runtime API port is free; the trusted entities (the app-signing keys whose bundles
+this node runs) load; the SuperLink is reachable (bounded retries with back-off) and its
+certificate verifies against our CA. Only then does the SuperNode start
+(``veilfed.deploy.supernode``: Flower's SuperNode with ``--trusted-entities``, so a run whose app
+bundle no trusted key signed is refused before any of its code runs, one log line per run). A
+node whose key the coordinator did not register is refused by the SuperLink at activation; that
+is reported as one line, exit 2.
 
 The checked bundle is imported into the node store ``<state>/client/store``: the same Fernet tokens
 under the client's key, so clips are decrypted only in the ClientApp's memory, clip by clip. The
 ClientApp finds its node-local inputs in Flower's node config (``veilfed.clients.inputs``):
 ``client-id`` (from the bundle), ``store``, ``key-file``, ``state-dir`` (accountant history and
-report signing key survive restarts there), ``he-context`` and ``epsilon-budget`` (``--budget``:
-the node's own cap, below whatever the run asks); nothing of the coordinator's.
+report signing key survive restarts there), ``he-context`` and the node's privacy policy
+(``veilfed.clients.policy``: ``--budget``, its cap on ε over every run it joins, ``--max-delta``,
+``--accountants``, ``--allow-no-dp``), whether metrics on its held-out clips may leave it
+(``share-eval-metrics``, ``--share-eval-metrics``; default no) and the fewest contributors an HE
+aggregate must sum before it decrypts it (``he-min-contributors``, default 3); nothing of the
+coordinator's.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from veilfed.clients.inputs import BUDGET_KEY
+from veilfed.clients.inputs import DEFAULT_HE_FLOOR, HE_FLOOR_KEY, SHARE_EVAL_KEY, he_floor
+from veilfed.clients.policy import NodePolicy
+from veilfed.crypto.app_signing import TRUSTED_ENTITIES, load_trusted_entities
 from veilfed.crypto.certs import check_ca, load_node_private_key
-from veilfed.deploy.flower import child_env, executable
+from veilfed.deploy.flower import child_env
 from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
 from veilfed.deploy.process import Child, StopSignal
 from veilfed.errors import UsageError, VeilfedError
@@ -54,7 +64,10 @@ class NodeOptions:
     auth_key: Path
     state: Path
     he_context: Path | None = None
-    budget: float = 0.0  # > 0: the most ε this node spends in one run, whatever the run asks
+    trusted_entities: Path | None = None  # default: <certs>/trusted-entities.yaml
+    policy: NodePolicy = NodePolicy()  # --budget, --max-delta, --accountants, --allow-no-dp
+    share_eval_metrics: bool = False  # metrics on the held-out clips may leave the node
+    he_min_contributors: int = DEFAULT_HE_FLOOR  # fewest clients an HE aggregate must sum
     port: int = 9094
     connect_tries: int = 5
     first_delay_s: float = 0.5
@@ -65,6 +78,14 @@ class NodeOptions:
 
 def node_store(state: Path) -> Path:
     return state / "client" / "store"
+
+
+def trusted_entities_file(opts: NodeOptions) -> Path:
+    """The app-signing keys this node trusts: --trusted-entities, else the one in --certs."""
+    path = opts.trusted_entities or opts.certs / TRUSTED_ENTITIES
+    flag = "--trusted-entities" if opts.trusted_entities else "--certs"
+    load_trusted_entities(path, flag)
+    return path
 
 
 def import_shard(shard: Path, key_file: Path, state: Path) -> str:
@@ -130,18 +151,21 @@ def node_config(client: str, opts: NodeOptions) -> str:
     if opts.he_context is not None:
         items["he-context"] = str(opts.he_context.absolute())
     pairs = [f"{k}={_literal(v, '--' + k)}" for k, v in items.items()]
-    if opts.budget > 0:
-        pairs.append(f"{BUDGET_KEY}={float(opts.budget)!r}")
+    if opts.share_eval_metrics:
+        pairs.append(f"{SHARE_EVAL_KEY}=true")
+    pairs.append(f"{HE_FLOOR_KEY}={he_floor(opts.he_min_contributors)}")
+    for key, value in opts.policy.node_config().items():
+        text = _literal(value, "--" + key) if isinstance(value, str) else repr(value).lower()
+        pairs.append(f"{key}={text}")
     return " ".join(pairs)
 
 
 def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
     """Every check before the SuperNode starts; (host, port, CA path, client id)."""
     host, port = parse_address(opts.superlink, "--superlink")
-    if not (0 <= opts.budget < float("inf")):
-        raise UsageError(f"--budget {opts.budget:g}: use a positive epsilon (0: the run's budget)")
     ca = check_ca(opts.certs)
     load_node_private_key(opts.auth_key)
+    trusted_entities_file(opts)
     client = import_shard(opts.shard, opts.key_file, opts.state)
     log_signing_key(opts.state, client)
     if opts.he_context is not None:
@@ -229,7 +253,8 @@ def start(opts: NodeOptions) -> int:
     state = opts.state
     (state / "client").mkdir(parents=True, exist_ok=True)
     argv = [
-        executable("flower-supernode"),
+        sys.executable, "-m", "veilfed.deploy.supernode",
+        "--trusted-entities", str(trusted_entities_file(opts).absolute()),
         "--superlink", f"{host}:{port}",
         "--root-certificates", str(ca.absolute()),
         "--auth-supernode-private-key", str(opts.auth_key.absolute()),

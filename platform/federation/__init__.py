@@ -1,1 +1,1 @@
-"""What the ClientApp and the ServerApp agree on, importable by both without importing each other."""
+"""What the ClientApp and the ServerApp agree on; both import it, neither imports the other."""

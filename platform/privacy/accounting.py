@@ -1,8 +1,8 @@
-"""Cumulative, persisted per-client privacy accounting (issue 6).
+"""Cumulative, persisted per-client privacy accounting.
 
 A client's ε must cover *every* round it joined, not just the current one, so the accountant's
 history lives on the node (one JSON file per client id, :class:`AccountantStore`) and grows across
-rounds and restarts. :class:`ClientAccountant` wraps an Opacus accountant (``rdp`` by default;
+rounds, runs and restarts. :class:`ClientAccountant` wraps an Opacus accountant (``rdp`` by default;
 ``prv`` or ``gdp`` by name) whose ``history`` is the list of ``(noise_multiplier, sample_rate,
 steps)`` segments of Poisson-sampled Gaussian steps, which is all any accountant needs.
 
@@ -79,11 +79,36 @@ def check_mechanism(params: tuple[float, float, int], where: str) -> tuple[float
     return float(sigma), float(rate), steps
 
 
+def _chain() -> dict[str, Any]:
+    return {"last_round": None, "last_report_hash": "", "release": None}
+
+
+def _check_chain(link: Any, where: str) -> dict[str, Any]:
+    """Validate one run's chain link and release record as read from a state file."""
+    if not isinstance(link, dict):
+        raise UsageError(f"{where}: must be an object")
+    last_round, report_hash = link.get("last_round"), link.get("last_report_hash")
+    if last_round is not None and (isinstance(last_round, bool) or not isinstance(last_round, int)):
+        raise UsageError(f"{where}: field 'last_round' must be an integer or null")
+    if not isinstance(report_hash, str):
+        raise UsageError(f"{where}: field 'last_report_hash' must be a string")
+    release = link.get("release")
+    if release is not None and not (
+        isinstance(release, dict)
+        and isinstance(release.get("round"), int)
+        and all(isinstance(release.get(k), str) for k in ("run_id", "model", "sha256"))
+    ):
+        raise UsageError(f"{where}: field 'release' must name run_id, round, model and sha256")
+    return {"last_round": last_round, "last_report_hash": report_hash, "release": release}
+
+
 class ClientAccountant:
     """One client's cumulative accountant plus the link to its last signed report.
 
-    ``last_round``, ``last_report_hash`` and ``reported_steps`` let the next report point at the
-    previous one (hash chain, see ``reports.py``); they persist with the history.
+    ``last_round`` and ``last_report_hash`` let the next report point at the previous one (hash
+    chain, see ``reports.py``); a chain is per run (:meth:`select_run`), while the history and
+    ``reported_steps`` compose over every run. ``release`` names the selected run's last released
+    update (``veilfed.clients.node``). All of it persists with the history.
     """
 
     def __init__(self, client_id: str, mechanism: str = "rdp") -> None:
@@ -96,9 +121,47 @@ class ClientAccountant:
         from opacus.accountants import create_accountant  # imports torch: only when used
 
         self.opacus: IAccountant = create_accountant(mechanism=mechanism)
-        self.last_round: int | None = None
-        self.last_report_hash: str = ""
         self.reported_steps: int = 0
+        self.run_id: str | None = None  # the run whose report chain and release are in use
+        self.runs: dict[str, dict[str, Any]] = {}  # run id -> its chain link and last release
+        self._solo: dict[str, Any] = _chain()  # the chain when no run is selected
+
+    def select_run(self, run_id: str) -> None:
+        """Use ``run_id``'s report chain and release record: chains are per run, while the
+        history (and so ε and ``reported_steps``) keeps composing across runs."""
+        if not isinstance(run_id, str) or not run_id:
+            raise UsageError(f"client {self.client_id}: run id must be a non-empty string")
+        self.run_id = run_id
+        self.runs.setdefault(run_id, _chain())
+
+    def _link(self) -> dict[str, Any]:
+        return self._solo if self.run_id is None else self.runs[self.run_id]
+
+    @property
+    def last_round(self) -> int | None:
+        """The last round reported in the selected run (None before its first report)."""
+        return self._link()["last_round"]
+
+    @last_round.setter
+    def last_round(self, value: int | None) -> None:
+        self._link()["last_round"] = value
+
+    @property
+    def last_report_hash(self) -> str:
+        return self._link()["last_report_hash"]
+
+    @last_report_hash.setter
+    def last_report_hash(self, value: str) -> None:
+        self._link()["last_report_hash"] = value
+
+    @property
+    def release(self) -> dict[str, Any] | None:
+        """The selected run's last release as the node stored it (round, model, SHA-256)."""
+        return self._link()["release"]
+
+    @release.setter
+    def release(self, value: dict[str, Any] | None) -> None:
+        self._link()["release"] = value
 
     @property
     def mechanism(self) -> str:
@@ -182,19 +245,27 @@ class ClientAccountant:
             "client_id": self.client_id,
             "mechanism": self.mechanism,
             "history": [list(seg) for seg in self.history],
-            "last_round": self.last_round,
-            "last_report_hash": self.last_report_hash,
+            "last_round": self._solo["last_round"],
+            "last_report_hash": self._solo["last_report_hash"],
             "reported_steps": self.reported_steps,
+            "runs": copy.deepcopy(self.runs),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace this accountant's state; every field is validated (one-line errors)."""
+    def load_state_dict(self, state: dict[str, Any], recompose: bool = False) -> None:
+        """Replace this accountant's state; every field is validated (one-line errors).
+
+        ``recompose``: accept a history kept with another accountant and compose it with this
+        one (the segments are the same Poisson-sampled Gaussian steps whichever accountant
+        bounds them), so a node keeps one history whatever accountant a run asks for.
+        """
         who = f"accountant state for client {self.client_id}"
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise UsageError(f"{who}: not a version {STATE_VERSION} accountant state")
         if state.get("client_id") != self.client_id:
             raise UsageError(f"{who}: belongs to client {state.get('client_id')!r}")
-        if state.get("mechanism") != self.mechanism:
+        if recompose and state.get("mechanism") in MECHANISMS:
+            pass
+        elif state.get("mechanism") != self.mechanism:
             raise UsageError(
                 f"{who}: was kept with accountant {state.get('mechanism')!r}, not "
                 f"{self.mechanism!r}; load it with that accountant"
@@ -223,14 +294,18 @@ class ClientAccountant:
             or not 0 <= reported <= total
         ):
             raise UsageError(f"{who}: field 'reported_steps' must be an integer in [0, {total}]")
+        runs = state.get("runs", {})
+        if not isinstance(runs, dict):
+            raise UsageError(f"{who}: field 'runs' must be an object")
+        chains = {
+            str(run): _check_chain(link, f"{who}: runs[{run!r}]") for run, link in runs.items()
+        }
         self.opacus.load_state_dict(
             {"history": segments, "mechanism": self.mechanism}  # validated above
         )
-        self.last_round, self.last_report_hash, self.reported_steps = (
-            last_round,
-            report_hash,
-            reported,
-        )
+        self.reported_steps = reported
+        self._solo = {**_chain(), "last_round": last_round, "last_report_hash": report_hash}
+        self.runs, self.run_id = chains, None
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ClientAccountant:
@@ -253,8 +328,11 @@ class AccountantStore:
     def exists(self, client_id: str) -> bool:
         return self.path(client_id).is_file()
 
-    def load(self, client_id: str, mechanism: str = "rdp") -> ClientAccountant:
-        """The client's accountant, or a fresh one when it has never trained on this node."""
+    def load(
+        self, client_id: str, mechanism: str = "rdp", recompose: bool = False
+    ) -> ClientAccountant:
+        """The client's accountant, or a fresh one when it has never trained on this node
+        (``recompose``: see :meth:`ClientAccountant.load_state_dict`)."""
         path = self.path(client_id)
         acc = ClientAccountant(client_id, mechanism)
         if not path.exists():
@@ -267,7 +345,7 @@ class AccountantStore:
                 "deleting it would reset this client's privacy spend"
             ) from None
         try:
-            acc.load_state_dict(state)
+            acc.load_state_dict(state, recompose=recompose)
         except UsageError as exc:
             raise UsageError(f"{path}: {exc}") from None
         return acc

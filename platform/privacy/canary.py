@@ -10,10 +10,11 @@ term (the paper's Theorem 5.2 / Algorithm 2); the largest ε rejected at the cho
 the lower bound. It must not exceed the accountant's ε for the same run.
 
 The training is a workbench — a linear classifier on synthetic features in which canaries are
-easy to memorise — trained with the same Opacus DP-SGD path and persisted accountant the clients
-use (``accounting.attach``), at the experiment's ``[privacy]`` settings (σ, or (ε, δ) calibrated
-over the workbench's steps; clipping norm; accountant). It audits the DP mechanism, not the
-multimodal model: a one-run bound on a large model is far below its ε and proves little.
+easy to memorise — trained with the same Opacus DP-SGD path, OS-entropy noise and sampling
+(``noise.protect``) and persisted accountant the clients use (``accounting.attach``), at the
+experiment's ``[privacy]`` settings (σ, or (ε, δ) calibrated over the workbench's steps; clipping
+norm; accountant). It audits the DP mechanism, not the multimodal model: a one-run bound on a
+large model is far below its ε and proves little.
 
 Config: the experiment TOML's ``[privacy]`` section plus an optional ``[canary]`` section
 (fields of :class:`CanarySettings`).
@@ -141,6 +142,7 @@ def run_canary_audit(settings: CanarySettings, dp: DPSettings) -> CanaryResult:
     from opacus import PrivacyEngine
 
     from veilfed.privacy.accounting import ClientAccountant, attach, calibrate_noise, plan_round
+    from veilfed.privacy.noise import protect
 
     s = settings
     gen = torch.Generator().manual_seed(s.seed)
@@ -162,8 +164,8 @@ def run_canary_audit(settings: CanarySettings, dp: DPSettings) -> CanaryResult:
     acc = ClientAccountant("canary", dp.accountant)
     sigma = 0.0
     with warnings.catch_warnings():
-        # Opacus' secure-RNG notice and backward-hook chatter are irrelevant to the audit.
-        warnings.simplefilter("ignore", UserWarning)
+        # Opacus' backward-hook chatter is irrelevant to the audit (its secure-RNG notice is not).
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         if dp.enabled:
             sigma = dp.noise_multiplier or calibrate_noise(
                 dp.epsilon or 0.0, dp.delta, plan.sample_rate, plan.steps, dp.accountant
@@ -178,6 +180,7 @@ def run_canary_audit(settings: CanarySettings, dp: DPSettings) -> CanaryResult:
                 max_grad_norm=dp.max_grad_norm,
                 poisson_sampling=True,
             )
+            protect(optimizer, loader)  # the noise and sampling the clients use
         for _ in range(s.epochs):
             for x, y in loader:
                 if len(x) == 0:

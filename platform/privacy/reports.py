@@ -1,15 +1,29 @@
-"""Signed, hash-chained per-round privacy reports (issue 8, part 1).
+"""Signed, hash-chained per-round privacy reports, bound to the run, the round and the model.
 
 Each client signs one :class:`PrivacyReport` per round it trains with its own Ed25519 key. The
 coordinator verifies it against the key registered for that client (:class:`KeyRegistry`) before
 accepting the update, refuses unsigned or mis-signed updates (logs and continues the round) and
-stores the reports in MLflow with :func:`log_reports`.
+stores the reports in MLflow (``report_store.log_reports``); key files are ``signing.py``'s.
+
+A report names what it accounts for: ``run_id`` (the run the coordinator's message named),
+``round`` and ``model_digest`` (``veilfed.federation.digest.model_digest`` of the global model the
+round's message carried), so the audit can tie it to the coordinator's signed round log and a
+report copied into another run, another round or against another model does not match. It also
+declares how its ε was computed: ``accountant`` and, for ``rdp``, the Rényi ``orders`` the
+conversion minimised over, so an independent accountant recomputes the very same bound.
 
 A client is not sampled every round, so reports chain by link rather than by round number: each
-report carries ``prev_round`` (the last round this client reported, null for the first) and
-``prev_hash`` (SHA-256 of that report's canonical bytes, "" for the first), and
-``steps_total = previous steps_total + steps_round``. Deleting, reordering or editing any report
-breaks the chain (:func:`check_chain`), and the signature covers the link.
+report carries ``prev_round`` (the last round this client reported *in this run*, null for the
+first) and ``prev_hash`` (SHA-256 of that report's canonical bytes, "" for the first). A node's
+accountant may compose across runs, so the first report of a run declares ``prior``: the
+``(noise_multiplier, sample_rate, steps)`` segments spent before it (empty for a fresh
+accountant); ``steps_total`` counts every step the claim covers, prior ones included, and grows
+by ``steps_round`` along the chain. Deleting, reordering or editing any report breaks the chain
+(:func:`check_chain`), and the signature covers the link.
+
+:meth:`PrivacyReport.from_dict` is the one validation of a report, shared by the coordinator (in
+the round) and the audit: σ > 0, q in (0, 1], 1 <= steps <= ``MAX_STEPS``, δ in (0, 1), finite
+ε >= 0, orders > 1; anything else is a one-line ``UsageError``.
 
 MLflow artifact layout (per run)::
 
@@ -28,22 +42,45 @@ import binascii
 import hashlib
 import json
 import math
-import tempfile
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.io import write_bytes_atomic
-from veilfed.privacy.accounting import MECHANISMS, ClientAccountant, check_client_id
+from veilfed.privacy.accounting import (
+    MECHANISMS,
+    ClientAccountant,
+    check_client_id,
+    check_mechanism,
+)
+from veilfed.privacy.signing import generate_signing_key as generate_signing_key  # re-export
+from veilfed.privacy.signing import key_id, load_public_key, public_pem
+from veilfed.privacy.signing import load_signing_key as load_signing_key  # re-export
+from veilfed.privacy.signing import public_key_path as public_key_path  # re-export
 
 REPORTS_DIR = "privacy/reports"
 KEYS_DIR = "privacy/keys"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
+# Most DP-SGD steps one claim may cover. A bound on input, not on practice (10^9 steps is decades
+# of training); RDP composes a step count linearly, so nothing is ever sized by it.
+MAX_STEPS = 10**9
+MAX_ORDERS = 512
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+Segment = tuple[float, float, int]
+
+
+def rdp_orders(accountant: str) -> tuple[float, ...] | None:
+    """The Rényi orders Opacus' ``rdp`` accountant minimises over; None for other accountants."""
+    if accountant != "rdp":
+        return None
+    from opacus.accountants.rdp import RDPAccountant
+
+    return tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +88,9 @@ class PrivacyReport:
     """What a client claims about its privacy spend after one round."""
 
     client_id: str
+    run_id: str
     round: int
+    model_digest: str
     sample_rate: float
     noise_multiplier: float
     steps_round: int
@@ -62,8 +101,14 @@ class PrivacyReport:
     accountant: str
     prev_round: int | None
     prev_hash: str
+    orders: tuple[float, ...] | None = None
+    prior: tuple[Segment, ...] = ()
     epsilon_budget: float | None = None
     version: int = REPORT_VERSION
+
+    @property
+    def prior_steps(self) -> int:
+        return sum(n for _, _, n in self.prior)
 
     def canonical(self) -> bytes:
         """The signed bytes: JSON with sorted keys and no whitespace."""
@@ -77,43 +122,109 @@ class PrivacyReport:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "report") -> PrivacyReport:
-        """Parse and type-check a report; errors name ``where`` and the field."""
+        """Parse and range-check a report; errors name ``where`` and the field, in one line."""
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected a JSON object")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        missing = sorted(n for n in names if n not in data and n not in ("epsilon_budget",))
+        optional = ("epsilon_budget", "orders", "prior")
+        missing = sorted(n for n in names if n not in data and n not in optional)
         if missing:
             raise UsageError(f"{where}: missing field(s) {', '.join(missing)}")
-        ints = ("round", "steps_round", "steps_total", "version")
-        floats = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta", "epsilon")
-        for name in ints:
-            if isinstance(data[name], bool) or not isinstance(data[name], int):
-                raise UsageError(f"{where}: field {name!r} must be an integer")
-        for name in floats:
-            value = data[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UsageError(f"{where}: field {name!r} must be a number")
-            if not math.isfinite(value):
-                raise UsageError(f"{where}: field {name!r} must be finite")
-        for name in ("prev_round",):
-            value = data[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UsageError(f"{where}: field {name!r} must be an integer or null")
-        budget = data.get("epsilon_budget")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
-            raise UsageError(f"{where}: field 'epsilon_budget' must be a number or null")
-        for name in ("client_id", "accountant", "prev_hash"):
+        if data["version"] != REPORT_VERSION:
+            raise UsageError(f"{where}: report version {data['version']!r} is not supported")
+        for name in ("client_id", "run_id", "accountant", "prev_hash", "model_digest"):
             if not isinstance(data[name], str):
                 raise UsageError(f"{where}: field {name!r} must be a string")
-        if data["version"] != REPORT_VERSION:
-            raise UsageError(f"{where}: report version {data['version']} is not supported")
+        check_client_id(data["client_id"])
+        if not data["run_id"]:
+            raise UsageError(f"{where}: field 'run_id' must name the run")
+        if not _DIGEST.match(data["model_digest"]):
+            raise UsageError(f"{where}: field 'model_digest' must be 64 lowercase hex digits")
         if data["accountant"] not in MECHANISMS:
             raise UsageError(f"{where}: field 'accountant' must be one of {', '.join(MECHANISMS)}")
-        check_client_id(data["client_id"])
-        return cls(**data)
+        rnd = _int(data, "round", where, 1, None)
+        steps_round = _int(data, "steps_round", where, 1, MAX_STEPS)
+        steps_total = _int(data, "steps_total", where, 1, MAX_STEPS)
+        prev = data["prev_round"]
+        if prev is not None:
+            prev = _int(data, "prev_round", where, 1, None)
+        sigma = _number(data, "noise_multiplier", where)
+        if not sigma > 0:
+            raise UsageError(f"{where}: field 'noise_multiplier' must be > 0 (got {sigma!r})")
+        rate = _number(data, "sample_rate", where)
+        if not 0 < rate <= 1:
+            raise UsageError(f"{where}: field 'sample_rate' must be in (0, 1] (got {rate!r})")
+        if not _number(data, "max_grad_norm", where) > 0:
+            raise UsageError(f"{where}: field 'max_grad_norm' must be > 0")
+        delta = _number(data, "delta", where)
+        if not 0 < delta < 1:
+            raise UsageError(f"{where}: field 'delta' must be in (0, 1) (got {delta!r})")
+        if not _number(data, "epsilon", where) >= 0:
+            raise UsageError(f"{where}: field 'epsilon' must be >= 0")
+        budget = data.get("epsilon_budget")
+        if budget is not None and not _number(data, "epsilon_budget", where) > 0:
+            raise UsageError(f"{where}: field 'epsilon_budget' must be > 0 or null")
+        orders = _orders(data.get("orders"), data["accountant"], where)
+        prior = _prior(data.get("prior", []), where)
+        if sum(n for _, _, n in prior) + steps_round > steps_total:
+            raise UsageError(
+                f"{where}: steps_total {steps_total} is less than the prior and this round's steps"
+            )
+        return cls(
+            **{k: data[k] for k in names if k in data and k not in ("orders", "prior")}
+            | {"round": rnd, "prev_round": prev, "orders": orders, "prior": prior}
+        )
+
+
+def _int(data: dict[str, Any], name: str, where: str, low: int, high: int | None) -> int:
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{where}: field {name!r} must be an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise UsageError(f"{where}: field {name!r} must be {bound} (got {value})")
+    return value
+
+
+def _number(data: dict[str, Any], name: str, where: str) -> float:
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{where}: field {name!r} must be a number")
+    if not math.isfinite(value):
+        raise UsageError(f"{where}: field {name!r} must be finite")
+    return float(value)
+
+
+def _orders(value: Any, accountant: str, where: str) -> tuple[float, ...] | None:
+    if value is None:
+        if accountant == "rdp":
+            raise UsageError(f"{where}: an rdp report must declare its Rényi 'orders'")
+        return None
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_ORDERS:
+        raise UsageError(f"{where}: field 'orders' must be a list of 1 to {MAX_ORDERS} numbers")
+    out = []
+    for a in value:
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 1 < a < math.inf:
+            raise UsageError(f"{where}: field 'orders' holds {a!r}; each order must be > 1")
+        out.append(float(a))
+    return tuple(out)
+
+
+def _prior(value: Any, where: str) -> tuple[Segment, ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_ORDERS:
+        raise UsageError(f"{where}: field 'prior' must be a list of [sigma, rate, steps]")
+    out = []
+    for i, seg in enumerate(value):
+        if not isinstance(seg, list | tuple) or len(seg) != 3:
+            raise UsageError(f"{where}: prior[{i}] must be [noise_multiplier, rate, steps]")
+        sigma, rate, steps = check_mechanism(tuple(seg), f"{where}: prior[{i}]")
+        if not 1 <= steps <= MAX_STEPS:
+            raise UsageError(f"{where}: prior[{i}] steps must be in [1, {MAX_STEPS}]")
+        out.append((sigma, rate, steps))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -160,21 +271,30 @@ class Problem:
 def record_round(
     acc: ClientAccountant,
     *,
+    run_id: str,
     round: int,
+    model_digest: str,
     max_grad_norm: float,
     delta: float,
     epsilon_budget: float | None = None,
 ) -> PrivacyReport:
-    """Report the steps spent since the last report and link it into the accountant's chain.
+    """Report the steps spent since the last report and link it into this run's chain.
 
-    σ and q come from the accountant's history, so the report states exactly what was accounted.
-    Persist ``acc`` (``AccountantStore.save``) after calling this.
+    σ and q come from the accountant's history, so the report states exactly what was accounted;
+    ``run_id`` and ``model_digest`` name the run and the global model the round's message carried.
+    The accountant's chain is this run's (``ClientAccountant.select_run``, or a per-run
+    accountant); its first report in the run starts a new chain and declares the segments spent
+    before it as ``prior``. Persist ``acc`` (``AccountantStore.save``) after calling this.
     """
     who = f"client {acc.client_id} round {round}"
     steps_round = acc.total_steps - acc.reported_steps
     if steps_round <= 0:
         raise UsageError(f"{who}: no DP-SGD steps since the last report; nothing to report")
-    if acc.last_round is not None and round <= acc.last_round:
+    selected = getattr(acc, "run_id", None)
+    if selected is not None and selected != run_id:
+        raise UsageError(f"{who}: the accountant's chain is for run {selected}, not {run_id}")
+    same_run = acc.last_round is not None
+    if same_run and round <= acc.last_round:
         raise UsageError(f"{who}: round must be after the last reported round {acc.last_round}")
     sigma, rate, last_steps = acc.history[-1]
     if last_steps < steps_round:
@@ -184,7 +304,9 @@ def record_round(
         )
     report = PrivacyReport(
         client_id=acc.client_id,
+        run_id=run_id,
         round=round,
+        model_digest=model_digest,
         sample_rate=rate,
         noise_multiplier=sigma,
         steps_round=steps_round,
@@ -193,10 +315,17 @@ def record_round(
         delta=float(delta),
         epsilon=acc.epsilon(delta),
         accountant=acc.mechanism,
-        prev_round=acc.last_round,
-        prev_hash=acc.last_report_hash,
-        epsilon_budget=None if epsilon_budget is None else float(epsilon_budget),
+        prev_round=acc.last_round if same_run else None,
+        prev_hash=acc.last_report_hash if same_run else "",
+        orders=rdp_orders(acc.mechanism),
+        prior=() if same_run else _truncate(acc.history, acc.total_steps - steps_round),
+        epsilon_budget=(
+            float(epsilon_budget)
+            if epsilon_budget is not None and math.isfinite(epsilon_budget)
+            else None
+        ),
     )
+    PrivacyReport.from_dict(asdict(report), who)  # the same checks the coordinator applies
     acc.last_round, acc.last_report_hash, acc.reported_steps = (
         round,
         report.digest(),
@@ -205,9 +334,15 @@ def record_round(
     return report
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+def _truncate(history: list[Segment], steps: int) -> tuple[Segment, ...]:
+    """The first ``steps`` steps of ``history``."""
+    out: list[Segment] = []
+    for sigma, rate, n in history:
+        if steps <= 0:
+            break
+        out.append((sigma, rate, min(n, steps)))
+        steps -= n
+    return tuple(out)
 
 
 def sign(report: PrivacyReport, private_key: Ed25519PrivateKey) -> SignedReport:
@@ -234,72 +369,6 @@ def verify(signed: SignedReport, public_key: Ed25519PublicKey) -> None:
             f"{who}: signature does not match the report (altered after signing?); "
             "refuse the update"
         ) from None
-
-
-def public_key_path(private_key_path: str | Path) -> Path:
-    path = Path(private_key_path)
-    return path.with_name(path.name + ".pub")
-
-
-def public_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """New Ed25519 key: PKCS#8 PEM at ``path`` (mode 0600), public PEM at ``path.pub``."""
-    path = Path(path)
-    if path.exists():
-        raise UsageError(f"{path}: already exists; refusing to overwrite a signing key")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_bytes_atomic(path, pem, mode=0o600)
-    write_bytes_atomic(public_key_path(path), public_pem(key.public_key()))
-    return key
-
-
-def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read signing key ({exc.strerror})") from None
-    if mode & 0o077:
-        raise UsageError(f"{path}: signing key is readable by others; chmod 600 it")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise UsageError(f"{path}: not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{path}: not an Ed25519 key")
-    return key
-
-
-def load_public_key(
-    data: bytes | str | Path | Ed25519PublicKey, where: str = ""
-) -> Ed25519PublicKey:
-    """A public key from PEM bytes, a PEM file path or an existing key object."""
-    if isinstance(data, Ed25519PublicKey):
-        return data
-    if isinstance(data, Path):
-        where = where or str(data)
-        try:
-            data = data.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"{where}: cannot read public key ({exc.strerror})") from None
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise UsageError(f"{where or 'public key'}: not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{where or 'public key'}: not an Ed25519 public key")
-    return key
 
 
 class KeyRegistry:
@@ -371,15 +440,20 @@ def check_chain(reports: list[PrivacyReport | SignedReport]) -> list[Problem]:
             continue
         if rep.steps_round < 1:
             bad(f"steps_round must be >= 1 (got {rep.steps_round})")
+        if rep.run_id != reps[0].run_id:
+            bad(f"report is for run {rep.run_id}, the chain's first for run {reps[0].run_id}")
         if prev is None:
             if rep.prev_round is not None or rep.prev_hash:
                 bad(f"links to round {rep.prev_round}, whose report is missing")
-            elif rep.steps_total != rep.steps_round:
+            elif rep.steps_total != rep.prior_steps + rep.steps_round:
                 bad(
-                    f"first report but steps_total {rep.steps_total} != steps_round "
-                    f"{rep.steps_round}: earlier reports are missing"
+                    f"first report but steps_total {rep.steps_total} != prior "
+                    f"{rep.prior_steps} + steps_round {rep.steps_round}: earlier reports are "
+                    "missing"
                 )
         else:
+            if rep.prior:
+                bad("declares prior spend but is not the first report of the run")
             if rep.prev_round != prev.round:
                 bad(
                     f"links to round {rep.prev_round} but the previous report is round "
@@ -394,56 +468,3 @@ def check_chain(reports: list[PrivacyReport | SignedReport]) -> list[Problem]:
                 )
         prev = rep
     return problems
-
-
-def _tracking_client(tracking_uri: str | None) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from veilfed.tracking import tracking_uri as default_uri
-
-    return MlflowClient(tracking_uri=tracking_uri or default_uri())
-
-
-def read_logged_reports(client: Any, run_id: str, client_id: str) -> list[SignedReport]:
-    """A client's signed reports stored in ``run_id`` ([] when none were logged)."""
-    artifact = f"{REPORTS_DIR}/{check_client_id(client_id)}.jsonl"
-    if artifact not in {a.path for a in client.list_artifacts(run_id, REPORTS_DIR)}:
-        return []
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, artifact, tmp)
-        lines = Path(local).read_text(encoding="utf-8").splitlines()
-    return [
-        SignedReport.from_json(line, f"run {run_id} {artifact} line {i}")
-        for i, line in enumerate(lines, 1)
-        if line.strip()
-    ]
-
-
-def log_reports(
-    run_id: str,
-    signed_reports: list[SignedReport],
-    public_keys: dict[str, bytes | str | Path | Ed25519PublicKey],
-    tracking_uri: str | None = None,
-) -> None:
-    """Add this round's signed reports and the clients' public keys to the run's artifacts.
-
-    ``tracking_uri`` defaults to ``veilfed.tracking.tracking_uri()``; a coordinator holding a
-    ``veilfed.tracking.Tracker`` passes ``tracker.tracking_uri``.
-
-    Reports already logged for a client are kept (a report for the same round is replaced), so
-    the coordinator calls this once per round with the reports it accepted.
-    """
-    client = _tracking_client(tracking_uri)
-    by_client: dict[str, list[SignedReport]] = {}
-    for signed in signed_reports:
-        by_client.setdefault(signed.report.client_id, []).append(signed)
-    for cid, reports in by_client.items():
-        if cid not in public_keys:
-            raise UsageError(f"client {cid}: log_reports needs its public key")
-        merged = {s.report.round: s for s in read_logged_reports(client, run_id, cid)}
-        merged.update({s.report.round: s for s in reports})
-        text = "".join(merged[r].to_json() + "\n" for r in sorted(merged))
-        client.log_text(run_id, text, f"{REPORTS_DIR}/{cid}.jsonl")
-    for cid, key in public_keys.items():
-        pem = public_pem(load_public_key(key, f"client {check_client_id(cid)}"))
-        client.log_text(run_id, pem.decode("ascii"), f"{KEYS_DIR}/{cid}.pub")

@@ -15,24 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from veilfed.cli import audit as audit_cli
 from veilfed.cli.main import app
-from veilfed.privacy import audit
-from veilfed.privacy.accounting import ClientAccountant
-from veilfed.privacy.reports import SignedReport, log_reports, record_round, sign
+from veilfed.privacy.reports import SignedReport, public_pem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "privacy"))
+from privacy_testkit import counted_by_round, make_chain, publish, write_round_log  # noqa: E402
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 KEY = Ed25519PrivateKey.generate()
-
-
-def chain(rounds: list[int]) -> list[SignedReport]:
-    acc = ClientAccountant("c0")
-    out = []
-    for r in rounds:
-        acc.step(1.1, 0.05, 20)
-        report = record_round(acc, round=r, max_grad_norm=1.0, delta=1e-5, epsilon_budget=10.0)
-        out.append(sign(report, KEY))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +33,18 @@ def store(tmp_path_factory) -> tuple[str, MlflowClient, str]:
     return uri, client, client.create_experiment("cli", artifact_location=(root / "a").as_uri())
 
 
-def new_run(store, reports: list[SignedReport]) -> str:
+def new_run(store, tmp_path: Path, rounds: list[int], edit=None) -> tuple[str, Path]:
+    """A run whose c0 trained in ``rounds``; (run id, the coordinator's keys dir)."""
     uri, client, exp = store
     run_id = client.create_run(exp).info.run_id
-    log_reports(run_id, reports, {"c0": KEY.public_key()}, tracking_uri=uri)
-    return run_id
+    reports: list[SignedReport] = make_chain("c0", KEY, rounds, run_id=run_id)
+    writer = write_round_log(tmp_path / run_id, run_id, counted_by_round(reports), {"c0": KEY})
+    if edit is not None:
+        reports = edit(reports)
+    publish(client, uri, run_id, reports, {"c0": KEY.public_key()}, writer)
+    keys = writer.run_dir / "keys"
+    (keys / "c0.pub").write_bytes(public_pem(KEY.public_key()))
+    return run_id, keys
 
 
 def invoke(store, *args: str | Path, uri: str | None = None):
@@ -55,49 +52,96 @@ def invoke(store, *args: str | Path, uri: str | None = None):
     return CliRunner().invoke(app, ["audit", *map(str, args)], env=env)
 
 
-def test_default_tolerance_matches_library() -> None:
-    assert audit_cli.DEFAULT_TOLERANCE == audit.DEFAULT_TOLERANCE
-
-
 def test_markdown_html_json_reports(store, tmp_path) -> None:
-    run_id = new_run(store, chain([1, 3]))
-    res = invoke(store, run_id, "--out", tmp_path / "md")
+    run_id, keys = new_run(store, tmp_path, [1, 3])
+    res = invoke(store, run_id, "--keys", keys, "--out", tmp_path / "md")
     assert res.exit_code == 0, res.output
+    assert res.stderr == ""
     md = (tmp_path / "md" / "audit.md").read_text()
     assert "Privacy audit — OK: 2 claims from 1 clients verified" in md
     assert (tmp_path / "md" / "eps_by_round.png").read_bytes().startswith(b"\x89PNG")
-    res = invoke(store, "run", run_id, "--format", "html")  # explicit subcommand form
+    res = invoke(store, "run", run_id, "--keys", keys, "--format", "html")  # explicit subcommand
     assert res.exit_code == 0 and "data:image/png;base64," in res.stdout
-    res = invoke(store, run_id, "--format", "json", "--budget", "9", "--delta", "1e-6")
+    res = invoke(store, run_id, "--keys", keys, "--format", "json", "--budget", "9")
     data = json.loads(res.stdout)
     assert res.exit_code == 0 and data["ok"] and data["budget"] == 9.0
+    assert data["budget_source"] == "--budget"
     assert data["clients"]["c0"]["rounds"] == [1, 3] and data["clients"]["c0"]["steps"] == 40
 
 
+def test_keys_from_mlflow_print_a_warning(store, tmp_path) -> None:
+    run_id, _ = new_run(store, tmp_path, [1])
+    res = invoke(store, run_id, "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith("warning: public keys taken from the run's own MLflow artifacts")
+    assert json.loads(res.stdout)["warnings"]
+
+
 def test_violation_exits_1_and_still_writes_the_report(store, tmp_path) -> None:
-    run_id = new_run(store, chain([1, 2]))
-    res = invoke(store, run_id, "--budget", "0.01", "--format", "html", "--out", tmp_path)
+    run_id, keys = new_run(store, tmp_path, [1, 2])
+    res = invoke(
+        store, run_id, "--keys", keys, "--budget", "0.01", "--format", "html", "--out", tmp_path
+    )
     assert res.exit_code == 1 and res.stdout == f"wrote {tmp_path / 'audit.html'}\n"
     assert res.stderr.startswith("error: client c0 round 1: epsilon ")
     assert "(and 1 more violation(s))" in res.stderr and res.stderr.count("\n") == 1
     assert "VIOLATION" in (tmp_path / "audit.html").read_text()
 
 
+def test_cut_chain_exits_1(store, tmp_path) -> None:
+    run_id, keys = new_run(store, tmp_path, [1, 2, 3], edit=lambda reports: reports[:1])
+    res = invoke(store, run_id, "--keys", keys)
+    assert res.exit_code == 1
+    assert res.stderr.startswith("error: client c0 round 2: the coordinator's signed round log")
+
+
 def test_tampered_report_exits_2_without_output(store, tmp_path) -> None:
-    reports = chain([1, 2])
-    reports[1] = dataclasses.replace(
-        reports[1], report=dataclasses.replace(reports[1].report, epsilon=0.1)
-    )
-    res = invoke(store, new_run(store, reports), "--out", tmp_path / "out")
+    def tamper(reports):
+        reports[1] = dataclasses.replace(
+            reports[1], report=dataclasses.replace(reports[1].report, epsilon=0.1)
+        )
+        return reports
+
+    run_id, keys = new_run(store, tmp_path, [1, 2], edit=tamper)
+    res = invoke(store, run_id, "--keys", keys, "--out", tmp_path / "out")
     assert res.exit_code == 2
     assert res.stderr.startswith("error: cannot audit: client c0 round 2: signature does not")
     assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
-def test_missing_round_run_and_store(store, tmp_path) -> None:
-    reports = chain([1, 2, 5])
-    res = invoke(store, new_run(store, [reports[0], reports[2]]))
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"noise_multiplier": -1.0}, "field 'noise_multiplier' must be > 0"),
+        ({"sample_rate": 2.0}, "field 'sample_rate' must be in (0, 1]"),
+        ({"delta": 0.0}, "field 'delta' must be in (0, 1)"),
+        ({"steps_round": 10**12, "steps_total": 10**12}, "must be in [1, 1000000000]"),
+    ],
+)
+def test_malformed_reports_exit_2_in_one_line(store, tmp_path, changes, message) -> None:
+    from veilfed.privacy.reports import sign
+
+    def forge(reports):
+        return [sign(dataclasses.replace(reports[0].report, **changes), KEY)]
+
+    run_id, keys = new_run(store, tmp_path, [1], edit=forge)
+    res = invoke(store, run_id, "--keys", keys)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and res.stderr.count("\n") == 1
+    assert "Traceback" not in res.output
+
+
+def test_bad_flags_missing_round_run_and_store(store, tmp_path) -> None:
+    run_id, keys = new_run(store, tmp_path, [1, 2, 5], edit=lambda r: [r[0], r[2]])
+    res = invoke(store, run_id, "--keys", keys)
     assert res.exit_code == 2 and "client c0 round 5: links to round 2" in res.stderr
+    for flag, value, message in (
+        ("--budget", "-1", "--budget must be a finite number > 0"),
+        ("--delta", "0", "--delta must be in (0, 1)"),
+        ("--keys", tmp_path / "none", "no such directory"),
+    ):
+        res = invoke(store, run_id, flag, value, *(("--keys", keys) if flag != "--keys" else ()))
+        assert res.exit_code == 2 and message in res.stderr, res.output
     res = invoke(store, "0" * 32)
     assert res.exit_code == 2 and f"run {'0' * 32}: not found" in res.stderr
     with socket.socket() as sock:
@@ -109,10 +153,10 @@ def test_missing_round_run_and_store(store, tmp_path) -> None:
 
 
 @pytest.mark.integration
-def test_console_script_exit_code(store) -> None:
-    run_id = new_run(store, chain([1]))
+def test_console_script_exit_code(store, tmp_path) -> None:
+    run_id, keys = new_run(store, tmp_path, [1])
     proc = subprocess.run(
-        [VEILFED, "audit", run_id, "--budget", "0.01", "--format", "json"],
+        [VEILFED, "audit", run_id, "--keys", str(keys), "--budget", "0.01", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -56,3 +56,32 @@ def test_keygen_bounds_too_wide_exit_2(tmp_path: Path) -> None:
     done = run("he", "keygen", "--out", tmp_path, "--max-total-weight", str(2**40))
     assert done.returncode == 2 and "60-bit prime" in done.stderr
     assert not any(tmp_path.iterdir())  # no partial output
+
+
+def test_keygen_infinite_bound_is_one_line(tmp_path: Path) -> None:
+    done = run("he", "keygen", "--out", tmp_path, "--max-abs-update", "inf")
+    assert done.returncode == 2 and "finite max_abs_update" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_info_rejects_a_header_that_lies_about_the_moduli(tmp_path: Path) -> None:
+    """A public.ctx whose header claims a bigger modulus chain than its context has."""
+    from veilfed.crypto.he_keys import MAGIC
+
+    assert run("he", "keygen", "--out", tmp_path).returncode == 0
+    blob = (tmp_path / "public.ctx").read_bytes()
+    size = int.from_bytes(blob[len(MAGIC) : len(MAGIC) + 4], "big")
+    start = len(MAGIC) + 4
+    header = json.loads(blob[start : start + size])
+    for moduli in ([200, 16], [51, 16, 16], [52, 16], [50, 17]):
+        header["params"]["coeff_mod_bit_sizes"] = moduli
+        raw = json.dumps(header).encode()
+        forged = tmp_path / "forged.ctx"
+        forged.write_bytes(
+            blob[: len(MAGIC)] + len(raw).to_bytes(4, "big") + raw + blob[start + size :]
+        )
+        done = run("he", "info", forged, "--public")
+        assert done.returncode == 2, (moduli, done.stdout)
+        assert "header parameters do not match the context" in done.stderr
+        assert done.stderr.count("\n") == 1 and done.stdout == ""

@@ -54,3 +54,25 @@ def test_train_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_train_missing_config_exit_2(tmp_path: Path) -> None:
     res = run("train", "--config", tmp_path / "none.toml", cwd=tmp_path)
     assert res.returncode == 2 and "no such config file" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ("enabled = true\nepsilon = -3.0\ndelta = 5.0", "privacy.epsilon: must be > 0 (got -3)"),
+        ("enabled = true\nepsilon = 8.0\ndelta = 5.0", "privacy.delta: must be in (0, 1) (got 5)"),
+        # tiny.toml trains on 8 clips: δ = 0.2 would let a whole clip be released
+        ("enabled = true\nnoise_multiplier = 1.0\ndelta = 0.2", "must be < 1/n = 0.125 (n = 8"),
+    ],
+)
+def test_train_rejects_nonsense_dp_targets(tmp_path: Path, privacy: str, message: str) -> None:
+    text = TINY.read_text()
+    head, _, tail = text.partition("[privacy]\n")
+    rest = tail[tail.index("\n[") :] if "\n[" in tail else ""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"{head}[privacy]\n{privacy}\n{rest}")
+    res = run("train", "--config", bad, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
+    assert str(bad) in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing trained, nothing reported

@@ -65,31 +65,119 @@ def test_query_names_the_client_its_shard_and_signing_key(run):
     assert info["signing-key"] == registered  # the key provisioned for the simulation
 
 
-def test_train_reply_is_signed_cumulative_and_idempotent(run):
+def _spent(settings, cid: str) -> int:
+    """Steps the client's persisted accountant has counted (the one the node trains with)."""
+    return NodeState.in_run(settings.run_dir, cid).accountants.load(cid).total_steps
+
+
+def _other_model(settings):  # type: ignore[no-untyped-def]
+    return {k: v + np.asarray(0.01, dtype=v.dtype) for k, v in initial_arrays(settings).items()}
+
+
+def test_train_reply_is_signed_cumulative_and_a_true_replay_is_the_same_release(run):
     first = app(_msg(run, "train", 1), _ctx(0))
     info = first.content["reply"]
     assert info["status"] == "trained" and info["client-id"] == "client-0000"
     signed = SignedReport.from_json(info["report"])
     report = KeyRegistry(f"{run.run_dir}/keys").verify(signed, "client-0000")
     assert report.round == 1 and report.steps_total == report.steps_round > 0
+    assert report.run_id == run.run_id and len(report.model_digest) == 64
     metrics = first.content["metrics"]
     assert metrics["num-examples"] == len(_split(run, 0)[0])
+    spent = _spent(run, "client-0000")
+    assert spent == report.steps_total
 
-    again = app(_msg(run, "train", 1), _ctx(0))  # a re-run of round 1 (resume after a kill)
-    assert SignedReport.from_json(again.content["reply"]["report"]).report == report
+    # A re-run of round 1 from the same model (resume after a kill): the stored release, no spend.
+    again = app(_msg(run, "train", 1), _ctx(0))
+    assert again.content["reply"]["report"] == info["report"]
     for key, arr in first.content["arrays"].items():
         np.testing.assert_array_equal(arr.numpy(), again.content["arrays"][key].numpy())
+    assert _spent(run, "client-0000") == spent
 
     third = app(_msg(run, "train", 3), _ctx(0))  # round 2 skipped: history continues from r1
     r3 = SignedReport.from_json(third.content["reply"]["report"]).report
     assert r3.prev_round == 1 and r3.prev_hash == report.digest()
     assert r3.steps_total == 2 * report.steps_total and r3.epsilon > report.epsilon
     state = json.loads(
-        (
-            NodeState.in_run(run.run_dir, "client-0000").dir / "accountant" / "r000003.json"
-        ).read_text()
+        NodeState.in_run(run.run_dir, "client-0000").accountants.path("client-0000").read_text()
     )
     assert sum(n for _, _, n in state["history"]) == r3.steps_total
+
+
+def test_a_round_resent_with_another_model_is_never_released_at_the_old_epsilon(run):
+    """Re-sending round 1 with a different global model used to rewind the accountant to before
+    round 1 and release a second update at round 1's ε. The node declines it and spends nothing;
+    its stored release is not handed out for the other model either."""
+    first = app(_msg(run, "train", 1), _ctx(0))
+    spent = _spent(run, "client-0000")
+    forged = app(_msg(run, "train", 1, _other_model(run)), _ctx(0))
+    info = forged.content["reply"]
+    assert info["status"] == "declined" and len(forged.content.array_records) == 0
+    assert info["reason"].startswith("client client-0000: declining to train: round 1 of run")
+    assert "another global model" in info["reason"] and "\n" not in info["reason"]
+    assert _spent(run, "client-0000") == spent
+    back = app(_msg(run, "train", 1), _ctx(0))  # the true replay still gets the first release
+    assert back.content["reply"]["report"] == first.content["reply"]["report"]
+
+
+def test_a_release_the_accountant_does_not_name_is_never_served(run, monkeypatch):
+    """Crash between writing the release and counting it: the update never left (the ClientApp
+    failed), the next attempt trains and counts; the orphaned file is never served. A stored
+    release whose bytes changed is not served either: the node declines rather than retrain."""
+    from veilfed.privacy.accounting import AccountantStore
+
+    def crash(self, acc):  # type: ignore[no-untyped-def]
+        raise OSError("power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(AccountantStore, "save", crash)
+        with pytest.raises(OSError, match="power cut"):
+            app(_msg(run, "train", 1), _ctx(0))
+    assert _spent(run, "client-0000") == 0
+    node = NodeState.in_run(run.run_dir, "client-0000")
+    orphans = list(node.release_path("x").parent.iterdir())
+    assert len(orphans) == 1  # written, never named by the accountant
+
+    first = app(_msg(run, "train", 1), _ctx(0))
+    assert first.content["reply"]["status"] == "trained" and _spent(run, "client-0000") > 0
+    acc = node.accountants.load("client-0000")
+    acc.select_run(run.run_id)
+    path = node.release_path(acc.release["sha256"])
+    assert path != orphans[0] and path.is_file()
+    path.write_bytes(path.read_bytes() + b"tampered")
+    again = app(_msg(run, "train", 1), _ctx(0))
+    assert again.content["reply"]["status"] == "declined"
+
+
+def test_message_settings_are_validated_like_the_coordinators_config(run):
+    """A client runs whatever the message's settings say, so it checks their ranges itself."""
+    import dataclasses
+    import math
+
+    from veilfed.coordinator.settings import SimSettings
+    from veilfed.errors import UsageError
+
+    bad = {
+        "delta": 5.0,
+        "epsilon": -3.0,
+        "max_grad_norm": math.nan,
+        "noise_multiplier": math.inf,
+        "accountant": "moments",
+    }
+    for field, value in bad.items():
+        forged = dataclasses.replace(
+            run, privacy=dataclasses.replace(run.privacy, **{field: value})
+        )
+        with pytest.raises(UsageError, match=rf"message settings: privacy.*{field}") as err:
+            SimSettings.from_json(forged.to_json(), "message settings")
+        assert "\n" not in str(err.value)
+    fed = dataclasses.replace(run, federated=dataclasses.replace(run.federated, rounds=0))
+    with pytest.raises(UsageError, match="rounds must be >= 1"):
+        SimSettings.from_json(fed.to_json(), "message settings")
+    text = run.to_json().replace('"delta": 0.001', '"delta": "0.001"')
+    with pytest.raises(UsageError, match=r"privacy\.delta: expected float"):
+        SimSettings.from_json(text, "message settings")
+    assert SimSettings.from_json(run.to_json()) == run
 
 
 def test_client_declines_when_the_next_round_would_exceed_its_budget(run):

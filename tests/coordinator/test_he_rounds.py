@@ -19,6 +19,8 @@ from veilfed.errors import UsageError
 # (lr 0.05, a handful of steps), so 1e-4 is a generous bound that still catches a wrong average
 # (e.g. unweighted instead of sample-weighted differs by ~1e-2 here).
 TOLERANCE = 1e-4
+# Two-client runs keep these tests small; the default floor (3) is tested on its own below.
+FLOOR_2 = "[he]\nmin_contributors = 2\n"
 
 
 def _run(tmp_path, he: bool, grid_kw=None, extra: str = "", **cfg):
@@ -34,7 +36,11 @@ def _decrypted_global(settings, ckpt) -> np.ndarray:
     return decrypt_average(secret, ckpt.he_global).average
 
 
-def test_encrypted_fedavg_equals_plaintext_fedavg(tmp_path):
+def test_encrypted_fedavg_equals_plaintext_fedavg(tmp_path, monkeypatch):
+    from veilfed.privacy.noise import INSECURE_SEED_ENV
+
+    # Both runs must add the same DP noise to compare their models: test-only replayable noise.
+    monkeypatch.setenv(INSECURE_SEED_ENV, "7")
     he_settings, tracker, he_ckpt = _run(
         tmp_path, True, extra="[he]\nshadow = true\n", clients=3, rounds=2
     )
@@ -62,7 +68,14 @@ def test_coordinator_only_loads_the_public_context(tmp_path, monkeypatch):
     import veilfed.crypto.he as he
 
     settings, tracker = prepare(
-        write_config(tmp_path, clients=2, rounds=1), {}, None, None, None, None, tmp_path, he=True
+        write_config(tmp_path, clients=2, rounds=1, extra=FLOOR_2),
+        {},
+        None,
+        None,
+        None,
+        None,
+        tmp_path,
+        he=True,
     )
     loaded: list[tuple[str, bool]] = []
     real = he.load_context
@@ -121,7 +134,6 @@ def test_bad_encrypted_updates_are_rejected_and_the_round_goes_on(tmp_path):
     Coordinator(LocalGrid(5, tamper=_tamper(foreign_blob)), settings, tracker).run()
     ckpt = checkpoint.load(settings.run_dir)
     h = ckpt.history[0]
-    assert h["aggregated"] and ckpt.he_global is not None
     rejected = h["rejected"]
     assert set(rejected) == {client_name(0), client_name(1), client_name(2), client_name(3)}
     assert "stale or foreign key" in rejected[client_name(0)]
@@ -129,14 +141,12 @@ def test_bad_encrypted_updates_are_rejected_and_the_round_goes_on(tmp_path):
     assert "plaintext" in rejected[client_name(2)]
     assert "malformed" in rejected[client_name(3)]
     assert h["metrics"]["round/rejected"] == 4 and h["metrics"]["round/accepted"] == 1
-    # the survivor's update alone is the new global model, decryptable by any client
-    secret = load_context(settings.he.secret_path, require_secret=True)
-    assert decrypt_average(secret, ckpt.he_global).clients == 1
+    # the survivor's update alone is below the contributor floor: never released as a model
+    assert not h["aggregated"] and ckpt.he_global is None
 
 
 def test_client_enforces_the_norm_bound_and_withholds(tmp_path):
-    cfg = write_config(tmp_path, clients=2, rounds=1)
-    cfg.write_text(cfg.read_text() + "norm_bound = 1e-6\n")
+    cfg = write_config(tmp_path, clients=2, rounds=1, extra="norm_bound = 1e-6\n" + FLOOR_2)
     settings, tracker = prepare(cfg, {}, None, None, None, None, tmp_path, he=True)
     Coordinator(LocalGrid(2), settings, tracker).run()
     h = checkpoint.load(settings.run_dir).history[0]
@@ -148,7 +158,7 @@ def test_client_enforces_the_norm_bound_and_withholds(tmp_path):
 
 
 def test_resume_keeps_the_encrypted_aggregate(tmp_path):
-    cfg = write_config(tmp_path, clients=2, rounds=2)
+    cfg = write_config(tmp_path, clients=2, rounds=2, extra=FLOOR_2)
     settings, tracker = prepare(cfg, {}, None, None, None, None, tmp_path, he=True)
     with pytest.raises(KeyboardInterrupt):
         Coordinator(LocalGrid(2, kill_after=3), settings, tracker).run()
@@ -177,7 +187,7 @@ def test_bad_he_setup_is_a_one_line_usage_error(tmp_path, setup, message):
     from veilfed.cli.main import app
     from veilfed.crypto.he import HEParams, keygen
 
-    cfg = write_config(tmp_path, clients=2, rounds=1)
+    cfg = write_config(tmp_path, clients=3, rounds=1)
     args = ["simulate", "--config", str(cfg), "--he"]
     keys = tmp_path / "keys"
     if setup == "missing":
@@ -204,7 +214,14 @@ def test_an_aggregate_no_client_can_decrypt_is_discarded(tmp_path):
     from veilfed.crypto.he import EncryptedUpdate, encrypt_update, new_context
 
     settings, tracker = prepare(
-        write_config(tmp_path, clients=2, rounds=1), {}, None, None, None, None, tmp_path, he=True
+        write_config(tmp_path, clients=2, rounds=1, extra=FLOOR_2),
+        {},
+        None,
+        None,
+        None,
+        None,
+        tmp_path,
+        he=True,
     )
     public = load_context(settings.he.public_path, require_secret=False)
     foreign = new_context(public.params)
@@ -222,3 +239,97 @@ def test_an_aggregate_no_client_can_decrypt_is_discarded(tmp_path):
     h = ckpt.history[0]
     assert not h["aggregated"] and h["metrics"]["he/discarded"] == 1
     assert ckpt.he_global is None  # back to the (public) initial weights
+
+
+def _single_update_run(tmp_path):
+    """A 3-client HE run (default floor 3); the coordinator keeps each round-1 update."""
+    settings, tracker = prepare(
+        write_config(tmp_path, clients=3, rounds=1), {}, None, None, None, None, tmp_path, he=True
+    )
+    kept: dict[str, bytes] = {}
+
+    def keep(reply: Message) -> Message:
+        kept[reply.content[REPLY_KEY]["client-id"]] = bytes(reply.content["he"]["update"])
+        return reply
+
+    grid = LocalGrid(3, tamper=keep)
+    Coordinator(grid, settings, tracker).run()
+    assert checkpoint.load(settings.run_dir).history[0]["aggregated"]  # 3 of 3: at the floor
+    return settings, grid, kept
+
+
+def _send(settings, grid, kind: str, blob: bytes, partition: int) -> Message:
+    """A train/evaluate message carrying ``blob`` as the global model, to one real ClientApp."""
+    from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+
+    from veilfed.clients.secure import GLOBAL_KEY
+    from veilfed.coordinator.server_app import SETTINGS_KEY
+
+    node = list(grid.contexts)[partition]
+    config = ConfigRecord({SETTINGS_KEY: settings.to_json(), GLOBAL_KEY: blob, "server-round": 2})
+    kind_ = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+    msg = Message(
+        RecordDict({"arrays": ArrayRecord(), "config": config}),
+        message_type=kind_,
+        dst_node_id=node,
+    )
+    return grid.app(msg, grid.contexts[node])
+
+
+def _forged(settings, blob: bytes, how: str) -> bytes:
+    """Client A's lone ciphertext passed off as an aggregate of 3, with the public context only."""
+    import tenseal as ts
+
+    from veilfed.crypto.he import EncryptedUpdate
+
+    public = load_context(settings.he.public_path, require_secret=False)
+    update = EncryptedUpdate.from_bytes(blob)
+    run, rnd, _ = update.contributors[0].split("/")
+    labels = [f"{run}/{rnd}/{client_name(i)}" for i in range(3)]
+    chunks = []
+    for raw in update.chunks:
+        vec = ts.ckks_vector_from(public.ts_context, raw)
+        # tripled: A + A + A gives 3 in the check slots and A's weights after dividing;
+        # plaintext-count: a plaintext 2 added to the check slots (adding needs no key)
+        plain = [0.0] * (vec.size() - 1) + [2.0]
+        vec = vec + vec + vec if how == "tripled" else vec + plain
+        chunks.append(vec.serialize())
+    update.chunks, update.contributors = chunks, labels
+    return update.to_bytes()
+
+
+def test_a_client_refuses_another_clients_lone_update(tmp_path):
+    """The coordinator forwards client A's single ciphertext to B (train and evaluate): B refuses
+    with a one-line declined reply, before decrypting anything, and stays eligible."""
+    from veilfed.coordinator.server_app import REFUSED_MODEL
+
+    settings, grid, kept = _single_update_run(tmp_path)
+    for kind in ("train", "evaluate"):
+        reply = _send(settings, grid, kind, kept[client_name(0)], partition=1)
+        info = reply.content[REPLY_KEY]
+        assert not reply.has_error() and info["status"] == "declined" and info[REFUSED_MODEL]
+        assert "below this client's floor of 3" in info["reason"]
+        assert client_name(1) in info["reason"] and "\n" not in info["reason"]
+        assert not reply.content.array_records and not reply.content.metric_records
+        assert "he" not in reply.content.config_records  # no update was trained on it
+
+
+@pytest.mark.parametrize("how", ["tripled", "plaintext-count"])
+def test_a_forged_contributor_count_is_refused(tmp_path, how):
+    """Cheap forgeries of the count with only the public context fail the contributor tags."""
+    settings, grid, kept = _single_update_run(tmp_path)
+    forged = _forged(settings, kept[client_name(0)], how)
+    reply = _send(settings, grid, "evaluate", forged, partition=1)
+    info = reply.content[REPLY_KEY]
+    assert info["status"] == "declined" and "integrity check" in info["reason"]
+    assert "contributor tags" in info["reason"]
+    assert not reply.content.metric_records
+    # the honest aggregate of the same round still decrypts for that client
+    honest = _send(settings, grid, "evaluate", checkpoint.load(settings.run_dir).he_global, 1)
+    assert honest.content["metrics"]["num-examples"] > 0
+
+
+def test_the_floor_needs_enough_sampled_clients(tmp_path):
+    cfg = write_config(tmp_path, clients=4, rounds=1, fraction=0.5)
+    with pytest.raises(UsageError, match="min_contributors = 3"):
+        prepare(cfg, {}, None, None, None, None, tmp_path, he=True)

@@ -53,6 +53,7 @@ def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, A
         export_bundle(store, cid, bundle, clip_ids=partition_ids(store, cid, len(CLIENTS)))
         write_key_file(key, client_key(owner, cid))
         opts = NodeOptions("h:1", bundle, key, root, root, root / cid, he_context=he_secret)
+        opts.he_min_contributors = 2  # two-node runs; the default floor is 3
         assert import_shard(bundle, key, opts.state) == cid
         from flwr.common.config import parse_config_args
 
@@ -62,7 +63,9 @@ def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, A
 
 def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
     config = write_config(
-        tmp_path, clients=2, extra="[he]\nenabled = true\nshadow = true\nmax_abs_update = 16.0\n"
+        tmp_path,
+        clients=2,
+        extra="[he]\nenabled = true\nshadow = true\nmax_abs_update = 16.0\nmin_contributors = 2\n",
     )
     secret, public = keygen(tmp_path / "he", HEParams.for_bounds(16.0, 2**16, 1e-5))
     nodes = _nodes(config, tmp_path, secret)
@@ -84,12 +87,12 @@ def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
         assert (run_dir / "keys" / f"{cid}.pub").read_bytes() == (
             state / "signing.key.pub"
         ).read_bytes()
-        assert (state / "runs" / settings.run_id / "accountant" / "r000002.json").is_file()
+        assert (state / "accountant" / f"{cid}.json").is_file()  # the node's, not the run's
 
 
 @pytest.fixture
 def plain_nodes(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
-    config = write_config(tmp_path, clients=2)
+    config = write_config(tmp_path, clients=2, extra="[he]\nmin_contributors = 2\n")
     return config, _nodes(config, tmp_path, None)
 
 
@@ -162,12 +165,12 @@ def test_real_node_never_reads_the_coordinators_files(tmp_path: Path, plain_node
         client_inputs(coord.s, broken)
 
 
-def test_node_budget_caps_the_run_and_runs_keep_separate_accountants(
-    tmp_path: Path, plain_nodes
-) -> None:
-    """A node's own --budget wins over the run's: σ is calibrated for ε = 8 after both rounds,
-    a node capped at 6.5 declines round 2, says so, and signs its cap into its report. A second
-    run on the same node state starts a fresh accountant and leaves the first run's intact."""
+def test_node_budget_caps_the_run_and_composes_across_runs(tmp_path: Path, plain_nodes) -> None:
+    """A node's own --budget wins over the run's and covers every run it joins. σ is calibrated
+    for ε = 8 after both rounds; a node capped at 6.5 declines round 2, says so, and signs its cap
+    into its report. A second run (new run id, same shard) does not reset the node's ε: the capped
+    node declines at once, and the uncapped node, which spent ε = 8 in the first run, cannot spend
+    again under the run's budget of 8."""
     from veilfed.privacy.reports import SignedReport
 
     config, nodes = plain_nodes
@@ -181,15 +184,84 @@ def test_node_budget_caps_the_run_and_runs_keep_separate_accountants(
     assert ckpt.clients["client-0001"]["rounds"] == 2 and ckpt.clients["client-0000"]["rounds"] == 1
     report = SignedReport.from_json(ckpt.clients["client-0000"]["report"]).report
     assert report.epsilon_budget == 6.5
+    accountant = Path(nodes[0]["state-dir"]) / "accountant" / "client-0000.json"
+    before = accountant.read_bytes()
 
-    state = Path(nodes[0]["state-dir"])
-    before = sorted((state / "runs" / first.s.run_id / "accountant").iterdir())
-    second = _coordinator(tmp_path, config, nodes)
+    second = _coordinator(tmp_path, config, capped)
+    assert second.s.run_id != first.s.run_id
     second.run()
-    assert sorted((state / "runs" / first.s.run_id / "accountant").iterdir()) == before
     again = checkpoint.load(second.run_dir)
-    assert again is not None and again.clients["client-0000"]["rounds"] == 2
-    assert again.clients["client-0000"]["epsilon"] > ckpt.clients["client-0000"]["epsilon"]
+    assert again is not None
+    declined = again.history[0]["declined"]
+    assert set(declined) == set(CLIENTS)  # round 1 of the new run: nobody starts from ε = 0
+    assert "client client-0000: declining to train:" in declined["client-0000"]
+    assert declined["client-0000"].endswith("> budget 6.5 (delta=0.001)")
+    assert declined["client-0001"].endswith("> budget 8 (delta=0.001)")
+    assert accountant.read_bytes() == before  # declining spends nothing
+
+
+def _reply(tmp_path: Path, config: Path, node: dict[str, Any], **privacy: Any) -> Any:
+    """The reply of one real node to round 1 of a run whose privacy settings are ``privacy``."""
+    import dataclasses
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from veilfed.clients.client_app import app
+    from veilfed.clients.trainer import initial_arrays
+
+    settings, tracker = prepare_deployment(config, 2, tmp_path / "runs", None)
+    tracker.finish()
+    settings = dataclasses.replace(
+        settings, privacy=dataclasses.replace(settings.privacy, **privacy)
+    )
+    arrays = initial_arrays(settings)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "config": ConfigRecord({"settings": settings.to_json(), "server-round": 1}),
+        }
+    )
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={}, node_config=node)
+    return app(Message(content, message_type="train", dst_node_id=1), ctx).content["reply"]
+
+
+def _refusal(tmp_path: Path, config: Path, node: dict[str, Any], **privacy: Any) -> str:
+    reply = _reply(tmp_path, config, node, **privacy)
+    assert reply["status"] == "declined", dict(reply)
+    reason = str(reply["reason"])
+    assert reason.startswith("client client-0000: declining to train: the run's")
+    assert "\n" not in reason and not (Path(node["state-dir"]) / "accountant").exists()
+    return reason
+
+
+def test_a_node_refuses_privacy_settings_outside_its_policy(tmp_path: Path, plain_nodes) -> None:
+    """The coordinator picks ε, δ and the accountant; the node checks each against its policy
+    and declines with one line naming itself and the setting, before it spends anything."""
+    import math
+
+    from veilfed.clients.inputs import client_inputs
+    from veilfed.clients.trainer import split_shard
+
+    config, nodes = plain_nodes
+    node = nodes[0]
+    assert "epsilon is inf (no client DP)" in _refusal(tmp_path, config, node, epsilon=math.inf)
+    reason = _refusal(tmp_path, config, node, epsilon=math.inf, noise_multiplier=0.3)
+    assert "epsilon budget is inf and this node sets none (node start --budget)" in reason
+    assert "delta 0.5 is not below 1/n" in _refusal(tmp_path, config, node, delta=0.5)
+    settings, tracker = prepare_deployment(config, 2, tmp_path / "n", None)
+    tracker.finish()
+    n = len(split_shard(settings, client_inputs(settings, node))[0])
+    above = 1 / n + 1e-6
+    reason = _refusal(tmp_path, config, node, delta=above)
+    assert f"delta {above:g} is not below 1/n" in reason and f"{n} training examples" in reason
+    reason = _refusal(tmp_path, config, node, accountant="gdp")
+    assert "accountant 'gdp' is not one this node accepts (rdp, prv;" in reason
+    strict = {**node, "max-delta": 1e-4}
+    assert "delta 0.001 is above this node's limit 0.0001" in _refusal(tmp_path, config, strict)
+    only_rdp = {**node, "accountants": "rdp"}
+    assert "accountant 'prv' is not one" in _refusal(tmp_path, config, only_rdp, accountant="prv")
+    opted_out = {**node, "allow-no-dp": True}  # the data owner's explicit choice
+    assert _reply(tmp_path, config, opted_out, epsilon=math.inf)["status"] == "trained"
 
 
 def test_a_node_must_present_the_shard_of_the_client_its_auth_key_names(

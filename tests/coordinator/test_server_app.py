@@ -82,7 +82,9 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_mid_round_equals_uninterrupted_run(tmp_path):
+def test_resume_after_kill_mid_round_equals_uninterrupted_run(tmp_path, monkeypatch):
+    # Equal weights need equal DP noise in both runs: the test-only reproducible-noise switch.
+    monkeypatch.setenv("VEILFED_INSECURE_NOISE_SEED", "5")
     cfg = write_config(tmp_path, clients=3, rounds=3, fraction=0.67)
     full, t_full = make_run(tmp_path, cfg, runs="a")
     Coordinator(LocalGrid(3), full, t_full).run()
@@ -194,3 +196,39 @@ def test_other_strategies_and_central_dp_run_in_the_loop(tmp_path, overrides, ce
         assert 0 < first < metrics["privacy/central_eps"]
         assert ckpt.strategy[0]["clipping_norm"] != settings.federated.central_clipping_norm
     assert all(np.isfinite(v).all() for v in ckpt.arrays.values() if v.dtype.kind == "f")
+
+
+class _GarbageEvalGrid(LocalGrid):
+    """Clients 0-3 answer evaluation with malformed metrics, client 4 honestly; every train
+    reply carries a non-numeric ``train/loss``. The coordinator must reject, never crash."""
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import MetricRecord, RecordDict
+
+        replies = super().send_and_receive(messages, timeout)
+        out = []
+        for reply in replies:
+            cid = reply.content["reply"]["client-id"] if not reply.has_error() else None
+            if reply.metadata.message_type == "train" and not reply.has_error():
+                reply.content.metric_records.get("metrics")["train/loss"] = [1.0, 2.0]
+            elif reply.metadata.message_type == "evaluate" and cid != client_name(4):
+                garbage = {
+                    client_name(0): MetricRecord({"num-examples": 3, "bogus": 1.0}),
+                    client_name(1): MetricRecord({"num-examples": 3, "eval/action": 0.5}),
+                    client_name(2): MetricRecord({"num-examples": 3, "eval/action/acc": math.nan}),
+                    client_name(3): MetricRecord({"eval/action/accuracy": 0.5}),
+                }[cid]
+                info = reply.content["reply"]
+                reply = Message(RecordDict({"metrics": garbage, "reply": info}), reply_to=reply)
+            out.append(reply)
+        return out
+
+
+def test_malformed_evaluate_replies_are_rejected_not_fatal(tmp_path):
+    settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=5, rounds=1, clips=15))
+    Coordinator(_GarbageEvalGrid(5), settings, tracker).run()
+    h = checkpoint.load(settings.run_dir).history[0]
+    assert h["aggregated"] and math.isnan(h["metrics"]["train/loss"])  # no numeric loss
+    evals = {k for k in h["metrics"] if k.startswith("eval/")}
+    assert evals and all(k.count("/") == 2 for k in evals)  # the honest client's only
+    assert "eval/action/acc" not in evals and "bogus" not in h["metrics"]

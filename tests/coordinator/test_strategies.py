@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
 from veilfed.coordinator.server_app import sample_clients
@@ -90,7 +91,7 @@ def test_central_dp_wrapper_and_its_epsilon():
         central_noise_multiplier=1.0,
         central_clipping_norm=0.5,
     )
-    assert type(s).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+    assert isinstance(s, DifferentialPrivacyServerSideFixedClipping)
     assert s.strategy.weighted_by_key == "unit-weight"
     assert central_epsilon(1.0, 0, 1e-5) == 0.0
     assert 0 < central_epsilon(2.0, 3, 1e-5) < central_epsilon(2.0, 6, 1e-5)

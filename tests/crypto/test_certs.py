@@ -119,3 +119,33 @@ def test_cli_certs_new(tmp_path) -> None:
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
     bad = runner.invoke(app, ["certs", "new", "--out", str(tmp_path / "d"), "--nodes", "0"])
     assert bad.exit_code == 2 and "--nodes 0" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--days", "1e9"], "--days 1000000000.0: give a number of days up to 36500"),
+        (["--days", "nan"], "--days nan: give a number of days"),
+        (["--days", "inf"], "--days inf: give a number of days"),
+        (["--host", "bad host name"], "--host 'bad host name': not an IP address or DNS name"),
+        (["--host", ""], "--host '': not an IP address or DNS name"),
+        (["--host", "-lead.example"], "not an IP address or DNS name"),
+    ],
+)
+def test_cli_certs_new_bad_days_and_hosts_are_one_line(tmp_path, args, message) -> None:
+    res = CliRunner().invoke(
+        app, ["certs", "new", "--out", str(tmp_path / "c"), "--nodes", "1", *args]
+    )
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)  # a one-line exit, not a crash
+    assert message in res.output and res.output.count("\n") == 1
+    assert not (tmp_path / "c" / "ca.pem").exists()
+
+
+def test_cli_certs_new_accepts_dns_names_and_addresses(tmp_path) -> None:
+    res = CliRunner().invoke(
+        app,
+        ["certs", "new", "--out", str(tmp_path / "c"), "--nodes", "1",
+         "--host", "coordinator.example.org", "--host", "10.0.0.7", "--host", "::1"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output

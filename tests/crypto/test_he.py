@@ -296,3 +296,45 @@ def test_update_survives_a_flower_message_record(keys: tuple[HEContext, HEContex
     agg, rejections = aggregate(public, {"c": received["he"]["update"]})
     assert rejections == [] and agg is not None
     assert np.max(np.abs(decrypt_average(secret, agg).average - flat)) <= TOLERANCE
+
+
+def test_aggregate_never_sums_one_contributor_twice(keys):
+    secret, public = keys
+    one = encrypt_update(secret, np.zeros(SIZE), 3, contributor="r/1/a").to_bytes()
+    other = encrypt_update(secret, np.zeros(SIZE), 3, contributor="r/1/b").to_bytes()
+    agg, rejections = aggregate(public, {"a": one, "again": one, "b": other})
+    assert agg is not None and sorted(agg.contributors) == ["r/1/a", "r/1/b"]
+    assert [(r.client, "summed twice" in r.reason) for r in rejections] == [("again", True)]
+
+
+def test_decryption_floor_and_forged_counts(keys):
+    """Below the floor: refused before decrypting. A count forged with the public context only
+    (the update added to itself, a plaintext added to the check slots, a relabelled list) fails
+    the contributor tags; the honest aggregate of three passes."""
+    import dataclasses
+
+    import tenseal as ts
+
+    secret, public = keys
+    flats = [np.full(SIZE, 0.1 * (i + 1)) for i in range(3)]
+    updates = {
+        f"c{i}": encrypt_update(secret, f, 2, contributor=f"r/1/c{i}") for i, f in enumerate(flats)
+    }
+    agg, _ = aggregate(public, updates)
+    assert decrypt_average(secret, agg, min_clients=3).clients == 3
+    lone = updates["c0"]
+    with pytest.raises(CheckFailed, match="below this client's floor of 3"):
+        decrypt_average(secret, lone, min_clients=3)
+    vecs = [ts.ckks_vector_from(public.ts_context, c) for c in lone.chunks]
+    labels = ["r/1/c0", "r/1/c1", "r/1/c2"]
+    tripled = [(v + v + v).serialize() for v in vecs]
+    padded = [(v + ([0.0] * (v.size() - 1) + [2.0])).serialize() for v in vecs]
+    for chunks in (tripled, padded):
+        forged = dataclasses.replace(lone, chunks=chunks, contributors=labels)
+        with pytest.raises(CheckFailed, match="contributor tags"):
+            decrypt_average(secret, forged.to_bytes(), min_clients=3)
+    relabelled = dataclasses.replace(agg, contributors=["r/1/c0", "r/1/c1", "r/1/x"])
+    with pytest.raises(CheckFailed, match="contributor tags"):
+        decrypt_average(secret, relabelled, min_clients=3)
+    with pytest.raises(CheckFailed, match="only 1 distinct"):
+        decrypt_average(secret, dataclasses.replace(lone, contributors=["a"] * 3), min_clients=3)

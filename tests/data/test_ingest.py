@@ -11,7 +11,7 @@ import pytest
 
 from veilfed.crypto.keys import FernetKey
 from veilfed.data import video
-from veilfed.data.ingest import ingest, load_labels
+from veilfed.data.ingest import ingest, ingest_to, load_labels
 from veilfed.data.scan import scan
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
@@ -125,3 +125,27 @@ def test_labels_json_and_bad_labels(tmp_path) -> None:
     nocol.write_text("name,action\na.mp4,left\n")
     with pytest.raises(UsageError, match="needs a 'file' column"):
         load_labels(nocol)
+
+
+def test_reingest_is_deduplicated_across_invocations(sources, tmp_path) -> None:
+    key = FernetKey.generate()
+    store = EncryptedStore.create(tmp_path / "store", key)
+    assert len(ingest([tmp_path / "src"], store).ingested) == 4
+    copy = tmp_path / "copy-of-talk.mp4"
+    copy.write_bytes(sources["mp4"].read_bytes())
+    again = ingest([tmp_path / "src", copy], EncryptedStore.open(store.root, key))
+    assert again.ingested == [] and again.already_stored == 5
+    assert all("already in the store" in s["reason"] for s in again.skipped)
+    assert EncryptedStore.open(store.root, key).ids() == ["Still", "talk", "walk", "wave"]
+
+
+def test_ingest_to_creates_the_store_only_for_a_usable_video(sources, tmp_path) -> None:
+    key = FernetKey.generate()
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    empty = ingest_to(tmp_path / "none", key, [junk])
+    assert empty.ingested == [] and len(empty.skipped) == 1
+    assert not (tmp_path / "none").exists()
+    done = ingest_to(tmp_path / "s", key, [junk, sources["mp4"]], {"talk": {"action": "up"}})
+    assert [c["clip_id"] for c in done.ingested] == ["talk"]
+    assert EncryptedStore.open(tmp_path / "s", key).labels("talk")["action"] == "up"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 from pathlib import Path
 
@@ -237,3 +238,75 @@ def test_chunk_header_binds_length(filled, key, monkeypatch) -> None:
     monkeypatch.setitem(store._clips, "a", forged)
     with pytest.raises(CheckFailed, match="chunk 0 disagrees with the manifest"):
         store.read("a")
+
+
+def test_two_writers_on_stale_handles_lose_nothing(filled, key) -> None:
+    """Each writer opened the store before the other wrote: both clips survive."""
+    store, clips = filled
+    first, second = EncryptedStore.open(store.root, key), EncryptedStore.open(store.root, key)
+    first.put("x", b"from the first writer", {})
+    second.put("y", b"from the second writer", {})  # re-reads the manifest under the lock
+    with second.batch():
+        second.put("z", b"z", {})
+    view = EncryptedStore.open(store.root, key)
+    assert view.ids() == sorted([*clips, "x", "y", "z"])
+    assert view.read("x")[0] == b"from the first writer" and view.verify() == 6
+    assert len(list((store.root / "clips").iterdir())) == 6
+
+
+def test_rotation_cannot_sweep_an_open_writers_clips(filled, key, monkeypatch) -> None:
+    """A writer mid-batch holds the lock: a rotation waits (here: refuses) and sweeps nothing."""
+    store, clips = filled
+    monkeypatch.setenv("VEILFED_STORE_LOCK_TIMEOUT", "0.2")
+    writer = EncryptedStore.open(store.root, key)
+    with writer.batch():
+        writer.put("fresh", b"not yet in the manifest", {})
+        with pytest.raises(UsageError, match="another veilfed command is still writing"):
+            rotate_store(store.root, key, FernetKey.generate())
+        other = EncryptedStore.open(store.root, key)
+        with pytest.raises(UsageError, match="still writing"):
+            other.put("late", b"late", {})
+        assert len(list((store.root / "clips").iterdir())) == 4  # the fresh file survived
+    view = EncryptedStore.open(store.root, key)
+    assert view.read("fresh")[0] == b"not yet in the manifest" and "late" not in view
+
+
+def test_a_writer_whose_store_was_rotated_meanwhile_refuses(filled, key) -> None:
+    store, _ = filled
+    stale = EncryptedStore.open(store.root, key)
+    new = FernetKey.generate()
+    rotate_store(store.root, key, new)
+    with pytest.raises(UsageError, match="not key"):
+        stale.put("x", b"under the old key", {})
+    assert "x" not in EncryptedStore.open(store.root, new)
+
+
+def test_create_is_one_store_even_when_raced(tmp_path, key) -> None:
+    root = tmp_path / "s"
+    first = EncryptedStore.create(root, key)
+    again = EncryptedStore.create(root, key, exist_ok=True)
+    first.put("a", b"a", {})
+    again.put("b", b"b", {})
+    assert EncryptedStore.open(root, key).ids() == ["a", "b"]
+    with pytest.raises(UsageError, match="already exists"):
+        EncryptedStore.create(root, key)
+
+
+def test_labels_and_content_hashes_read_only_the_labels_record(filled, key) -> None:
+    store, _ = filled
+    store.put("real", b"video", {"source": {"sha256": "ab" * 32}, "action": 1})
+    assert store.labels("a") == {"clip": "a", "action": 2}
+    assert store.content_hashes() == {"ab" * 32: "real"}
+    entry = store.entry("b")
+    path = store.root / "clips" / entry.file
+    records = store.records("a")
+    path.write_bytes(CLIP_MAGIC + join_records(records))  # clip a's labels under b's name
+    with pytest.raises(CheckFailed, match="clip 'b' labels record does not check out"):
+        store.labels("b")
+
+
+def test_pickled_store_carries_no_lock(filled, key) -> None:
+    store, _ = filled
+    with store.batch():
+        copy = pickle.loads(pickle.dumps(store))
+    assert copy._lock is None and copy.read("a")

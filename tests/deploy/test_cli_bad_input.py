@@ -46,7 +46,7 @@ def coordinator(trust_dir: Path, config: Path, address: str) -> list[str]:
     return [
         "coordinator", "start", "--address", address, "--certs", str(trust_dir),
         "--auth-keys", str(trust_dir / "auth-keys"), "--config", str(config),
-        "--state", str(config.parent / "state"),
+        "--state", str(config.parent / "state"), "--control-port", str(free_port()),
     ]  # fmt: skip
 
 
@@ -202,8 +202,76 @@ def test_node_import_failure_keeps_the_previous_store(
     assert sorted(p.name for p in node_store(state).parent.iterdir()) == ["store"]
 
 
-def test_node_budget_must_be_a_positive_epsilon(trust: certs.CertBundle, shard, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--budget", "-1", "--budget -1: use a positive epsilon"),
+        ("--budget", "nan", "--budget nan: use a positive epsilon"),
+        ("--max-delta", "2", "--max-delta 2: use a delta in (0, 1)"),
+        ("--accountants", "rdp,gdp", "gdp is an approximation, not a privacy bound"),
+    ],
+)
+def test_node_privacy_policy_options_are_checked(
+    flag: str, value: str, message: str, trust: certs.CertBundle, shard, tmp_path
+) -> None:
     bundle, key, _ = shard
     args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
-    code, err, _ = run([*args, "--budget", "-1"], tmp_path)
-    assert "--budget -1: use a positive epsilon" in error_line(code, err)
+    code, err, _ = run([*args, flag, value], tmp_path)
+    assert message in error_line(code, err)
+
+
+@pytest.mark.parametrize("problem", ["missing", "readable", "not-ed25519"])
+def test_coordinator_needs_its_private_app_signing_key(
+    problem: str, trust: certs.CertBundle, tmp_path: Path, config: Path
+) -> None:
+    """No run leaves the coordinator unsigned: a missing, loose or wrong key stops it at start."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trust.out, mixed)
+    key = mixed / "app-signing.key"
+    if problem == "missing":
+        key.unlink()
+    elif problem == "readable":
+        key.chmod(0o644)
+    else:
+        key.write_bytes(trust.node_key("client-0000").read_bytes())  # an EC node key
+        key.chmod(0o600)
+    code, err, _ = run(coordinator(mixed, config, f"127.0.0.1:{free_port()}"), tmp_path)
+    line = error_line(code, err)
+    assert str(key) in line
+    expected = {
+        "missing": "app-signing key not found; check --certs",
+        "readable": "chmod 600",
+        "not-ed25519": "not an OpenSSH Ed25519 private key",
+    }[problem]
+    assert expected in line, line
+
+
+def test_coordinator_control_port_must_differ_from_the_fleet_port(
+    trust: certs.CertBundle, config: Path
+) -> None:
+    port = free_port()
+    args = [*coordinator(trust.out, config, f"127.0.0.1:{port}"), "--control-port", str(port)]
+    code, err, _ = run(args, config.parent)
+    assert f"--control-port {port}: use a port" in error_line(code, err)
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "node-key"])
+def test_node_needs_trusted_entities(
+    problem: str, trust: certs.CertBundle, shard, tmp_path: Path
+) -> None:
+    """A node never starts without keys to check bundles against (it would run any bundle)."""
+    bundle, key, _ = shard
+    args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
+    trusted = tmp_path / "trusted.yaml"
+    if problem == "empty":
+        trusted.write_text("")
+    elif problem == "node-key":
+        trusted.write_text(f"k: '{(trust.auth_keys / 'client-0000.pub').read_text().strip()}'\n")
+    code, err, _ = run([*args, "--trusted-entities", str(trusted)], tmp_path)
+    line = error_line(code, err)
+    expected = {
+        "missing": "not found; check --trusted-entities",
+        "empty": "no trusted entities",
+        "node-key": "is not an ssh-ed25519 public key",
+    }[problem]
+    assert str(trusted) in line and expected in line, line

@@ -9,6 +9,8 @@ import pytest
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.config import parse_config_args
 
+from veilfed.clients.policy import NodePolicy
+from veilfed.crypto.app_signing import SIGNATURE_KEY
 from veilfed.deploy.app_project import CLIENT_APP, SERVER_APP, write_app_project
 from veilfed.deploy.coordinator import CoordinatorOptions, routine_line, run_config_for
 from veilfed.deploy.node import NodeOptions, node_config
@@ -28,7 +30,8 @@ def _node(tmp_path: Path, **kw) -> NodeOptions:  # type: ignore[no-untyped-def]
 
 
 def test_node_config_parses_in_flower(tmp_path: Path) -> None:
-    opts = _node(tmp_path, he_context=tmp_path / "he" / "secret.ctx", budget=6.5)
+    policy = NodePolicy(budget=6.5, max_delta=1e-5, accountants=("rdp",), allow_no_dp=True)
+    opts = _node(tmp_path, he_context=tmp_path / "he" / "secret.ctx", policy=policy)
     parsed = parse_config_args([node_config("client-0002", opts)])
     assert parsed == {
         "client-id": "client-0002",
@@ -37,9 +40,15 @@ def test_node_config_parses_in_flower(tmp_path: Path) -> None:
         "state-dir": str(tmp_path / "node state" / "client"),
         "he-context": str(tmp_path / "he" / "secret.ctx"),
         "epsilon-budget": 6.5,
+        "max-delta": 1e-5,
+        "accountants": "rdp",
+        "allow-no-dp": True,
+        "he-min-contributors": 3,
     }
+    assert NodePolicy.from_node_config(parsed) == policy  # what the ClientApp reads back
     default = parse_config_args([node_config("c", _node(tmp_path))])
     assert "he-context" not in default and "epsilon-budget" not in default
+    assert NodePolicy.from_node_config(default) == NodePolicy()
 
 
 def test_node_config_refuses_quotes(tmp_path: Path) -> None:
@@ -71,7 +80,7 @@ def test_app_project_builds_a_fab_with_our_apps(tmp_path: Path) -> None:
         project = tomllib.loads(zf.read("pyproject.toml").decode())
     flwr = project["tool"]["flwr"]["app"]
     assert flwr["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
-    assert flwr["config"] == cfg
+    assert flwr["config"] == {**cfg, SIGNATURE_KEY: ""}  # the slot the signature fills per run
 
 
 def test_routine_superlink_lines_are_debug_only() -> None:

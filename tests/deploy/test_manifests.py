@@ -5,7 +5,9 @@ checked: files the Dockerfiles COPY exist, images used are images built, ports l
 end, secrets and config maps referenced are generated, generated secrets come from files that
 `veilfed certs new` or `veilfed he keygen` writes, and every CLI flag in a command line is a real
 option. CKKS secure aggregation is wired everywhere: the coordinator gets public.ctx, the nodes
-secret.ctx, and the coordinator never secret.ctx.
+secret.ctx, and the coordinator never secret.ctx. Only the Fleet port is published or exposed
+(the Control API stays inside the coordinator), the coordinator gets its app-signing key and
+every node the trusted entities, and a node gets no other client's keys.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME, load_context
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 README = (DEPLOY / "README.md").read_text()
-PORT = 9092
+PORT = 9092  # the Fleet API
+CONTROL_PORT = 9093  # `coordinator start --control-port` default: loopback only, never published
 
 
 def options(*path: str) -> set[str]:
@@ -135,6 +138,9 @@ def test_dockerfile(role: str) -> None:
         assert (ROOT / found["--config"].replace("/opt/veilfed/", "")).is_file()
 
 
+CLIENTS = [f"client-{i:04d}" for i in range(3)]
+
+
 def built_images() -> dict[str, str]:
     """Image tag -> Dockerfile, from the README's `docker build` lines."""
     return {
@@ -193,11 +199,15 @@ def test_compose_ports_and_commands(
     coord = services["coordinator"]
     found = check_flags(coord["command"], "coordinator", "start")
     assert found["--address"] == f"0.0.0.0:{PORT}" and "--serve" in found
+    assert int(found.get("--control-port", CONTROL_PORT)) == CONTROL_PORT
+    # Only the Fleet port is published; the Control API never leaves the container.
     assert coord["ports"] == [f"{PORT}:{PORT}"]
+    for svc in services.values():
+        assert not any(str(CONTROL_PORT) in str(p) for p in svc.get("ports", [])), svc
     mlflow_port = flags(services["mlflow"]["command"])["--port"]
     assert coord["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
     mounts = {v.split(":")[1]: v.split(":")[0] for v in coord["volumes"]}
-    for name in ("ca.pem", "superlink.pem", "superlink.key"):
+    for name in ("ca.pem", "superlink.pem", "superlink.key", "app-signing.key"):
         assert mounts[f"{found['--certs']}/{name}"] == f"./certs/{name}"
     assert mounts[found["--auth-keys"]] == "./certs/auth-keys"
     assert mounts[found["--he-context"]] == f"./he/{PUBLIC_NAME}"
@@ -210,6 +220,12 @@ def test_compose_ports_and_commands(
         mounts = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"]}
         assert mounts[nf["--auth-key"]] == f"./certs/nodes/{cid}.key"
         assert mounts[f"{nf['--certs']}/ca.pem"] == "./certs/ca.pem"
+        trusted = nf.get("--trusted-entities", f"{nf['--certs']}/trusted-entities.yaml")
+        assert mounts[trusted] == "./certs/trusted-entities.yaml"
+        assert "./certs/app-signing.key" not in mounts.values()  # nodes verify, never sign
+        for src in mounts.values():  # no other client's auth key or shard key
+            other = re.search(r"client-\d{4}", src)
+            assert other is None or other.group() == cid, f"node-{i} mounts {src}"
         assert mounts[nf["--shard"]] == f"./data/{cid}.vfs"
         assert mounts[nf["--key-file"]] == f"./data/{cid}.key"
         assert mounts[nf["--he-context"]] == f"./he/{SECRET_NAME}"
@@ -231,10 +247,24 @@ def test_compose_ports_and_commands(
 # -- Kubernetes ----------------------------------------------------------------------------------
 
 
+def secret_source(entry: str) -> str:
+    """The file of a secretGenerator entry (``path`` or ``key=path``)."""
+    return entry.split("=", 1)[-1]
+
+
+def secret_keys(entries: list[str]) -> dict[str, str]:
+    """Key -> file of a generated Secret (kustomize: the key is the basename unless named)."""
+    out = {}
+    for entry in entries:
+        key, eq, path = entry.partition("=")
+        out[key if eq else Path(entry).name] = secret_source(entry)
+    return out
+
+
 def secret_behind(
     spec: dict[str, Any], container: dict[str, Any], path: str, secrets: dict[str, list[str]]
-) -> str:
-    """The generated Secret whose file ``path`` is in ``container`` (a mounted secret volume)."""
+) -> tuple[str, str]:
+    """(Secret, its file) behind ``path`` in ``container`` (a mounted secret volume)."""
     mount = next(
         (m for m in container["volumeMounts"] if Path(path).parent == Path(m["mountPath"])), None
     )
@@ -242,8 +272,11 @@ def secret_behind(
     vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert "secret" in vol, f"{path}: volume {vol['name']} is not a Secret"
     name = vol["secret"]["secretName"]
-    assert Path(path).name in {Path(f).name for f in secrets[name]}, f"{path}: not in {name}"
-    return name
+    keys = secret_keys(secrets[name])
+    items = {i["path"]: i["key"] for i in vol["secret"].get("items", [])} or {k: k for k in keys}
+    key = items.get(Path(path).name)
+    assert key in keys, f"{path}: not in {name}"
+    return name, keys[key]
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +293,20 @@ def k8s(kustomization: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return docs
 
 
+def copied_files(script: str) -> dict[str, str]:
+    """Destination file -> source of every ``cp``/``install`` in an init container's script."""
+    out = {}
+    for command in script.split("&&"):
+        words = shlex.split(command)
+        if not words or words[0] not in ("cp", "install"):
+            continue
+        paths = [w for w in words[1:] if not w.startswith("-") and not w.isdigit()]
+        *sources, dest = paths
+        for src in sources:
+            out[dest + Path(src).name if dest.endswith("/") else dest] = src
+    return out
+
+
 def pod_spec(docs: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return docs[(kind, name)]["spec"]["template"]["spec"]
 
@@ -269,7 +316,7 @@ def test_k8s_kinds(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
         ("Namespace", "veilfed"),
         ("Deployment", "veilfed-coordinator"),
         ("Service", "veilfed-coordinator"),
-        ("StatefulSet", "veilfed-node"),
+        *(("StatefulSet", f"veilfed-{cid}") for cid in CLIENTS),
         ("Deployment", "mlflow"),
         ("Service", "mlflow"),
     } <= set(k8s)
@@ -306,7 +353,7 @@ def test_k8s_secrets_configmaps_and_files(
                 referenced.add(vol["configMap"]["name"])
     assert referenced == set(secrets) | set(configmaps), "generated but unused"
     for files in secrets.values():
-        for f in files:
+        for f in map(secret_source, files):
             if f.startswith("certs/"):
                 assert f.removeprefix("certs/") in cert_files, f
             elif f.startswith("he/"):
@@ -320,7 +367,7 @@ def test_k8s_secrets_configmaps_and_files(
     assert "he keygen --out deploy/k8s/he" in README
     # Only the node pods may reference the HE secret context.
     for (kind, name), doc in k8s.items():
-        if (kind, name) != ("StatefulSet", "veilfed-node"):
+        if (kind, name) not in {("StatefulSet", f"veilfed-{cid}") for cid in CLIENTS}:
             assert "veilfed-he-secret" not in json.dumps(doc), f"{kind} {name} gets the HE secret"
     for files in configmaps.values():
         for f in files:
@@ -340,9 +387,15 @@ def test_k8s_images_ports_and_commands(
     coord = pod_spec(k8s, "Deployment", "veilfed-coordinator")["containers"][0]
     found = check_flags(coord["args"], "coordinator", "start")
     assert found["--address"] == f"0.0.0.0:{PORT}"
-    assert coord["ports"] == [{"name": "superlink", "containerPort": PORT}]
-    svc = k8s[("Service", "veilfed-coordinator")]["spec"]["ports"][0]
-    assert svc["port"] == PORT and svc["targetPort"] == "superlink"
+    assert int(found.get("--control-port", CONTROL_PORT)) == CONTROL_PORT
+    # The container and the Service expose the Fleet port only.
+    assert coord["ports"] == [{"name": "fleet", "containerPort": PORT}]
+    assert k8s[("Service", "veilfed-coordinator")]["spec"]["ports"] == [
+        {"name": "fleet", "port": PORT, "targetPort": "fleet"}
+    ]
+    for (kind, _), doc in k8s.items():
+        if kind == "Service":
+            assert CONTROL_PORT not in [p["port"] for p in doc["spec"].get("ports", [])]
     mlflow = pod_spec(k8s, "Deployment", "mlflow")["containers"][0]
     mlflow_port = int(flags(mlflow["args"])["--port"])
     assert k8s[("Service", "mlflow")]["spec"]["ports"][0]["port"] == mlflow_port
@@ -353,30 +406,53 @@ def test_k8s_images_ports_and_commands(
     assert str(Path(found["--config"]).parent) in mounts
     coord_spec = pod_spec(k8s, "Deployment", "veilfed-coordinator")
     secrets = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
-    he_public = secret_behind(coord_spec, coord, found["--he-context"], secrets)
+    he_public, _ = secret_behind(coord_spec, coord, found["--he-context"], secrets)
     assert he_public == "veilfed-he-public"
     assert SECRET_NAME not in json.dumps(coord_spec)
+    # The app-signing key reaches the coordinator as a private copy in its --certs.
+    coord_init = coord_spec["initContainers"][0]
+    signing = f"{found['--certs']}/app-signing.key"
+    assert f"install -m 600 /secrets/tls/app-signing.key {signing}" in coord_init["args"][0]
+    src = copied_files(coord_init["args"][0])[signing]
+    assert secret_behind(coord_spec, coord_init, src, secrets)[1] == "certs/app-signing.key"
 
-    nodes = k8s[("StatefulSet", "veilfed-node")]["spec"]
-    node = nodes["template"]["spec"]["containers"][0]
-    script = node["args"][0]
-    argv = shlex.split(script.split("exec ", 1)[1])
-    assert argv[:3] == ["veilfed", "node", "start"]
-    nf = check_flags(argv[3:], "node", "start")
-    assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
-    # secret.ctx reaches the node as a private copy the init container makes from its Secret.
-    init_spec = nodes["template"]["spec"]["initContainers"][0]
-    copy = re.search(r"install -m 600 (\S+) " + re.escape(nf["--he-context"]), init_spec["args"][0])
-    assert copy is not None, "the node's --he-context is not a private copy of the HE secret"
-    assert Path(nf["--he-context"]).parent == Path(nf["--certs"])  # the in-memory /keys
-    he_secret = secret_behind(nodes["template"]["spec"], init_spec, copy.group(1), secrets)
-    assert he_secret == "veilfed-he-secret"
-    n_keys = sum(f.startswith("certs/nodes/") for f in secrets["veilfed-node-keys"])
-    n_pub = len(secrets["veilfed-auth-keys"])
     experiment = tomllib.loads((DEPLOY / "k8s" / "experiment.toml").read_text())
-    assert nodes["replicas"] == n_keys == n_pub == experiment["federated"]["clients"]
-    init = nodes["template"]["spec"]["initContainers"][0]["args"][0]
-    assert "install -m 600" in init  # keys made private before veilfed checks their mode
+    assert len(CLIENTS) == len(secrets["veilfed-auth-keys"]) == experiment["federated"]["clients"]
+    for cid in CLIENTS:
+        nodes = k8s[("StatefulSet", f"veilfed-{cid}")]["spec"]
+        assert nodes["replicas"] == 1
+        check_node_pod(cid, nodes["template"]["spec"], secrets)
+
+
+def check_node_pod(cid: str, spec: dict[str, Any], secrets: dict[str, list[str]]) -> None:
+    """One node pod: flags, keys copied private from its own Secret, nothing of other clients."""
+    node, init = spec["containers"][0], spec["initContainers"][0]
+    nf = check_flags(node["args"], "node", "start")  # the image's `veilfed node start`
+    assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
+    assert nf["--shard"] == f"/data/{cid}.vfs"
+    script = init["args"][0]
+    assert "install -m 600" in script  # keys made private before veilfed checks their mode
+    copies = copied_files(script)
+
+    def source(path: str) -> tuple[str, str]:
+        """(Secret, file) the init container copied to ``path`` (in the in-memory /keys)."""
+        assert Path(path).parent == Path(nf["--certs"]), path
+        assert path in copies, f"{cid}: {path} is not copied from a Secret"
+        return secret_behind(spec, init, copies[path], secrets)
+
+    assert source(nf["--he-context"]) == ("veilfed-he-secret", f"he/{SECRET_NAME}")
+    own = f"veilfed-node-{cid}"
+    assert source(nf["--auth-key"]) == (own, f"certs/nodes/{cid}.key")
+    assert source(nf["--key-file"]) == (own, f"data-keys/{cid}.key")
+    assert source(f"{nf['--certs']}/ca.pem") == (own, "certs/ca.pem")
+    trusted = nf.get("--trusted-entities", f"{nf['--certs']}/trusted-entities.yaml")
+    assert source(trusted) == (own, "certs/trusted-entities.yaml")
+    # The pod mounts its own Secret and the shared HE secret, and nothing of another client.
+    mounted = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert mounted == {own, "veilfed-he-secret"}, mounted
+    for f in map(secret_source, secrets[own]):
+        other = re.search(r"client-\d{4}", f)
+        assert other is None or other.group() == cid, f"{own} holds {f}"
 
 
 def test_he_secret_context_must_be_private(he_files: Path, tmp_path: Path) -> None:

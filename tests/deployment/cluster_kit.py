@@ -137,9 +137,13 @@ class Cluster:
 def coordinator_args(
     address: str, certs_dir: Path, auth_keys: Path, config: Path, state: Path, *extra: str
 ) -> list[str]:
+    """A coordinator on ``address`` (Fleet API); its loopback Control port is a free one unless
+    ``extra`` names ``--control-port``."""
+    control = [] if "--control-port" in extra else ["--control-port", str(free_port())]
     return [
         "coordinator", "start", "--address", address, "--certs", str(certs_dir),
-        "--auth-keys", str(auth_keys), "--config", str(config), "--state", str(state), *extra,
+        "--auth-keys", str(auth_keys), "--config", str(config), "--state", str(state),
+        *control, *extra,
     ]  # fmt: skip
 
 

@@ -46,7 +46,9 @@ def test_two_rounds_over_tls_with_three_nodes(
     for cid in CLIENTS:
         shard, key = shards[cid]
         args = node_args(address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid)
-        nodes[cid] = cluster.start(cid, [*args, "--he-context", str(tmp_path / "he/secret.ctx")])
+        # The owners mark their held-out clips evaluable; otherwise no metric leaves a node.
+        he = ["--he-context", str(tmp_path / "he/secret.ctx"), "--share-eval-metrics"]
+        nodes[cid] = cluster.start(cid, [*args, *he])
     for cid, proc in nodes.items():
         proc.wait_for(f"node {cid} connected to SuperLink {address}", 90)
 
@@ -81,8 +83,8 @@ def test_two_rounds_over_tls_with_three_nodes(
     for cid in CLIENTS:
         pinned = (run_dir / "keys" / f"{cid}.pub").read_bytes()
         assert pinned == (tmp_path / cid / "client" / "signing.key.pub").read_bytes()
-        accountant = tmp_path / cid / "client" / "runs" / run_id / "accountant"
-        assert (accountant / "r000002.json").is_file()  # on the node, per run
+        accountant = tmp_path / cid / "client" / "accountant" / f"{cid}.json"
+        assert accountant.is_file()  # on the node, one for every run it joins
         published = client.download_artifacts(run_id, f"privacy/keys/{cid}.pub", str(tmp_path))
         assert Path(published).read_bytes() == pinned
 

@@ -125,3 +125,26 @@ def test_cached_dataset_builds_once_and_augments_per_use() -> None:
     ds = CachedDataset(Source(), augment=lambda s: {"x": s["x"] + 10})
     assert [float(ds[i]["x"]) for i in (0, 1, 0)] == [10.0, 11.0, 10.0]
     assert calls == [0, 1] and len(ds) == 2
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("insecure", [False, True], ids=["os-entropy", "insecure-control"])
+def test_noise_is_not_a_function_of_the_torch_seed(mode: str, insecure: bool, monkeypatch) -> None:
+    """Replay attack on ``make_private``: the same torch seed, model and batch give the same
+    noise only under the test-only insecure switch; the Poisson sampler has its own generator."""
+    from veilfed.privacy.noise import INSECURE_SEED_ENV
+
+    monkeypatch.delenv(INSECURE_SEED_ENV, raising=False)
+    if insecure:
+        monkeypatch.setenv(INSECURE_SEED_ENV, "3")
+    updates = []
+    for _ in range(2):
+        model, opt, loader = _setup(seed=11)
+        private, opt, loader, privacy = make_private(model, opt, loader, 1.0, 1.0, mode=mode)
+        assert opt.secure_mode and opt.generator is not torch.default_generator
+        assert loader.batch_sampler.generator not in (None, opt.generator)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        train_steps(private, [_empty(make_batch(4))], opt, steps=1, privacy=privacy)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        updates.append(after - before)
+    assert torch.equal(updates[0], updates[1]) is insecure

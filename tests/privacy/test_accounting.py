@@ -182,3 +182,46 @@ def test_attach_records_real_opacus_training_across_rounds(tmp_path) -> None:
     assert acc.total_steps == 4
     assert acc.epsilon(DELTA) == pytest.approx(google_rdp([(1.5, 0.5, 4)]), rel=0.01)
     assert acc.epsilon(DELTA) > google_rdp([(1.5, 0.5, 2)])
+
+
+def test_chains_are_per_run_while_the_history_composes_across_runs(tmp_path) -> None:
+    """A node's accountant is keyed by its client, never by the run id a coordinator sends: a new
+    run starts a new report chain but not a new ε."""
+    store = AccountantStore(tmp_path)
+    acc = store.load("c5")
+    acc.select_run("run-a")
+    acc.step(1.1, 0.05, 40)
+    acc.last_round, acc.last_report_hash, acc.reported_steps = 2, "aa" * 32, 40
+    acc.release = {"run_id": "run-a", "round": 2, "model": "m" * 64, "sha256": "s" * 64}
+    store.save(acc)
+    spent = acc.epsilon(DELTA)
+
+    acc = store.load("c5")
+    acc.select_run("run-b")  # a fresh run id: fresh chain, same history
+    assert (acc.last_round, acc.last_report_hash, acc.release) == (None, "", None)
+    assert acc.epsilon(DELTA) == spent and acc.reported_steps == 40
+    acc.step(1.1, 0.05, 40)
+    acc.last_round = 1
+    store.save(acc)
+
+    acc = store.load("c5")
+    acc.select_run("run-a")
+    assert acc.last_round == 2 and acc.release is not None and acc.release["round"] == 2
+    assert acc.epsilon(DELTA) == pytest.approx(google_rdp([(1.1, 0.05, 80)]), rel=0.01)
+    state = json.loads(store.path("c5").read_text())
+    state["runs"]["run-a"]["release"] = {"round": 2}
+    store.path("c5").write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"runs\['run-a'\]: field 'release'"):
+        store.load("c5")
+
+
+def test_a_history_kept_with_one_accountant_composes_under_another(tmp_path) -> None:
+    store = AccountantStore(tmp_path)
+    acc = store.load("c6", "rdp")
+    acc.step(1.0, 0.05, 100)
+    store.save(acc)
+    with pytest.raises(UsageError, match="kept with accountant 'rdp'"):
+        store.load("c6", "prv")
+    prv = store.load("c6", "prv", recompose=True)
+    assert prv.mechanism == "prv" and prv.history == acc.history
+    assert 0 < prv.epsilon(DELTA) < acc.epsilon(DELTA)

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from privacy_testkit import make_chain
+from privacy_testkit import digest, make_chain
 
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.privacy.accounting import ClientAccountant
@@ -29,28 +29,58 @@ from veilfed.privacy.reports import (
 DELTA = 1e-5
 
 
+def _record(acc, rnd, run_id="run-a", **kw):
+    return record_round(
+        acc, run_id=run_id, round=rnd, model_digest=digest(run_id, rnd), max_grad_norm=1.0,
+        delta=DELTA, **kw,
+    )  # fmt: skip
+
+
 def test_record_round_links_reports_and_reports_cumulative_epsilon() -> None:
     acc = ClientAccountant("c0")
     acc.step(1.1, 0.05, 30)
-    first = record_round(acc, round=1, max_grad_norm=1.0, delta=DELTA, epsilon_budget=8.0)
+    first = _record(acc, 1, epsilon_budget=8.0)
     assert (first.steps_round, first.steps_total, first.prev_round, first.prev_hash) == (
         30,
         30,
         None,
         "",
     )
+    assert (first.run_id, first.model_digest, first.prior) == ("run-a", digest("run-a", 1), ())
+    assert first.orders is not None and first.orders[0] == 1.1 and first.orders[-1] == 63.0
     acc.step(1.1, 0.05, 30)
-    second = record_round(acc, round=4, max_grad_norm=1.0, delta=DELTA)
+    second = _record(acc, 4)
     assert (second.steps_round, second.steps_total, second.prev_round) == (30, 60, 1)
     assert second.prev_hash == first.digest()
     assert second.epsilon == acc.epsilon(DELTA) > first.epsilon
     assert (second.noise_multiplier, second.sample_rate, second.accountant) == (1.1, 0.05, "rdp")
     with pytest.raises(UsageError, match="no DP-SGD steps since the last report"):
-        record_round(acc, round=5, max_grad_norm=1.0, delta=DELTA)
-    acc.step(1.1, 0.05, 5)
+        _record(acc, 5)
+    with pytest.raises(UsageError, match="round must be after the last reported round 4"):
+        acc.step(1.1, 0.05, 5)
+        _record(acc, 4)
     acc.step(1.3, 0.05, 5)
     with pytest.raises(UsageError, match="changed within the round"):
-        record_round(acc, round=5, max_grad_norm=1.0, delta=DELTA)
+        _record(acc, 5)
+
+
+def test_first_report_of_a_run_declares_the_prior_spend() -> None:
+    """A node's accountant composes across runs: the new run's chain starts fresh, and its
+    first report declares what was spent before, so the audit recomputes all of it."""
+    acc = ClientAccountant("c0")
+    acc.select_run("run-a")
+    acc.step(1.1, 0.05, 30)
+    _record(acc, 1)
+    acc.select_run("run-b")
+    acc.step(0.9, 0.05, 10)
+    first_b = _record(acc, 1, run_id="run-b")
+    assert (first_b.prev_round, first_b.prev_hash) == (None, "")
+    assert first_b.prior == ((1.1, 0.05, 30),)
+    assert first_b.steps_total == 40 and first_b.epsilon == acc.epsilon(DELTA)
+    assert check_chain([first_b]) == []
+    with pytest.raises(UsageError, match="chain is for run run-b, not run-a"):
+        acc.step(0.9, 0.05, 10)
+        _record(acc, 2, run_id="run-a")
 
 
 def test_canonical_bytes_are_sorted_and_compact() -> None:
@@ -71,6 +101,36 @@ def test_report_parsing_names_the_bad_field() -> None:
         PrivacyReport.from_dict({k: v for k, v in data.items() if k != "epsilon"})
     with pytest.raises(UsageError, match="not JSON"):
         SignedReport.from_json("{")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"delta": 0.0}, "field 'delta' must be in (0, 1)"),
+        ({"delta": 1.0}, "field 'delta' must be in (0, 1)"),
+        ({"noise_multiplier": -1.0}, "field 'noise_multiplier' must be > 0"),
+        ({"noise_multiplier": 0}, "field 'noise_multiplier' must be > 0"),
+        ({"sample_rate": 1.5}, "field 'sample_rate' must be in (0, 1]"),
+        ({"sample_rate": 0.0}, "field 'sample_rate' must be in (0, 1]"),
+        ({"steps_round": 10**12}, "field 'steps_round' must be in [1, 1000000000]"),
+        ({"steps_round": 0}, "field 'steps_round' must be in [1, 1000000000]"),
+        ({"epsilon": -3.0}, "field 'epsilon' must be >= 0"),
+        ({"epsilon": float("inf")}, "field 'epsilon' must be finite"),
+        ({"orders": None}, "must declare its Rényi 'orders'"),
+        ({"orders": [1.0]}, "each order must be > 1"),
+        ({"orders": []}, "list of 1 to 512 numbers"),
+        ({"model_digest": "abc"}, "64 lowercase hex digits"),
+        ({"run_id": ""}, "field 'run_id' must name the run"),
+        ({"prior": [[-1.0, 0.1, 3]]}, "prior[0]: noise_multiplier must be > 0"),
+        ({"steps_total": 5}, "less than the prior and this round's steps"),
+        ({"version": 1}, "report version 1 is not supported"),
+    ],
+)
+def test_out_of_range_reports_are_one_line_errors(changes, message) -> None:
+    data = dataclasses.asdict(make_chain("c0", Ed25519PrivateKey.generate(), [1])[0].report)
+    with pytest.raises(UsageError) as err:
+        PrivacyReport.from_dict({**data, **changes}, "report")
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_sign_and_verify_detect_tampering_and_wrong_keys() -> None:
