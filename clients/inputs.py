@@ -5,9 +5,10 @@ does. Two places hold it:
 
 - **a real node** (``veilfed node start``): Flower's node config names the client (``client-id``),
   the node store its shard bundle was imported into (``store``, under the client's own Fernet
-  key ``key-file``), the node's state directory (``state-dir``: its cumulative accountant,
-  releases and signing key), its privacy policy (``veilfed.clients.policy``) and, for HE runs,
-  the clients' secret context (``he-context``). The coordinator's run directory is never read:
+  key ``key-file``, from which the key its releases are sealed with at rest is derived), the
+  node's state directory (``state-dir``: its cumulative accountant, releases and signing key),
+  its privacy policy (``veilfed.clients.policy``) and, for HE runs, the clients' secret context
+  (``he-context``). The coordinator's run directory is never read:
   it is on another machine.
 - **a virtual client** (simulation): the run directory the settings name holds the shard table
   (``shards.json``), the modalities each client lacks, the client's state and the HE secret.
@@ -23,6 +24,7 @@ from typing import Any
 from veilfed.clients.node import NodeState
 from veilfed.clients.policy import NodePolicy
 from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
+from veilfed.crypto.keys import FernetKey, read_key_file
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
 
@@ -55,11 +57,16 @@ class ClientInputs:
 
 
 @functools.lru_cache(maxsize=8)
+def _client_key(key_file: str) -> FernetKey:
+    """The client's Fernet key: opens its clips and, derived, seals its releases at rest."""
+    return read_key_file(key_file)
+
+
+@functools.lru_cache(maxsize=8)
 def _node_store_ids(store: str, key_file: str) -> tuple[str, ...]:
-    from veilfed.crypto.keys import read_key_file
     from veilfed.data.store import EncryptedStore
 
-    return tuple(sorted(EncryptedStore.open(store, read_key_file(key_file)).ids()))
+    return tuple(sorted(EncryptedStore.open(store, _client_key(key_file)).ids()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,7 +94,7 @@ def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientI
         key_file=settings.key_file,
         clip_ids=tuple(ids),
         missing=tuple(missing.get(cid, ())),
-        state=NodeState.in_run(settings.run_dir, cid),
+        state=NodeState.in_run(settings.run_dir, cid, _client_key(settings.key_file)),
         he_secret=settings.he.secret_path,
         simulated=True,
         he_min_contributors=settings.he.min_contributors,
@@ -111,7 +118,7 @@ def _real_node(cfg: dict[str, Any]) -> ClientInputs:
         key_file=key_file,
         clip_ids=ids,
         missing=(),
-        state=NodeState.on_node(Path(str(cfg["state-dir"])), cid),
+        state=NodeState.on_node(Path(str(cfg["state-dir"])), cid, _client_key(key_file)),
         he_secret=str(cfg.get("he-context") or ""),
         simulated=False,
         policy=NodePolicy.from_node_config(cfg),

@@ -15,8 +15,11 @@ Layout of that directory::
     accountant/<client_id>.json   the cumulative accountant (``AccountantStore``), replaced
                                   atomically after every release
     accountant/<client_id>.lock   held while a round spends (two runs never race on the file)
-    release/<client_id>/<sha256>.npz  each run's last released update, its loss and its report,
-                                  named by the SHA-256 the accountant records for it
+    release/<client_id>/<sha256>.enc  each run's last released update, its loss and its report
+                                  (an ``.npz``), encrypted at rest under a key derived from the
+                                  client's Fernet key (``RELEASE_KEY_CONTEXT``): the loss is
+                                  computed from private clips without noise. Named by the
+                                  SHA-256 of the ciphertext, which the accountant records
     signing.key (+ .pub)          the Ed25519 key for privacy reports (created on first use on
                                   a real node; provisioned by the run setup in simulation)
 
@@ -29,7 +32,8 @@ declined (re-releasing it would be a second release under a name the audit alrea
 Ordering makes a crash safe: the release file is written first, then the accountant that both
 counts the spend and names the release (by its SHA-256) in one atomic replace. A crash before
 that replace means nothing left the node; one after it leaves a counted release; a release file
-the accountant does not name is never served.
+the accountant does not name, or one that does not decrypt under the client's key, is never
+served: the caller declines, as for a missing file.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from veilfed.crypto.keys import FernetKey, InvalidToken
 from veilfed.errors import UsageError
 from veilfed.io import write_bytes_atomic
 from veilfed.privacy.accounting import AccountantStore, ClientAccountant, check_client_id
@@ -58,6 +63,7 @@ from veilfed.privacy.reports import (
 )
 
 _META = "__release__"  # npz entry holding the release's JSON metadata (bytes)
+RELEASE_KEY_CONTEXT = "veilfed/node-release"  # derives the release key from the client's key
 
 
 @dataclass(frozen=True)
@@ -84,32 +90,43 @@ class Release:
 
 class NodeState:
     """The persisted state of ``client_id`` in ``directory`` (signing key at ``key_path``,
-    default ``directory/signing.key``)."""
+    default ``directory/signing.key``). ``client_key`` is the client's Fernet key; releases are
+    stored under a key derived from it, and without one the state cannot store or serve a
+    release (accountant and signing key only)."""
 
     def __init__(
-        self, directory: str | Path, client_id: str, key_path: str | Path | None = None
+        self,
+        directory: str | Path,
+        client_id: str,
+        key_path: str | Path | None = None,
+        client_key: FernetKey | None = None,
     ) -> None:
         self.client_id = check_client_id(client_id)
         self.dir = Path(directory)
         self._key_path = Path(key_path) if key_path is not None else self.dir / "signing.key"
         self.accountants = AccountantStore(self.dir / "accountant")
+        self._release_key = None if client_key is None else client_key.derive(RELEASE_KEY_CONTEXT)
 
     @classmethod
-    def in_run(cls, run_dir: str | Path, client_id: str) -> NodeState:
+    def in_run(
+        cls, run_dir: str | Path, client_id: str, client_key: FernetKey | None = None
+    ) -> NodeState:
         """A virtual client's state inside the simulation's run directory (per run)."""
-        return cls(Path(run_dir) / "clients" / client_id, client_id)
+        return cls(Path(run_dir) / "clients" / client_id, client_id, client_key=client_key)
 
     @classmethod
-    def on_node(cls, state_dir: str | Path, client_id: str) -> NodeState:
+    def on_node(
+        cls, state_dir: str | Path, client_id: str, client_key: FernetKey | None = None
+    ) -> NodeState:
         """A real node's state (``<state>/client``): one accountant for every run it joins."""
-        return cls(Path(state_dir), client_id)
+        return cls(Path(state_dir), client_id, client_key=client_key)
 
     @property
     def key_path(self) -> Path:
         return self._key_path
 
     def release_path(self, sha256: str) -> Path:
-        return self.dir / "release" / self.client_id / f"{sha256}.npz"
+        return self.dir / "release" / self.client_id / f"{sha256}.enc"
 
     @contextlib.contextmanager
     def spending(self) -> Iterator[None]:
@@ -137,12 +154,18 @@ class NodeState:
             key.as_dict()
         ):
             return None
+        if self._release_key is None:
+            return None
         try:
-            blob = self.release_path(str(named["sha256"])).read_bytes()
+            token = self.release_path(str(named["sha256"])).read_bytes()
         except OSError:
             return None  # counted but lost: the caller declines, never releases at no cost
-        if hashlib.sha256(blob).hexdigest() != named["sha256"]:
+        if hashlib.sha256(token).hexdigest() != named["sha256"]:
             return None
+        try:
+            blob = self._release_key.decrypt(token)
+        except InvalidToken:
+            return None  # not sealed under this client's key: lost, like a missing file
         with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             meta = json.loads(bytes(data[_META]).decode("utf-8"))
             arrays = {name: data[name].copy() for name in meta["arrays"]}
@@ -155,7 +178,12 @@ class NodeState:
         )
 
     def commit(self, acc: ClientAccountant, key: ReleaseKey, release: Release) -> None:
-        """Persist the release, then the accountant that counts it; before it leaves the node."""
+        """Persist the release (encrypted), then the accountant that counts it; before it leaves
+        the node."""
+        if self._release_key is None:
+            raise UsageError(
+                f"client {self.client_id}: no client key to encrypt its release at rest with"
+            )
         names = sorted(release.arrays)
         if _META in names:
             raise UsageError(f"client {self.client_id}: a tensor may not be named {_META!r}")
@@ -172,9 +200,9 @@ class NodeState:
             **{n: release.arrays[n] for n in names},
             **{_META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)},
         )
-        blob = buf.getvalue()
-        sha = hashlib.sha256(blob).hexdigest()
-        write_bytes_atomic(self.release_path(sha), blob, mode=0o600)
+        token = self._release_key.encrypt(buf.getvalue())
+        sha = hashlib.sha256(token).hexdigest()
+        write_bytes_atomic(self.release_path(sha), token, mode=0o600)
         previous = acc.release
         acc.release = {**key.as_dict(), "sha256": sha}
         self.accountants.save(acc)

@@ -10,7 +10,8 @@ serve any client in any round.
 
 Each update is labelled ``<run id>/<round>/<client id>``. A client decrypts an aggregate only if
 it sums at least its floor of contributors (``he-min-contributors`` on a real node, ``[he]
-min_contributors`` in a simulation), all distinct clients of one round of one run: the labels are
+min_contributors`` in a simulation), all distinct clients of one past round of this run (an
+aggregate of another run under the same keys is a replayed, stale model): the labels are
 the coordinator's word, but the contributor tags inside the ciphertexts must match them
 (``veilfed.crypto.he.decrypt_average``), so a coordinator cannot pass off one client's update,
 alone or added to itself, as an aggregate.
@@ -22,6 +23,7 @@ import functools
 from typing import Any
 
 import numpy as np
+from flwr.common import MessageType
 
 from veilfed.coordinator.settings import SimSettings
 from veilfed.crypto.he import (
@@ -45,11 +47,17 @@ SHADOW_WEIGHT = "he/shadow-weight"  # reply metric (test runs): the client's sam
 
 @functools.lru_cache(maxsize=4)
 def _secret(path: str) -> HEContext:
-    return load_context(path, require_secret=True)
+    ctx = load_context(path, require_secret=True)
+    ctx.params.check_aggregation_only(path)
+    return ctx
 
 
 def secret_context(path: str) -> HEContext:
-    """The clients' secret context; cached per process (loading costs ~10 ms)."""
+    """The clients' secret context; cached per process (loading costs ~10 ms).
+
+    A context with any multiplicative depth is refused (``HEParams.check_aggregation_only``):
+    the contributor floor rests on the coordinator being unable to multiply ciphertexts.
+    """
     if not path:
         raise UsageError(
             "this run uses HE secure aggregation but the node has no HE context; start it with "
@@ -81,8 +89,14 @@ def contributor_label(run_id: str, rnd: int, client_id: str) -> str:
     return f"{run_id}/{rnd}/{client_id}"
 
 
-def check_contributors(labels: list[str]) -> None:
-    """An aggregate sums distinct clients of one round of one run; ``CheckFailed`` otherwise."""
+def check_contributors(
+    labels: list[str], run_id: str | None = None, before: int | None = None
+) -> None:
+    """An aggregate sums distinct clients of one round of one run; ``CheckFailed`` otherwise.
+
+    With ``run_id`` the run must be this one (an aggregate replayed from another run under the
+    same keys is a stale model); with ``before`` its round must be earlier than that round.
+    """
     parts = [label.split("/") for label in labels]
     if any(len(p) != 3 for p in parts):
         raise CheckFailed("HE aggregate lists a contributor that is not <run>/<round>/<client>")
@@ -92,6 +106,17 @@ def check_contributors(labels: list[str]) -> None:
     clients = [p[2] for p in parts]
     if len(set(clients)) < len(clients):
         raise CheckFailed("HE aggregate counts one client more than once; refusing it")
+    if not rounds:
+        return
+    ((run, rnd),) = rounds
+    if run_id is not None and run != run_id:
+        raise CheckFailed(
+            f"HE aggregate is of run {run}, not this run {run_id} (a replayed model); refusing it"
+        )
+    if before is not None and not (rnd.isdigit() and 1 <= int(rnd) < before):
+        raise CheckFailed(
+            f"HE aggregate is labelled round {rnd}, not a round before {before}; refusing it"
+        )
 
 
 def global_model(
@@ -107,7 +132,11 @@ def global_model(
     if blob is None:
         return {k: a.numpy() for k, a in message.content["arrays"].items()}, None
     update = EncryptedUpdate.from_bytes(bytes(blob))
-    check_contributors(update.contributors)
+    # A train message of round r carries the aggregate of an earlier round; an evaluate message
+    # may carry the one round r itself just produced.
+    rnd = int(message.content["config"].get("server-round", 0))
+    before = rnd if message.metadata.message_type == MessageType.TRAIN else rnd + 1
+    check_contributors(update.contributors, settings.run_id, before)
     result = decrypt_average(secret_context(secret_path), update, min_clients=min_contributors)
     names, specs = layout(settings)
     return dict(zip(names, unflatten(result.average, specs), strict=True)), result

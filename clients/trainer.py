@@ -214,7 +214,9 @@ def train_round(
     ``model_digest`` names the global model the message carried (``model_digest``): a round
     with the same run, round and model as the client's last release in that run is a replay and
     gets that release back at no new spend; any other round is a new release, checked against
-    the node's policy and budget (``veilfed.clients.node``, ``veilfed.clients.policy``).
+    the node's policy and budget (``veilfed.clients.node``, ``veilfed.clients.policy``). A real
+    node pins its accounting δ at its first DP release and declines runs at a larger δ; the
+    budget is checked at the run's δ, never above the pinned one.
     """
     p = settings.privacy
     train_ids, _ = split_shard(settings, inputs)
@@ -243,8 +245,14 @@ def train_round(
                 f"{settings.run_id} is not after its last released round {acc.last_round} "
                 f"(from {last} global model); releasing it again would be a second release"
             )
+        if inputs.policy is not None:
+            reason = inputs.policy.delta_refusal(inputs.client_id, p.delta, acc.delta)
+            if reason is not None:
+                return _declined(reason)
         result = _train(settings, inputs, rnd, arrays, proximal_mu, acc, train_ids, model_digest)
         if result.declined is None:
+            if inputs.policy is not None and acc.delta is None:
+                acc.delta = inputs.policy.pinned_delta(p.delta)  # saved with this spend
             node.commit(
                 acc, key, Release(result.arrays, result.num_examples, result.loss, result.report)
             )

@@ -248,6 +248,7 @@ def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Pa
                 "--he-context public.ctx` (from `veilfed he keygen`; the nodes get secret.ctx)"
             )
         he_params = load_context(he_public, require_secret=False).params
+        he_params.check_aggregation_only(f"--he-context {he_public}")
         if he_cfg.shadow:
             import logging
 
@@ -298,6 +299,7 @@ def resolve_he(he_cfg: Any, he_dir: Path | None, shards: dict[str, list[str]], h
                 "run `veilfed he keygen --out DIR --force`"
             )
         params = public.params
+        params.check_aggregation_only(f"--he-dir {he_dir}")
     else:
         params = HEParams.for_bounds(
             he_cfg.max_abs_update, he_cfg.max_total_weight, he_cfg.tolerance

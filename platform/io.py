@@ -7,8 +7,9 @@ User-named outputs (``--out``, ``--summary-json``) never replace an existing fil
 passed ``--force``: commands call :func:`check_new_output` before doing any work (so nothing is
 computed only to be refused) and write with ``overwrite=False``, whose final step is a hard link
 that fails if the name appeared meanwhile, so a file the command did not create is never replaced,
-not even by a race. Internal state (store manifests, accountants, checkpoints) is replaced in
-place. The directory is fsynced after the rename so the new name survives a power loss.
+not even by a race. ``--force`` never lets an output replace one of the command's own inputs.
+Internal state (store manifests, accountants, checkpoints) is replaced in place. The directory is
+fsynced after the rename so the new name survives a power loss.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,12 +29,39 @@ def _exists_message(path: Path, flag: str) -> str:
     return f"{path}: already exists; choose another {flag} or pass --force to replace it"
 
 
-def check_new_output(path: str | Path, force: bool = False, flag: str = "--out") -> Path:
+def _is_input(path: Path, given: Path) -> bool:
+    """Whether writing ``path`` would write over the input ``given`` (a file or a directory).
+
+    Links count: a path that is, or points at, the input file is the input; a path resolving
+    inside an input directory (a store) is part of that input.
+    """
+    if not os.path.lexists(given):
+        return False
+    if os.path.exists(path) and os.path.samefile(path, given):
+        return True
+    return given.is_dir() and path.resolve().is_relative_to(given.resolve())
+
+
+def check_new_output(
+    path: str | Path,
+    force: bool = False,
+    flag: str = "--out",
+    inputs: Iterable[str | Path | None] = (),
+) -> Path:
     """Refuse (one line, naming ``flag``) a path that exists unless ``force``; never a directory.
 
     A dangling symlink counts as existing: writing through it would create a file elsewhere.
+    A path that is one of the command's ``inputs`` (key files, a store directory or a file in it;
+    ``None`` entries are skipped) is refused even with ``force``: replacing the store key with the
+    command's output would destroy the only copy of that key.
     """
     path = Path(path)
+    for given in (Path(p) for p in inputs if p is not None):
+        if _is_input(path, given):
+            raise UsageError(
+                f"{path}: is the input {given}; writing {flag} there would destroy it, so it is "
+                f"refused even with --force; choose another {flag}"
+            )
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give {flag} a file path")
     if not force and os.path.lexists(path):

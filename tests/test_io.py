@@ -23,6 +23,26 @@ def test_check_new_output(tmp_path) -> None:
         check_new_output(tmp_path, force=True)
 
 
+def test_an_input_is_never_an_output_even_with_force(tmp_path) -> None:
+    """Attack: `--out store.key --force`, a link to the key, a file inside the store."""
+    key = tmp_path / "store.key"
+    key.write_bytes(b"only copy")
+    store = tmp_path / "store"
+    (store / "clips").mkdir(parents=True)
+    (store / "store.json").write_text("{}")
+    link = tmp_path / "link.vfs"
+    link.symlink_to(key)
+    inputs = (store, key, None)
+    for out in (key, link, tmp_path / "." / "store.key", store / "store.json", store / "new.vfs"):
+        with pytest.raises(UsageError, match="is the input .* refused even with --force"):
+            check_new_output(out, force=True, inputs=inputs)
+    other = tmp_path / "other.vfs"
+    other.write_bytes(b"old bundle")
+    assert check_new_output(other, force=True, inputs=inputs) == other  # --force still works
+    assert check_new_output(tmp_path / "fresh.vfs", inputs=(tmp_path / "missing.key",))
+    assert key.read_bytes() == b"only copy"
+
+
 def test_a_file_that_appears_during_the_write_is_never_replaced(tmp_path) -> None:
     """The race a check-then-rename loses: another process creates the name mid-write."""
     path = tmp_path / "owner.key"

@@ -145,7 +145,7 @@ def export_cmd(
 ) -> None:
     """Write one client's clips as a bundle encrypted under that client's key."""
     check_client_id(client)
-    check_new_output(out, force)
+    check_new_output(out, force, inputs=(store, key_file, client_key_file, clips))
     if clips is not None and num_clients is not None:
         raise fail("give at most one of --clips FILE and --num-clients N")
     enc = _open_store(store, key_file)

@@ -32,14 +32,17 @@ def start_cmd(
         help="App-signing keys whose bundles this node runs (certs new's trusted-entities.yaml; "
         "default: the one in --certs). Unsigned or foreign bundles are refused.",
     ),
-    budget: float = typer.Option(
-        0.0,
+    budget: float | None = typer.Option(
+        None,
         "--budget",
         help="Most epsilon this shard spends over every run this node joins; it declines rounds "
-        "beyond (0: each run's budget caps the total).",
+        "beyond. Required unless the node trains only without DP (--allow-no-dp).",
     ),
     max_delta: float = typer.Option(
-        0.0, "--max-delta", help="Largest delta this node accepts (always also below 1/n)."
+        0.0,
+        "--max-delta",
+        help="Largest delta this node accepts (always also below 1/n); its spending is "
+        "accounted at this delta (default: the delta of its first DP run).",
     ),
     accountants: str = typer.Option(
         "rdp,prv", "--accountants", help="Accountants this node accepts: rdp, prv (never gdp)."

@@ -58,7 +58,8 @@ def simulate(
 ) -> None:
     """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
     if summary_json is not None:
-        check_new_output(summary_json, force, "--summary-json")
+        inputs = (config, store, key_file, he_dir)
+        check_new_output(summary_json, force, "--summary-json", inputs)
     if ray_address:
         check_ray_address(ray_address)
     if resume:

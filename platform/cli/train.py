@@ -43,7 +43,7 @@ def train_cmd(
             cfg.privacy.delta, cfg.world.clips, f"{config}: privacy", "the world.clips examples"
         )
     if summary_json is not None:
-        check_new_output(summary_json, force, "--summary-json")
+        check_new_output(summary_json, force, "--summary-json", (config,))
     summary = run(cfg)
     if summary_json is not None:
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"

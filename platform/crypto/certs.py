@@ -19,7 +19,8 @@ Layout of ``veilfed certs new --out DIR``::
     DIR/app-signing.key                       coordinator: signs the app bundles it submits
     DIR/trusted-entities.yaml                 its public half: every node runs only what it signed
 
-Private keys are written with mode 0600 and never overwritten.
+Private keys are written with mode 0600. Nothing is ever overwritten: if any file ``certs new``
+would write already exists, it refuses before writing anything.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import math
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -240,23 +242,55 @@ def create_bundle(
     out = Path(out)
     if nodes < 1:
         raise UsageError(f"--nodes {nodes}: create at least one node key")
-    if (out / CA_CERT).exists() or (out / CA_KEY).exists():
-        raise UsageError(f"{out}: already holds a CA; refusing to overwrite (choose another --out)")
+    names = tuple(node_name(i) for i in range(nodes))
+    _check_free(out, names)
     all_hosts = list(dict.fromkeys([*DEFAULT_HOSTS, *(hosts or [])]))
     ca_key, ca_cert = new_ca(days, not_before)
     srv_key, srv_cert = issue_server_cert(ca_key, ca_cert, all_hosts, days, not_before)
-    names = tuple(node_name(i) for i in range(nodes))
     for name in names:
         private, public = new_node_key()
-        write_bytes_atomic(out / NODE_KEYS_DIR / f"{name}.key", private, mode=0o600)
-        write_bytes_atomic(out / NODE_KEYS_DIR / f"{name}.pub", public)
-        write_bytes_atomic(out / AUTH_KEYS_DIR / f"{name}.pub", public)
+        _write_new(out / NODE_KEYS_DIR / f"{name}.key", private, mode=0o600)
+        _write_new(out / NODE_KEYS_DIR / f"{name}.pub", public)
+        _write_new(out / AUTH_KEYS_DIR / f"{name}.pub", public)
     write_signing_key(out)
-    write_bytes_atomic(out / SERVER_KEY, _pem_key(srv_key), mode=0o600)
-    write_bytes_atomic(out / SERVER_CERT, srv_cert.public_bytes(serialization.Encoding.PEM))
-    write_bytes_atomic(out / CA_KEY, _pem_key(ca_key), mode=0o600)
-    write_bytes_atomic(out / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_new(out / SERVER_KEY, _pem_key(srv_key), mode=0o600)
+    _write_new(out / SERVER_CERT, srv_cert.public_bytes(serialization.Encoding.PEM))
+    _write_new(out / CA_KEY, _pem_key(ca_key), mode=0o600)
+    _write_new(out / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM))
     return CertBundle(out, names, srv_cert.not_valid_after_utc)
+
+
+def _targets(out: Path, names: tuple[str, ...]) -> list[Path]:
+    """Every file :func:`create_bundle` writes for ``names``."""
+    per_node = [
+        path
+        for name in names
+        for path in (
+            out / NODE_KEYS_DIR / f"{name}.key",
+            out / NODE_KEYS_DIR / f"{name}.pub",
+            out / AUTH_KEYS_DIR / f"{name}.pub",
+        )
+    ]
+    fixed = (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, APP_SIGNING_KEY, TRUSTED_ENTITIES)
+    return [*(out / f for f in fixed), *per_node]
+
+
+def _check_free(out: Path, names: tuple[str, ...]) -> None:
+    """Refuse before writing anything if any target exists (a dangling link counts).
+
+    A CA key moved offline must not let a rerun replace node or coordinator keys already in use.
+    """
+    taken = [p for p in _targets(out, names) if os.path.lexists(p)]
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise UsageError(
+            f"{out}: already holds {taken[0].relative_to(out)}{more} from an earlier "
+            "`certs new`; refusing to overwrite, nothing was written (choose another --out)"
+        )
+
+
+def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    write_bytes_atomic(path, data, mode=mode, overwrite=False, flag="--out")
 
 
 # --- checks run before starting anything (one-line errors, exit 2) ------------------------------

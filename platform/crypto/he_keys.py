@@ -65,9 +65,14 @@ def public_view(ctx: HEContext) -> HEContext:
 
 
 def keygen(out_dir: str | Path, params: HEParams, force: bool = False) -> tuple[Path, Path]:
-    """Write ``secret.ctx`` (mode 0600, clients) and ``public.ctx`` (coordinator) in ``out_dir``."""
+    """Write ``secret.ctx`` (mode 0600, clients) and ``public.ctx`` (coordinator) in ``out_dir``.
+
+    Only aggregation-only parameters (one data prime, ``HEParams.check_aggregation_only``): these
+    files are a run's keys. Benchmarks build other parameter sets in memory (:func:`new_context`).
+    """
     out = Path(out_dir)
     secret_path, public_path = out / SECRET_NAME, out / PUBLIC_NAME
+    params.check_aggregation_only(f"HE keys in {out}")
     if not force:
         for path in (secret_path, public_path):
             if path.exists():

@@ -80,8 +80,33 @@ class HEParams:
 
     @classmethod
     def flare(cls) -> HEParams:
-        """NVIDIA FLARE's default CKKS setup, kept for side-by-side benchmarks."""
+        """NVIDIA FLARE's default CKKS setup, kept for side-by-side benchmarks only.
+
+        Its two spare data primes allow multiplication, so clients refuse it
+        (:meth:`check_aggregation_only`)."""
         return cls(8192, (60, 40, 40), 40, symmetric=False)
+
+    @property
+    def depth(self) -> int:
+        """Ciphertext × plaintext multiplications (each needs one rescale) the chain allows."""
+        return len(self.coeff_mod_bit_sizes) - 2
+
+    def check_aggregation_only(self, where: str) -> None:
+        """Refuse (``UsageError``) parameters with any multiplicative depth for clients' keys.
+
+        The clients' contributor floor (``decrypt_average``) holds only if the coordinator, with
+        the public context, cannot multiply ciphertexts by plaintexts: with a spare data prime it
+        can mask an honest aggregate's tag slots onto one client's values (``S·tail + c_A·head``)
+        and another client decrypts client A's update as "an aggregate of k clients". Summation
+        needs no multiplication, so keys for a run get exactly one data prime.
+        """
+        if self.depth > 0:
+            raise UsageError(
+                f"{where}: HE parameters with moduli {list(self.coeff_mod_bit_sizes)} leave "
+                f"{self.depth} multiplicative level(s); a coordinator could mask one client's "
+                "update into an aggregate and defeat the contributor floor. Use keys from "
+                "`veilfed he keygen` (one data prime)"
+            )
 
     @property
     def slots(self) -> int:

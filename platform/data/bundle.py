@@ -192,10 +192,13 @@ def read_bundle(
 
 
 def import_bundle(path: str | Path, store_dir: str | Path, key: FernetKey) -> dict[str, Any]:
-    """Check a bundle, then add its tokens unchanged to the node store at ``store_dir``."""
+    """Check a bundle, then add its tokens unchanged to the node store at ``store_dir``.
+
+    A clip the node already holds under the same id is replaced: the owner's newer export wins.
+    """
     client, chunk_size, clips = read_bundle(path, key)
     store = EncryptedStore.create(store_dir, key, chunk_size=chunk_size, exist_ok=True)
     with store.batch():
         for clip_id, entry, tokens in clips:
-            store.put_records(clip_id, tokens, entry)
+            store.put_records(clip_id, tokens, entry, replace=True)
     return {"client": client, "clips": len(clips), "store": str(store_dir)}

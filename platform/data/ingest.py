@@ -5,9 +5,14 @@ second lossy encode, the training resolution/frame count stays a config choice m
 (``ClipDataset`` decodes to the world geometry), and labels that refer to the original timeline stay
 valid. Each file is probed and fully decoded once at ingest so unreadable or truncated files are
 skipped with a reason instead of failing a training run later. The plaintext file is only read,
-never copied; what is written is Fernet tokens. A file whose content (sha256) is already in the
-store, from this or any earlier ingest, is skipped with a reason: one person's video stored twice
-would count twice towards their privacy loss. The whole ingest holds the store's writer lock.
+never copied; what is written is Fernet tokens. A file already in the store, from this or any
+earlier ingest, is skipped with a reason: one person's video stored twice would count twice towards
+their privacy loss. Duplicates are matched on the file's sha256 and on ``content_sha256``, a digest
+of the decoded frames and audio (:func:`veilfed.data.video.content_digest`), so a re-mux that
+keeps the decoded samples or appended bytes are duplicates too; a lossy re-encode, crop or trim is
+not detected. A clip's id is its file stem, or the first free ``stem-<digest>`` variant
+(:func:`free_id`): ingest never replaces a stored clip. The whole ingest holds the store's writer
+lock.
 
 Labels (``--labels FILE``): CSV with a ``file`` column (or ``path``/``clip_id``) or JSON
 (``{"name.mp4": {...}}`` or a list of objects with ``file``), matched by path, file name or stem.
@@ -146,7 +151,8 @@ def _match(labels: Mapping[str, dict[str, Any]], path: Path) -> dict[str, Any]:
 class _Candidate:
     path: Path
     data: bytes
-    digest: str
+    digest: str  # sha256 of the file's bytes
+    content: str  # sha256 of its decoded frames and audio (video.content_digest)
     info: dict[str, Any]
 
 
@@ -160,13 +166,21 @@ def _candidates(paths: Iterable[str | Path], summary: IngestSummary) -> Iterator
             continue
         try:
             info = video.probe(data, name=str(path))
-            clip = video.decode(data, 1, (16, 16), name=str(path))
+            info["frames"], content = video.content_digest(data, name=str(path))
         except video.VideoError as exc:
             reason = str(exc).removeprefix(f"{path}: ")
             summary.skipped.append({"file": str(path), "reason": reason})
             continue
-        info["frames"] = clip.source_frames
-        yield _Candidate(path, data, hashlib.sha256(data).hexdigest(), info)
+        yield _Candidate(path, data, hashlib.sha256(data).hexdigest(), content, info)
+
+
+def free_id(store: EncryptedStore, stem: str, digest: str) -> str:
+    """The first id not yet in ``store``: the stem, then ``stem-<digest[:8]>``, longer digest
+    prefixes, then the full digest with a counter. A file named after another file's id only moves
+    that later file on to the next free id; no stored clip is ever replaced."""
+    tried = [stem, *(f"{stem}-{digest[:n]}" for n in (8, 16, 64))]
+    counted = (f"{stem}-{digest}-{i}" for i in itertools.count(2))
+    return next(cid for cid in itertools.chain(tried, counted) if cid not in store)
 
 
 def _add(
@@ -177,29 +191,26 @@ def _add(
 ) -> None:
     """Encrypt each candidate into ``store`` (inside its batch, so under its writer lock).
 
-    A file whose content (sha256) is already in the store, from this or any earlier ingest, is
-    skipped: a person's video stored twice would count twice towards their privacy loss.
+    A file already in the store, from this or any earlier ingest, is skipped: a person's video
+    stored twice would count twice towards their privacy loss. "Already in" means the same file
+    bytes (``sha256``) or the same decoded frames and audio (``content_sha256``), so a re-mux or
+    appended bytes are caught; a re-encode, crop or trim changes the decoded content and is not.
     """
     stored = store.content_hashes()
     known = {d: f"clip {cid!r} already in the store" for d, cid in stored.items()}
     for c in candidates:
-        if c.digest in known:
-            summary.already_stored += c.digest in stored
-            summary.skipped.append(
-                {"file": str(c.path), "reason": f"same content as {known[c.digest]}"}
-            )
+        same = next((d for d in (c.digest, c.content) if d in known), None)
+        if same is not None:
+            summary.already_stored += same in stored
+            what = "same file as" if same == c.digest else "same decoded video and audio as"
+            summary.skipped.append({"file": str(c.path), "reason": f"{what} {known[same]}"})
             continue
-        clip_id = c.path.stem
-        if clip_id in store:
-            clip_id = f"{c.path.stem}-{c.digest[:8]}"
+        clip_id = free_id(store, c.path.stem, c.digest)
         matched = _match(labels, c.path)
-        record = {
-            "synthetic": False,
-            "source": {"name": c.path.name, "sha256": c.digest, **c.info},
-            **matched,
-        }
-        store.put(clip_id, c.data, record)
-        known[c.digest] = str(c.path)
+        source = {"name": c.path.name, "sha256": c.digest, "content_sha256": c.content, **c.info}
+        record = {"synthetic": False, "source": source, **matched}
+        store.put(clip_id, c.data, record)  # never replaces: free_id picked an unused id
+        known[c.digest] = known[c.content] = str(c.path)
         summary.ingested.append(
             {
                 "file": str(c.path),

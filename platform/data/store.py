@@ -7,7 +7,7 @@ API (a :class:`ClipSource` for ``veilfed.data.dataset``)::
         store.put(clip_id, mp4_bytes, labels_dict)
     store = EncryptedStore.open(dir, key)            # or open(dir, [new_key, old_key])
     store.ids(); store.read(clip_id) -> (mp4_bytes, labels); store.verify() -> n clips
-    store.labels(clip_id); store.content_hashes()    # labels only; {sha256 of source: clip id}
+    store.labels(clip_id); store.content_hashes()    # labels only; {source digest: clip id}
     rotate_store(dir, old_key, new_key)              # crash-safe, resumable re-encryption
 
 Layout of ``DIR``::
@@ -281,13 +281,18 @@ class EncryptedStore:
         return labels
 
     def content_hashes(self) -> dict[str, str]:
-        """{sha256 of the original file: clip id} for every clip ingested from a real file."""
+        """{digest: clip id} for every clip ingested from a real file.
+
+        Both digests a clip's ``source`` label holds are keys: ``sha256`` (the file's bytes) and
+        ``content_sha256`` (its decoded frames and audio, the same across re-muxes).
+        """
         out: dict[str, str] = {}
         for clip_id in self.ids():
             source = self.labels(clip_id).get("source")
-            digest = source.get("sha256") if isinstance(source, dict) else None
-            if isinstance(digest, str):
-                out.setdefault(digest, clip_id)
+            for field in ("sha256", "content_sha256"):
+                digest = source.get(field) if isinstance(source, dict) else None
+                if isinstance(digest, str):
+                    out.setdefault(digest, clip_id)
         return out
 
     def verify(self) -> int:
@@ -321,16 +326,22 @@ class EncryptedStore:
             if self._batch == 0:
                 self.commit()
 
-    def put(self, clip_id: str, video: bytes, labels: dict[str, Any]) -> None:
-        """Encrypt and store a clip (replacing any clip with the same id)."""
+    def put(
+        self, clip_id: str, video: bytes, labels: dict[str, Any], *, replace: bool = False
+    ) -> None:
+        """Encrypt and store a clip under a new id; an existing id is replaced only if ``replace``.
+
+        Refusing by default means no caller can lose a stored clip to an id collision.
+        """
         if not clip_id or len(clip_id.encode()) > 1024:
             raise UsageError(f"clip id {clip_id[:40]!r}: must be 1 to 1024 bytes")
         if self._batch == 0:
             with self.batch():
-                self.put(clip_id, video, labels)
+                self.put(clip_id, video, labels, replace=replace)
             return
+        self._check_free(clip_id, replace)
         tokens, count, nonce = encrypt_clip(self.keys[0], clip_id, video, labels, self.chunk_size)
-        self.put_records(clip_id, tokens, ClipEntry("", count, len(video), nonce))
+        self.put_records(clip_id, tokens, ClipEntry("", count, len(video), nonce), replace=replace)
 
     def put_many(self, items: Iterable[tuple[str, bytes, dict[str, Any]]]) -> int:
         n = 0
@@ -341,19 +352,32 @@ class EncryptedStore:
         return n
 
     def put_records(
-        self, clip_id: str, tokens: Sequence[bytes | memoryview], entry: ClipEntry
+        self,
+        clip_id: str,
+        tokens: Sequence[bytes | memoryview],
+        entry: ClipEntry,
+        *,
+        replace: bool = False,
     ) -> None:
-        """Store already-encrypted records unchanged (bundle import, rotation)."""
+        """Store already-encrypted records unchanged (bundle import, rotation); see :meth:`put`."""
         if self._batch == 0:
             with self.batch():
-                self.put_records(clip_id, tokens, entry)
+                self.put_records(clip_id, tokens, entry, replace=replace)
             return
+        self._check_free(clip_id, replace)
         name = f"{secrets.token_hex(16)}.vfc"
         write_bytes_atomic(self.root / "clips" / name, CLIP_MAGIC + join_records(tokens), 0o600)
         old = self._clips.get(clip_id)
         if old is not None and old.file != name:
             self._garbage.append(old.file)
         self._clips[clip_id] = ClipEntry(name, entry.chunks, entry.length, entry.nonce)
+
+    def _check_free(self, clip_id: str, replace: bool) -> None:
+        if not replace and clip_id in self._clips:
+            raise UsageError(
+                f"{self.root}: clip {clip_id!r} is already in the store; choose another id "
+                "(a stored clip is replaced only on explicit request)"
+            )
 
     def commit(self) -> None:
         """Atomically write the manifest, then delete replaced clip files (lock held)."""
@@ -452,7 +476,7 @@ def rotate_store(root: str | Path, old: FernetKey, new: FernetKey) -> int:
                 records = store.records(clip_id)
                 decrypt_clip((old,), clip_id, entry, records, str(root))  # never rotate a bad clip
                 rotated = [unarmor(multi.rotate(armor(bytes(t)))) for t in records]
-                store.put_records(clip_id, rotated, entry)
+                store.put_records(clip_id, rotated, entry, replace=True)
             store.keys = (new,)
         sweep_orphans(store)
     return len(store)

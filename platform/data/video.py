@@ -7,6 +7,7 @@ naming the source, never a traceback from deep inside FFmpeg.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -161,6 +162,43 @@ def decode(
         fitted[: min(audio_samples, audio.size)] = audio[:audio_samples]
         audio = fitted
     return DecodedClip(video, audio, has_audio, fps, len(images))
+
+
+def content_digest(source: Source, name: str | None = None) -> tuple[int, str]:
+    """(video frame count, sha256 of every decoded frame and audio sample) of ``source``.
+
+    Decodes the whole file at its own resolution and sample format, so the digest names the
+    picture and sound rather than the file: a re-mux that keeps the decoded samples (MP4/MOV
+    family, faststart) or trailing bytes give the same digest, while any change to a decoded pixel
+    or sample gives another, including audio priming samples a container does not trim. Raises
+    :class:`VideoError` (one line) for a file that does not decode completely.
+    """
+    label = describe(source, name)
+    # One hash per stream: containers interleave audio and video packets differently.
+    pictures, sound = hashlib.sha256(), hashlib.sha256()
+    count = 0
+    with _open_input(source, label) as container:
+        if not container.streams.video:
+            raise VideoError(f"{label}: no video stream; supply a file with video")
+        vstream = container.streams.video[0]
+        streams = [vstream, *container.streams.audio[:1]]
+        try:
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    if isinstance(frame, av.VideoFrame):
+                        count += 1
+                        pictures.update(b"%dx%d\0" % (frame.width, frame.height))
+                        pictures.update(frame.to_ndarray(format="rgb24").tobytes())
+                    else:
+                        sound.update(b"%s\0" % frame.format.name.encode())
+                        sound.update(np.ascontiguousarray(frame.to_ndarray()).tobytes())
+        except (av.FFmpegError, ValueError) as exc:
+            raise VideoError(
+                f"{label}: corrupt or truncated video ({_reason(exc)}); re-encode or re-copy it"
+            ) from None
+    if not count:
+        raise VideoError(f"{label}: no decodable video frames (unsupported codec or corrupt)")
+    return count, hashlib.sha256(pictures.digest() + sound.digest()).hexdigest()
 
 
 def encode_mp4(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
@@ -18,17 +18,21 @@ from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED
 from veilfed.deploy.server_app import log_to_stream
 
 log = logging.getLogger("veilfed.node")
+_WHAT = {MessageType.TRAIN: "", MessageType.EVALUATE: " evaluation"}
 
 
 def announce_declines(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Log ``round N declined: <reason naming the client>`` for every declined train message."""
+    """Log one line for every declined message: ``round N declined: <reason naming the client>``
+    for training, ``round N evaluation declined: <reason>`` for evaluation."""
     log_to_stream()
     reply = call_next(msg, context)
     if reply.has_content() and REPLY_KEY in reply.content.config_records:
         info = reply.content.config_records[REPLY_KEY]
         if info.get("status") == STATUS_DECLINED:
             rnd = msg.content.config_records["config"].get("server-round", "?")
-            log.warning("round %s declined: %s", rnd, info.get("reason"))
+            kind = msg.metadata.message_type
+            what = _WHAT.get(kind, f" {kind}")
+            log.warning("round %s%s declined: %s", rnd, what, info.get("reason"))
     return reply
 
 

@@ -1,6 +1,7 @@
 """``veilfed node start``: a SuperNode running the veilfed ClientApp next to its encrypted shard.
 
-Preflight, in the order a user would fix things: the SuperLink address parses; the CA
+Preflight, in the order a user would fix things: a node that may train with DP has its own
+``--budget``; the SuperLink address parses; the CA
 certificate is current; the auth key is a private OpenSSH EC key; the shard key opens the bundle
 (every chunk authenticates, and the bundle names the client); the HE secret context loads; the
 node's local Runtime API port is free; the trusted entities (the app-signing keys whose bundles
@@ -16,7 +17,8 @@ under the client's key, so clips are decrypted only in the ClientApp's memory, c
 ClientApp finds its node-local inputs in Flower's node config (``veilfed.clients.inputs``):
 ``client-id`` (from the bundle), ``store``, ``key-file``, ``state-dir`` (accountant history and
 report signing key survive restarts there), ``he-context`` and the node's privacy policy
-(``veilfed.clients.policy``: ``--budget``, its cap on ε over every run it joins, ``--max-delta``,
+(``veilfed.clients.policy``: ``--budget``, its cap on ε over every run it joins, required
+unless it trains only without DP, ``--max-delta``,
 ``--accountants``, ``--allow-no-dp``), whether metrics on its held-out clips may leave it
 (``share-eval-metrics``, ``--share-eval-metrics``; default no) and the fewest contributors an HE
 aggregate must sum before it decrypts it (``he-min-contributors``, default 3); nothing of the
@@ -162,6 +164,7 @@ def node_config(client: str, opts: NodeOptions) -> str:
 
 def preflight(opts: NodeOptions) -> tuple[str, int, Path, str]:
     """Every check before the SuperNode starts; (host, port, CA path, client id)."""
+    opts.policy.check_start()
     host, port = parse_address(opts.superlink, "--superlink")
     ca = check_ca(opts.certs)
     load_node_private_key(opts.auth_key)

@@ -108,7 +108,9 @@ class ClientAccountant:
     ``last_round`` and ``last_report_hash`` let the next report point at the previous one (hash
     chain, see ``reports.py``); a chain is per run (:meth:`select_run`), while the history and
     ``reported_steps`` compose over every run. ``release`` names the selected run's last released
-    update (``veilfed.clients.node``). All of it persists with the history.
+    update (``veilfed.clients.node``). ``delta`` is the δ a real node's spending is accounted at,
+    pinned at its first DP release (``veilfed.clients.policy``; None until then, and for virtual
+    clients). All of it persists with the history.
     """
 
     def __init__(self, client_id: str, mechanism: str = "rdp") -> None:
@@ -125,6 +127,7 @@ class ClientAccountant:
         self.run_id: str | None = None  # the run whose report chain and release are in use
         self.runs: dict[str, dict[str, Any]] = {}  # run id -> its chain link and last release
         self._solo: dict[str, Any] = _chain()  # the chain when no run is selected
+        self.delta: float | None = None  # the pinned accounting δ of a real node
 
     def select_run(self, run_id: str) -> None:
         """Use ``run_id``'s report chain and release record: chains are per run, while the
@@ -249,6 +252,7 @@ class ClientAccountant:
             "last_report_hash": self._solo["last_report_hash"],
             "reported_steps": self.reported_steps,
             "runs": copy.deepcopy(self.runs),
+            "delta": self.delta,
         }
 
     def load_state_dict(self, state: dict[str, Any], recompose: bool = False) -> None:
@@ -300,12 +304,18 @@ class ClientAccountant:
         chains = {
             str(run): _check_chain(link, f"{who}: runs[{run!r}]") for run, link in runs.items()
         }
+        delta = state.get("delta")
+        if delta is not None and (
+            isinstance(delta, bool) or not isinstance(delta, float | int) or not 0 < delta < 1
+        ):
+            raise UsageError(f"{who}: field 'delta' must be null or a number in (0, 1)")
         self.opacus.load_state_dict(
             {"history": segments, "mechanism": self.mechanism}  # validated above
         )
         self.reported_steps = reported
         self._solo = {**_chain(), "last_round": last_round, "last_report_hash": report_hash}
         self.runs, self.run_id = chains, None
+        self.delta = None if delta is None else float(delta)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ClientAccountant:

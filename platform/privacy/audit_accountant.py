@@ -37,6 +37,7 @@ import numpy as np
 from scipy import special
 
 from veilfed.errors import UsageError
+from veilfed.privacy.reports import MAX_ORDER, MAX_ORDERS
 
 Segment = tuple[float, float, int]
 
@@ -53,6 +54,14 @@ def _log_add(x: float, y: float) -> float:
     if a == -math.inf:
         return b
     return math.log1p(math.exp(a - b)) + b
+
+
+def _log_sub(x: float, y: float) -> float:
+    """log(e^x - e^y) for x > y, as Opacus computes it; beyond exp's range the result is x."""
+    try:
+        return math.log(math.expm1(x - y)) + y
+    except OverflowError:
+        return x
 
 
 def _log_comb(n: float, k: int) -> tuple[float, float]:
@@ -105,12 +114,15 @@ def _log_a_frac(q: float, sigma: float, alpha: float, signed: bool) -> float:
         elif p <= n:
             return math.nan  # cancellation beyond float precision: caller falls back
         else:
-            part = math.log(math.expm1(p - n)) + n
+            part = _log_sub(p, n)
         total = _log_add(total, part)
     return total
 
 
-@functools.lru_cache(maxsize=256)
+# The audit recomputes each report's ε over the client's whole history, so every segment is asked
+# for again at every later report; a cache smaller than the distinct segments of a run would be
+# swept on every pass (a 512-segment prior then costs half a minute per report, not once).
+@functools.lru_cache(maxsize=16384)
 def sgm_rdp(q: float, sigma: float, orders: tuple[float, ...]) -> tuple[float, ...]:
     """RDP of one Poisson-sampled Gaussian step at each order (inf where unbounded)."""
     out = []
@@ -129,7 +141,17 @@ def sgm_rdp(q: float, sigma: float, orders: tuple[float, ...]) -> tuple[float, .
 
 
 def rdp_epsilon(history: Sequence[Segment], delta: float, orders: Sequence[float]) -> float:
-    """ε at ``delta`` of ``history``, minimised over ``orders`` (Balle et al. 2020, Thm 21)."""
+    """ε at ``delta`` of ``history``, minimised over ``orders`` (Balle et al. 2020, Thm 21).
+
+    ``orders`` must be what ``PrivacyReport.from_dict`` admits (at most ``MAX_ORDERS``, each in
+    (1, ``MAX_ORDER``]): an integer order costs α + 1 terms, so an unchecked one could stall the
+    audit. Anything else is a ``UsageError``, whoever the caller.
+    """
+    if not 1 <= len(orders) <= MAX_ORDERS or not all(1 < a <= MAX_ORDER for a in orders):
+        raise UsageError(
+            f"Rényi orders must be 1 to {MAX_ORDERS} numbers in (1, {MAX_ORDER:g}]; "
+            "cannot recompute this claim"
+        )
     a = np.asarray(orders, dtype=float)
     rdp = np.zeros_like(a)
     for sigma, q, steps in history:

@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from veilfed.errors import UsageError
 from veilfed.io import write_bytes_atomic, write_text_atomic
+from veilfed.privacy.accounting import check_client_id
 from veilfed.privacy.reports import generate_signing_key, key_id, load_signing_key, public_pem
 
 LOG_ARTIFACT = "privacy/round_log.jsonl"
@@ -109,7 +111,7 @@ class RoundLogWriter:
 def read_round_log(text: str, key: Ed25519PublicKey, run_id: str) -> list[dict[str, Any]]:
     """The verified entries of a round log; UsageError (cannot audit) on any break."""
     entries: list[dict[str, Any]] = []
-    prev = ""
+    prev, last_round = "", 0
     for i, line in enumerate((ln for ln in text.splitlines() if ln.strip()), 1):
         where = f"{LOG_ARTIFACT} line {i}"
         try:
@@ -130,6 +132,15 @@ def read_round_log(text: str, key: Ed25519PublicKey, run_id: str) -> list[dict[s
                 f"{where}: the round log is of run {entry.get('run_id')}, not {run_id} "
                 "(copied from another run?)"
             )
+        _check_entry(entry, where, first=not entries)
+        if entries and entries[-1].get("kind") == "end":
+            raise UsageError(f"{where}: entry after the closing entry")
+        if entry["kind"] == "round":
+            if entry["round"] <= last_round:
+                raise UsageError(
+                    f"{where}: round {entry['round']} after round {last_round}; rounds must ascend"
+                )
+            last_round = entry["round"]
         entries.append(entry)
         prev = entry_hash(entry)
     if not entries or entries[0].get("kind") != "settings":
@@ -140,3 +151,78 @@ def read_round_log(text: str, key: Ed25519PublicKey, run_id: str) -> list[dict[s
             "last rounds; audit it after the run finishes"
         )
     return entries
+
+
+def _check_entry(entry: dict[str, Any], where: str, first: bool) -> None:
+    """The shape the audit reads of each kind of entry; a one-line ``UsageError`` otherwise.
+
+    A signature proves who wrote an entry, not that it is well formed: a coordinator (or, with
+    keys taken from MLflow, whoever wrote the run) can sign anything, and the audit must refuse
+    it in one line rather than fail on it.
+    """
+    kind = entry.get("kind")
+    if kind not in ("settings", "round", "end"):
+        raise UsageError(f"{where}: entry kind {kind!r} is not settings, round or end")
+    if first and kind != "settings":
+        raise UsageError(f"{LOG_ARTIFACT}: does not start with the run's signed settings")
+    if kind == "settings" and not first:
+        raise UsageError(f"{where}: a second settings entry; the run's settings come once, first")
+    if kind == "settings":
+        _check_settings(entry, where)
+    elif kind == "round":
+        _positive_int(entry, "round", where)
+        if not isinstance(entry.get("model_digest"), str):
+            raise UsageError(f"{where}: round entry field 'model_digest' must be a string")
+        for name in ("sampled", "reported", "accepted"):
+            _client_ids(entry.get(name), f"{where}: round entry field {name!r}")
+        if not isinstance(entry.get("aggregated", False), bool):
+            raise UsageError(f"{where}: round entry field 'aggregated' must be true or false")
+    else:
+        _positive_int(entry, "rounds", where, low=0)
+
+
+def _check_settings(entry: dict[str, Any], where: str) -> None:
+    for name, low, high in (("delta", 0.0, 1.0), ("epsilon_budget", 0.0, math.inf)):
+        value = entry.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
+            raise UsageError(
+                f"{where}: settings field {name!r} must be a number in ({low}, {high})"
+            )
+    accountant = entry.get("accountant")
+    if accountant is not None and not isinstance(accountant, str):
+        raise UsageError(f"{where}: settings field 'accountant' must be a string")
+    clients = entry.get("clients", {})
+    if not isinstance(clients, dict):
+        raise UsageError(
+            f"{where}: settings field 'clients' must map client ids to their n, key_id"
+        )
+    for cid, info in clients.items():
+        _client_ids([cid], f"{where}: settings field 'clients'")
+        if not isinstance(info, dict):
+            raise UsageError(f"{where}: settings clients[{cid!r}] must be an object (n, key_id)")
+        n, kid = info.get("n"), info.get("key_id")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise UsageError(f"{where}: settings clients[{cid!r}].n must be an integer >= 0")
+        if kid is not None and not isinstance(kid, str):
+            raise UsageError(f"{where}: settings clients[{cid!r}].key_id must be a string or null")
+
+
+def _positive_int(entry: dict[str, Any], name: str, where: str, low: int = 1) -> None:
+    value = entry.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = entry.get("kind")
+        raise UsageError(f"{where}: {kind} entry field {name!r} must be an integer >= {low}")
+
+
+def _client_ids(value: Any, what: str) -> None:
+    if not isinstance(value, list):
+        raise UsageError(f"{what} must be a list of client ids")
+    for cid in value:
+        if not isinstance(cid, str):
+            raise UsageError(f"{what} holds {cid!r}, not a client id")
+        try:
+            check_client_id(cid)
+        except UsageError as exc:
+            raise UsageError(f"{what}: {exc}") from None

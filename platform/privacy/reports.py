@@ -23,7 +23,8 @@ by ``steps_round`` along the chain. Deleting, reordering or editing any report b
 
 :meth:`PrivacyReport.from_dict` is the one validation of a report, shared by the coordinator (in
 the round) and the audit: σ > 0, q in (0, 1], 1 <= steps <= ``MAX_STEPS``, δ in (0, 1), finite
-ε >= 0, orders > 1; anything else is a one-line ``UsageError``.
+ε >= 0, 1 to ``MAX_ORDERS`` orders in (1, ``MAX_ORDER``]; anything else is a one-line
+``UsageError``.
 
 MLflow artifact layout (per run)::
 
@@ -69,7 +70,15 @@ REPORT_VERSION = 2
 # Most DP-SGD steps one claim may cover. A bound on input, not on practice (10^9 steps is decades
 # of training); RDP composes a step count linearly, so nothing is ever sized by it.
 MAX_STEPS = 10**9
-MAX_ORDERS = 512
+# Bounds on the Rényi orders a report may declare. Opacus' default grid has 151 orders, the largest
+# 63; orders beyond a few hundred never give the minimum for any σ, q and δ a DP-SGD run uses, yet
+# the recomputation of an integer order α sums α + 1 terms, so an unbounded order (10^9, 10^300)
+# would make one signed report stall the audit and the coordinator. Any order set within these
+# bounds is recomputed in well under a second.
+MAX_ORDER = 256.0
+MAX_ORDERS = 200
+# Most (σ, q, steps) segments a report's ``prior`` may list.
+MAX_PRIOR = 512
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 Segment = tuple[float, float, int]
 
@@ -207,15 +216,19 @@ def _orders(value: Any, accountant: str, where: str) -> tuple[float, ...] | None
         raise UsageError(f"{where}: field 'orders' must be a list of 1 to {MAX_ORDERS} numbers")
     out = []
     for a in value:
-        if isinstance(a, bool) or not isinstance(a, int | float) or not 1 < a < math.inf:
-            raise UsageError(f"{where}: field 'orders' holds {a!r}; each order must be > 1")
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 1 < a <= MAX_ORDER:
+            raise UsageError(
+                f"{where}: field 'orders' holds {a!r}; each order must be in (1, {MAX_ORDER:g}]"
+            )
         out.append(float(a))
     return tuple(out)
 
 
 def _prior(value: Any, where: str) -> tuple[Segment, ...]:
-    if not isinstance(value, list | tuple) or len(value) > MAX_ORDERS:
-        raise UsageError(f"{where}: field 'prior' must be a list of [sigma, rate, steps]")
+    if not isinstance(value, list | tuple) or len(value) > MAX_PRIOR:
+        raise UsageError(
+            f"{where}: field 'prior' must be a list of at most {MAX_PRIOR} [sigma, rate, steps]"
+        )
     out = []
     for i, seg in enumerate(value):
         if not isinstance(seg, list | tuple) or len(seg) != 3:

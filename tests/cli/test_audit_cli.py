@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from veilfed.cli.main import app
+from veilfed.privacy.audit_log import LOG_ARTIFACT
 from veilfed.privacy.reports import SignedReport, public_pem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "privacy"))
@@ -116,6 +118,10 @@ def test_tampered_report_exits_2_without_output(store, tmp_path) -> None:
         ({"sample_rate": 2.0}, "field 'sample_rate' must be in (0, 1]"),
         ({"delta": 0.0}, "field 'delta' must be in (0, 1)"),
         ({"steps_round": 10**12, "steps_total": 10**12}, "must be in [1, 1000000000]"),
+        # one huge Rényi order would cost α + 1 terms to recompute: an audit that never ends
+        ({"orders": (1e9,)}, "each order must be in (1, 256]"),
+        ({"orders": (1e300,)}, "each order must be in (1, 256]"),
+        ({"orders": tuple(2.0 + i for i in range(201))}, "a list of 1 to 200 numbers"),
     ],
 )
 def test_malformed_reports_exit_2_in_one_line(store, tmp_path, changes, message) -> None:
@@ -125,9 +131,67 @@ def test_malformed_reports_exit_2_in_one_line(store, tmp_path, changes, message)
         return [sign(dataclasses.replace(reports[0].report, **changes), KEY)]
 
     run_id, keys = new_run(store, tmp_path, [1], edit=forge)
+    start = time.perf_counter()
     res = invoke(store, run_id, "--keys", keys)
+    assert time.perf_counter() - start < 5  # refused on reading, not after a recomputation
     assert res.exit_code == 2, res.output
     assert message in res.stderr and res.stderr.count("\n") == 1
+    assert "Traceback" not in res.output
+
+
+def _signed_log(run_dir: Path, run_id: str, settings: dict, rounds: list[dict]):
+    """A round log signed by the run's real coordinator key, whatever its entries hold."""
+    from privacy_testkit import RoundLogWriter
+
+    writer = RoundLogWriter(run_dir, run_id)
+    writer._write(
+        [
+            {"kind": "settings", **settings},
+            *({"kind": "round", **r} for r in rounds),
+            {"kind": "end", "rounds": 1},
+        ]
+    )
+    return writer
+
+
+_SETTINGS = {"delta": 1e-5, "epsilon_budget": 10.0, "accountant": "rdp", "clients": {}}
+_ROUND = {
+    "round": 1,
+    "model_digest": "0" * 64,
+    "sampled": ["c0"],
+    "reported": ["c0"],
+    "accepted": ["c0"],
+    "aggregated": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("settings", "rnd", "message"),
+    [
+        ({}, {"round": None}, "round entry field 'round' must be an integer >= 1"),
+        ({}, {"round": "1"}, "round entry field 'round' must be an integer >= 1"),
+        ({}, {"round": 0}, "round entry field 'round' must be an integer >= 1"),
+        ({}, {"reported": [["c0"]]}, "field 'reported' holds ['c0'], not a client id"),
+        ({}, {"accepted": "c0"}, "field 'accepted' must be a list of client ids"),
+        ({}, {"sampled": ["../c0"]}, "client id '../c0'"),
+        ({}, {"model_digest": 7}, "field 'model_digest' must be a string"),
+        ({"clients": []}, {}, "settings field 'clients' must map client ids"),
+        ({"clients": {"c0": 5}}, {}, "settings clients['c0'] must be an object"),
+        ({"clients": {"c0": {"n": "x"}}}, {}, "clients['c0'].n must be an integer >= 0"),
+        ({"delta": "0.1"}, {}, "settings field 'delta' must be a number"),
+    ],
+)
+def test_malformed_round_log_exits_2_in_one_line(store, tmp_path, settings, rnd, message) -> None:
+    """A validly signed but malformed round log is refused in one line, never a traceback."""
+    uri, client, _ = store
+    run_id, keys = new_run(store, tmp_path, [1])
+    round_entry = {k: v for k, v in (_ROUND | rnd).items() if v is not None}
+    writer = _signed_log(tmp_path / "forged", run_id, _SETTINGS | settings, [round_entry])
+    client.log_text(run_id, writer.path.read_text(), LOG_ARTIFACT)
+    (keys / "coordinator.pem").write_bytes(writer.public_pem)
+    res = invoke(store, run_id, "--keys", keys)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert "Traceback" not in res.output
 
 

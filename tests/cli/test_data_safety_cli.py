@@ -6,6 +6,7 @@ Every case runs the real console script on a real Fernet store holding real enco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -235,7 +236,7 @@ def test_export_never_replaces_an_existing_file(videos, tmp_path) -> None:
             *extra,
         )
 
-    error_line(export(key), 2, str(key), "already exists", "--force")
+    error_line(export(key), 2, str(key), "is the input", "refused even with --force")
     assert key.read_bytes() == owner  # the owner's only key is intact and still opens the store
     assert run("data", "verify", "--store", store, "--key-file", key).returncode == 0
     dangling = tmp_path / "link.vfs"
@@ -249,6 +250,40 @@ def test_export_never_replaces_an_existing_file(videos, tmp_path) -> None:
     error_line(export(bundle), 2, "already exists")
     assert bundle.read_bytes() == first
     assert export(bundle, "--force").returncode == 0 and bundle.read_bytes() != first
+    # --force never turns an input into the output: the key, a link to it, the store's files
+    link = tmp_path / "key-link.vfs"
+    link.symlink_to(key)
+    manifest = (store / "store.json").read_bytes()
+    for target in (key, link, store / "store.json"):
+        error_line(export(target, "--force"), 2, str(target), "refused even with --force")
+    assert key.read_bytes() == owner and (store / "store.json").read_bytes() == manifest
+    assert run("data", "verify", "--store", store, "--key-file", key).returncode == 0
+
+
+def test_a_crafted_file_name_cannot_replace_a_stored_clip(videos, tmp_path) -> None:
+    """Attack: a file named `a-<sha8 of a later file>` takes the id that later file would get."""
+    store, key = tmp_path / "store", videos["key"]
+    x, y, z = (videos["a"] / f"clip-00000{i}.mp4" for i in range(3))
+    dirs = [tmp_path / d for d in ("d1", "d2", "d3")]
+    for d in dirs:
+        d.mkdir()
+    (dirs[0] / "a.mp4").write_bytes(x.read_bytes())
+    (dirs[1] / f"a-{hashlib.sha256(y.read_bytes()).hexdigest()[:8]}.mp4").write_bytes(
+        z.read_bytes()
+    )
+    (dirs[2] / "a.mp4").write_bytes(y.read_bytes())
+    for d in dirs:
+        proc = run("data", "ingest", d, "--store", store, "--key-file", key, "--json")
+        assert proc.returncode == 0 and json.loads(proc.stdout)["ingested"] == 1, proc.stderr
+    opened = EncryptedStore.open(store, read_key_file(key))
+    kept = {opened.read(cid)[0] for cid in opened.ids()}
+    assert kept == {p.read_bytes() for p in (x, y, z)}  # three videos in, three videos stored
+    # the same video with one byte appended is the same video: not stored twice
+    padded = tmp_path / "padded.mp4"
+    padded.write_bytes(x.read_bytes() + b"\0")
+    again = run("data", "ingest", padded, "--store", store, "--key-file", key, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["already_in_store"] == 1
+    assert len(clips_in(store, key)) == 3
 
 
 @pytest.mark.parametrize("command", ["audit", "train", "simulate"])
@@ -349,3 +384,12 @@ def test_clip_replaced_by_a_directory_is_named(videos, tmp_path) -> None:
     )
     error_line(rotate, 1, victim.name)
     assert len(clips_in(store, key)) == 8  # still wholly under the old key
+
+
+@pytest.mark.parametrize("command", ["train", "simulate"])
+def test_summary_json_over_the_config_is_refused_even_with_force(tmp_path, command) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_bytes(TINY.read_bytes())
+    proc = run(command, "--config", config, "--summary-json", config, "--force")
+    error_line(proc, 2, str(config), "refused even with --force", "--summary-json")
+    assert config.read_bytes() == TINY.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -147,6 +148,41 @@ def test_a_release_the_accountant_does_not_name_is_never_served(run, monkeypatch
     path.write_bytes(path.read_bytes() + b"tampered")
     again = app(_msg(run, "train", 1), _ctx(0))
     assert again.content["reply"]["status"] == "declined"
+
+
+def test_a_stored_release_is_sealed_and_one_sealed_under_another_key_is_never_served(run):
+    """The release holds the update and the unnoised train loss of private clips: at rest it is
+    a Fernet token under a key derived from the client's key, never a readable array file. An
+    attacker with write access who swaps in a release sealed under another key (and renames the
+    accountant's record to match) gets a decline, not that update served as the node's."""
+    import io
+
+    from veilfed.clients.node import RELEASE_KEY_CONTEXT
+    from veilfed.crypto.keys import FernetKey, read_key_file
+    from veilfed.data.scan import scan
+
+    first = app(_msg(run, "train", 1), _ctx(0))
+    assert first.content["reply"]["status"] == "trained"
+    node = NodeState.in_run(run.run_dir, "client-0000")
+    acc = node.accountants.load("client-0000")
+    acc.select_run(run.run_id)
+    path = node.release_path(acc.release["sha256"])
+    token = path.read_bytes()
+    with pytest.raises(ValueError):
+        np.load(io.BytesIO(token), allow_pickle=False)
+    assert scan([path.parent]) == []
+    key = read_key_file(run.key_file).derive(RELEASE_KEY_CONTEXT)
+    assert np.load(io.BytesIO(key.decrypt(token)), allow_pickle=False).files  # sealed, intact
+    spent = _spent(run, "client-0000")
+
+    forged = FernetKey.generate().derive(RELEASE_KEY_CONTEXT).encrypt(key.decrypt(token))
+    forged_sha = hashlib.sha256(forged).hexdigest()
+    node.release_path(forged_sha).write_bytes(forged)
+    acc.release = {**acc.release, "sha256": forged_sha}
+    node.accountants.save(acc)
+    again = app(_msg(run, "train", 1), _ctx(0))
+    assert again.content["reply"]["status"] == "declined"
+    assert len(again.content.array_records) == 0 and _spent(run, "client-0000") == spent
 
 
 def test_message_settings_are_validated_like_the_coordinators_config(run):

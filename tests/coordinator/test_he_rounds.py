@@ -333,3 +333,37 @@ def test_the_floor_needs_enough_sampled_clients(tmp_path):
     cfg = write_config(tmp_path, clients=4, rounds=1, fraction=0.5)
     with pytest.raises(UsageError, match="min_contributors = 3"):
         prepare(cfg, {}, None, None, None, None, tmp_path, he=True)
+
+
+def test_a_client_refuses_an_aggregate_of_another_run_or_a_later_round(tmp_path):
+    """Stale-model replay: the coordinator sends an honest aggregate (same keys) labelled for
+    another run, or a train message whose aggregate is not of an earlier round: refused."""
+    from dataclasses import replace
+
+    settings, grid, _ = _single_update_run(tmp_path)
+    honest = checkpoint.load(settings.run_dir).he_global  # round 1 of this run
+    other_run = replace(settings, run_id="another-run")
+    for kind in ("train", "evaluate"):
+        info = _send(other_run, grid, kind, honest, partition=1).content[REPLY_KEY]
+        assert info["status"] == "declined" and "not this run another-run" in info["reason"]
+    # a train message of round 1 cannot carry round 1's own aggregate
+    from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+
+    from veilfed.clients.secure import GLOBAL_KEY
+    from veilfed.coordinator.server_app import SETTINGS_KEY
+
+    node = list(grid.contexts)[1]
+    config = ConfigRecord({SETTINGS_KEY: settings.to_json(), GLOBAL_KEY: honest, "server-round": 1})
+    msg = Message(
+        RecordDict({"arrays": ArrayRecord(), "config": config}),
+        message_type=MessageType.TRAIN,
+        dst_node_id=node,
+    )
+    info = grid.app(msg, grid.contexts[node]).content[REPLY_KEY]
+    assert info["status"] == "declined" and "not a round before 1" in info["reason"]
+    # the same aggregate in this run's round-2 train message is accepted as the global model
+    # (the client may still decline to train, on its own budget)
+    from veilfed.coordinator.server_app import REFUSED_MODEL
+
+    info = _send(settings, grid, "train", honest, partition=1).content[REPLY_KEY]
+    assert not info.get(REFUSED_MODEL) and "HE aggregate" not in info.get("reason", "")

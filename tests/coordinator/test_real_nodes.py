@@ -42,6 +42,7 @@ def _owner_store(config: Path, root: Path):  # type: ignore[no-untyped-def]
 
 def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, Any]]:
     """Each client's bundle exported, imported into its node store; the node configs."""
+    from veilfed.clients.policy import NodePolicy
     from veilfed.crypto.keys import write_key_file
     from veilfed.data.bundle import client_key, export_bundle, partition_ids
     from veilfed.deploy.node import NodeOptions, import_shard, node_config
@@ -52,7 +53,10 @@ def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, A
         bundle, key = root / f"{cid}.vfs", root / f"{cid}.key"
         export_bundle(store, cid, bundle, clip_ids=partition_ids(store, cid, len(CLIENTS)))
         write_key_file(key, client_key(owner, cid))
-        opts = NodeOptions("h:1", bundle, key, root, root, root / cid, he_context=he_secret)
+        opts = NodeOptions(
+            "h:1", bundle, key, root, root, root / cid, he_context=he_secret,
+            policy=NodePolicy(budget=8.0),
+        )  # fmt: skip
         opts.he_min_contributors = 2  # two-node runs; the default floor is 3
         assert import_shard(bundle, key, opts.state) == cid
         from flwr.common.config import parse_config_args
@@ -169,8 +173,8 @@ def test_node_budget_caps_the_run_and_composes_across_runs(tmp_path: Path, plain
     """A node's own --budget wins over the run's and covers every run it joins. σ is calibrated
     for ε = 8 after both rounds; a node capped at 6.5 declines round 2, says so, and signs its cap
     into its report. A second run (new run id, same shard) does not reset the node's ε: the capped
-    node declines at once, and the uncapped node, which spent ε = 8 in the first run, cannot spend
-    again under the run's budget of 8."""
+    node declines at once, and the other node (--budget 8), which spent ε = 8 in the first run,
+    cannot spend again."""
     from veilfed.privacy.reports import SignedReport
 
     config, nodes = plain_nodes
@@ -245,8 +249,10 @@ def test_a_node_refuses_privacy_settings_outside_its_policy(tmp_path: Path, plai
     config, nodes = plain_nodes
     node = nodes[0]
     assert "epsilon is inf (no client DP)" in _refusal(tmp_path, config, node, epsilon=math.inf)
-    reason = _refusal(tmp_path, config, node, epsilon=math.inf, noise_multiplier=0.3)
-    assert "epsilon budget is inf and this node sets none (node start --budget)" in reason
+    no_budget = {k: v for k, v in node.items() if k != "epsilon-budget"}
+    for privacy in ({}, {"epsilon": math.inf, "noise_multiplier": 0.3}, {"budget": 1e6}):
+        reason = _refusal(tmp_path, config, {**no_budget, "allow-no-dp": True}, **privacy)
+        assert "client DP needs this node's own epsilon budget and it has none" in reason
     assert "delta 0.5 is not below 1/n" in _refusal(tmp_path, config, node, delta=0.5)
     settings, tracker = prepare_deployment(config, 2, tmp_path / "n", None)
     tracker.finish()
@@ -280,3 +286,57 @@ def test_a_node_must_present_the_shard_of_the_client_its_auth_key_names(
     stranger = _coordinator(tmp_path, config, nodes, names=["client-0000", "someone-else"])
     with pytest.raises(UsageError, match="client client-0001: .*someone-else"):
         stranger.run()
+
+
+def test_a_larger_delta_in_a_later_run_cannot_make_the_nodes_history_look_cheaper(
+    tmp_path: Path, plain_nodes
+) -> None:
+    """The attack: run 1 spends at δ 1e-3; run 2 asks a larger δ (still below 1/n), at which the
+    same cumulative history reads as a smaller ε, to train past the node's budget. The node pins
+    its accounting δ at its first DP release and declines run 2 without spending; a later run at
+    a smaller δ (checked at its own δ, never looser) still trains."""
+    import json
+
+    from veilfed.clients.inputs import client_inputs
+    from veilfed.clients.policy import NodePolicy
+    from veilfed.clients.trainer import split_shard
+
+    config, nodes = plain_nodes
+    node = {**nodes[0], "epsilon-budget": 100.0}
+    settings, tracker = prepare_deployment(config, 2, tmp_path / "n", None)
+    tracker.finish()
+    inputs = client_inputs(settings, node)
+    inputs.state.public_key_pem()  # the node's signing key, made at its first discovery
+    n = len(split_shard(settings, inputs)[0])
+    accountant = Path(node["state-dir"]) / "accountant" / "client-0000.json"
+    assert _reply(tmp_path, config, node)["status"] == "trained"  # run 1 at δ = 1e-3
+    assert json.loads(accountant.read_text())["delta"] == 1e-3
+    spent = accountant.read_bytes()
+
+    larger = 0.9 / n
+    assert 1e-3 < larger < 1 / n
+    reply = _reply(tmp_path, config, node, delta=larger)
+    assert reply["status"] == "declined"
+    assert reply["reason"] == (
+        f"client client-0000: declining to train: the run's delta {larger:g} is above the "
+        "delta 0.001 this node's spending is accounted at"
+    )
+    assert accountant.read_bytes() == spent  # declining spends nothing
+    smaller = _reply(tmp_path, config, node, delta=1e-4, budget=100.0)
+    assert smaller["status"] == "trained", dict(smaller)
+    assert json.loads(accountant.read_text())["delta"] == 1e-3  # the pin never moves
+
+    assert NodePolicy(budget=8.0, max_delta=2e-3).pinned_delta(1e-5) == 2e-3  # the ceiling
+    assert NodePolicy(budget=8.0).pinned_delta(1e-5) == 1e-5
+
+
+def test_a_dp_node_cannot_start_without_its_own_budget(tmp_path: Path) -> None:
+    """The coordinator never sets a node's cap: without --budget only a no-DP node starts."""
+    from veilfed.clients.policy import NodePolicy
+    from veilfed.deploy.node import NodeOptions, preflight
+
+    opts = NodeOptions("h:1", tmp_path, tmp_path, tmp_path, tmp_path, tmp_path)
+    with pytest.raises(UsageError, match=r"^--budget is required: the most epsilon this node"):
+        preflight(opts)
+    NodePolicy(allow_no_dp=True).check_start()
+    NodePolicy(budget=8.0).check_start()

@@ -232,3 +232,28 @@ def test_malformed_evaluate_replies_are_rejected_not_fatal(tmp_path):
     evals = {k for k in h["metrics"] if k.startswith("eval/")}
     assert evals and all(k.count("/") == 2 for k in evals)  # the honest client's only
     assert "eval/action/acc" not in evals and "bogus" not in h["metrics"]
+
+
+def test_a_signed_report_with_a_huge_renyi_order_is_refused_in_the_round(tmp_path):
+    """A client signs, with its own key, a report declaring the order 10^9 (which would stall an
+    audit's recomputation): the coordinator refuses the update and the round goes on."""
+    from veilfed.clients.node import NodeState
+    from veilfed.privacy.reports import PrivacyReport, SignedReport, sign
+
+    settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=3, rounds=1))
+
+    def huge_order(reply: Message) -> Message:
+        cid = reply.content["reply"]["client-id"]
+        if cid == client_name(1):
+            signed = SignedReport.from_json(reply.content["reply"]["report"])
+            data = dict(signed.report.__dict__, orders=[1e9])
+            key = NodeState.in_run(settings.run_dir, cid).signing_key()
+            forged = sign(PrivacyReport(**data), key)
+            reply.content["reply"]["report"] = forged.to_json()
+        return reply
+
+    Coordinator(LocalGrid(3, tamper=huge_order), settings, tracker).run()
+    h = checkpoint.load(settings.run_dir).history[0]
+    assert list(h["rejected"]) == [client_name(1)]
+    assert "each order must be in (1, 256]" in h["rejected"][client_name(1)]
+    assert h["aggregated"] and h["metrics"]["round/accepted"] == 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ssl
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -54,8 +56,42 @@ def test_server_cert_chains_and_names_hosts(bundle: certs.CertBundle) -> None:
 
 
 def test_refuses_to_overwrite(bundle: certs.CertBundle) -> None:
-    with pytest.raises(UsageError, match="already holds a CA"):
+    with pytest.raises(UsageError, match="already holds ca.pem and .* more"):
         certs.create_bundle(bundle.out, 1)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("moved", [("ca.pem", "ca.key"), ("ca.pem", "ca.key", "app-signing.key")])
+def test_rerun_with_the_ca_moved_offline_changes_nothing(tmp_path, moved) -> None:
+    """Attack: move the CA away (as advised) and rerun `certs new` into the same directory."""
+    out = tmp_path / "certs"
+    certs.create_bundle(out, 2)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for name in moved:
+        (out / name).rename(offline / name)
+    before = _hashes(out)
+    proc = CliRunner().invoke(app, ["certs", "new", "--out", str(out), "--nodes", "3"])
+    assert proc.exit_code == 2, proc.output
+    assert "already holds" in proc.output and "nothing was written" in proc.output
+    assert _hashes(out) == before  # node, coordinator and signing keys untouched, nothing added
+    fresh = tmp_path / "fresh"
+    (fresh / "nodes").mkdir(parents=True)
+    (fresh / "nodes" / "client-0002.key").symlink_to(tmp_path / "nowhere")  # dangling counts
+    with pytest.raises(
+        UsageError,
+        match=r"already holds nodes/client-0002.key from .*nothing was written",
+    ):
+        certs.create_bundle(fresh, 3)
+    assert [p.name for p in fresh.rglob("*")] == ["nodes", "client-0002.key"]
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_expired_and_not_yet_valid(tmp_path) -> None:

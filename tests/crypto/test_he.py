@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from veilfed.crypto.he import (
+    Decrypted,
     EncryptedUpdate,
     HEContext,
     HEParams,
@@ -338,3 +339,68 @@ def test_decryption_floor_and_forged_counts(keys):
         decrypt_average(secret, relabelled, min_clients=3)
     with pytest.raises(CheckFailed, match="only 1 distinct"):
         decrypt_average(secret, dataclasses.replace(lone, contributors=["a"] * 3), min_clients=3)
+
+
+def _mask_attack(params: HEParams) -> Decrypted:
+    """The coordinator, holding only the public context, masks an honest 3-client aggregate's
+    tag and check slots onto client A's lone ciphertext (``S·tail + c_A·head``): one
+    ciphertext × plaintext multiplication. Returns what a client with the secret key decrypts."""
+    import tenseal as ts
+
+    from veilfed.crypto.he_packing import RESERVED_SLOTS
+
+    secret = new_context(params)
+    public = public_view(secret)
+    rng = np.random.default_rng(0)
+    xs = {c: rng.uniform(-0.5, 0.5, 10) for c in "ABC"}
+    ups = {c: encrypt_update(secret, xs[c], 5, contributor=f"R/1/{c}") for c in "ABC"}
+    honest, _ = aggregate(public, ups)
+    chunks = []
+    for s_blob, a_blob in zip(honest.chunks, ups["A"].chunks, strict=True):
+        s = ts.ckks_vector_from(public.ts_context, s_blob)
+        a = ts.ckks_vector_from(public.ts_context, a_blob)
+        tail = [0.0] * (s.size() - RESERVED_SLOTS) + [1.0] * RESERVED_SLOTS
+        chunks.append((s * tail + a * [1.0 - t for t in tail]).serialize())
+    forged = EncryptedUpdate(
+        key_id=honest.key_id,
+        size=honest.size,
+        chunks=chunks,
+        contributors=honest.contributors,
+        attested=honest.attested,
+        encrypt_ms=0.0,
+    )
+    result = decrypt_average(secret, forged, min_clients=3)
+    assert np.max(np.abs(result.average - xs["A"])) < 1e-5  # A's update, exposed
+    return result
+
+
+def test_keys_with_multiplicative_depth_defeat_the_floor_so_clients_refuse_them(
+    tmp_path: Path,
+) -> None:
+    """Why keys get one data prime: with FLARE's (60, 40, 40) chain the masking attack passes the
+    floor of 3 and a client decrypts client A's update alone; on the shipped parameters the
+    multiplication itself fails. So keygen refuses such parameters and a client refuses to load
+    such a secret context."""
+    import dataclasses
+
+    from veilfed.clients.secure import secret_context
+    from veilfed.crypto.he_keys import _pack
+
+    assert _mask_attack(HEParams.flare()).clients == 3  # the floor is bypassed
+    with pytest.raises(ValueError, match="scale out of bounds"):
+        _mask_attack(HEParams.for_bounds())
+    with pytest.raises(UsageError, match="multiplicative level"):
+        keygen(tmp_path / "flare", HEParams.flare())
+    assert not (tmp_path / "flare").exists()
+    # a FLARE-parameter secret.ctx made outside keygen (same file format) is refused on load,
+    # and so is a symmetric one: the depth, not the encryption type, is what matters
+    for i, params in enumerate(
+        (HEParams.flare(), dataclasses.replace(HEParams.flare(), symmetric=True))
+    ):
+        path = tmp_path / f"flare{i}.ctx"
+        path.write_bytes(_pack(new_context(params), secret=True))
+        path.chmod(0o600)
+        assert load_context(path, require_secret=True).params.depth == 1
+        with pytest.raises(UsageError, match="multiplicative level") as err:
+            secret_context(str(path))
+        assert str(path) in str(err.value) and "\n" not in str(err.value)

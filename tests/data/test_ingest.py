@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from veilfed.crypto.keys import FernetKey
 from veilfed.data import video
-from veilfed.data.ingest import ingest, ingest_to, load_labels
+from veilfed.data.ingest import free_id, ingest, ingest_to, load_labels
 from veilfed.data.scan import scan
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
@@ -98,7 +99,7 @@ def test_unreadable_skipped_with_reason_and_duplicates(sources, tmp_path) -> Non
     assert [c["clip_id"] for c in summary.ingested] == ["talk"]
     reasons = {Path(s["file"]).name: s["reason"] for s in summary.skipped}
     assert set(reasons) == {"talk.mp4", "notes.txt", "broken.mp4", "missing.mkv"}
-    assert "same content" in reasons["talk.mp4"] and "video" in reasons["notes.txt"]
+    assert "same file as" in reasons["talk.mp4"] and "video" in reasons["notes.txt"]
     assert all("\n" not in r for r in reasons.values())
     assert text.read_text() == "hello"  # inputs untouched
 
@@ -149,3 +150,67 @@ def test_ingest_to_creates_the_store_only_for_a_usable_video(sources, tmp_path) 
     done = ingest_to(tmp_path / "s", key, [junk, sources["mp4"]], {"talk": {"action": "up"}})
     assert [c["clip_id"] for c in done.ingested] == ["talk"]
     assert EncryptedStore.open(tmp_path / "s", key).labels("talk")["action"] == "up"
+
+
+def test_a_crafted_file_name_cannot_take_over_a_stored_clip(tmp_path) -> None:
+    """Attack: name a file after the id a later file would get on a stem clash (stem-<sha8>)."""
+    key = FernetKey.generate()
+    rng = np.random.default_rng(7)
+    x, y, z = (
+        video.encode_mp4(rng.integers(0, 255, (4, 16, 16, 3), np.uint8), None, 4) for _ in "xyz"
+    )
+    dirs = [tmp_path / d for d in ("d1", "d2", "d3")]
+    for d in dirs:
+        d.mkdir()
+    (dirs[0] / "a.mp4").write_bytes(x)
+    (dirs[1] / f"a-{hashlib.sha256(y).hexdigest()[:8]}.mp4").write_bytes(z)
+    (dirs[2] / "a.mp4").write_bytes(y)
+    for d in dirs:
+        assert len(ingest_to(tmp_path / "store", key, [d]).ingested) == 1
+    store = EncryptedStore.open(tmp_path / "store", key)
+    assert len(store) == 3
+    assert {store.read(cid)[0] for cid in store.ids()} == {x, y, z}  # nothing replaced
+    assert f"a-{hashlib.sha256(y).hexdigest()[:16]}" in store.ids()  # y moved on to a free id
+
+
+def test_free_id_walks_past_every_taken_candidate(tmp_path) -> None:
+    store = EncryptedStore.create(tmp_path / "store", FernetKey.generate())
+    digest = "ab" * 32
+    taken = ["a", f"a-{digest[:8]}", f"a-{digest[:16]}", f"a-{digest}", f"a-{digest}-2"]
+    with store.batch():
+        for cid in taken:
+            assert free_id(store, "a", digest) == cid
+            store.put(cid, b"v", {})
+    assert free_id(store, "a", digest) == f"a-{digest}-3"
+
+
+def _remux(src: Path, dst: Path) -> None:
+    """The same coded packets in another file (no decode, no re-encode)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+
+
+def test_remuxed_or_padded_copies_are_duplicates(sources, tmp_path) -> None:
+    """Attack: bypass the exact-bytes dedup with one trailing byte or another container."""
+    store = EncryptedStore.create(tmp_path / "store", FernetKey.generate())
+    assert len(ingest([sources["mp4"]], store).ingested) == 1
+    padded = tmp_path / "padded.mp4"
+    padded.write_bytes(sources["mp4"].read_bytes() + b"\0")
+    remuxed = tmp_path / "remuxed.mov"
+    _remux(sources["mp4"], remuxed)
+    assert remuxed.read_bytes() != sources["mp4"].read_bytes()
+    again = ingest([padded, remuxed], store)
+    assert again.ingested == [] and again.already_stored == 2
+    assert all("same decoded video and audio as clip 'talk'" in s["reason"] for s in again.skipped)
+    record = store.labels("talk")["source"]
+    assert record["content_sha256"] == video.content_digest(remuxed.read_bytes())[1]
+    # a changed picture is a different video: positive control on the content digest
+    other = tmp_path / "other.mp4"
+    frames = np.random.default_rng(0).integers(0, 255, (8, 36, 48, 3), dtype=np.uint8)
+    frames[0, 0, 0] ^= 0xFF
+    other.write_bytes(video.encode_mp4(frames, None, 8))
+    assert len(ingest([other], store).ingested) == 1

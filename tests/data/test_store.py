@@ -64,10 +64,22 @@ def test_roundtrip_and_layout(filled, key) -> None:
     assert '"a"' not in text and "action" not in text  # clip ids and labels are encrypted too
 
 
+def test_an_existing_id_is_never_replaced_by_default(filled, key) -> None:
+    store, _ = filled
+    before = store.read("b")
+    with pytest.raises(UsageError, match="clip 'b' is already in the store"):
+        store.put("b", b"other bytes", {"v": 2})
+    with pytest.raises(UsageError, match="already in the store"), store.batch():
+        store.put("new", b"n", {})
+        store.put_records("a", store.records("b"), store.entry("b"))
+    reopened = EncryptedStore.open(store.root, key)
+    assert reopened.read("b") == before and "new" not in reopened  # the batch committed nothing
+
+
 def test_replace_clip_removes_old_file(filled, key) -> None:
     store, _ = filled
     old = store.entry("b").file
-    store.put("b", b"new bytes", {"v": 2})
+    store.put("b", b"new bytes", {"v": 2}, replace=True)
     reopened = EncryptedStore.open(store.root, key)
     assert reopened.read("b") == (b"new bytes", {"v": 2})
     assert not (store.root / "clips" / old).exists()
@@ -110,7 +122,7 @@ def test_tampered_chunks_detected_no_partial_plaintext(filled, key, tamper: str)
 def test_replayed_old_version_detected(filled, key) -> None:
     store, _ = filled
     old_records = [bytes(r) for r in store.records("c")]
-    store.put("c", b"tiny", {"clip": "c", "version": 2})
+    store.put("c", b"tiny", {"clip": "c", "version": 2}, replace=True)
     _rewrite(store, "c", old_records)
     with pytest.raises(CheckFailed, match="from another version"):
         EncryptedStore.open(store.root, key).read("c")

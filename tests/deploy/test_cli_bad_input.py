@@ -86,7 +86,7 @@ def node(shard: Path, key: Path, trust_dir: Path, auth_key: Path, superlink: str
     return [
         "node", "start", "--superlink", superlink, "--shard", str(shard), "--key-file", str(key),
         "--certs", str(trust_dir), "--auth-key", str(auth_key), "--port", str(free_port()),
-        "--connect-tries", "3", "--state", str(shard.parent / "node-state"),
+        "--connect-tries", "3", "--state", str(shard.parent / "node-state"), "--budget", "8",
     ]  # fmt: skip
 
 
@@ -218,6 +218,21 @@ def test_node_privacy_policy_options_are_checked(
     args = node(bundle, key, trust.out, trust.node_key("client-0000"), "127.0.0.1:1")
     code, err, _ = run([*args, flag, value], tmp_path)
     assert message in error_line(code, err)
+
+
+def test_a_node_that_may_train_with_dp_needs_its_own_budget(
+    trust: certs.CertBundle, shard, tmp_path
+) -> None:
+    """Without --budget a DP run's coordinator would set the node's cap: refused at start,
+    before anything else is checked; a node that trains only without DP may omit it."""
+    bundle, key, _ = shard
+    args = node(bundle, key, trust.out, trust.node_key("client-0000"), "bad address")
+    args = args[: args.index("--budget")]
+    code, err, _ = run(args, tmp_path)
+    line = error_line(code, err)
+    assert line.startswith("error: --budget is required: the most epsilon this node's shard")
+    code, err, _ = run([*args, "--allow-no-dp"], tmp_path)
+    assert "--budget" not in error_line(code, err)  # past the budget check: the address
 
 
 @pytest.mark.parametrize("problem", ["missing", "readable", "not-ed25519"])

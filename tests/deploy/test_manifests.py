@@ -66,6 +66,14 @@ def check_flags(args: list[str], *command: str) -> dict[str, str]:
     return found
 
 
+def check_node_budget(nf: dict[str, str], where: str) -> None:
+    """A node that may train with DP sets its own ε cap; the coordinator never does."""
+    from veilfed.clients.policy import NodePolicy
+
+    assert "--budget" in nf, f"{where}: `veilfed node start` without --budget exits at start"
+    NodePolicy(budget=float(nf["--budget"])).check_start()
+
+
 def readme_command(prefix: str) -> list[str]:
     """Arguments of the one README command line (continuations joined) starting with ``prefix``."""
     lines = README.replace("\\\n", " ").splitlines()
@@ -91,6 +99,7 @@ def test_readme_processes_use_he() -> None:
     assert coord["--he-context"] == f"deploy/he/{PUBLIC_NAME}"
     node = check_flags(readme_command("veilfed node start "), "node", "start")
     assert node["--he-context"] == f"deploy/he/{SECRET_NAME}"
+    check_node_budget(node, "deploy/README.md")
     chown = readme_command("sudo chown -R 10001:10001 ")
     assert {"deploy/certs", "deploy/data", "deploy/he"} <= set(chown)
 
@@ -217,6 +226,7 @@ def test_compose_ports_and_commands(
         cid = f"client-{i:04d}"
         nf = check_flags(node["command"], "node", "start")
         assert nf["--superlink"] == f"coordinator:{PORT}"
+        check_node_budget(nf, f"compose node-{i}")
         mounts = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"]}
         assert mounts[nf["--auth-key"]] == f"./certs/nodes/{cid}.key"
         assert mounts[f"{nf['--certs']}/ca.pem"] == "./certs/ca.pem"
@@ -429,6 +439,7 @@ def check_node_pod(cid: str, spec: dict[str, Any], secrets: dict[str, list[str]]
     node, init = spec["containers"][0], spec["initContainers"][0]
     nf = check_flags(node["args"], "node", "start")  # the image's `veilfed node start`
     assert nf["--superlink"] == f"veilfed-coordinator:{PORT}"
+    check_node_budget(nf, f"k8s {cid}")
     assert nf["--shard"] == f"/data/{cid}.vfs"
     script = init["args"][0]
     assert "install -m 600" in script  # keys made private before veilfed checks their mode

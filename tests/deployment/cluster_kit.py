@@ -156,8 +156,11 @@ def node_args(
     state: Path,
     *extra: str,
 ) -> list[str]:
+    """A node on ``shard``; its own budget is 8 (``experiments/nodes.toml``'s) unless ``extra``
+    names ``--budget``."""
+    budget = [] if "--budget" in extra else ["--budget", "8"]
     return [
         "node", "start", "--superlink", superlink, "--shard", str(shard), "--key-file", str(key),
         "--certs", str(certs_dir), "--auth-key", str(auth_key), "--state", str(state),
-        "--port", str(free_port()), *extra,
+        "--port", str(free_port()), *budget, *extra,
     ]  # fmt: skip

@@ -19,9 +19,10 @@ CLIENTS = ("client-0000", "client-0001")
 def test_spent_budget_declines_with_a_clear_log_line(
     cluster: Cluster, trust: certs.CertBundle, shards, tmp_path: Path
 ) -> None:
-    # σ is calibrated for ε = 8 after both rounds; a budget of 6.5 fits round 1 only.
+    # σ is calibrated for ε = 8 after both rounds; each node's own --budget 6.5 fits round 1
+    # only (the run asks no budget of its own: its ε of 8 would allow both).
     config = tmp_path / "budget.toml"
-    config.write_text(CONFIG.replace("clients = 3", "clients = 2") + "budget = 6.5\n")
+    config.write_text(CONFIG.replace("clients = 3", "clients = 2"))
     auth = tmp_path / "auth-keys"
     auth.mkdir()
     for cid in CLIENTS:
@@ -33,9 +34,10 @@ def test_spent_budget_declines_with_a_clear_log_line(
     nodes = {}
     for cid in CLIENTS:
         shard, key = shards[cid]
-        nodes[cid] = cluster.start(
-            cid, node_args(address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid)
+        own_budget = node_args(
+            address, shard, key, trust.out, trust.node_key(cid), tmp_path / cid, "--budget", "6.5"
         )
+        nodes[cid] = cluster.start(cid, own_budget)
     code = coord.popen.wait(timeout=400)
     log = coord.text()
     assert code == 0, log[-6000:]

@@ -285,7 +285,7 @@ def _signed_with(report, **changes):
         ({"noise_multiplier": -1.0}, "field 'noise_multiplier' must be > 0"),
         ({"sample_rate": 2.0}, "field 'sample_rate' must be in (0, 1]"),
         ({"steps_round": 10**12, "steps_total": 10**12}, "must be in [1, 1000000000]"),
-        ({"orders": (0.5, 2.0)}, "each order must be > 1"),
+        ({"orders": (0.5, 2.0)}, "each order must be in (1, 256]"),
     ],
 )
 def test_malformed_signed_reports_cannot_be_audited(store, tmp_path, changes, message) -> None:
@@ -455,3 +455,36 @@ def test_coordinator_rejects_reports_bound_to_another_run_model_or_delta(tmp_pat
         ]
         == []
     )
+
+
+_RND = {"model_digest": "0" * 64, "sampled": [], "reported": [], "accepted": []}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [{"kind": "round", "round": 2, **_RND}, {"kind": "round", "round": 2, **_RND}],
+            "round 2 after round 2; rounds must ascend",
+        ),
+        (
+            [{"kind": "round", "round": 3, **_RND}, {"kind": "round", "round": 1, **_RND}],
+            "round 1 after round 3",
+        ),
+        ([{"kind": "settings", "delta": 1e-5}], "a second settings entry"),
+        ([{"kind": "release", "round": 1}], "entry kind 'release' is not settings"),
+        ([{"kind": "end", "rounds": 1}], "entry after the closing entry"),
+        ([{"kind": "round", "round": True, **_RND}], "field 'round' must be an integer >= 1"),
+        ([{"kind": "round", "round": 1, **_RND, "aggregated": "yes"}], "'aggregated' must be"),
+    ],
+)
+def test_malformed_signed_round_log_is_one_line_usage_error(tmp_path, entries, message) -> None:
+    """Signed by the real coordinator key, but not a log the audit can read: exit 2, one line."""
+    from veilfed.privacy.audit_log import RoundLogWriter
+
+    writer = RoundLogWriter(tmp_path, "run-a")
+    settings = {"kind": "settings", "delta": 1e-5, "epsilon_budget": 8.0, "clients": {}}
+    writer._write([settings, *entries, {"kind": "end", "rounds": 1}])
+    with pytest.raises(UsageError, match="round_log.jsonl line") as err:
+        read_round_log(writer.path.read_text(), writer.key.public_key(), "run-a")
+    assert message in str(err.value) and "\n" not in str(err.value)
