@@ -27,25 +27,50 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from veilfed.clients.inputs import ClientInputs, client_inputs
-from veilfed.coordinator.server_app import (
-    REFUSED_MODEL,
-    REPLY_KEY,
-    SETTINGS_KEY,
-    STATUS_DECLINED,
-    STATUS_TRAINED,
-)
-from veilfed.coordinator.settings import SimSettings
-from veilfed.coordinator.strategies import UNIT_WEIGHT_KEY, WEIGHT_KEY
 from veilfed.errors import CheckFailed
 from veilfed.federation.digest import model_digest
+from veilfed.federation.keys import (
+    ARRAYS_RECORD,
+    CLIENT_ID,
+    CLIPS,
+    CONFIG_RECORD,
+    DECRYPT_MS,
+    GLOBAL_KEY,
+    HE_KEY_ID,
+    MAX_ABS_ERROR,
+    METRICS_RECORD,
+    PROXIMAL_MU_KEY,
+    REASON,
+    REFUSED_MODEL,
+    REPLY_KEY,
+    REPORT,
+    ROUND_KEY,
+    SETTINGS_KEY,
+    SHADOW_FLAT,
+    SHADOW_RECORD,
+    SHADOW_WEIGHT,
+    SIGNING_KEY,
+    STATUS,
+    STATUS_DECLINED,
+    STATUS_TRAINED,
+    TRAIN_EXAMPLES,
+    TRAIN_LOSS,
+    UNIT_WEIGHT_KEY,
+    UPDATE_BYTES,
+    UPDATE_RECORD,
+    WEIGHT_KEY,
+    WITHHELD,
+    eval_metric,
+)
+from veilfed.federation.settings import RunSettings
 
 log = logging.getLogger("veilfed.client")
 
 app = ClientApp()
 
 
-def _settings(msg: Message) -> SimSettings:
-    return SimSettings.from_json(str(msg.content["config"][SETTINGS_KEY]), "message settings")
+def _settings(msg: Message) -> RunSettings:
+    return RunSettings.from_json(str(msg.content[CONFIG_RECORD][SETTINGS_KEY]), "message settings")
 
 
 def injected_failure(seed: int, cid: str, rnd: int, rate: float) -> bool:
@@ -63,21 +88,21 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def _declined(msg: Message, cid: str, reason: str, refused_model: bool = False) -> Message:
     """A one-line declined reply without numbers; logged on the node too."""
     log.warning("%s", reason)
-    info = ConfigRecord({"client-id": cid, "status": STATUS_DECLINED, "reason": reason})
+    info = ConfigRecord({CLIENT_ID: cid, STATUS: STATUS_DECLINED, REASON: reason})
     if refused_model:
         info[REFUSED_MODEL] = True
     return Message(RecordDict({REPLY_KEY: info}), reply_to=msg)
 
 
 def _global_model(
-    msg: Message, settings: SimSettings, inputs: ClientInputs
+    msg: Message, settings: RunSettings, inputs: ClientInputs
 ) -> tuple[dict[str, np.ndarray], Any]:
     """The message's global model and its HE decryption (None without HE or in round 1).
 
     Raises ``CheckFailed`` when the client refuses the encrypted aggregate.
     """
     if not settings.he.enabled:
-        return {k: a.numpy() for k, a in msg.content["arrays"].items()}, None
+        return {k: a.numpy() for k, a in msg.content[ARRAYS_RECORD].items()}, None
     from veilfed.clients.secure import global_model
 
     return global_model(settings, inputs.he_secret, msg, inputs.he_min_contributors)
@@ -99,17 +124,17 @@ def query(msg: Message, context: Context) -> Message:
     train_ids, _ = split_shard(settings, inputs)
     reply = ConfigRecord(
         {
-            "client-id": inputs.client_id,
-            "clips": len(inputs.clip_ids),
-            "train-examples": len(train_ids),
+            CLIENT_ID: inputs.client_id,
+            CLIPS: len(inputs.clip_ids),
+            TRAIN_EXAMPLES: len(train_ids),
         }
     )
     if settings.privacy.enabled and settings.federated.sign_reports:
-        reply["signing-key"] = inputs.state.public_key_pem().decode()
+        reply[SIGNING_KEY] = inputs.state.public_key_pem().decode()
     if settings.he.enabled and inputs.he_secret:
         from veilfed.clients.secure import secret_context
 
-        reply["he-key-id"] = secret_context(inputs.he_secret).key_id
+        reply[HE_KEY_ID] = secret_context(inputs.he_secret).key_id
     return Message(RecordDict({REPLY_KEY: reply}), reply_to=msg)
 
 
@@ -120,8 +145,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = _settings(msg)
     inputs = client_inputs(settings, context.node_config)
     cid = inputs.client_id
-    config = msg.content["config"]
-    rnd = int(config["server-round"])
+    config = msg.content[CONFIG_RECORD]
+    rnd = int(config[ROUND_KEY])
     if injected_failure(settings.seed, cid, rnd, settings.federated.failure_rate):
         raise RuntimeError(f"client {cid}: injected failure in round {rnd} (failure_rate)")
     try:
@@ -130,8 +155,6 @@ def train(msg: Message, context: Context) -> Message:
         return _declined(msg, cid, f"client {cid}: {exc}", refused_model=True)
     blob = None
     if settings.he.enabled:
-        from veilfed.clients.secure import GLOBAL_KEY
-
         blob = config.get(GLOBAL_KEY)
     # The model as sent (the ciphertext under HE): what a replay must match and a report names.
     digest = model_digest(None if blob is not None else arrays, blob)
@@ -140,29 +163,31 @@ def train(msg: Message, context: Context) -> Message:
         inputs,
         rnd,
         arrays,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),
         model_digest=digest,
     )
-    info = ConfigRecord({"client-id": cid})
+    info = ConfigRecord({CLIENT_ID: cid})
     if result.declined is not None:
-        info["status"] = STATUS_DECLINED
-        info["reason"] = result.declined
+        info[STATUS] = STATUS_DECLINED
+        info[REASON] = result.declined
         return Message(RecordDict({REPLY_KEY: info}), reply_to=msg)
-    info["status"] = STATUS_TRAINED
+    info[STATUS] = STATUS_TRAINED
     if result.report is not None:
-        info["report"] = result.report
+        info[REPORT] = result.report
     if settings.he.enabled:
         return _encrypted_reply(msg, settings, inputs, arrays, result, info)
     metrics = MetricRecord({WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1})
     if inputs.simulated:
-        metrics["train/loss"] = result.loss
-    content = RecordDict({"arrays": _record(result.arrays), "metrics": metrics, REPLY_KEY: info})
+        metrics[TRAIN_LOSS] = result.loss
+    content = RecordDict(
+        {ARRAYS_RECORD: _record(result.arrays), METRICS_RECORD: metrics, REPLY_KEY: info}
+    )
     return Message(content, reply_to=msg)
 
 
 def _encrypted_reply(
     msg: Message,
-    settings: SimSettings,
+    settings: RunSettings,
     inputs: ClientInputs,
     start: dict[str, np.ndarray],
     result: Any,
@@ -177,28 +202,23 @@ def _encrypted_reply(
     adds the plaintext weights and count for ``he/max_abs_error``; they are never aggregated, and
     a real node never sends them, whatever the settings it receives say.
     """
-    from veilfed.clients.secure import (
-        SHADOW_WEIGHT,
-        UPDATE_RECORD,
-        contributor_label,
-        encrypt_weights,
-    )
+    from veilfed.clients.secure import contributor_label, encrypt_weights
 
     metrics = MetricRecord({WEIGHT_KEY: 1, UNIT_WEIGHT_KEY: 1})
     if inputs.simulated:
-        metrics["train/loss"] = result.loss
-    rnd = int(msg.content["config"]["server-round"])
+        metrics[TRAIN_LOSS] = result.loss
+    rnd = int(msg.content[CONFIG_RECORD][ROUND_KEY])
     label = contributor_label(settings.run_id, rnd, inputs.client_id)
     try:
         update = encrypt_weights(
             settings, inputs.he_secret, result.arrays, start, result.num_examples, label
         )
-        he = ConfigRecord({"update": update.to_bytes()})
+        he = ConfigRecord({UPDATE_BYTES: update.to_bytes()})
     except CheckFailed as exc:
-        he = ConfigRecord({"withheld": str(exc)})
-    content = RecordDict({"metrics": metrics, REPLY_KEY: info, UPDATE_RECORD: he})
+        he = ConfigRecord({WITHHELD: str(exc)})
+    content = RecordDict({METRICS_RECORD: metrics, REPLY_KEY: info, UPDATE_RECORD: he})
     if settings.he.shadow and inputs.simulated:
-        content["arrays"] = _record(result.arrays)
+        content[ARRAYS_RECORD] = _record(result.arrays)
         metrics[SHADOW_WEIGHT] = result.num_examples
     return Message(content, reply_to=msg)
 
@@ -225,15 +245,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     num_examples, metrics = evaluate_round(settings, inputs, arrays)
     record = MetricRecord({WEIGHT_KEY: num_examples})
     if decrypted is not None:
-        from veilfed.clients.secure import SHADOW_RECORD
-
-        record["he/decrypt_ms"] = decrypted.decrypt_ms
+        record[DECRYPT_MS] = decrypted.decrypt_ms
         shadow = msg.content.array_records.get(SHADOW_RECORD)
         if shadow is not None:
-            reference = shadow["flat"].numpy()
-            record["he/max_abs_error"] = float(np.max(np.abs(decrypted.average - reference)))
+            reference = shadow[SHADOW_FLAT].numpy()
+            record[MAX_ABS_ERROR] = float(np.max(np.abs(decrypted.average - reference)))
     for task, values in metrics.items():
         for metric, value in values.items():
-            record[f"eval/{task}/{metric}"] = float(value)
-    info = ConfigRecord({"client-id": cid})
-    return Message(RecordDict({"metrics": record, REPLY_KEY: info}), reply_to=msg)
+            record[eval_metric(task, metric)] = float(value)
+    info = ConfigRecord({CLIENT_ID: cid})
+    return Message(RecordDict({METRICS_RECORD: record, REPLY_KEY: info}), reply_to=msg)

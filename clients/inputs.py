@@ -23,17 +23,26 @@ from typing import Any
 
 from veilfed.clients.node import NodeState
 from veilfed.clients.policy import NodePolicy
-from veilfed.coordinator.settings import SimSettings, load_missing, load_shards
 from veilfed.crypto.keys import FernetKey, read_key_file
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
+from veilfed.federation.keys import (
+    NODE_CLIENT_ID,
+    NODE_HE_CONTEXT,
+    NODE_HE_FLOOR,
+    NODE_KEY_FILE,
+    NODE_SHARE_EVAL,
+    NODE_STATE_DIR,
+    NODE_STORE,
+    PARTITION_ID,
+    REAL_NODE_KEYS,
+)
+from veilfed.federation.rundir import SHARDS_FILE, load_missing, load_shards
+from veilfed.federation.settings import RunSettings
 
-REAL_NODE_KEYS = ("client-id", "store", "key-file", "state-dir")
-# Node config (``veilfed node start``): whether the held-out clips are evaluable, i.e. metrics on
-# them may leave the node (``--share-eval-metrics``; default: no), and the fewest contributors an
-# HE aggregate must sum before this node decrypts it (``--he-min-contributors``).
-SHARE_EVAL_KEY = "share-eval-metrics"
-HE_FLOOR_KEY = "he-min-contributors"
+# A node decrypts an HE aggregate only if it sums at least this many contributors, unless its
+# node config (``--he-min-contributors``) says otherwise. Held-out metrics stay on a real node
+# unless its node config marks them evaluable (``--share-eval-metrics``).
 DEFAULT_HE_FLOOR = 3
 
 
@@ -76,18 +85,18 @@ def _run_tables(run_dir: str) -> tuple[dict[str, list[str]], dict[str, list[str]
 
 
 def is_real_node(node_config: dict[str, Any]) -> bool:
-    return "client-id" in node_config
+    return NODE_CLIENT_ID in node_config
 
 
-def client_inputs(settings: SimSettings, node_config: dict[str, Any]) -> ClientInputs:
+def client_inputs(settings: RunSettings, node_config: dict[str, Any]) -> ClientInputs:
     """The inputs of the client this node (real) or partition (simulation) is."""
     if is_real_node(node_config):
         return _real_node(node_config)
-    cid = client_name(int(node_config["partition-id"]))
+    cid = client_name(int(node_config[PARTITION_ID]))
     shards, missing = _run_tables(settings.run_dir)
     ids = shards.get(cid)
     if not ids:
-        raise UsageError(f"client {cid}: no shard in {settings.run_dir}/shards.json")
+        raise UsageError(f"client {cid}: no shard in {settings.run_dir}/{SHARDS_FILE}")
     return ClientInputs(
         client_id=cid,
         store=settings.store,
@@ -107,8 +116,8 @@ def _real_node(cfg: dict[str, Any]) -> ClientInputs:
         raise UsageError(
             f"node config lacks {', '.join(absent)}; start the node with `veilfed node start`"
         )
-    cid = str(cfg["client-id"])
-    store, key_file = str(cfg["store"]), str(cfg["key-file"])
+    cid = str(cfg[NODE_CLIENT_ID])
+    store, key_file = str(cfg[NODE_STORE]), str(cfg[NODE_KEY_FILE])
     ids = _node_store_ids(store, key_file)
     if not ids:
         raise UsageError(f"client {cid}: node store {store} holds no clips; check --shard")
@@ -118,12 +127,12 @@ def _real_node(cfg: dict[str, Any]) -> ClientInputs:
         key_file=key_file,
         clip_ids=ids,
         missing=(),
-        state=NodeState.on_node(Path(str(cfg["state-dir"])), cid, _client_key(key_file)),
-        he_secret=str(cfg.get("he-context") or ""),
+        state=NodeState.on_node(Path(str(cfg[NODE_STATE_DIR])), cid, _client_key(key_file)),
+        he_secret=str(cfg.get(NODE_HE_CONTEXT) or ""),
         simulated=False,
         policy=NodePolicy.from_node_config(cfg),
-        share_eval=cfg.get(SHARE_EVAL_KEY) is True,
-        he_min_contributors=he_floor(cfg.get(HE_FLOOR_KEY, DEFAULT_HE_FLOOR)),
+        share_eval=cfg.get(NODE_SHARE_EVAL) is True,
+        he_min_contributors=he_floor(cfg.get(NODE_HE_FLOOR, DEFAULT_HE_FLOOR)),
     )
 
 

@@ -53,14 +53,10 @@ import numpy as np
 
 from veilfed.crypto.keys import FernetKey, InvalidToken
 from veilfed.errors import UsageError
+from veilfed.federation.rundir import SIGNING_KEY_FILE, client_dir
 from veilfed.io import write_bytes_atomic
 from veilfed.privacy.accounting import AccountantStore, ClientAccountant, check_client_id
-from veilfed.privacy.reports import (
-    KeyRegistry,
-    generate_signing_key,
-    load_signing_key,
-    public_key_path,
-)
+from veilfed.privacy.reports import generate_signing_key, load_signing_key, public_key_path
 
 _META = "__release__"  # npz entry holding the release's JSON metadata (bytes)
 RELEASE_KEY_CONTEXT = "veilfed/node-release"  # derives the release key from the client's key
@@ -103,7 +99,7 @@ class NodeState:
     ) -> None:
         self.client_id = check_client_id(client_id)
         self.dir = Path(directory)
-        self._key_path = Path(key_path) if key_path is not None else self.dir / "signing.key"
+        self._key_path = Path(key_path) if key_path is not None else self.dir / SIGNING_KEY_FILE
         self.accountants = AccountantStore(self.dir / "accountant")
         self._release_key = None if client_key is None else client_key.derive(RELEASE_KEY_CONTEXT)
 
@@ -112,7 +108,7 @@ class NodeState:
         cls, run_dir: str | Path, client_id: str, client_key: FernetKey | None = None
     ) -> NodeState:
         """A virtual client's state inside the simulation's run directory (per run)."""
-        return cls(Path(run_dir) / "clients" / client_id, client_id, client_key=client_key)
+        return cls(client_dir(run_dir, client_id), client_id, client_key=client_key)
 
     @classmethod
     def on_node(
@@ -218,18 +214,3 @@ class NodeState:
         if not self.key_path.exists():
             generate_signing_key(self.key_path)
         return public_key_path(self.key_path).read_bytes()
-
-
-def provision(run_dir: str | Path, client_ids: list[str]) -> KeyRegistry:
-    """Give every client a signing key and register the public halves with the coordinator.
-
-    On a real node the node creates its own key and the coordinator pins the public half it
-    offers at discovery (``Coordinator._admit``); in simulation the run setup plays both parts.
-    """
-    registry = KeyRegistry(Path(run_dir) / "keys")
-    for cid in client_ids:
-        node = NodeState.in_run(run_dir, cid)
-        if not node.key_path.exists():
-            generate_signing_key(node.key_path)
-        registry.register(cid, public_key_path(node.key_path))
-    return registry

@@ -32,13 +32,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from veilfed.coordinator.settings import ClientPrivacy
 from veilfed.errors import UsageError
+from veilfed.federation.keys import NODE_ACCOUNTANTS_KEY as ACCOUNTANTS_KEY
+from veilfed.federation.keys import NODE_ALLOW_NO_DP as NO_DP_KEY
+from veilfed.federation.keys import NODE_BUDGET as BUDGET_KEY
+from veilfed.federation.keys import NODE_MAX_DELTA as MAX_DELTA_KEY
+from veilfed.federation.sections import ClientPrivacy
 
-BUDGET_KEY = "epsilon-budget"
-MAX_DELTA_KEY = "max-delta"
-ACCOUNTANTS_KEY = "accountants"
-NO_DP_KEY = "allow-no-dp"
 NODE_ACCOUNTANTS = ("rdp", "prv")  # rigorous bounds; gdp is a CLT approximation
 
 

@@ -25,24 +25,19 @@ from typing import Any
 import numpy as np
 from flwr.common import MessageType
 
-from veilfed.coordinator.settings import SimSettings
 from veilfed.crypto.he import (
-    ArraySpec,
     Decrypted,
     EncryptedUpdate,
     HEContext,
     decrypt_average,
     encrypt_update,
-    flatten,
     load_context,
     unflatten,
 )
 from veilfed.errors import CheckFailed, UsageError
-
-GLOBAL_KEY = "he-global"  # config entry (bytes): the encrypted aggregate of the last round
-UPDATE_RECORD = "he"  # reply ConfigRecord: "update" (bytes) or "withheld" (reason)
-SHADOW_RECORD = "shadow"  # evaluate message ArrayRecord (test runs): plaintext FedAvg, flat
-SHADOW_WEIGHT = "he/shadow-weight"  # reply metric (test runs): the client's sample count
+from veilfed.federation.keys import ARRAYS_RECORD, CONFIG_RECORD, GLOBAL_KEY, ROUND_KEY
+from veilfed.federation.settings import RunSettings
+from veilfed.federation.weights import layout, to_flat
 
 
 @functools.lru_cache(maxsize=4)
@@ -64,25 +59,6 @@ def secret_context(path: str) -> HEContext:
             "`veilfed node start ... --he-context secret.ctx` (from `veilfed he keygen`)"
         )
     return _secret(path)
-
-
-@functools.lru_cache(maxsize=4)
-def _layout(settings_json: str) -> tuple[tuple[str, ...], tuple[ArraySpec, ...]]:
-    from veilfed.clients.trainer import initial_arrays
-
-    arrays = initial_arrays(SimSettings.from_json(settings_json))
-    _, specs = flatten(list(arrays.values()))
-    return tuple(arrays), tuple(specs)
-
-
-def layout(settings: SimSettings) -> tuple[tuple[str, ...], tuple[ArraySpec, ...]]:
-    """Tensor names (state-dict order) and specs of the model every flat vector follows."""
-    return _layout(settings.to_json())
-
-
-def to_flat(settings: SimSettings, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    names, _ = layout(settings)
-    return flatten([arrays[k] for k in names])[0]
 
 
 def contributor_label(run_id: str, rnd: int, client_id: str) -> str:
@@ -120,7 +96,7 @@ def check_contributors(
 
 
 def global_model(
-    settings: SimSettings, secret_path: str, message: Any, min_contributors: int = 1
+    settings: RunSettings, secret_path: str, message: Any, min_contributors: int = 1
 ) -> tuple[dict[str, np.ndarray], Decrypted | None]:
     """The global model a train/evaluate message stands for, and the decryption (None: round 1).
 
@@ -128,13 +104,13 @@ def global_model(
     weights); afterwards the message must carry the encrypted aggregate, of at least
     ``min_contributors`` distinct clients. Raises ``CheckFailed`` when the client refuses it.
     """
-    blob = message.content["config"].get(GLOBAL_KEY)
+    blob = message.content[CONFIG_RECORD].get(GLOBAL_KEY)
     if blob is None:
-        return {k: a.numpy() for k, a in message.content["arrays"].items()}, None
+        return {k: a.numpy() for k, a in message.content[ARRAYS_RECORD].items()}, None
     update = EncryptedUpdate.from_bytes(bytes(blob))
     # A train message of round r carries the aggregate of an earlier round; an evaluate message
     # may carry the one round r itself just produced.
-    rnd = int(message.content["config"].get("server-round", 0))
+    rnd = int(message.content[CONFIG_RECORD].get(ROUND_KEY, 0))
     before = rnd if message.metadata.message_type == MessageType.TRAIN else rnd + 1
     check_contributors(update.contributors, settings.run_id, before)
     result = decrypt_average(secret_context(secret_path), update, min_clients=min_contributors)
@@ -143,7 +119,7 @@ def global_model(
 
 
 def encrypt_weights(
-    settings: SimSettings,
+    settings: RunSettings,
     secret_path: str,
     new: dict[str, np.ndarray],
     start: dict[str, np.ndarray],

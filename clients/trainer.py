@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 
 from veilfed.clients.inputs import ClientInputs
 from veilfed.clients.node import Release, ReleaseKey
-from veilfed.coordinator.settings import SimSettings
+from veilfed.federation.settings import RunSettings
+from veilfed.federation.weights import experiment
+from veilfed.model import create_model, load_state, numpy_state
 from veilfed.privacy.accounting import ClientAccountant
 
 log = logging.getLogger("veilfed.client")
@@ -43,7 +45,7 @@ class RoundResult:
     declined: str | None = None
 
 
-def _seed(settings: SimSettings, cid: str, rnd: int) -> int:
+def _seed(settings: RunSettings, cid: str, rnd: int) -> int:
     return int(
         np.random.SeedSequence([settings.seed, zlib.crc32(cid.encode()), rnd]).generate_state(1)[0]
     )
@@ -55,21 +57,6 @@ def _threads() -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _experiment(config_json: str) -> Any:
-    import json
-
-    from veilfed.config import parse_config
-
-    return parse_config(json.loads(config_json), "run settings")
-
-
-def experiment(settings: SimSettings) -> Any:
-    import json
-
-    return _experiment(json.dumps(settings.config, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=2)
 def _store(path: str, key_file: str) -> Any:
     from veilfed.crypto.keys import read_key_file
     from veilfed.data.store import EncryptedStore
@@ -77,7 +64,7 @@ def _store(path: str, key_file: str) -> Any:
     return EncryptedStore.open(path, read_key_file(key_file))
 
 
-def split_shard(settings: SimSettings, inputs: ClientInputs) -> tuple[list[str], list[str]]:
+def split_shard(settings: RunSettings, inputs: ClientInputs) -> tuple[list[str], list[str]]:
     """(train ids, held-out ids) of a client's shard; the split is fixed per (seed, client)."""
     ids = list(inputs.clip_ids)
     rng = np.random.default_rng([settings.seed, zlib.crc32(inputs.client_id.encode())])
@@ -87,7 +74,7 @@ def split_shard(settings: SimSettings, inputs: ClientInputs) -> tuple[list[str],
 
 
 def _dataset(
-    settings: SimSettings, inputs: ClientInputs, ids: list[str], train: bool = False
+    settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False
 ) -> Any:
     """The client's clips, without the modalities its partition lacks; the config's
     augmentations apply to its training split only."""
@@ -106,25 +93,8 @@ def _dataset(
     )
 
 
-def _model(settings: SimSettings, arrays: dict[str, np.ndarray] | None) -> torch.nn.Module:
-    from veilfed.model import create_model
-
-    model = create_model(experiment(settings).model)
-    if arrays is not None:
-        state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
-        model.load_state_dict(state)
-    return model
-
-
-def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def initial_arrays(settings: SimSettings) -> dict[str, np.ndarray]:
-    """The global model every run starts from: the model core initialised with the run seed."""
-    _threads()
-    torch.manual_seed(settings.seed)
-    return _numpy_state(_model(settings, None))
+def _model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+    return load_state(create_model(experiment(settings).model), arrays)
 
 
 def _memoize_rdp() -> None:
@@ -147,7 +117,7 @@ def _calibrated(epsilon: float, delta: float, rate: float, steps: int, accountan
     return calibrate_noise(epsilon, delta, rate, steps, accountant=accountant)
 
 
-def noise_multiplier(settings: SimSettings, sample_rate: float, steps_per_round: int) -> float:
+def noise_multiplier(settings: RunSettings, sample_rate: float, steps_per_round: int) -> float:
     """σ as given, or calibrated so that *every* planned round together stays within ε."""
     p = settings.privacy
     if p.noise_multiplier > 0:
@@ -174,7 +144,7 @@ def _proximal_step(model: torch.nn.Module, anchor: dict[str, torch.Tensor], rate
 _UNUSED: dict[str, frozenset[str]] = {}
 
 
-def _freeze_unused(settings: SimSettings, model: torch.nn.Module, dataset: Any) -> None:
+def _freeze_unused(settings: RunSettings, model: torch.nn.Module, dataset: Any) -> None:
     """Freeze parameters the configured tasks never reach (e.g. pixel decoder without pixel
     tasks): Opacus needs a per-sample gradient for every trainable parameter. Found once per
     config with one plain backward pass on one sample."""
@@ -202,7 +172,7 @@ def _declined(reason: str) -> RoundResult:
 
 
 def train_round(
-    settings: SimSettings,
+    settings: RunSettings,
     inputs: ClientInputs,
     rnd: int,
     arrays: dict[str, np.ndarray],
@@ -260,7 +230,7 @@ def train_round(
 
 
 def _train(
-    settings: SimSettings,
+    settings: RunSettings,
     inputs: ClientInputs,
     rnd: int,
     arrays: dict[str, np.ndarray],
@@ -347,7 +317,7 @@ def _train(
 
             report = json.dumps(asdict(rep), sort_keys=True)
     return RoundResult(
-        _numpy_state(model),
+        numpy_state(model),
         len(train_ids),
         float(np.mean(losses)) if losses else math.nan,
         report,
@@ -394,7 +364,7 @@ def _batch_size(batch: Any) -> int:
 
 
 def evaluate_round(
-    settings: SimSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
+    settings: RunSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """Per-task metrics of the global model on the client's held-out split."""
     from veilfed.data.dataset import collate

@@ -1,5 +1,6 @@
-"""A simulation run's lifecycle: prepare (checks, store, shards, keys, MLflow), run on Flower's
-simulation engine (Ray) or inside a ServerApp (``flwr run .``), resume, finish and report.
+"""A simulation run's lifecycle: prepare (checks, store, shards, keys, MLflow), run inside a
+ServerApp (``flwr run .``, or Flower's simulation engine on Ray through
+``veilfed.deploy.simulation``), resume, finish and report.
 
 Everything that can be wrong with the input (config, ε/δ, fraction, store, shards) is checked
 *before* an MLflow run exists; after that, any failure marks the run FAILED. The run's state lives
@@ -14,21 +15,22 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from veilfed.coordinator.strategies import federated_config
 from veilfed.errors import UsageError
+from veilfed.federation.rundir import RUNS_DIR, SIGNING_KEY_FILE, client_dir, save_shards
+from veilfed.federation.sections import ClientPrivacy, HEConfig
+from veilfed.federation.settings import SETTINGS_FILE, RunSettings
+from veilfed.privacy.reports import KeyRegistry, generate_signing_key, public_key_path
 
-RUNS_DIR = "runs"
 SHOWN_CLIENTS = 20  # per-client lines printed; all of them are in the summary
 
 
 def resolve_privacy(cfg: Any, fed_budget: float, epsilon: float | None, delta: float | None):  # type: ignore[no-untyped-def]
     """Client DP settings: config [privacy], overridden by --epsilon/--delta."""
-    from veilfed.coordinator.settings import ClientPrivacy
-
     p = cfg.privacy
     eps = math.inf
     sigma = 0.0
@@ -116,12 +118,11 @@ def _resolve(
     import tomllib
 
     from veilfed.config import load_config
-    from veilfed.coordinator.settings import FederatedConfig, HEConfig
 
     cfg = load_config(config)
     raw = tomllib.loads(config.read_text(encoding="utf-8"))
     raw.setdefault("name", config.stem)
-    fed = FederatedConfig.from_dict({**cfg.federated, **overrides}, f"{config}: [federated]")
+    fed = federated_config({**cfg.federated, **overrides}, f"{config}: [federated]")
     raw["federated"] = {**cfg.federated, **overrides}
     privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
     he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
@@ -171,8 +172,6 @@ def prepare(
     he_dir: Path | None = None,
 ):  # type: ignore[no-untyped-def]
     """Validate everything, then open the MLflow run and lay out the run directory."""
-    from veilfed.clients.node import provision
-    from veilfed.coordinator.settings import SimSettings, save_shards
     from veilfed.tracking import start_run, tracking_uri
 
     cfg, raw, fed, privacy, he_cfg = _resolve(config, overrides, epsilon, delta, he)
@@ -203,7 +202,7 @@ def prepare(
         run_dir.mkdir(parents=True, exist_ok=False)
         if he_params is not None:
             he_cfg = he_files(he_cfg, he_params, he_dir, run_dir)
-        settings = SimSettings(
+        settings = RunSettings(
             run_id=tracker.run_id,
             run_dir=str(run_dir),
             experiment=experiment,
@@ -218,7 +217,7 @@ def prepare(
         )
         save_shards(run_dir, shards, lacking)
         if privacy.enabled and fed.sign_reports:
-            provision(run_dir, sorted(shards))
+            provision_signing_keys(run_dir, sorted(shards))
         settings.save()
     return settings, tracker
 
@@ -231,7 +230,6 @@ def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Pa
     discovery (``Coordinator._admit``). ``he_public`` is the public context from
     ``veilfed he keygen``: giving it turns HE on, and a config with ``[he] enabled`` needs it.
     """
-    from veilfed.coordinator.settings import SimSettings
     from veilfed.tracking import start_run, tracking_uri
 
     cfg, raw, fed, privacy, he_cfg = _resolve(
@@ -264,7 +262,7 @@ def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Pa
     with tracker.failing_on_error():
         run_dir = (runs_dir / tracker.run_id).resolve()
         run_dir.mkdir(parents=True, exist_ok=False)
-        settings = SimSettings(
+        settings = RunSettings(
             run_id=tracker.run_id,
             run_dir=str(run_dir),
             experiment=experiment,
@@ -279,6 +277,22 @@ def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Pa
         )
         settings.save()
     return settings, tracker
+
+
+def provision_signing_keys(run_dir: str | Path, client_ids: list[str]) -> KeyRegistry:
+    """Give every virtual client a report signing key and register the public halves.
+
+    A real node creates its own key and the coordinator pins the public half it offers at
+    discovery (``Coordinator._admit``); in a simulation the run setup plays both parts, writing
+    each key where the client's state keeps it (``veilfed.federation.rundir``).
+    """
+    registry = KeyRegistry(Path(run_dir) / "keys")
+    for cid in client_ids:
+        key = client_dir(run_dir, cid) / SIGNING_KEY_FILE
+        if not key.exists():
+            generate_signing_key(key)
+        registry.register(cid, public_key_path(key))
+    return registry
 
 
 def resolve_he(he_cfg: Any, he_dir: Path | None, shards: dict[str, list[str]], holdout: float):  # type: ignore[no-untyped-def]
@@ -333,50 +347,16 @@ def he_files(he_cfg: Any, params: Any, he_dir: Path | None, run_dir: Path) -> An
 
 
 def reopen(runs_dir: Path, run_id: str):  # type: ignore[no-untyped-def]
-    from veilfed.coordinator.settings import SimSettings
     from veilfed.tracking import resume_run
 
     run_dir = runs_dir / run_id
-    if not (run_dir / "settings.json").exists():
+    if not (run_dir / SETTINGS_FILE).exists():
         raise UsageError(f"--resume {run_id}: no run state in {run_dir}; check --runs-dir")
-    settings = SimSettings.load(run_dir)
+    settings = RunSettings.load(run_dir)
     return settings, resume_run(run_id)
 
 
 # -- running ------------------------------------------------------------------------------------
-def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str, Any]:
-    """Client resources fitted to this machine; or attach to an existing cluster."""
-    init: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True}
-    if ray_address:
-        init["address"] = ray_address
-    else:
-        init["num_cpus"] = max(1, os.cpu_count() or 1)
-        init["object_store_memory"] = 256 * 1024**2
-    return {
-        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-        "init_args": init,
-    }
-
-
-def run_engine(settings: Any, tracker: Any, ray_address: str | None) -> None:
-    """Flower's simulation engine with one virtual SuperNode per client."""
-    import logging
-
-    from flwr.simulation import run_simulation
-
-    from veilfed.clients.client_app import app as client_app
-    from veilfed.coordinator.server_app import make_server_app
-
-    logging.getLogger("veilfed").setLevel(logging.INFO)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(
-        server_app=make_server_app(settings.run_dir, tracker),
-        client_app=client_app,
-        num_supernodes=settings.federated.clients,
-        backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
-    )
-
-
 def run_from_flwr_config(grid: Any, run_config: dict[str, Any]) -> None:
     """``flwr run .``: the same run, prepared from [tool.flwr.app.config] inside the ServerApp."""
 

@@ -32,9 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from veilfed.coordinator import checkpoint as ckpt_io
 from veilfed.coordinator.aggregation import screen_update
-from veilfed.coordinator.settings import SimSettings
 from veilfed.coordinator.strategies import (
-    WEIGHT_KEY,
     FixedNodes,
     build_strategy,
     central_epsilon,
@@ -42,19 +40,41 @@ from veilfed.coordinator.strategies import (
     strategy_state,
 )
 from veilfed.errors import CheckFailed, UsageError, VeilfedError
+from veilfed.federation.keys import (
+    ARRAYS_RECORD,
+    CLIENT_ID,
+    CLIPS,
+    CONFIG_RECORD,
+    DECRYPT_MS,
+    EVAL_EXTRA,
+    GLOBAL_KEY,
+    HE_KEY_ID,
+    MAX_ABS_ERROR,
+    REASON,
+    REFUSED_MODEL,
+    REPLY_KEY,
+    REPORT,
+    ROUND_KEY,
+    SETTINGS_KEY,
+    SHADOW_FLAT,
+    SHADOW_RECORD,
+    SHADOW_WEIGHT,
+    SIGNING_KEY,
+    STATUS,
+    STATUS_DECLINED,
+    TRAIN_EXAMPLES,
+    TRAIN_LOSS,
+    UPDATE_BYTES,
+    UPDATE_RECORD,
+    WEIGHT_KEY,
+    WITHHELD,
+)
+from veilfed.federation.settings import RunSettings
+from veilfed.federation.weights import initial_arrays, to_flat
 from veilfed.io import write_text_atomic
 from veilfed.privacy.audit_log import COORDINATOR_KEY_ARTIFACT, LOG_ARTIFACT
 
 log = logging.getLogger("veilfed.coordinator")
-
-REPLY_KEY = "reply"  # ConfigRecord every client reply carries (client id, status, report)
-SETTINGS_KEY = "settings"  # config entry of every message: the run's SimSettings as JSON
-STATUS_TRAINED = "trained"
-STATUS_DECLINED = "declined"
-# Set in a declined reply when the client refused the global model it was sent (an HE aggregate
-# below its contributor floor or failing its integrity check): not a budget matter, so the client
-# stays eligible for later rounds.
-REFUSED_MODEL = "refused-model"
 
 
 @dataclass
@@ -125,7 +145,7 @@ def discover(
         time.sleep(0.2)
     msgs = [
         Message(
-            content=RecordDict({"config": ConfigRecord({SETTINGS_KEY: settings_json})}),
+            content=RecordDict({CONFIG_RECORD: ConfigRecord({SETTINGS_KEY: settings_json})}),
             message_type=MessageType.QUERY,
             dst_node_id=nid,
         )
@@ -137,7 +157,7 @@ def discover(
         if reply.has_error():
             raise UsageError(f"node {node}: {reply.error.reason}")
         info = _reply_info(reply)
-        cid = str(info.get("client-id"))
+        cid = str(info.get(CLIENT_ID))
         if cid in found:
             raise UsageError(
                 f"nodes {found[cid][0]} and {node} both hold client {cid}'s shard; give each "
@@ -170,11 +190,10 @@ class Coordinator:
     def __init__(
         self,
         grid: Grid,
-        settings: SimSettings,
+        settings: RunSettings,
         tracker: Any,
         node_clients: dict[int, str] | None = None,
     ) -> None:
-        from veilfed.clients.trainer import initial_arrays
         from veilfed.privacy.reports import KeyRegistry
 
         self.grid = grid
@@ -274,8 +293,8 @@ class Coordinator:
                 log.warning("round %d: client %s failed: %s", rnd, cid, reply.error.reason)
                 continue
             info = _reply_info(reply)
-            if info.get("status") == STATUS_DECLINED:
-                rlog.declined[cid] = str(info.get("reason", "budget exhausted"))
+            if info.get(STATUS) == STATUS_DECLINED:
+                rlog.declined[cid] = str(info.get(REASON, "budget exhausted"))
                 if info.get(REFUSED_MODEL) is not True:
                     self.exhausted[cid] = rlog.declined[cid]
                 log.warning("round %d: %s", rnd, rlog.declined[cid])
@@ -289,7 +308,7 @@ class Coordinator:
             rlog.accepted.append(cid)
             # Only virtual clients report a training loss; a real node keeps it.
             metrics = dict(next(iter(reply.content.metric_records.values())))
-            loss = metrics.get("train/loss")
+            loss = metrics.get(TRAIN_LOSS)
             if isinstance(loss, int | float) and not isinstance(loss, bool):
                 losses.append((float(metrics[WEIGHT_KEY]), {"loss": float(loss)}))
         for cid in set(rlog.sampled) - answered:
@@ -323,8 +342,8 @@ class Coordinator:
         A verified report counts even if the arrays are then rejected: the client did spend
         that ε, and its report chain must not have a gap.
         """
-        if info.get("client-id") != cid:
-            return f"reply claims to be client {info.get('client-id')!r}"
+        if info.get(CLIENT_ID) != cid:
+            return f"reply claims to be client {info.get(CLIENT_ID)!r}"
         metrics = list(reply.content.metric_records.values())
         if len(metrics) != 1 or WEIGHT_KEY not in metrics[0]:
             return "reply lacks its training metrics"
@@ -351,8 +370,6 @@ class Coordinator:
         """The global model for train/evaluate messages: the encrypted aggregate under HE."""
         config = ConfigRecord({SETTINGS_KEY: self.settings_json})
         if self.he_global is not None:
-            from veilfed.clients.secure import GLOBAL_KEY
-
             config[GLOBAL_KEY] = self.he_global
             return ArrayRecord(), config
         return ArrayRecord({k: _array(v) for k, v in self.arrays.items()}), config
@@ -364,12 +381,11 @@ class Coordinator:
 
         The norm bound is enforced by the clients and required here through their attestation.
         """
-        from veilfed.clients.secure import SHADOW_WEIGHT, UPDATE_RECORD
         from veilfed.crypto.he import aggregate, shadow_average
 
         assert self.he_ctx is not None
         blobs = {
-            cid_of[r.metadata.src_node_id]: r.content[UPDATE_RECORD]["update"] for r in accepted
+            cid_of[r.metadata.src_node_id]: r.content[UPDATE_RECORD][UPDATE_BYTES] for r in accepted
         }
         size = sum(int(v.size) for v in self.arrays.values())
         bound = self.fed.norm_bound if self.fed.norm_bound > 0 else None
@@ -404,12 +420,10 @@ class Coordinator:
         }
         self.he_shadow = None
         if self.s.he.shadow:
-            from veilfed.clients.secure import to_flat
-
             kept = [r for r in accepted if cid_of[r.metadata.src_node_id] in rlog.accepted]
             try:
                 flats = [
-                    to_flat(self.s, {k: a.numpy() for k, a in r.content["arrays"].items()})
+                    to_flat(self.s, {k: a.numpy() for k, a in r.content[ARRAYS_RECORD].items()})
                     for r in kept
                 ]
                 weights = [
@@ -423,7 +437,7 @@ class Coordinator:
     def _check_report(self, rnd: int, cid: str, info: dict[str, Any]) -> None:
         from veilfed.privacy.reports import PrivacyReport, SignedReport
 
-        raw = info.get("report")
+        raw = info.get(REPORT)
         if not isinstance(raw, str):
             raise CheckFailed(f"client {cid}: update has no privacy report; refused")
         if self.fed.sign_reports:
@@ -505,12 +519,10 @@ class Coordinator:
         pool = sorted(node_of)
         chosen = sample_clients(self.s.seed + 1, rnd, pool, self.fed.evaluated_per_round)
         arrays, config = self._global_message()
-        config["server-round"] = rnd
-        content = RecordDict({"arrays": arrays, "config": config})
+        config[ROUND_KEY] = rnd
+        content = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
         if self.he_shadow is not None and self.he_global is not None:
-            from veilfed.clients.secure import SHADOW_RECORD
-
-            content[SHADOW_RECORD] = ArrayRecord({"flat": _array(self.he_shadow)})
+            content[SHADOW_RECORD] = ArrayRecord({SHADOW_FLAT: _array(self.he_shadow)})
         msgs = [
             Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of[c])
             for c in chosen
@@ -529,8 +541,8 @@ class Coordinator:
                 log.warning("round %d: evaluation by %s failed: %s", rnd, cid, reply.error.reason)
                 continue
             info = _reply_info(reply)
-            if info.get("status") == STATUS_DECLINED:
-                reason = str(info.get("reason", "declined"))
+            if info.get(STATUS) == STATUS_DECLINED:
+                reason = str(info.get(REASON, "declined"))
                 log.warning("round %d: evaluation: %s", rnd, reason)
                 if info.get(REFUSED_MODEL) is True:
                     refused.append(cid)
@@ -543,10 +555,10 @@ class Coordinator:
                 continue
             weight, metrics = parsed
             accepted_model += 1
-            if "he/decrypt_ms" in metrics:
-                decrypt_ms.append(metrics.pop("he/decrypt_ms"))
-            if "he/max_abs_error" in metrics:
-                errors.append(metrics.pop("he/max_abs_error"))
+            if DECRYPT_MS in metrics:
+                decrypt_ms.append(metrics.pop(DECRYPT_MS))
+            if MAX_ABS_ERROR in metrics:
+                errors.append(metrics.pop(MAX_ABS_ERROR))
             results.append((weight, metrics))
         for key, value in _weighted(results).items():
             _, task, metric = key.split("/", 2)
@@ -594,7 +606,7 @@ class Coordinator:
                     + (f"{owner}" if owner else "a key not in --auth-keys")
                     + f"; start client {cid}'s node with its own auth key ({cid}.key)"
                 )
-            clips, n = int(info.get("clips", 0)), int(info.get("train-examples", 0))
+            clips, n = int(info.get(CLIPS, 0)), int(info.get(TRAIN_EXAMPLES, 0))
             if clips < 2:
                 raise UsageError(
                     f"client {cid}: shard has {clips} clip(s); each client needs >= 2 (train + "
@@ -608,12 +620,12 @@ class Coordinator:
                 except UsageError as exc:
                     raise UsageError(f"{exc}; lower [privacy] delta in the config") from None
             if self.s.privacy.enabled and self.fed.sign_reports:
-                pem = info.get("signing-key")
+                pem = info.get(SIGNING_KEY)
                 if not isinstance(pem, str):
                     raise UsageError(f"client {cid}: offered no report signing key")
                 self.keys.register(cid, pem.encode())
-            if self.he_ctx is not None and info.get("he-key-id") != self.he_ctx.key_id:
-                theirs = info.get("he-key-id")
+            if self.he_ctx is not None and info.get(HE_KEY_ID) != self.he_ctx.key_id:
+                theirs = info.get(HE_KEY_ID)
                 raise UsageError(
                     f"client {cid}: "
                     + (f"encrypts with HE keys {theirs}" if theirs else "has no HE context")
@@ -741,9 +753,6 @@ class Coordinator:
                 self.tracker.log_artifacts(keys, KEYS_DIR)
 
 
-EVAL_EXTRA = ("he/decrypt_ms", "he/max_abs_error")  # numbers an evaluate reply may add
-
-
 def _eval_metrics(reply: Message) -> tuple[float, dict[str, float]] | str:
     """(weight, metrics) of an evaluate reply, or why it is rejected (never an exception).
 
@@ -775,12 +784,10 @@ def _finite_number(value: Any) -> bool:
 
 def _encrypted_payload_problem(reply: Message) -> str | None:
     """Why an HE reply carries no ciphertext to sum (None: it does; ``aggregate`` parses it)."""
-    from veilfed.clients.secure import UPDATE_RECORD
-
     he = reply.content.config_records.get(UPDATE_RECORD)
-    if he is not None and "withheld" in he:
-        return f"client withheld its update: {he['withheld']}"
-    if he is not None and isinstance(he.get("update"), bytes):
+    if he is not None and WITHHELD in he:
+        return f"client withheld its update: {he[WITHHELD]}"
+    if he is not None and isinstance(he.get(UPDATE_BYTES), bytes):
         return None
     if reply.content.array_records:
         return "sent a plaintext update but HE is required"
@@ -799,7 +806,7 @@ def make_server_app(run_dir: str | Path, tracker: Any) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        Coordinator(grid, SimSettings.load(run_dir), tracker).run()
+        Coordinator(grid, RunSettings.load(run_dir), tracker).run()
 
     return app
 

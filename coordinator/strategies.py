@@ -30,13 +30,12 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import compute_stdv
 
 from veilfed.errors import UsageError
+from veilfed.federation.keys import UNIT_WEIGHT_KEY, WEIGHT_KEY
+from veilfed.federation.sections import CENTRAL_DP, FederatedConfig
 from veilfed.privacy.noise import gaussian, numpy_generator
 from veilfed.registry import Registry
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
-WEIGHT_KEY = "num-examples"  # sample-weighted FedAvg (Flower's default key)
-UNIT_WEIGHT_KEY = "unit-weight"  # central DP needs equal weights for its sensitivity bound
-CENTRAL_DP = ("off", "fixed", "adaptive")
 
 # Sampling is the loop's job: a strategy sees exactly the nodes it is given, never waits.
 _NO_SAMPLING: dict[str, Any] = {
@@ -139,6 +138,22 @@ class CentralFixedClipping(_UnreplayableNoise, DifferentialPrivacyServerSideFixe
 
 class CentralAdaptiveClipping(_UnreplayableNoise, DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's server-side adaptive clipping with unreplayable noise."""
+
+
+def federated_config(data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
+    """``[federated]`` typed and checked (``FederatedConfig.from_dict``), its strategy included:
+    the strategy names a run may use are the ones registered here."""
+    fed = FederatedConfig.from_dict(data, where)
+    check_strategy(fed.strategy, where)
+    return fed
+
+
+def check_strategy(name: str, where: str = "[federated]") -> None:
+    """``UsageError`` naming the valid strategies when ``name`` is not registered."""
+    if name not in STRATEGIES:
+        raise UsageError(
+            f"{where}.strategy {name!r} is unknown; valid: " + ", ".join(STRATEGIES.names())
+        )
 
 
 def build_strategy(

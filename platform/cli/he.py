@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from veilfed.cli.common import handle_errors, print_json
-from veilfed.coordinator.settings import HEConfig
 from veilfed.crypto.he_keys import HEContext, keygen, load_context
 from veilfed.crypto.he_params import HEParams
+from veilfed.federation.sections import HEConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 # Defaults are the run's ([he] in a config): clients encrypt full weights × n_k, not deltas.

@@ -1,7 +1,7 @@
 """``veilfed simulate``: the federated DP simulation on Flower's simulation engine (Ray).
 
-The run's lifecycle (checks, preparation, engine, summary) is :mod:`veilfed.coordinator.run`;
-this module is only the command line around it.
+The run's lifecycle (checks, preparation, summary) is :mod:`veilfed.coordinator.run`, the engine
+:mod:`veilfed.deploy.simulation`; this module is only the command line around them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 
 from veilfed.cli.common import handle_errors, print_json
-from veilfed.coordinator import run as lifecycle
 from veilfed.errors import UsageError
+from veilfed.federation.rundir import RUNS_DIR
 from veilfed.io import check_new_output, write_text_atomic
 
 
@@ -49,9 +49,7 @@ def simulate(
     he_dir: Path | None = typer.Option(
         None, "--he-dir", help="Keys from `veilfed he keygen` (default: new keys in the run dir)."
     ),
-    runs_dir: Path = typer.Option(
-        Path(lifecycle.RUNS_DIR), "--runs-dir", help="Where run state lives."
-    ),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", help="Where run state lives."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write summary here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --summary-json."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -62,6 +60,9 @@ def simulate(
         check_new_output(summary_json, force, "--summary-json", inputs)
     if ray_address:
         check_ray_address(ray_address)
+    from veilfed.coordinator import run as lifecycle
+    from veilfed.deploy import simulation as engine
+
     if resume:
         given = [
             f
@@ -93,7 +94,7 @@ def simulate(
         )
     start = time.perf_counter()
     with tracker.failing_on_error():
-        lifecycle.run_engine(settings, tracker, ray_address)
+        engine.run_engine(settings, tracker, ray_address)
         summary = lifecycle.finish(settings, tracker, time.perf_counter() - start)
     if summary_json is not None:
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"

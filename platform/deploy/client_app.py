@@ -14,8 +14,15 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from veilfed.clients import client_app as base
-from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED
 from veilfed.deploy.server_app import log_to_stream
+from veilfed.federation.keys import (
+    CONFIG_RECORD,
+    REASON,
+    REPLY_KEY,
+    ROUND_KEY,
+    STATUS,
+    STATUS_DECLINED,
+)
 
 log = logging.getLogger("veilfed.node")
 _WHAT = {MessageType.TRAIN: "", MessageType.EVALUATE: " evaluation"}
@@ -28,11 +35,11 @@ def announce_declines(msg: Message, context: Context, call_next: ClientAppCallab
     reply = call_next(msg, context)
     if reply.has_content() and REPLY_KEY in reply.content.config_records:
         info = reply.content.config_records[REPLY_KEY]
-        if info.get("status") == STATUS_DECLINED:
-            rnd = msg.content.config_records["config"].get("server-round", "?")
+        if info.get(STATUS) == STATUS_DECLINED:
+            rnd = msg.content.config_records[CONFIG_RECORD].get(ROUND_KEY, "?")
             kind = msg.metadata.message_type
             what = _WHAT.get(kind, f" {kind}")
-            log.warning("round %s%s declined: %s", rnd, what, info.get("reason"))
+            log.warning("round %s%s declined: %s", rnd, what, info.get(REASON))
     return reply
 
 

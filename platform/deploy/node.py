@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from veilfed.clients.inputs import DEFAULT_HE_FLOOR, HE_FLOOR_KEY, SHARE_EVAL_KEY, he_floor
+from veilfed.clients.inputs import DEFAULT_HE_FLOOR, he_floor
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.app_signing import TRUSTED_ENTITIES, load_trusted_entities
 from veilfed.crypto.certs import check_ca, load_node_private_key
@@ -41,6 +41,15 @@ from veilfed.deploy.flower import child_env
 from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
 from veilfed.deploy.process import Child, StopSignal
 from veilfed.errors import UsageError, VeilfedError
+from veilfed.federation.keys import (
+    NODE_CLIENT_ID,
+    NODE_HE_CONTEXT,
+    NODE_HE_FLOOR,
+    NODE_KEY_FILE,
+    NODE_SHARE_EVAL,
+    NODE_STATE_DIR,
+    NODE_STORE,
+)
 from veilfed.io import write_text_atomic
 
 log = logging.getLogger("veilfed.node")
@@ -145,17 +154,17 @@ def _literal(value: str, flag: str) -> str:
 
 def node_config(client: str, opts: NodeOptions) -> str:
     items = {
-        "client-id": client,
-        "store": str(node_store(opts.state).absolute()),
-        "key-file": str(opts.key_file.absolute()),
-        "state-dir": str((opts.state / "client").absolute()),
+        NODE_CLIENT_ID: client,
+        NODE_STORE: str(node_store(opts.state).absolute()),
+        NODE_KEY_FILE: str(opts.key_file.absolute()),
+        NODE_STATE_DIR: str((opts.state / "client").absolute()),
     }
     if opts.he_context is not None:
-        items["he-context"] = str(opts.he_context.absolute())
+        items[NODE_HE_CONTEXT] = str(opts.he_context.absolute())
     pairs = [f"{k}={_literal(v, '--' + k)}" for k, v in items.items()]
     if opts.share_eval_metrics:
-        pairs.append(f"{SHARE_EVAL_KEY}=true")
-    pairs.append(f"{HE_FLOOR_KEY}={he_floor(opts.he_min_contributors)}")
+        pairs.append(f"{NODE_SHARE_EVAL}=true")
+    pairs.append(f"{NODE_HE_FLOOR}={he_floor(opts.he_min_contributors)}")
     for key, value in opts.policy.node_config().items():
         text = _literal(value, "--" + key) if isinstance(value, str) else repr(value).lower()
         pairs.append(f"{key}={text}")

@@ -6,6 +6,7 @@ Public API (the federated layer uses only these and ``state_dict``)::
     outputs = model(batch)                 # {task: output}; batch from veilfed.data.dataset.collate
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
+    arrays = initial_state(cfg, seed)      # {name: np.ndarray}: the weights seed initialises
     list_registries()                      # {"encoders": [...], "fusions": [...], ...}
 """
 
@@ -17,6 +18,7 @@ from veilfed.model import encoders, fusion, heads, losses  # noqa: F401  (regist
 from veilfed.model.core import MultiTaskCriterion, MultiTaskModel, create_model
 from veilfed.model.evaluate import evaluate
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+from veilfed.model.state import initial_state, load_state, numpy_state
 
 
 def _optional_registry(module: str, attr: str) -> list[str]:
@@ -50,5 +52,8 @@ __all__ = [
     "MultiTaskModel",
     "create_model",
     "evaluate",
+    "initial_state",
     "list_registries",
+    "load_state",
+    "numpy_state",
 ]

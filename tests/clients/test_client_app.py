@@ -14,7 +14,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from veilfed.clients.client_app import app, injected_failure
 from veilfed.clients.inputs import client_inputs
 from veilfed.clients.node import NodeState
-from veilfed.clients.trainer import initial_arrays, split_shard
+from veilfed.clients.trainer import split_shard
+from veilfed.federation.weights import initial_arrays
 from veilfed.privacy.reports import KeyRegistry, SignedReport
 
 
@@ -190,8 +191,8 @@ def test_message_settings_are_validated_like_the_coordinators_config(run):
     import dataclasses
     import math
 
-    from veilfed.coordinator.settings import SimSettings
     from veilfed.errors import UsageError
+    from veilfed.federation.settings import RunSettings
 
     bad = {
         "delta": 5.0,
@@ -205,15 +206,15 @@ def test_message_settings_are_validated_like_the_coordinators_config(run):
             run, privacy=dataclasses.replace(run.privacy, **{field: value})
         )
         with pytest.raises(UsageError, match=rf"message settings: privacy.*{field}") as err:
-            SimSettings.from_json(forged.to_json(), "message settings")
+            RunSettings.from_json(forged.to_json(), "message settings")
         assert "\n" not in str(err.value)
     fed = dataclasses.replace(run, federated=dataclasses.replace(run.federated, rounds=0))
     with pytest.raises(UsageError, match="rounds must be >= 1"):
-        SimSettings.from_json(fed.to_json(), "message settings")
+        RunSettings.from_json(fed.to_json(), "message settings")
     text = run.to_json().replace('"delta": 0.001', '"delta": "0.001"')
     with pytest.raises(UsageError, match=r"privacy\.delta: expected float"):
-        SimSettings.from_json(text, "message settings")
-    assert SimSettings.from_json(run.to_json()) == run
+        RunSettings.from_json(text, "message settings")
+    assert RunSettings.from_json(run.to_json()) == run
 
 
 def test_client_declines_when_the_next_round_would_exceed_its_budget(run):
@@ -276,7 +277,7 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
 def test_partition_missing_modality_reaches_the_client(run):
     """A client the partition marks as lacking audio trains and evaluates without it."""
     from veilfed.clients.trainer import _dataset
-    from veilfed.coordinator.settings import MISSING_FILE, load_missing
+    from veilfed.federation.rundir import MISSING_FILE, load_missing
 
     path = Path(run.run_dir) / MISSING_FILE
     before = path.read_text() if path.exists() else None

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from veilfed.coordinator import checkpoint
-from veilfed.coordinator.settings import ClientPrivacy, FederatedConfig, SimSettings
 from veilfed.errors import UsageError
+from veilfed.federation.sections import ClientPrivacy, FederatedConfig
+from veilfed.federation.settings import RunSettings
 
 
 def test_checkpoint_roundtrip_restores_rng_and_state(tmp_path):
@@ -40,7 +41,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 
 def test_settings_roundtrip_keeps_infinite_epsilon(tmp_path):
-    s = SimSettings(
+    s = RunSettings(
         run_id="r",
         run_dir=str(tmp_path),
         experiment="e",
@@ -53,6 +54,6 @@ def test_settings_roundtrip_keeps_infinite_epsilon(tmp_path):
         tracking_uri="sqlite:///x.db",
     )
     s.save()
-    loaded = SimSettings.load(tmp_path)
+    loaded = RunSettings.load(tmp_path)
     assert loaded == s and not loaded.privacy.enabled
     assert loaded.federated.sampled_per_round == 2

@@ -73,7 +73,7 @@ def test_unknown_task_and_missing_store_are_one_line(tmp_path):
 
 
 def test_failure_after_the_run_started_marks_it_failed(tmp_path, monkeypatch):
-    import veilfed.coordinator.run as sim
+    import veilfed.deploy.simulation as sim
     from veilfed.errors import UsageError
 
     def broken(settings, tracker, address):

@@ -9,10 +9,11 @@ from flwr.app import Message
 
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.run import prepare
-from veilfed.coordinator.server_app import REPLY_KEY, Coordinator
+from veilfed.coordinator.server_app import Coordinator
 from veilfed.crypto.he import decrypt_average, flatten, load_context
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
+from veilfed.federation.keys import REPLY_KEY
 
 # Per value of the averaged weights: CKKS noise of the sum is ≤ 3.1e-6 / Σ n_k (docs/he.md,
 # HEParams.error_bound); after the next local round that difference is propagated by SGD
@@ -262,8 +263,7 @@ def _send(settings, grid, kind: str, blob: bytes, partition: int) -> Message:
     """A train/evaluate message carrying ``blob`` as the global model, to one real ClientApp."""
     from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
 
-    from veilfed.clients.secure import GLOBAL_KEY
-    from veilfed.coordinator.server_app import SETTINGS_KEY
+    from veilfed.federation.keys import GLOBAL_KEY, SETTINGS_KEY
 
     node = list(grid.contexts)[partition]
     config = ConfigRecord({SETTINGS_KEY: settings.to_json(), GLOBAL_KEY: blob, "server-round": 2})
@@ -301,7 +301,7 @@ def _forged(settings, blob: bytes, how: str) -> bytes:
 def test_a_client_refuses_another_clients_lone_update(tmp_path):
     """The coordinator forwards client A's single ciphertext to B (train and evaluate): B refuses
     with a one-line declined reply, before decrypting anything, and stays eligible."""
-    from veilfed.coordinator.server_app import REFUSED_MODEL
+    from veilfed.federation.keys import REFUSED_MODEL
 
     settings, grid, kept = _single_update_run(tmp_path)
     for kind in ("train", "evaluate"):
@@ -349,8 +349,7 @@ def test_a_client_refuses_an_aggregate_of_another_run_or_a_later_round(tmp_path)
     # a train message of round 1 cannot carry round 1's own aggregate
     from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
 
-    from veilfed.clients.secure import GLOBAL_KEY
-    from veilfed.coordinator.server_app import SETTINGS_KEY
+    from veilfed.federation.keys import GLOBAL_KEY, SETTINGS_KEY
 
     node = list(grid.contexts)[1]
     config = ConfigRecord({SETTINGS_KEY: settings.to_json(), GLOBAL_KEY: honest, "server-round": 1})
@@ -363,7 +362,7 @@ def test_a_client_refuses_an_aggregate_of_another_run_or_a_later_round(tmp_path)
     assert info["status"] == "declined" and "not a round before 1" in info["reason"]
     # the same aggregate in this run's round-2 train message is accepted as the global model
     # (the client may still decline to train, on its own budget)
-    from veilfed.coordinator.server_app import REFUSED_MODEL
+    from veilfed.federation.keys import REFUSED_MODEL
 
     info = _send(settings, grid, "train", honest, partition=1).content[REPLY_KEY]
     assert not info.get(REFUSED_MODEL) and "HE aggregate" not in info.get("reason", "")

@@ -211,7 +211,7 @@ def _reply(tmp_path: Path, config: Path, node: dict[str, Any], **privacy: Any) -
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
     from veilfed.clients.client_app import app
-    from veilfed.clients.trainer import initial_arrays
+    from veilfed.federation.weights import initial_arrays
 
     settings, tracker = prepare_deployment(config, 2, tmp_path / "runs", None)
     tracker.finish()

@@ -9,12 +9,12 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
 from veilfed.coordinator.server_app import sample_clients
-from veilfed.coordinator.settings import FederatedConfig
 from veilfed.coordinator.strategies import (
     STRATEGIES,
     FixedNodes,
     build_strategy,
     central_epsilon,
+    federated_config,
     load_strategy_state,
     strategy_state,
 )
@@ -116,7 +116,7 @@ def test_every_registered_strategy_builds():
 )
 def test_bad_federated_config_is_one_line(field, value, needle):
     with pytest.raises(UsageError) as err:
-        FederatedConfig.from_dict({"clients": 8, "fraction": 0.5, field: value})
+        federated_config({"clients": 8, "fraction": 0.5, field: value})
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

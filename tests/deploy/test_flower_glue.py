@@ -126,8 +126,8 @@ def test_declined_round_is_one_clear_node_log_line(task_identity: None) -> None:
 
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-    from veilfed.coordinator.server_app import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
     from veilfed.deploy.client_app import announce_declines
+    from veilfed.federation.keys import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
 
     msg = Message(
         RecordDict({"config": ConfigRecord({"server-round": 2})}),

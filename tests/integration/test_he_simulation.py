@@ -38,8 +38,8 @@ def test_encrypted_simulation_matches_plaintext_on_ray(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from veilfed.coordinator import checkpoint
-    from veilfed.coordinator.settings import SimSettings
     from veilfed.crypto.he import decrypt_average, flatten, load_context
+    from veilfed.federation.settings import RunSettings
     from veilfed.privacy.noise import INSECURE_SEED_ENV
 
     monkeypatch.chdir(tmp_path)
@@ -54,7 +54,7 @@ def test_encrypted_simulation_matches_plaintext_on_ray(tmp_path, monkeypatch):
     assert 0 <= he["he"]["max_abs_error"] < 1e-5
     assert "HE secure aggregation" in he["output"]
     # same seed, same clients, same DP noise: the models agree up to CKKS noise
-    settings = SimSettings.load(he["run_dir"])
+    settings = RunSettings.load(he["run_dir"])
     secret = load_context(settings.he.secret_path, require_secret=True)
     he_flat = decrypt_average(secret, checkpoint.load(he["run_dir"]).he_global).average
     plain_flat, _ = flatten(list(checkpoint.load(plain["run_dir"]).arrays.values()))

@@ -58,7 +58,8 @@ def _client_round(tmp_path: Path, name: str) -> np.ndarray:
     """Round 1 of client-0000 in its own run directory (its own node state): same public config
     and seed, same synthetic shard, same starting model."""
     from veilfed.clients.inputs import client_inputs
-    from veilfed.clients.trainer import initial_arrays, train_round
+    from veilfed.clients.trainer import train_round
+    from veilfed.federation.weights import initial_arrays
 
     settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=3, rounds=2), runs=name)
     tracker.finish()

@@ -1,25 +1,21 @@
-"""The ``[federated]`` config section and the resolved settings one simulation runs with.
+"""The config sections a federated run is typed by: ``[federated]``, client DP and ``[he]``.
 
-``SimSettings`` is written once to ``runs/<run_id>/settings.json`` by whoever starts the run
-(``veilfed simulate``, the ServerApp under ``flwr run`` or ``veilfed coordinator start``), so a
-resumed run continues with exactly the settings it started with; the coordinator sends them to
-the clients in every message (``SETTINGS_KEY``), so a real node needs none of its files.
+Each is a frozen dataclass built from TOML or JSON by ``from_dict``: an unknown field, a wrong
+type or a value out of range is a one-line ``UsageError`` naming the field. Ints are accepted
+for float fields; bools are never accepted for numbers. Defaults are the values a config that
+omits the field runs with, and they are part of the contract (``docs/contracts.md``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
 from veilfed.errors import UsageError
-from veilfed.io import write_text_atomic
+from veilfed.privacy.accounting import MECHANISMS
 
-SETTINGS_FILE = "settings.json"
-SHARDS_FILE = "shards.json"
-MISSING_FILE = "missing.json"  # client id -> modalities it lacks (partition.missing)
+CENTRAL_DP = ("off", "fixed", "adaptive")  # client-level DP at the coordinator
 
 
 def _num(value: Any) -> bool:
@@ -79,8 +75,7 @@ class FederatedConfig:
         return cfg
 
     def validate(self, where: str = "[federated]") -> None:
-        from veilfed.coordinator.strategies import CENTRAL_DP, STRATEGIES
-
+        """Ranges of every field; the strategy name is the coordinator's to check."""
         if self.clients < 1:
             raise UsageError(f"{where}.clients must be >= 1 (got {self.clients})")
         if self.rounds < 1:
@@ -89,11 +84,8 @@ class FederatedConfig:
             value = getattr(self, name)
             if not (0 < value <= 1):
                 raise UsageError(f"{where}.{name} must be in (0, 1] (got {value})")
-        if self.strategy not in STRATEGIES:
-            raise UsageError(
-                f"{where}.strategy {self.strategy!r} is unknown; valid: "
-                + ", ".join(STRATEGIES.names())
-            )
+        if not self.strategy:
+            raise UsageError(f"{where}.strategy must name an aggregation rule")
         if self.central_dp not in CENTRAL_DP:
             raise UsageError(
                 f"{where}.central_dp {self.central_dp!r}: use one of {', '.join(CENTRAL_DP)}"
@@ -151,12 +143,10 @@ class ClientPrivacy:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "privacy") -> ClientPrivacy:
         """Typed construction from JSON (numbers as numbers, ``accountant`` a string)."""
-        return cls(**_typed(cls, data, where))
+        return cls(**typed_fields(cls, data, where))
 
     def validate(self, num_examples_min: int, where: str = "privacy") -> None:
         """Ranges of every field; ``num_examples_min``: the smallest client's n (δ < 1/n)."""
-        from veilfed.privacy.accounting import MECHANISMS
-
         if not self.epsilon > 0:
             raise UsageError(f"{where}.epsilon must be > 0 (got {self.epsilon:g})")
         if not 0 < self.delta < 1:
@@ -247,58 +237,7 @@ class HEConfig:
             )
 
 
-@dataclass(frozen=True)
-class SimSettings:
-    """Everything a run needs, resolved once; clients and a resumed coordinator reload it."""
-
-    run_id: str
-    run_dir: str
-    experiment: str
-    config: dict[str, Any]  # the experiment config (model, data, train sections), overrides applied
-    store: str
-    key_file: str
-    seed: int
-    federated: FederatedConfig
-    privacy: ClientPrivacy
-    tracking_uri: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    he: HEConfig = field(default_factory=HEConfig)
-
-    def to_json(self) -> str:
-        """The settings as JSON: saved with the run and sent in every message to the clients."""
-        return json.dumps(asdict(self), indent=1, sort_keys=True, default=_jsonable)
-
-    @classmethod
-    def from_json(cls, text: str, where: str = "run settings") -> SimSettings:
-        """Parse and validate settings as the coordinator's own config load does: a node runs
-        whatever these say, so ranges are checked here too (one-line ``UsageError``)."""
-        try:
-            data = json.loads(text, parse_constant=_constant)
-            data["federated"] = FederatedConfig.from_dict(data["federated"], f"{where}: federated")
-            data["privacy"] = ClientPrivacy.from_dict(data["privacy"], f"{where}: privacy")
-            data["he"] = HEConfig(**_typed(HEConfig, data.get("he", {}), f"{where}: he"))
-            settings = cls(**data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UsageError(f"{where}: not veilfed run settings ({exc})") from None
-        settings.privacy.validate(1, f"{where}: privacy")  # δ against each client's n: on use
-        return settings
-
-    def save(self) -> Path:
-        path = Path(self.run_dir) / SETTINGS_FILE
-        write_text_atomic(path, self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> SimSettings:
-        path = Path(run_dir) / SETTINGS_FILE
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read run settings ({exc})") from None
-        return cls.from_json(text, str(path))
-
-
-def _typed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+def typed_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     """``data`` with ints accepted for float fields; unknown fields and wrong types refused."""
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected an object")
@@ -315,39 +254,3 @@ def _typed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
             raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
         clean[key] = value
     return clean
-
-
-def _jsonable(value: Any) -> Any:
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _constant(name: str) -> float:
-    return {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[name]
-
-
-def save_shards(
-    run_dir: str | Path,
-    shards: dict[str, list[str]],
-    missing: dict[str, list[str]] | None = None,
-) -> None:
-    write_text_atomic(Path(run_dir) / SHARDS_FILE, json.dumps(shards, sort_keys=True))
-    write_text_atomic(Path(run_dir) / MISSING_FILE, json.dumps(missing or {}, sort_keys=True))
-
-
-def load_missing(run_dir: str | Path) -> dict[str, list[str]]:
-    """Modalities each client lacks; none for runs that predate missing-modality partitions."""
-    path = Path(run_dir) / MISSING_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read client modalities ({exc})") from None
-
-
-def load_shards(run_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(run_dir) / SHARDS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read client shards ({exc})") from None
