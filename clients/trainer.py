@@ -32,6 +32,7 @@ from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
 from veilfed.privacy.accounting import ClientAccountant
+from veilfed.train import train_collate
 
 log = logging.getLogger("veilfed.client")
 
@@ -282,7 +283,6 @@ def _train(
             accountant=acc.opacus,
             accountant_kind=p.accountant,
         )
-        prime_empty_batches(loader.collate_fn, dataset)
     losses: list[float] = []
     for _ in range(settings.federated.local_epochs):
         for batch in loader:
@@ -322,28 +322,6 @@ def _train(
         float(np.mean(losses)) if losses else math.nan,
         report,
     )
-
-
-def train_collate(samples: list[Any]) -> dict[str, Any]:
-    """The batch without ``clip_id``: Opacus builds an empty Poisson batch from the structure of
-    the first one and refuses non-tensor leaves (a list of strings), which crashed the client."""
-    from veilfed.data.dataset import collate
-
-    batch = collate(samples)
-    batch.pop("clip_id", None)
-    return batch
-
-
-def prime_empty_batches(collate_fn: Any, dataset: Any) -> None:
-    """Teach Opacus' empty-batch collate the batch structure before the first Poisson batch.
-
-    Opacus learns it from the first non-empty batch; when the very first batch is empty it falls
-    back to a list of tensors shaped like one raw sample, which our dict samples cannot give
-    (the client crashed). The structure (keys, shapes past the batch axis, dtypes) is public;
-    the empty batch built from it carries no data.
-    """
-    if getattr(collate_fn, "first_batch", False) is None:
-        collate_fn.first_batch = train_collate([dataset[0]])
 
 
 def _noise_only_step(optimizer: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from veilfed.data.dataset import collate
 from veilfed.errors import UsageError
 from veilfed.privacy.noise import protect
 
@@ -104,11 +105,34 @@ def make_private(
     else:
         private_model, private_opt, private_loader = engine.make_private(**kwargs)
     protect(private_opt, private_loader)
+    if poisson_sampling:
+        prime_empty_batches(private_loader.collate_fn, loader.dataset)
     sample_rate = 1.0 / max(len(private_loader), 1)
     privacy = Privacy(
         engine, engine.accountant, criterion, mode, noise_multiplier, max_grad_norm, sample_rate
     )
     return private_model, private_opt, private_loader, privacy
+
+
+def train_collate(samples: list[Any]) -> dict[str, Any]:
+    """A training batch without ``clip_id``: Opacus builds an empty Poisson batch from the
+    structure of the first one and refuses non-tensor leaves (a list of strings). Every loader
+    that goes through :func:`make_private` must collate with this."""
+    batch = collate(samples)
+    batch.pop("clip_id", None)
+    return batch
+
+
+def prime_empty_batches(collate_fn: Any, dataset: Any) -> None:
+    """Teach Opacus' empty-batch collate the batch structure before the first Poisson batch.
+
+    Opacus learns it from the first non-empty batch; when the very first batch is empty it falls
+    back to a list of tensors shaped like one raw sample, which dict samples cannot give. The
+    structure (keys, shapes past the batch axis, dtypes) is public; the empty batch built from it
+    carries no data.
+    """
+    if getattr(collate_fn, "first_batch", False) is None and len(dataset) > 0:
+        collate_fn.first_batch = train_collate([dataset[0]])
 
 
 class CachedDataset(torch.utils.data.Dataset):

@@ -59,7 +59,7 @@ def _loaders(cfg: Any) -> tuple[Any, Any]:
 
     from veilfed.augment import build_augmentations
     from veilfed.data.dataset import ClipDataset, MemorySource, collate
-    from veilfed.train import CachedDataset
+    from veilfed.train import CachedDataset, train_collate
 
     w = cfg.world
     train_world = w.world_config()
@@ -69,7 +69,9 @@ def _loaders(cfg: Any) -> tuple[Any, Any]:
         ClipDataset(MemorySource.world(train_world, w.clips), train_world), augment
     )
     eval_ds = CachedDataset(ClipDataset(MemorySource.world(eval_world, w.eval_clips), eval_world))
-    train = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
+    train = DataLoader(
+        train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=train_collate
+    )
     evals = DataLoader(eval_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
     return train, evals
 

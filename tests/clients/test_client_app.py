@@ -260,7 +260,8 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
     """Opacus rebuilds an empty batch from the first one's structure; string ids crashed it."""
     from opacus.data_loader import wrap_collate_with_empty
 
-    from veilfed.clients.trainer import _dataset, prime_empty_batches, train_collate
+    from veilfed.clients.trainer import _dataset
+    from veilfed.train import prime_empty_batches, train_collate
 
     train_ids, _ = _split(run, 0)
     dataset = _dataset(run, client_inputs(run, {"partition-id": 0}), train_ids)

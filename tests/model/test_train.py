@@ -148,3 +148,25 @@ def test_noise_is_not_a_function_of_the_torch_seed(mode: str, insecure: bool, mo
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         updates.append(after - before)
     assert torch.equal(updates[0], updates[1]) is insecure
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_every_poisson_batch_of_the_real_data_path_may_be_empty(mode: str, tiny_world) -> None:
+    """Poisson sampling draws empty batches at random (its generator is not seeded): Opacus
+    must be able to build one, first or later, from real clips collated as training does."""
+    from veilfed.data.dataset import ClipDataset, MemorySource
+    from veilfed.train import train_collate
+
+    dataset = ClipDataset(MemorySource.world(tiny_world, 4), tiny_world)
+    model = create_model(tiny(tasks={"action": 1.0, "moderation": 1.0}))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=train_collate)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    private, opt, loader, privacy = make_private(model, opt, loader, 1.0, 1.0, mode=mode)
+    first = loader.collate_fn([])  # the very first batch is empty
+    assert first["video"].shape[0] == 0 and "clip_id" not in first
+    full = loader.collate_fn([dataset[0], dataset[1]])
+    assert full["video"].shape[0] == 2
+    later = loader.collate_fn([])
+    assert set(later) == set(full) and later["video"].shape[0] == 0
+    stats = train_steps(private, [later], opt, steps=1, privacy=privacy)
+    assert stats.steps == 1 and stats.samples == 0 and privacy.steps == 1
