@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-slow test-fast lint bench clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,10 @@ demo: $(STAMP)
 	bash experiments/demo.sh
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout=900 -m slow
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not deployment"

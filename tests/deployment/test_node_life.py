@@ -15,7 +15,8 @@ from cluster_kit import CONFIG, Cluster, coordinator_args, node_args
 from veilfed.crypto import certs
 from veilfed.deploy.net import free_port
 
-pytestmark = pytest.mark.deployment
+# Restart and resume take about 3 minutes on 2 cores: `make test-slow` runs it, `make test` not.
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 CLIENTS = ("client-0000", "client-0001")
 NODE_ID = r"node {cid} connected to SuperLink \S+ \(SuperNode ID: (\d+)\)"
