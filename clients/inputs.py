@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veilfed.clients.node import NodeState
+from veilfed.clients.node_state import NodeState
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.keys import FernetKey, read_key_file
 from veilfed.data.partition import client_name

@@ -8,7 +8,7 @@ every step lands in the cumulative history. σ comes from the target ε over *al
 round); its DP noise and Poisson sample come from OS entropy (``veilfed.privacy.noise``), so no
 one who knows the public seed can replay them, and a re-run of a round is a new release:
 a true replay (same run, round and global model) is served from the node's stored release
-instead (``veilfed.clients.node``), and a real node first checks the run's privacy settings
+instead (``veilfed.clients.node_state``), and a real node first checks the run's privacy settings
 against its own policy (``veilfed.clients.policy``).
 """
 
@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from veilfed.clients.inputs import ClientInputs
-from veilfed.clients.node import Release, ReleaseKey
+from veilfed.clients.node_state import Release, ReleaseKey
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
@@ -185,9 +185,9 @@ def train_round(
     ``model_digest`` names the global model the message carried (``model_digest``): a round
     with the same run, round and model as the client's last release in that run is a replay and
     gets that release back at no new spend; any other round is a new release, checked against
-    the node's policy and budget (``veilfed.clients.node``, ``veilfed.clients.policy``). A real
-    node pins its accounting δ at its first DP release and declines runs at a larger δ; the
-    budget is checked at the run's δ, never above the pinned one.
+    the node's policy and budget (``veilfed.clients.node_state``, ``veilfed.clients.policy``).
+    A real node pins its accounting δ at its first DP release and declines runs at a larger δ;
+    the budget is checked at the run's δ, never above the pinned one.
     """
     p = settings.privacy
     train_ids, _ = split_shard(settings, inputs)

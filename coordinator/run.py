@@ -1,6 +1,6 @@
 """A simulation run's lifecycle: prepare (checks, store, shards, keys, MLflow), run inside a
 ServerApp (``flwr run .``, or Flower's simulation engine on Ray through
-``veilfed.deploy.simulation``), resume, finish and report.
+``veilfed.launch.simulation``), resume, finish and report.
 
 Everything that can be wrong with the input (config, ε/δ, fraction, store, shards) is checked
 *before* an MLflow run exists; after that, any failure marks the run FAILED. The run's state lives

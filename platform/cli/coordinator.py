@@ -56,8 +56,8 @@ def start_cmd(
 ) -> None:
     """Run the SuperLink (TLS, node auth; Fleet API only on --address) and one signed veilfed
     run; exit when it finishes."""
-    from veilfed.deploy.coordinator import CoordinatorOptions, start
-    from veilfed.deploy.process import setup_logging
+    from veilfed.launch.process import setup_logging
+    from veilfed.launch.start_coordinator import CoordinatorOptions, start
 
     setup_logging(verbose)
     opts = CoordinatorOptions(

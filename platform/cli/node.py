@@ -73,8 +73,8 @@ def start_cmd(
 ) -> None:
     """Join the federation; train and evaluate when the coordinator asks. SIGTERM stops it."""
     from veilfed.clients.policy import NodePolicy, parse_accountants
-    from veilfed.deploy.node import NodeOptions, start
-    from veilfed.deploy.process import setup_logging
+    from veilfed.launch.process import setup_logging
+    from veilfed.launch.start_node import NodeOptions, start
 
     setup_logging(verbose)
     opts = NodeOptions(

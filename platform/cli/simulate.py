@@ -1,7 +1,7 @@
 """``veilfed simulate``: the federated DP simulation on Flower's simulation engine (Ray).
 
 The run's lifecycle (checks, preparation, summary) is :mod:`veilfed.coordinator.run`, the engine
-:mod:`veilfed.deploy.simulation`; this module is only the command line around them.
+:mod:`veilfed.launch.simulation`; this module is only the command line around them.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def simulate(
     if ray_address:
         check_ray_address(ray_address)
     from veilfed.coordinator import run as lifecycle
-    from veilfed.deploy import simulation as engine
+    from veilfed.launch import simulation as engine
 
     if resume:
         given = [

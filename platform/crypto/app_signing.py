@@ -11,7 +11,7 @@ ids to OpenSSH ``ssh-ed25519`` public keys. What Flower 1.42 lacks is a way to d
 signature of a self-built FAB: its SuperLink keeps verification records only for apps fetched from
 Flower Hub and drops them for an uploaded FAB. veilfed therefore carries the signature in the
 run's config (:data:`SIGNATURE_KEY`, the one override a run may have) and the node attaches it to
-the FAB before Flower's check runs (``veilfed.deploy.supernode``).
+the FAB before Flower's check runs (``veilfed.launch.supernode``).
 
 Files ``veilfed certs new`` writes: ``app-signing.key`` (OpenSSH Ed25519, 0600, the coordinator's
 ``--app-signing-key``) and ``trusted-entities.yaml`` (its public half, every node's

@@ -108,9 +108,9 @@ class ClientAccountant:
     ``last_round`` and ``last_report_hash`` let the next report point at the previous one (hash
     chain, see ``reports.py``); a chain is per run (:meth:`select_run`), while the history and
     ``reported_steps`` compose over every run. ``release`` names the selected run's last released
-    update (``veilfed.clients.node``). ``delta`` is the δ a real node's spending is accounted at,
-    pinned at its first DP release (``veilfed.clients.policy``; None until then, and for virtual
-    clients). All of it persists with the history.
+    update (``veilfed.clients.node_state``). ``delta`` is the δ a real node's spending is accounted
+    at, pinned at its first DP release (``veilfed.clients.policy``; None until then, and for
+    virtual clients). All of it persists with the history.
     """
 
     def __init__(self, client_id: str, mechanism: str = "rdp") -> None:

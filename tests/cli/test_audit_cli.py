@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mlflow.tracking import MlflowClient
+from testkit.privacy import counted_by_round, make_chain, publish, write_round_log
 from typer.testing import CliRunner
 
 from veilfed.cli.main import app
 from veilfed.privacy.audit_log import LOG_ARTIFACT
 from veilfed.privacy.reports import SignedReport, public_pem
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "privacy"))
-from privacy_testkit import counted_by_round, make_chain, publish, write_round_log  # noqa: E402
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 KEY = Ed25519PrivateKey.generate()
@@ -141,7 +139,7 @@ def test_malformed_reports_exit_2_in_one_line(store, tmp_path, changes, message)
 
 def _signed_log(run_dir: Path, run_id: str, settings: dict, rounds: list[dict]):
     """A round log signed by the run's real coordinator key, whatever its entries hold."""
-    from privacy_testkit import RoundLogWriter
+    from testkit.privacy import RoundLogWriter
 
     writer = RoundLogWriter(run_dir, run_id)
     writer._write(

@@ -1,11 +1,6 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))  # shared fedtest helpers
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedtest import make_run, write_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from testkit.fed import make_run, write_config
 
 from veilfed.clients.client_app import app, injected_failure
 from veilfed.clients.inputs import client_inputs
-from veilfed.clients.node import NodeState
+from veilfed.clients.node_state import NodeState
 from veilfed.clients.trainer import split_shard
 from veilfed.federation.weights import initial_arrays
 from veilfed.privacy.reports import KeyRegistry, SignedReport
@@ -158,7 +158,7 @@ def test_a_stored_release_is_sealed_and_one_sealed_under_another_key_is_never_se
     accountant's record to match) gets a decline, not that update served as the node's."""
     import io
 
-    from veilfed.clients.node import RELEASE_KEY_CONTEXT
+    from veilfed.clients.node_state import RELEASE_KEY_CONTEXT
     from veilfed.crypto.keys import FernetKey, read_key_file
     from veilfed.data.scan import scan
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from fedtest import write_config
+from testkit.fed import write_config
 from typer.testing import CliRunner
 
 from veilfed.cli.main import app
@@ -73,7 +73,7 @@ def test_unknown_task_and_missing_store_are_one_line(tmp_path):
 
 
 def test_failure_after_the_run_started_marks_it_failed(tmp_path, monkeypatch):
-    import veilfed.deploy.simulation as sim
+    import veilfed.launch.simulation as sim
     from veilfed.errors import UsageError
 
     def broken(settings, tracker, address):

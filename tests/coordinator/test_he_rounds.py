@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedtest import LocalGrid, write_config
 from flwr.app import Message
+from testkit.fed import LocalGrid, write_config
 
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.run import prepare

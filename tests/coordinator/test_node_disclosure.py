@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fedtest import LocalGrid, write_config
 from flwr.common.config import parse_config_args
-from test_real_nodes import CLIENTS, _nodes
+from testkit.fed import LocalGrid, write_config
+from testkit.nodes import CLIENTS, node_configs
 
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.run import prepare_deployment
@@ -32,7 +32,7 @@ class _RecordingGrid(LocalGrid):
 
 def test_real_nodes_keep_train_loss_and_share_eval_metrics_only_when_opted_in(tmp_path: Path):
     config = write_config(tmp_path, clients=2, rounds=1)
-    nodes = _nodes(config, tmp_path, None)
+    nodes = node_configs(config, tmp_path, None)
     nodes[1]["share-eval-metrics"] = True  # client-0001's owner marked its held-out clips evaluable
     settings, tracker = prepare_deployment(config, len(nodes), tmp_path / "runs", None)
     grid = _RecordingGrid(2, node_configs=nodes)
@@ -58,7 +58,7 @@ def test_real_nodes_keep_train_loss_and_share_eval_metrics_only_when_opted_in(tm
 
 
 def test_node_config_carries_the_opt_in_and_the_he_floor(tmp_path: Path):
-    from veilfed.deploy.node import NodeOptions, node_config
+    from veilfed.launch.start_node import NodeOptions, node_config
 
     opts = NodeOptions("h:1", tmp_path, tmp_path, tmp_path, tmp_path, tmp_path)
     default = parse_config_args([node_config("client-0000", opts)])

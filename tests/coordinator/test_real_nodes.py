@@ -11,58 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedtest import LocalGrid, write_config
+from testkit.fed import LocalGrid, write_config
+from testkit.nodes import CLIENTS, node_configs
 
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.run import finish, prepare_deployment
 from veilfed.coordinator.server_app import Coordinator
 from veilfed.crypto.he import HEParams, keygen
 from veilfed.errors import CheckFailed, UsageError
-
-CLIENTS = ("client-0000", "client-0001")
-
-
-def _owner_store(config: Path, root: Path):  # type: ignore[no-untyped-def]
-    """The data owner's encrypted store of the config's synthetic world."""
-    from veilfed.config import load_config
-    from veilfed.crypto.keys import FernetKey
-    from veilfed.data import synth
-    from veilfed.data.files import encode_clip
-    from veilfed.data.store import EncryptedStore
-
-    cfg = load_config(config)
-    owner = FernetKey.generate()
-    store = EncryptedStore.create(root / "owner-store", owner)
-    store.put_many(
-        (clip.clip_id, encode_clip(clip), clip.labels)
-        for clip in synth.iter_world(cfg.world.world_config(), cfg.world.clips)
-    )
-    return store, owner
-
-
-def _nodes(config: Path, root: Path, he_secret: Path | None) -> list[dict[str, Any]]:
-    """Each client's bundle exported, imported into its node store; the node configs."""
-    from veilfed.clients.policy import NodePolicy
-    from veilfed.crypto.keys import write_key_file
-    from veilfed.data.bundle import client_key, export_bundle, partition_ids
-    from veilfed.deploy.node import NodeOptions, import_shard, node_config
-
-    store, owner = _owner_store(config, root)
-    configs = []
-    for cid in CLIENTS:
-        bundle, key = root / f"{cid}.vfs", root / f"{cid}.key"
-        export_bundle(store, cid, bundle, clip_ids=partition_ids(store, cid, len(CLIENTS)))
-        write_key_file(key, client_key(owner, cid))
-        opts = NodeOptions(
-            "h:1", bundle, key, root, root, root / cid, he_context=he_secret,
-            policy=NodePolicy(budget=8.0),
-        )  # fmt: skip
-        opts.he_min_contributors = 2  # two-node runs; the default floor is 3
-        assert import_shard(bundle, key, opts.state) == cid
-        from flwr.common.config import parse_config_args
-
-        configs.append(parse_config_args([node_config(cid, opts)]))
-    return configs
 
 
 def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
@@ -72,7 +28,7 @@ def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
         extra="[he]\nenabled = true\nshadow = true\nmax_abs_update = 16.0\nmin_contributors = 2\n",
     )
     secret, public = keygen(tmp_path / "he", HEParams.for_bounds(16.0, 2**16, 1e-5))
-    nodes = _nodes(config, tmp_path, secret)
+    nodes = node_configs(config, tmp_path, secret)
     settings, tracker = prepare_deployment(config, len(CLIENTS), tmp_path / "runs", public)
     assert settings.store == "" and settings.he.secret_path == ""
     assert not settings.he.shadow  # shadow copies are plaintext: never on real nodes
@@ -97,7 +53,7 @@ def test_real_nodes_train_on_their_own_shards_under_he(tmp_path: Path) -> None:
 @pytest.fixture
 def plain_nodes(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     config = write_config(tmp_path, clients=2, extra="[he]\nmin_contributors = 2\n")
-    return config, _nodes(config, tmp_path, None)
+    return config, node_configs(config, tmp_path, None)
 
 
 def _coordinator(tmp_path: Path, config: Path, nodes, he_public=None, names=None) -> Coordinator:  # type: ignore[no-untyped-def]
@@ -333,7 +289,7 @@ def test_a_larger_delta_in_a_later_run_cannot_make_the_nodes_history_look_cheape
 def test_a_dp_node_cannot_start_without_its_own_budget(tmp_path: Path) -> None:
     """The coordinator never sets a node's cap: without --budget only a no-DP node starts."""
     from veilfed.clients.policy import NodePolicy
-    from veilfed.deploy.node import NodeOptions, preflight
+    from veilfed.launch.start_node import NodeOptions, preflight
 
     opts = NodeOptions("h:1", tmp_path, tmp_path, tmp_path, tmp_path, tmp_path)
     with pytest.raises(UsageError, match=r"^--budget is required: the most epsilon this node"):

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from fedtest import LocalGrid, make_run, write_config
 from flwr.app import Array, ArrayRecord, Message
+from testkit.fed import LocalGrid, make_run, write_config
 
 from veilfed.clients.client_app import injected_failure
 from veilfed.coordinator import checkpoint
@@ -237,7 +237,7 @@ def test_malformed_evaluate_replies_are_rejected_not_fatal(tmp_path):
 def test_a_signed_report_with_a_huge_renyi_order_is_refused_in_the_round(tmp_path):
     """A client signs, with its own key, a report declaring the order 10^9 (which would stall an
     audit's recomputation): the coordinator refuses the update and the round goes on."""
-    from veilfed.clients.node import NodeState
+    from veilfed.clients.node_state import NodeState
     from veilfed.privacy.reports import PrivacyReport, SignedReport, sign
 
     settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=3, rounds=1))

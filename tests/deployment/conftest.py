@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_kit import VEILFED, Cluster
+from testkit.cluster import VEILFED, Cluster
 
 from veilfed.crypto import certs
 

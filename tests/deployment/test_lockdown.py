@@ -18,20 +18,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster_kit import Cluster, coordinator_args, node_args
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.proto.control_pb2 import RegisterNodeRequest
 from flwr.proto.fleet_pb2 import ActivateNodeRequest, RegisterNodeFleetRequest
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+from testkit.cluster import Cluster, coordinator_args, node_args
 
 from veilfed.crypto import certs
 from veilfed.crypto.app_signing import SIGNATURE_KEY, load_signing_key
-from veilfed.deploy.control import ControlClient
-from veilfed.deploy.net import free_port
-from veilfed.deploy.supernode import REFUSED
 from veilfed.errors import UsageError
+from veilfed.launch.control import ControlClient
+from veilfed.launch.net import free_port
+from veilfed.launch.supernode import REFUSED
 
 pytestmark = pytest.mark.deployment
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cluster_kit import CONFIG, Cluster, coordinator_args, node_args
+from testkit.cluster import CONFIG, Cluster, coordinator_args, node_args
 
 from veilfed.crypto import certs
-from veilfed.deploy.net import free_port
+from veilfed.launch.net import free_port
 
 # Restart and resume take about 3 minutes on 2 cores: `make test-slow` runs it, `make test` not.
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_kit import Cluster, coordinator_args, node_args
+from testkit.cluster import Cluster, coordinator_args, node_args
 
 from veilfed.crypto import certs
-from veilfed.deploy.net import free_port
+from veilfed.launch.net import free_port
 
 pytestmark = pytest.mark.deployment
 

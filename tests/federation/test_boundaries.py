@@ -81,7 +81,7 @@ def test_the_scan_sees_hidden_relative_and_dynamic_imports():
         "        importlib.import_module('veilfed.coordinator.run')\n"
         "from ..coordinator import strategies\n"
     )
-    names = {name for _, name in imported_modules(source, "veilfed.clients.node")}
+    names = {name for _, name in imported_modules(source, "veilfed.clients.node_state")}
     assert "veilfed.coordinator.server_app" in names
     assert "veilfed.clients.trainer" in names
     assert "veilfed.coordinator.run" in names

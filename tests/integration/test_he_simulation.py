@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit.fed import write_config
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))
-from fedtest import write_config  # noqa: E402
-
-from veilfed.cli.main import app  # noqa: E402
+from veilfed.cli.main import app
 
 # CKKS noise of one averaged value is ≤ 3.1e-6 (docs/he.md); round 2 trains from that slightly
 # different global model, so the final weights may differ by a small multiple of it.

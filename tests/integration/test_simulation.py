@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from testkit.fed import write_config
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))
-from fedtest import write_config  # noqa: E402
-
-from veilfed.cli.main import app  # noqa: E402
+from veilfed.cli.main import app
 
 
 @pytest.mark.integration

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modelkit import make_batch
+from testkit.model import make_batch
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelkit import tiny
+from testkit.model import tiny
 
 from veilfed.model.check import combinations, run_checks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelkit import make_batch, tiny
+from testkit.model import make_batch, tiny
 
 from veilfed.data import schema
 from veilfed.errors import UsageError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelkit import learnable_batch, tiny
+from testkit.model import learnable_batch, tiny
 
 from veilfed.data import schema
 from veilfed.model import HEADS, create_model

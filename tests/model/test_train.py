@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelkit import make_batch, tiny
 from opacus.accountants import RDPAccountant
+from testkit.model import make_batch, tiny
 
 from veilfed.errors import UsageError
 from veilfed.model import create_model

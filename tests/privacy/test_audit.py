@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mlflow.tracking import MlflowClient
-from privacy_testkit import (
+from testkit.privacy import (
     DELTA,
     counted_by_round,
     digest,
@@ -370,11 +370,8 @@ def test_run_without_round_log_cannot_be_audited(store) -> None:
 
 # -- the coordinator's side, through the real round loop and the real ClientApp ------------------
 def _coordinator_run(tmp_path, tamper=None, he: bool = False):
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coordinator"))
-    from fedtest import LocalGrid, make_run, write_config
+    from testkit.fed import LocalGrid, make_run, write_config
 
     from veilfed.coordinator import checkpoint
     from veilfed.coordinator.run import prepare
@@ -410,7 +407,7 @@ def test_coordinator_rejects_reports_bound_to_another_run_model_or_delta(tmp_pat
     import json
     from pathlib import Path
 
-    from veilfed.clients.node import NodeState
+    from veilfed.clients.node_state import NodeState
     from veilfed.data.partition import client_name
     from veilfed.privacy.reports import PrivacyReport, SignedReport
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from opacus import PrivacyEngine
+from testkit.fed import make_run, write_config
 
 from veilfed.coordinator.strategies import FixedNodes, build_strategy, strategy_state
 from veilfed.errors import UsageError
 from veilfed.federation.digest import model_digest
 from veilfed.privacy import noise
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))  # shared fedtest helpers
-from fedtest import make_run, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_SEED = 1234

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from privacy_testkit import digest, make_chain
+from testkit.privacy import digest, make_chain
 
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.privacy.accounting import ClientAccountant

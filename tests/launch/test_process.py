@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from veilfed.deploy.process import Child, StopSignal, descendants
+from veilfed.launch.process import Child, StopSignal, descendants
 
 # A child that ignores SIGTERM and starts a grandchild in a session of its own (like SuperExec).
 _STUBBORN = """

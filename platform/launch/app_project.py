@@ -20,8 +20,8 @@ from typing import Any
 from veilfed.crypto.app_signing import SIGNATURE_KEY
 from veilfed.io import write_text_atomic
 
-SERVER_APP = "veilfed.deploy.server_app:app"
-CLIENT_APP = "veilfed.deploy.client_app:app"
+SERVER_APP = "veilfed.launch.server_app:app"
+CLIENT_APP = "veilfed.launch.client_app:app"
 
 
 def _toml_value(value: Any) -> str:

@@ -14,7 +14,7 @@ served on two sockets:
   API, each call signed by a registered node key) and ``/health``; anything else is answered 404
   and logged.
 
-Usage: ``python -m veilfed.deploy.superlink --fleet-address HOST:PORT FLOWER-SUPERLINK-ARGS...``
+Usage: ``python -m veilfed.launch.superlink --fleet-address HOST:PORT FLOWER-SUPERLINK-ARGS...``
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _pop_option(argv: list[str], name: str) -> str:
         if arg.startswith(name + "="):
             del argv[i]
             return arg.split("=", 1)[1]
-    raise SystemExit(f"veilfed.deploy.superlink: {name} HOST:PORT is required")
+    raise SystemExit(f"veilfed.launch.superlink: {name} HOST:PORT is required")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,16 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     # The module, not the function of the same name that flwr.superlink.cli re-exports.
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
 
-    from veilfed.deploy.net import parse_address
+    from veilfed.launch.net import parse_address
 
     args = list(sys.argv[1:] if argv is None else argv)
     fleet_host, fleet_port = parse_address(_pop_option(args, "--fleet-address"), "--fleet-address")
     sys.argv = ["flower-superlink", *args]
     config = flower._parse_superlink_lifespan_config()  # Flower's own flags and checks
     if not is_loopback(config.host):
-        raise SystemExit(f"veilfed.deploy.superlink: --host {config.host} must be loopback")
+        raise SystemExit(f"veilfed.launch.superlink: --host {config.host} must be loopback")
     if config.ssl_certfile is None:
-        raise SystemExit("veilfed.deploy.superlink: TLS is required (--ssl-certfile ...)")
+        raise SystemExit("veilfed.launch.superlink: TLS is required (--ssl-certfile ...)")
     app = FleetOnly(create_app(config, flower.SuperLinkLifespan), (config.host, config.port))
     # The control socket first: once the public one answers, both do.
     sockets = [bind(config.host, config.port), bind(fleet_host, fleet_port)]

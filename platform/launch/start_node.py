@@ -7,7 +7,7 @@ certificate is current; the auth key is a private OpenSSH EC key; the shard key 
 node's local Runtime API port is free; the trusted entities (the app-signing keys whose bundles
 this node runs) load; the SuperLink is reachable (bounded retries with back-off) and its
 certificate verifies against our CA. Only then does the SuperNode start
-(``veilfed.deploy.supernode``: Flower's SuperNode with ``--trusted-entities``, so a run whose app
+(``veilfed.launch.supernode``: Flower's SuperNode with ``--trusted-entities``, so a run whose app
 bundle no trusted key signed is refused before any of its code runs, one log line per run). A
 node whose key the coordinator did not register is refused by the SuperLink at activation; that
 is reported as one line, exit 2.
@@ -37,9 +37,6 @@ from veilfed.clients.inputs import DEFAULT_HE_FLOOR, he_floor
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.app_signing import TRUSTED_ENTITIES, load_trusted_entities
 from veilfed.crypto.certs import check_ca, load_node_private_key
-from veilfed.deploy.flower import child_env
-from veilfed.deploy.net import check_port_free, check_tls, parse_address, wait_reachable
-from veilfed.deploy.process import Child, StopSignal
 from veilfed.errors import UsageError, VeilfedError
 from veilfed.federation.keys import (
     NODE_CLIENT_ID,
@@ -51,6 +48,9 @@ from veilfed.federation.keys import (
     NODE_STORE,
 )
 from veilfed.io import write_text_atomic
+from veilfed.launch.flower import child_env
+from veilfed.launch.net import check_port_free, check_tls, parse_address, wait_reachable
+from veilfed.launch.process import Child, StopSignal
 
 log = logging.getLogger("veilfed.node")
 
@@ -134,7 +134,7 @@ def import_shard(shard: Path, key_file: Path, state: Path) -> str:
 
 def log_signing_key(state: Path, client: str) -> None:
     """The fingerprint the coordinator will pin and auditors will see for this client."""
-    from veilfed.clients.node import NodeState
+    from veilfed.clients.node_state import NodeState
     from veilfed.privacy.reports import key_id, load_public_key
 
     pem = NodeState(state / "client", client).public_key_pem()
@@ -265,7 +265,7 @@ def start(opts: NodeOptions) -> int:
     state = opts.state
     (state / "client").mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "veilfed.deploy.supernode",
+        sys.executable, "-m", "veilfed.launch.supernode",
         "--trusted-entities", str(trusted_entities_file(opts).absolute()),
         "--superlink", f"{host}:{port}",
         "--root-certificates", str(ca.absolute()),

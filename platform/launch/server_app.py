@@ -10,29 +10,14 @@ as ``veilfed simulate --resume`` does, so the clients' accountants and ε carry 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from veilfed.federation.log import log_to_stream
+
 app = ServerApp()
-
-
-def log_to_stream() -> None:
-    """veilfed's own log lines (one per round: sampled, accepted, declined ...) into the run's log.
-
-    Flower streams the ServerApp process's output to ``veilfed coordinator start``; Python logging
-    has no handler there, so without this only warnings would show.
-    """
-    logger = logging.getLogger("veilfed")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # a root handler (if a library set one) would print it twice
 
 
 @app.main()

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from veilfed.deploy.net import free_port
+from veilfed.launch.net import free_port
 
 VEILFED = [sys.executable, "-m", "veilfed.cli.main"]
 

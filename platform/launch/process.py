@@ -23,7 +23,7 @@ from pathlib import Path
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-log = logging.getLogger("veilfed.deploy")
+log = logging.getLogger("veilfed.launch")
 
 
 def descendants(pid: int) -> list[int]:

@@ -11,7 +11,7 @@ if it holds, attached to the FAB in Flower's format; Flower's own check then ver
 An unsigned bundle, one signed by another key, an altered one, or a run that overrides any other
 config key gets nothing attached, so Flower refuses it; the node logs one line per refused run.
 
-Usage: ``python -m veilfed.deploy.supernode FLOWER-SUPERNODE-ARGS... --trusted-entities FILE``
+Usage: ``python -m veilfed.launch.supernode FLOWER-SUPERNODE-ARGS... --trusted-entities FILE``
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _trusted_path(argv: list[str]) -> Path:
             return Path(argv[i + 1])
         if arg.startswith("--trusted-entities="):
             return Path(arg.split("=", 1)[1])
-    raise SystemExit("veilfed.deploy.supernode: --trusted-entities FILE is required")
+    raise SystemExit("veilfed.launch.supernode: --trusted-entities FILE is required")
 
 
 def signed_fab_getter(
@@ -72,13 +72,13 @@ def install(trusted: dict[str, Any]) -> None:
     params = inspect.signature(original).parameters
     if not {"get_fab", "get_run", "trusted_entities"} <= set(params):
         raise SystemExit(
-            "veilfed.deploy.supernode: this Flower version's SuperNode cannot be given signed "
+            "veilfed.launch.supernode: this Flower version's SuperNode cannot be given signed "
             "bundles (no get_fab/get_run/trusted_entities in _pull_and_store_message)"
         )
 
     def pull(**kwargs: Any) -> Any:
         if not kwargs.get("trusted_entities"):
-            raise SystemExit("veilfed.deploy.supernode: the SuperNode has no trusted entities")
+            raise SystemExit("veilfed.launch.supernode: the SuperNode has no trusted entities")
         kwargs["get_fab"] = signed_fab_getter(kwargs["get_fab"], kwargs["get_run"], trusted, log)
         return original(**kwargs)
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trusted = load_trusted_entities(_trusted_path(args))
     except UsageError as exc:
-        raise SystemExit(f"veilfed.deploy.supernode: {exc}") from None
+        raise SystemExit(f"veilfed.launch.supernode: {exc}") from None
     install(trusted)
     sys.argv = ["flower-supernode", *args]
     flower_supernode()

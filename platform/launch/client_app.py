@@ -14,7 +14,6 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from veilfed.clients import client_app as base
-from veilfed.deploy.server_app import log_to_stream
 from veilfed.federation.keys import (
     CONFIG_RECORD,
     REASON,
@@ -23,6 +22,7 @@ from veilfed.federation.keys import (
     STATUS,
     STATUS_DECLINED,
 )
+from veilfed.federation.log import log_to_stream
 
 log = logging.getLogger("veilfed.node")
 _WHAT = {MessageType.TRAIN: "", MessageType.EVALUATE: " evaluation"}

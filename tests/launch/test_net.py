@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from veilfed.crypto import certs
-from veilfed.deploy import net
 from veilfed.errors import UsageError
+from veilfed.launch import net
 
 
 def test_parse_address() -> None:

@@ -11,10 +11,10 @@ from flwr.common.config import parse_config_args
 
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.app_signing import SIGNATURE_KEY
-from veilfed.deploy.app_project import CLIENT_APP, SERVER_APP, write_app_project
-from veilfed.deploy.coordinator import CoordinatorOptions, routine_line, run_config_for
-from veilfed.deploy.node import NodeOptions, node_config
 from veilfed.errors import UsageError
+from veilfed.launch.app_project import CLIENT_APP, SERVER_APP, write_app_project
+from veilfed.launch.start_coordinator import CoordinatorOptions, routine_line, run_config_for
+from veilfed.launch.start_node import NodeOptions, node_config
 
 
 def _node(tmp_path: Path, **kw) -> NodeOptions:  # type: ignore[no-untyped-def]
@@ -126,8 +126,8 @@ def test_declined_round_is_one_clear_node_log_line(task_identity: None) -> None:
 
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-    from veilfed.deploy.client_app import announce_declines
     from veilfed.federation.keys import REPLY_KEY, STATUS_DECLINED, STATUS_TRAINED
+    from veilfed.launch.client_app import announce_declines
 
     msg = Message(
         RecordDict({"config": ConfigRecord({"server-round": 2})}),

@@ -2,7 +2,7 @@
 
 Order of events: preflight (certificates current and chained to the CA, node keys readable,
 app-signing key private, config present, HE context public, ports free) → the SuperLink child
-(``veilfed.deploy.superlink``: Flower's SuperLink with only the Fleet API on ``--address`` and the
+(``veilfed.launch.superlink``: Flower's SuperLink with only the Fleet API on ``--address`` and the
 Control and Runtime APIs on ``127.0.0.1:--control-port``) → wait until it answers TLS → register
 every node public key from ``--auth-keys`` over the loopback Control API (only those nodes get
 in) → wait for the nodes to come online (bounded) → submit the veilfed Flower App with this run's
@@ -34,12 +34,12 @@ from veilfed.crypto.certs import (
     check_server_material,
     load_node_public_keys,
 )
-from veilfed.deploy.app_project import write_app_project
-from veilfed.deploy.control import ControlClient
-from veilfed.deploy.flower import child_env
-from veilfed.deploy.net import check_port_free, check_tls, parse_address
-from veilfed.deploy.process import Child, StopSignal, strip_colour
 from veilfed.errors import CheckFailed, UsageError
+from veilfed.launch.app_project import write_app_project
+from veilfed.launch.control import ControlClient
+from veilfed.launch.flower import child_env
+from veilfed.launch.net import check_port_free, check_tls, parse_address
+from veilfed.launch.process import Child, StopSignal, strip_colour
 
 log = logging.getLogger("veilfed.coordinator")
 
@@ -203,7 +203,7 @@ def start(opts: CoordinatorOptions) -> int:
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
     env = child_env(opts.state / "superlink-home", {"MLFLOW_TRACKING_URI": tracking})
     argv = [
-        sys.executable, "-m", "veilfed.deploy.superlink",
+        sys.executable, "-m", "veilfed.launch.superlink",
         "--fleet-address", opts.address,
         "--ssl-ca-certfile", str(ca),
         "--ssl-certfile", str((opts.certs / SERVER_CERT).absolute()),

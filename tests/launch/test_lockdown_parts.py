@@ -36,9 +36,9 @@ from veilfed.crypto.app_signing import (
     sign_fab,
     trusted_entities_yaml,
 )
-from veilfed.deploy.superlink import FleetOnly
-from veilfed.deploy.supernode import REFUSED, signed_fab_getter
 from veilfed.errors import UsageError
+from veilfed.launch.superlink import FleetOnly
+from veilfed.launch.supernode import REFUSED, signed_fab_getter
 
 FAB = b"PK\x03\x04 a bundle's bytes"
 

@@ -28,7 +28,7 @@ from veilfed.cli.main import app
 from veilfed.crypto import certs
 from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME, load_context
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 README = (DEPLOY / "README.md").read_text()
 PORT = 9092  # the Fleet API

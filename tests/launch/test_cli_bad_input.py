@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from veilfed.crypto import certs
-from veilfed.deploy.net import free_port
+from veilfed.launch.net import free_port
 
 VEILFED = [sys.executable, "-m", "veilfed.cli.main"]
 
@@ -188,8 +188,8 @@ def test_node_import_failure_keeps_the_previous_store(
     """A bundle that does not open leaves the node store of the last good import in place."""
     from veilfed.crypto.keys import read_key_file
     from veilfed.data.store import EncryptedStore
-    from veilfed.deploy.node import import_shard, node_store
     from veilfed.errors import UsageError
+    from veilfed.launch.start_node import import_shard, node_store
 
     bundle, key, wrong_key = shard
     state = tmp_path / "state"
