@@ -1,7 +1,7 @@
 """Errors users see: one line, naming the file/field/client and what to do.
 
-The CLI maps :class:`UsageError` to exit 2 and :class:`CheckFailed` to exit 1 (DESIGN.md contract),
-so library code raises these instead of printing or exiting.
+The CLI maps :class:`UsageError` to exit 2 and :class:`CheckFailed` to exit 1 (docs/contracts.md,
+"Exit codes"), so library code raises these instead of printing or exiting.
 """
 
 from __future__ import annotations

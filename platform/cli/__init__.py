@@ -1,1 +1,1 @@
-"""The ``veilfed`` command line: one module per command group (DESIGN.md CLI contract)."""
+"""The ``veilfed`` command line: one module per command group."""

@@ -1,7 +1,7 @@
 """Data that cannot be lost: concurrent writers, re-ingest, outputs over existing files, bad input.
 
 Every case runs the real console script on a real Fernet store holding real encoded video made by
-``veilfed data synth``; the attacks are the ones that used to lose or duplicate data.
+``veilfed data synth``; each case is an attack that would lose or duplicate data.
 """
 
 from __future__ import annotations
