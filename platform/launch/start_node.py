@@ -135,7 +135,7 @@ def import_shard(shard: Path, key_file: Path, state: Path) -> str:
 def log_signing_key(state: Path, client: str) -> None:
     """The fingerprint the coordinator will pin and auditors will see for this client."""
     from veilfed.clients.node_state import NodeState
-    from veilfed.privacy.reports import key_id, load_public_key
+    from veilfed.privacy.signing import key_id, load_public_key
 
     pem = NodeState(state / "client", client).public_key_pem()
     log.info(

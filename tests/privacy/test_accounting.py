@@ -12,13 +12,9 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 
 from veilfed.errors import UsageError
-from veilfed.privacy.accounting import (
-    AccountantStore,
-    ClientAccountant,
-    attach,
-    calibrate_noise,
-    plan_round,
-)
+from veilfed.privacy.accountant import ClientAccountant
+from veilfed.privacy.accountant_store import AccountantStore
+from veilfed.privacy.accounting import attach, calibrate_noise, plan_round
 
 DELTA = 1e-5
 # Rounds a client joined: (noise multiplier, sample rate, steps); round 3 repeats round 1.

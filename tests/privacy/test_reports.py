@@ -11,19 +11,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from testkit.privacy import digest, make_chain
 
 from veilfed.errors import CheckFailed, UsageError
-from veilfed.privacy.accounting import ClientAccountant
-from veilfed.privacy.reports import (
-    KeyRegistry,
-    PrivacyReport,
-    SignedReport,
-    check_chain,
+from veilfed.privacy.accountant import ClientAccountant
+from veilfed.privacy.report_chain import check_chain, record_round
+from veilfed.privacy.report_schema import PrivacyReport, SignedReport
+from veilfed.privacy.report_signing import KeyRegistry, sign, verify
+from veilfed.privacy.signing import (
     generate_signing_key,
     key_id,
     load_signing_key,
     public_key_path,
-    record_round,
-    sign,
-    verify,
 )
 
 DELTA = 1e-5
@@ -223,7 +219,6 @@ def test_unbounded_renyi_orders_are_refused_fast(orders) -> None:
     import time
 
     from veilfed.privacy.audit_accountant import rdp_epsilon
-    from veilfed.privacy.reports import SignedReport, sign
 
     key = Ed25519PrivateKey.generate()
     report = dataclasses.replace(

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from veilfed.privacy.accounting import ClientAccountant
+from veilfed.privacy.accountant import ClientAccountant
 from veilfed.privacy.audit_log import COORDINATOR_KEY_ARTIFACT, LOG_ARTIFACT, RoundLogWriter
+from veilfed.privacy.report_chain import record_round
+from veilfed.privacy.report_schema import SignedReport
+from veilfed.privacy.report_signing import sign
 from veilfed.privacy.report_store import log_reports
-from veilfed.privacy.reports import SignedReport, key_id, record_round, sign
+from veilfed.privacy.signing import key_id
 
 DELTA = 1e-5
 N = 1000  # training examples per client: δ <= 1/n holds
