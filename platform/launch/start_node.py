@@ -36,7 +36,7 @@ from pathlib import Path
 from veilfed.clients.inputs import DEFAULT_HE_FLOOR, he_floor
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.app_signing import TRUSTED_ENTITIES, load_trusted_entities
-from veilfed.crypto.certs import check_ca, load_node_private_key
+from veilfed.crypto.cert_checks import check_ca, load_node_private_key
 from veilfed.errors import UsageError, VeilfedError
 from veilfed.federation.keys import (
     NODE_CLIENT_ID,
