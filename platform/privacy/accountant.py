@@ -159,17 +159,6 @@ class ClientAccountant:
             return 0.0
         return float(self.opacus.get_epsilon(delta))
 
-    def would_exceed(
-        self,
-        budget: float,
-        delta: float,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-    ) -> bool:
-        """Whether spending ``steps`` more steps at (σ, q) would push ε above ``budget``."""
-        return self.refusal(budget, delta, noise_multiplier, sample_rate, steps) is not None
-
     def refusal(
         self,
         budget: float,
@@ -178,7 +167,8 @@ class ClientAccountant:
         sample_rate: float,
         steps: int,
     ) -> str | None:
-        """One-line reason to decline the next round, or None when it fits the budget."""
+        """One-line reason to decline spending ``steps`` more steps at (σ, q) because ε would
+        exceed ``budget`` at ``delta``; None when it fits the budget."""
         after = self._after(noise_multiplier, sample_rate, steps).epsilon(delta)
         if after <= budget:
             return None

@@ -15,7 +15,7 @@ optimizer's noise multiplier. So swap the accountant in before ``make_private``:
     if reason:                       # decline the round, tell the coordinator why
         ...
     engine = PrivacyEngine(accountant=acc.mechanism)
-    attach(engine, acc)              # engine.accountant is now acc.opacus
+    attach(engine, acc)              # engine.accountant is acc.opacus from here on
     model, opt, loader = engine.make_private(module=..., optimizer=..., data_loader=...,
                                              noise_multiplier=sigma, max_grad_norm=C,
                                              poisson_sampling=True)
