@@ -69,12 +69,12 @@ class RoundLogWriter:
         lines, prev = [], ""
         for entry in entries:
             entry = dict(entry, prev_hash=prev, run_id=self.run_id)
-            line = {
+            signed = {
                 "entry": entry,
                 "key_id": key_id(self.key.public_key()),
                 "signature": sign_b64(self.key, canonical_json(entry)),
             }
-            lines.append(canonical_json(line).decode("utf-8"))
+            lines.append(canonical_json(signed).decode("utf-8"))
             prev = canonical_hash(entry)
         text = "".join(line + "\n" for line in lines)
         write_text_atomic(self.path, text)
