@@ -55,8 +55,10 @@ from veilfed.crypto.keys import FernetKey, InvalidToken
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import SIGNING_KEY_FILE, client_dir
 from veilfed.io import write_bytes_atomic
-from veilfed.privacy.accounting import AccountantStore, ClientAccountant, check_client_id
-from veilfed.privacy.reports import generate_signing_key, load_signing_key, public_key_path
+from veilfed.privacy.accountant import ClientAccountant
+from veilfed.privacy.accountant_store import AccountantStore
+from veilfed.privacy.ids import check_client_id
+from veilfed.privacy.signing import generate_signing_key, load_signing_key, public_key_path
 
 _META = "__release__"  # npz entry holding the release's JSON metadata (bytes)
 RELEASE_KEY_CONTEXT = "veilfed/node-release"  # derives the release key from the client's key

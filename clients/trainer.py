@@ -31,7 +31,7 @@ from veilfed.clients.node_state import Release, ReleaseKey
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
-from veilfed.privacy.accounting import ClientAccountant
+from veilfed.privacy.accountant import ClientAccountant
 from veilfed.train import train_collate
 
 log = logging.getLogger("veilfed.client")
@@ -242,7 +242,8 @@ def _train(
 ) -> RoundResult:
     """Train one round; with ``acc``, DP-SGD recorded into it after its budget check."""
     from veilfed.privacy.accounting import plan_round
-    from veilfed.privacy.reports import record_round, sign
+    from veilfed.privacy.report_chain import record_round
+    from veilfed.privacy.report_signing import sign
 
     _threads()
     torch.manual_seed(_seed(settings, inputs.client_id, rnd))  # augmentations, not DP noise

@@ -24,7 +24,8 @@ from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR, SIGNING_KEY_FILE, client_dir, save_shards
 from veilfed.federation.sections import ClientPrivacy, HEConfig
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
-from veilfed.privacy.reports import KeyRegistry, generate_signing_key, public_key_path
+from veilfed.privacy.report_signing import KeyRegistry
+from veilfed.privacy.signing import generate_signing_key, public_key_path
 
 SHOWN_CLIENTS = 20  # per-client lines printed; all of them are in the summary
 

@@ -194,7 +194,7 @@ class Coordinator:
         tracker: Any,
         node_clients: dict[int, str] | None = None,
     ) -> None:
-        from veilfed.privacy.reports import KeyRegistry
+        from veilfed.privacy.report_signing import KeyRegistry
 
         self.grid = grid
         self.s = settings
@@ -435,7 +435,7 @@ class Coordinator:
             self.he_shadow = shadow_average(flats, weights)
 
     def _check_report(self, rnd: int, cid: str, info: dict[str, Any]) -> None:
-        from veilfed.privacy.reports import PrivacyReport, SignedReport
+        from veilfed.privacy.report_schema import PrivacyReport, SignedReport
 
         raw = info.get(REPORT)
         if not isinstance(raw, str):
@@ -490,7 +490,7 @@ class Coordinator:
 
     def _log_settings(self) -> None:
         """The signed round log's first entry: the privacy settings the audit pins."""
-        from veilfed.privacy.reports import key_id
+        from veilfed.privacy.signing import key_id
 
         if self.round_log is None:
             return
@@ -728,7 +728,7 @@ class Coordinator:
         """
         if not (self.s.privacy.enabled and self.fed.sign_reports and rlog.reported):
             return
-        from veilfed.privacy.reports import KEYS_DIR, REPORTS_DIR, SignedReport
+        from veilfed.privacy.report_schema import KEYS_DIR, REPORTS_DIR, SignedReport
 
         chains = self.run_dir / "reports"
         with tempfile.TemporaryDirectory() as tmp:

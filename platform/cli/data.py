@@ -14,7 +14,7 @@ from veilfed.data.files import encode_clip, write_world
 from veilfed.data.ingest import ingest_to, load_labels
 from veilfed.data.store import EncryptedStore
 from veilfed.io import check_new_output
-from veilfed.privacy.accounting import check_client_id
+from veilfed.privacy.ids import check_client_id
 
 app = typer.Typer(no_args_is_help=True)
 

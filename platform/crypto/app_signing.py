@@ -82,7 +82,8 @@ def write_signing_key(out: Path) -> ed25519.Ed25519PrivateKey:
 def load_signing_key(path: Path, flag: str = "--app-signing-key") -> ed25519.Ed25519PrivateKey:
     """The coordinator's app-signing key: an OpenSSH Ed25519 private key file.
 
-    Callers check first that the file is private (``veilfed.crypto.certs.check_private_mode``).
+    Callers check first that the file is private
+    (``veilfed.crypto.cert_checks.check_private_mode``).
     """
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from veilfed.errors import UsageError
-from veilfed.privacy.accounting import MECHANISMS
+from veilfed.privacy.mechanism import MECHANISMS
 
 CENTRAL_DP = ("off", "fixed", "adaptive")  # client-level DP at the coordinator
 

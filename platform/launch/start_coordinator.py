@@ -26,14 +26,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veilfed.crypto.app_signing import APP_SIGNING_KEY, load_signing_key
-from veilfed.crypto.certs import (
-    CA_CERT,
-    SERVER_CERT,
-    SERVER_KEY,
+from veilfed.crypto.cert_checks import (
     check_private_mode,
     check_server_material,
     load_node_public_keys,
 )
+from veilfed.crypto.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.launch.app_project import write_app_project
 from veilfed.launch.control import ControlClient

@@ -36,7 +36,7 @@ from pathlib import Path
 from veilfed.clients.inputs import DEFAULT_HE_FLOOR, he_floor
 from veilfed.clients.policy import NodePolicy
 from veilfed.crypto.app_signing import TRUSTED_ENTITIES, load_trusted_entities
-from veilfed.crypto.certs import check_ca, load_node_private_key
+from veilfed.crypto.cert_checks import check_ca, load_node_private_key
 from veilfed.errors import UsageError, VeilfedError
 from veilfed.federation.keys import (
     NODE_CLIENT_ID,
@@ -135,7 +135,7 @@ def import_shard(shard: Path, key_file: Path, state: Path) -> str:
 def log_signing_key(state: Path, client: str) -> None:
     """The fingerprint the coordinator will pin and auditors will see for this client."""
     from veilfed.clients.node_state import NodeState
-    from veilfed.privacy.reports import key_id, load_public_key
+    from veilfed.privacy.signing import key_id, load_public_key
 
     pem = NodeState(state / "client", client).public_key_pem()
     log.info(

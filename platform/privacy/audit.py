@@ -1,6 +1,6 @@
 """The audit's rules: every ε claim of a run checked against numbers the claimant cannot choose.
 
-Inputs: each client's signed reports (``reports.py``), the coordinator's signed round log
+Inputs: each client's signed reports (``report_schema.py``), the coordinator's signed round log
 (``audit_log.py``) and public keys the auditor trusts (``audit_load.py`` finds them). A broken
 signature, chain, key or log means the run *cannot* be audited (:class:`UsageError`, exit 2); a
 claim that fails a rule is a violation (exit 1). Rules:
@@ -30,22 +30,15 @@ from veilfed.privacy.audit_accountant import (
     PLD_ABS_SLACK,
     PLD_REL_SLACK,
     RDP_REL_SLACK,
-    Segment,
-    merge,
     pld_epsilon,
     rdp_epsilon,
 )
 from veilfed.privacy.audit_result import AuditResult, RoundCheck, Violation
-from veilfed.privacy.reports import (
-    KEYS_DIR,
-    REPORTS_DIR,
-    PrivacyReport,
-    SignedReport,
-    check_chain,
-    key_id,
-    load_public_key,
-    verify,
-)
+from veilfed.privacy.mechanism import Segment, merge
+from veilfed.privacy.report_chain import check_chain
+from veilfed.privacy.report_schema import KEYS_DIR, REPORTS_DIR, PrivacyReport, SignedReport
+from veilfed.privacy.report_signing import verify
+from veilfed.privacy.signing import key_id, load_public_key
 
 
 def _cannot_audit(problems: list[str]) -> UsageError:

@@ -37,9 +37,8 @@ import numpy as np
 from scipy import special
 
 from veilfed.errors import UsageError
-from veilfed.privacy.reports import MAX_ORDER, MAX_ORDERS
-
-Segment = tuple[float, float, int]
+from veilfed.privacy.mechanism import Segment
+from veilfed.privacy.orders import check_orders
 
 RDP_REL_SLACK = 1e-9
 PLD_DISCRETIZATION = 1e-3
@@ -143,16 +142,11 @@ def sgm_rdp(q: float, sigma: float, orders: tuple[float, ...]) -> tuple[float, .
 def rdp_epsilon(history: Sequence[Segment], delta: float, orders: Sequence[float]) -> float:
     """ε at ``delta`` of ``history``, minimised over ``orders`` (Balle et al. 2020, Thm 21).
 
-    ``orders`` must be what ``PrivacyReport.from_dict`` admits (at most ``MAX_ORDERS``, each in
-    (1, ``MAX_ORDER``]): an integer order costs α + 1 terms, so an unchecked one could stall the
-    audit. Anything else is a ``UsageError``, whoever the caller.
+    ``orders`` must be what ``PrivacyReport.from_dict`` admits (``orders.check_orders``): an
+    integer order costs α + 1 terms, so an unchecked one could stall the audit. Anything else is a
+    ``UsageError``, whoever the caller.
     """
-    if not 1 <= len(orders) <= MAX_ORDERS or not all(1 < a <= MAX_ORDER for a in orders):
-        raise UsageError(
-            f"Rényi orders must be 1 to {MAX_ORDERS} numbers in (1, {MAX_ORDER:g}]; "
-            "cannot recompute this claim"
-        )
-    a = np.asarray(orders, dtype=float)
+    a = np.asarray(check_orders(orders, "Rényi orders of the claim"), dtype=float)
     rdp = np.zeros_like(a)
     for sigma, q, steps in history:
         rdp = rdp + np.asarray(sgm_rdp(float(q), float(sigma), tuple(a.tolist()))) * steps
@@ -178,13 +172,6 @@ def pld_epsilon(history: Sequence[Segment], delta: float) -> float:
         for sigma, q, n in history:
             acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), n)
         return float(acc.get_epsilon(delta))
-
-
-def merge(history: list[Segment], seg: Segment) -> list[Segment]:
-    """Append ``seg``, merging equal consecutive mechanisms (same ε, cheaper composition)."""
-    if history and history[-1][:2] == seg[:2]:
-        return [*history[:-1], (seg[0], seg[1], history[-1][2] + seg[2])]
-    return [*history, seg]
 
 
 @contextlib.contextmanager

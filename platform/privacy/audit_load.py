@@ -24,14 +24,10 @@ from veilfed.privacy.audit_log import (
     read_round_log,
 )
 from veilfed.privacy.audit_result import AuditResult
+from veilfed.privacy.report_schema import KEYS_DIR, REPORTS_DIR, SignedReport
+from veilfed.privacy.report_signing import KeyRegistry
 from veilfed.privacy.report_store import read_logged_reports
-from veilfed.privacy.reports import (
-    KEYS_DIR,
-    REPORTS_DIR,
-    KeyRegistry,
-    SignedReport,
-    load_public_key,
-)
+from veilfed.privacy.signing import load_public_key
 
 log = logging.getLogger("veilfed.audit")
 

@@ -18,9 +18,7 @@ one breaks a signature or a link.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -31,20 +29,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from veilfed.errors import UsageError
 from veilfed.io import write_bytes_atomic, write_text_atomic
-from veilfed.privacy.accounting import check_client_id
-from veilfed.privacy.reports import generate_signing_key, key_id, load_signing_key, public_pem
+from veilfed.privacy.ids import check_client_id
+from veilfed.privacy.signing import (
+    canonical_hash,
+    canonical_json,
+    generate_signing_key,
+    key_id,
+    load_signing_key,
+    public_pem,
+    sign_b64,
+    verify_b64,
+)
 
 LOG_ARTIFACT = "privacy/round_log.jsonl"
 COORDINATOR_KEY_ARTIFACT = "privacy/coordinator.pem"
 COORDINATOR_PEM = "coordinator.pem"  # in a --keys directory, beside the clients' <id>.pub
-
-
-def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(entry)).hexdigest()
 
 
 class RoundLogWriter:
@@ -70,19 +69,13 @@ class RoundLogWriter:
         lines, prev = [], ""
         for entry in entries:
             entry = dict(entry, prev_hash=prev, run_id=self.run_id)
-            signature = self.key.sign(_canonical(entry))
-            lines.append(
-                json.dumps(
-                    {
-                        "entry": entry,
-                        "key_id": key_id(self.key.public_key()),
-                        "signature": base64.b64encode(signature).decode("ascii"),
-                    },
-                    sort_keys=True,
-                    separators=(",", ":"),
-                )
-            )
-            prev = entry_hash(entry)
+            signed = {
+                "entry": entry,
+                "key_id": key_id(self.key.public_key()),
+                "signature": sign_b64(self.key, canonical_json(entry)),
+            }
+            lines.append(canonical_json(signed).decode("utf-8"))
+            prev = canonical_hash(entry)
         text = "".join(line + "\n" for line in lines)
         write_text_atomic(self.path, text)
         return text
@@ -116,8 +109,8 @@ def read_round_log(text: str, key: Ed25519PublicKey, run_id: str) -> list[dict[s
         where = f"{LOG_ARTIFACT} line {i}"
         try:
             data = json.loads(line)
-            entry, signature = data["entry"], base64.b64decode(data["signature"], validate=True)
-            key.verify(signature, _canonical(entry))
+            entry = data["entry"]
+            verify_b64(key, data["signature"], canonical_json(entry))
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise UsageError(f"{where}: not a signed round-log entry") from None
         except InvalidSignature:
@@ -142,7 +135,7 @@ def read_round_log(text: str, key: Ed25519PublicKey, run_id: str) -> list[dict[s
                 )
             last_round = entry["round"]
         entries.append(entry)
-        prev = entry_hash(entry)
+        prev = canonical_hash(entry)
     if not entries or entries[0].get("kind") != "settings":
         raise UsageError(f"{LOG_ARTIFACT}: does not start with the run's signed settings")
     if entries[-1].get("kind") != "end":

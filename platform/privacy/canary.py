@@ -141,7 +141,8 @@ def run_canary_audit(settings: CanarySettings, dp: DPSettings) -> CanaryResult:
     import torch
     from opacus import PrivacyEngine
 
-    from veilfed.privacy.accounting import ClientAccountant, attach, calibrate_noise, plan_round
+    from veilfed.privacy.accountant import ClientAccountant
+    from veilfed.privacy.accounting import attach, calibrate_noise, plan_round
     from veilfed.privacy.noise import protect
 
     s = settings

@@ -1,4 +1,4 @@
-"""A run's signed privacy reports and client keys as MLflow artifacts (layout in ``reports.py``)."""
+"""A run's signed privacy reports and client keys as MLflow artifacts (see ``report_schema``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from veilfed.errors import UsageError
-from veilfed.privacy.accounting import check_client_id
-from veilfed.privacy.reports import KEYS_DIR, REPORTS_DIR, SignedReport
+from veilfed.privacy.ids import check_client_id
+from veilfed.privacy.report_schema import KEYS_DIR, REPORTS_DIR, SignedReport
 from veilfed.privacy.signing import load_public_key, public_pem
 
 

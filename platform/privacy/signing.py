@@ -1,20 +1,51 @@
-"""Ed25519 key files and ids for signed privacy reports and the coordinator's round log.
+"""Ed25519 keys and signatures over canonical JSON: client privacy reports and the round log.
 
 A private key is PKCS#8 PEM at ``path`` (mode 0600, refused when readable by others), its public
 half SubjectPublicKeyInfo PEM at ``path.pub``; a key id is the first 16 hex digits of SHA-256 of
 the raw 32-byte public key.
+
+What is signed and hashed is always :func:`canonical_json`: JSON with sorted keys, no whitespace,
+no NaN or infinity, UTF-8. The same object gives the same bytes on every machine, so a signature
+or a SHA-256 link made by one party is checked by another. A signature travels as base64.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veilfed.errors import UsageError
 from veilfed.io import write_bytes_atomic
+
+
+def canonical_json(data: Any) -> bytes:
+    """The signed bytes of ``data``: JSON, sorted keys, no whitespace, UTF-8; NaN is refused."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def canonical_hash(data: Any) -> str:
+    """SHA-256 hex of :func:`canonical_json`: what a chained record names its predecessor by."""
+    return hashlib.sha256(canonical_json(data)).hexdigest()
+
+
+def sign_b64(private_key: Ed25519PrivateKey, data: bytes) -> str:
+    """The base64 Ed25519 signature of ``data``."""
+    return base64.b64encode(private_key.sign(data)).decode("ascii")
+
+
+def verify_b64(public_key: Ed25519PublicKey, signature: str, data: bytes) -> None:
+    """Raise unless ``signature`` (base64) is ``public_key``'s signature of ``data``.
+
+    ``cryptography.exceptions.InvalidSignature`` when it does not match; ``binascii.Error``,
+    ``ValueError`` or ``TypeError`` when ``signature`` is not base64 text.
+    """
+    public_key.verify(base64.b64decode(signature, validate=True), data)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from veilfed.cli.main import app
 from veilfed.privacy.audit_log import LOG_ARTIFACT
-from veilfed.privacy.reports import SignedReport, public_pem
+from veilfed.privacy.report_schema import SignedReport
+from veilfed.privacy.signing import public_pem
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 KEY = Ed25519PrivateKey.generate()
@@ -123,7 +124,7 @@ def test_tampered_report_exits_2_without_output(store, tmp_path) -> None:
     ],
 )
 def test_malformed_reports_exit_2_in_one_line(store, tmp_path, changes, message) -> None:
-    from veilfed.privacy.reports import sign
+    from veilfed.privacy.report_signing import sign
 
     def forge(reports):
         return [sign(dataclasses.replace(reports[0].report, **changes), KEY)]

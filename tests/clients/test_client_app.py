@@ -16,7 +16,8 @@ from veilfed.clients.inputs import client_inputs
 from veilfed.clients.node_state import NodeState
 from veilfed.clients.trainer import split_shard
 from veilfed.federation.weights import initial_arrays
-from veilfed.privacy.reports import KeyRegistry, SignedReport
+from veilfed.privacy.report_schema import SignedReport
+from veilfed.privacy.report_signing import KeyRegistry
 
 
 @pytest.fixture()
@@ -126,7 +127,7 @@ def test_a_release_the_accountant_does_not_name_is_never_served(run, monkeypatch
     """Crash between writing the release and counting it: the update never left (the ClientApp
     failed), the next attempt trains and counts; the orphaned file is never served. A stored
     release whose bytes changed is not served either: the node declines rather than retrain."""
-    from veilfed.privacy.accounting import AccountantStore
+    from veilfed.privacy.accountant_store import AccountantStore
 
     def crash(self, acc):  # type: ignore[no-untyped-def]
         raise OSError("power cut")

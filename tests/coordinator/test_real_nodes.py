@@ -131,7 +131,7 @@ def test_node_budget_caps_the_run_and_composes_across_runs(tmp_path: Path, plain
     into its report. A second run (new run id, same shard) does not reset the node's ε: the capped
     node declines at once, and the other node (--budget 8), which spent ε = 8 in the first run,
     cannot spend again."""
-    from veilfed.privacy.reports import SignedReport
+    from veilfed.privacy.report_schema import SignedReport
 
     config, nodes = plain_nodes
     capped = [{**nodes[0], "epsilon-budget": 6.5}, nodes[1]]

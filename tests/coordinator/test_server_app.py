@@ -238,7 +238,8 @@ def test_a_signed_report_with_a_huge_renyi_order_is_refused_in_the_round(tmp_pat
     """A client signs, with its own key, a report declaring the order 10^9 (which would stall an
     audit's recomputation): the coordinator refuses the update and the round goes on."""
     from veilfed.clients.node_state import NodeState
-    from veilfed.privacy.reports import PrivacyReport, SignedReport, sign
+    from veilfed.privacy.report_schema import PrivacyReport, SignedReport
+    from veilfed.privacy.report_signing import sign
 
     settings, tracker = make_run(tmp_path, write_config(tmp_path, clients=3, rounds=1))
 

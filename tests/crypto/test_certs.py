@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from veilfed.cli.main import app
-from veilfed.crypto import certs
+from veilfed.crypto import cert_checks, certs
 from veilfed.errors import UsageError
 
 
@@ -37,12 +37,13 @@ def test_layout_modes_and_formats(bundle: certs.CertBundle) -> None:
     assert serialization.load_ssh_public_key(pub).public_numbers() == (
         key.public_key().public_numbers()
     )
-    assert set(certs.load_node_public_keys(out / "auth-keys")) == {"client-0000", "client-0001"}
+    nodes = cert_checks.load_node_public_keys(out / "auth-keys")
+    assert set(nodes) == {"client-0000", "client-0001"}
 
 
 def test_server_cert_chains_and_names_hosts(bundle: certs.CertBundle) -> None:
-    ca = certs.load_cert(bundle.ca_cert)
-    cert = certs.load_cert(bundle.server_cert)
+    ca = cert_checks.load_cert(bundle.ca_cert)
+    cert = cert_checks.load_cert(bundle.server_cert)
     cert.verify_directly_issued_by(ca)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"localhost", "coord.example"} <= set(san.get_values_for_type(x509.DNSName))
@@ -52,7 +53,7 @@ def test_server_cert_chains_and_names_hosts(bundle: certs.CertBundle) -> None:
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
         bundle.server_cert, bundle.server_key
     )
-    certs.check_server_material(bundle.out)
+    cert_checks.check_server_material(bundle.out)
 
 
 def test_refuses_to_overwrite(bundle: certs.CertBundle) -> None:
@@ -99,12 +100,12 @@ def test_expired_and_not_yet_valid(tmp_path) -> None:
         tmp_path / "old", 1, days=1, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     )
     with pytest.raises(UsageError, match="expired on 2020-01-02"):
-        certs.check_server_material(old.out)
+        cert_checks.check_server_material(old.out)
     with pytest.raises(UsageError, match="expired"):
-        certs.check_ca(old.out)
-    cert = certs.load_cert(old.ca_cert)
+        cert_checks.check_ca(old.out)
+    cert = cert_checks.load_cert(old.ca_cert)
     with pytest.raises(UsageError, match="not valid before"):
-        certs.check_current(cert, old.ca_cert, now=dt.datetime(2019, 1, 1, tzinfo=dt.UTC))
+        cert_checks.check_current(cert, old.ca_cert, now=dt.datetime(2019, 1, 1, tzinfo=dt.UTC))
 
 
 def test_wrong_ca_and_mismatched_key(bundle: certs.CertBundle, tmp_path) -> None:
@@ -116,32 +117,32 @@ def test_wrong_ca_and_mismatched_key(bundle: certs.CertBundle, tmp_path) -> None
     (mixed / "superlink.key").write_bytes(bundle.server_key.read_bytes())
     (mixed / "superlink.key").chmod(0o600)
     with pytest.raises(UsageError, match="wrong CA"):
-        certs.check_server_material(mixed)
+        cert_checks.check_server_material(mixed)
     (mixed / "ca.pem").write_bytes(bundle.ca_cert.read_bytes())
     (mixed / "superlink.key").write_bytes(other.server_key.read_bytes())
     with pytest.raises(UsageError, match="does not match the certificate"):
-        certs.check_server_material(mixed)
+        cert_checks.check_server_material(mixed)
 
 
 def test_private_key_checks(bundle: certs.CertBundle, tmp_path) -> None:
     key = bundle.node_key("client-0000")
-    assert isinstance(certs.load_node_private_key(key), ec.EllipticCurvePrivateKey)
+    assert isinstance(cert_checks.load_node_private_key(key), ec.EllipticCurvePrivateKey)
     loose = tmp_path / "loose.key"
     loose.write_bytes(key.read_bytes())
     loose.chmod(0o644)
     with pytest.raises(UsageError, match="chmod 600"):
-        certs.load_node_private_key(loose)
+        cert_checks.load_node_private_key(loose)
     junk = tmp_path / "junk.key"
     junk.write_bytes(b"not a key")
     junk.chmod(0o600)
     with pytest.raises(UsageError, match="not an OpenSSH EC private key"):
-        certs.load_node_private_key(junk)
+        cert_checks.load_node_private_key(junk)
     with pytest.raises(UsageError, match="not found"):
-        certs.load_node_private_key(tmp_path / "missing.key")
+        cert_checks.load_node_private_key(tmp_path / "missing.key")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="no \\*.pub node keys"):
-        certs.load_node_public_keys(empty)
+        cert_checks.load_node_public_keys(empty)
 
 
 def test_cli_certs_new(tmp_path) -> None:

@@ -28,7 +28,9 @@ from veilfed.privacy.audit_accountant import RDP_REL_SLACK, rdp_epsilon
 from veilfed.privacy.audit_load import MLFLOW_KEYS_WARNING, audit_run
 from veilfed.privacy.audit_log import read_round_log
 from veilfed.privacy.audit_render import plot_png, render_html, render_markdown
-from veilfed.privacy.reports import public_pem, rdp_orders, sign
+from veilfed.privacy.orders import rdp_orders
+from veilfed.privacy.report_signing import sign
+from veilfed.privacy.signing import public_pem
 
 KEYS = {cid: Ed25519PrivateKey.generate() for cid in ("c0", "c1", "c2")}
 PUBS = {cid: k.public_key() for cid, k in KEYS.items()}
@@ -409,7 +411,7 @@ def test_coordinator_rejects_reports_bound_to_another_run_model_or_delta(tmp_pat
 
     from veilfed.clients.node_state import NodeState
     from veilfed.data.partition import client_name
-    from veilfed.privacy.reports import PrivacyReport, SignedReport
+    from veilfed.privacy.report_schema import PrivacyReport, SignedReport
 
     forged = {
         client_name(0): {"run_id": "another-run"},

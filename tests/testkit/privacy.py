@@ -7,14 +7,27 @@ import hashlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
 
-from veilfed.privacy.accounting import ClientAccountant
+from veilfed.privacy.accountant import ClientAccountant
 from veilfed.privacy.audit_log import COORDINATOR_KEY_ARTIFACT, LOG_ARTIFACT, RoundLogWriter
+from veilfed.privacy.report_chain import record_round
+from veilfed.privacy.report_schema import SignedReport
+from veilfed.privacy.report_signing import sign
 from veilfed.privacy.report_store import log_reports
-from veilfed.privacy.reports import SignedReport, key_id, record_round, sign
+from veilfed.privacy.signing import key_id
 
 DELTA = 1e-5
 N = 1000  # training examples per client: δ <= 1/n holds
+
+
+def google_rdp(history: list[tuple[float, float, int]], delta: float = DELTA) -> float:
+    """ε of ``history`` by Google's dp-accounting RDP accountant: an independent reference."""
+    acc = rdp_privacy_accountant.RdpAccountant()
+    for sigma, q, n in history:
+        acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), n)
+    return acc.get_epsilon(delta)
 
 
 def digest(run_id: str, rnd: int) -> str:
