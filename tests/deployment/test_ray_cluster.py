@@ -75,7 +75,7 @@ def _simulate(cwd: Path, env: dict[str, str], config: Path, name: str, *flags: s
          "--summary-json", str(out), *flags],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert res.returncode == 0, f"{name}: exit {res.returncode}\n{(res.stdout + res.stderr)[-6000:]}"
+    assert res.returncode == 0, f"{name}: {res.returncode}\n{(res.stdout + res.stderr)[-5000:]}"
     return json.loads(out.read_text())
 
 

@@ -1,11 +1,11 @@
-"""A Ray cluster of real processes on this machine: a head and worker nodes started with `ray start`.
+"""A Ray cluster of real processes on this machine: a head and worker nodes from `ray start`.
 
-Ray refuses nothing about several raylets on one host as long as each node gets its own ports and
-its own temp dir, so every node here has both. ``ray stop`` would stop every Ray process on the
-machine, other tests' included; instead every process of this cluster carries the test's
-environment tag (Ray daemons and workers inherit the environment of the ``ray start`` that launched
-their node) and the name of its node in :data:`NODE_VAR`, so teardown signals exactly this
-cluster's processes and a test can tell on which node a Ray worker ran.
+Several raylets share one host when each node has its own ports and its own temp dir, as every
+node here does. ``ray stop`` would stop every Ray process on the machine, other tests' included;
+instead every process of this cluster carries the test's environment tag (Ray daemons and workers
+inherit the environment of the ``ray start`` that launched their node) and the name of its node in
+:data:`NODE_VAR`, so teardown signals exactly this cluster's processes and a test can tell on which
+node a Ray worker ran.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from testkit.cluster import TAG_VAR, tagged_pids
-
 from veilfed.launch.net import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -107,7 +106,7 @@ class RayCluster:
             if res.returncode == 0 and len(_NODE_LINE.findall(out)) == len(self.nodes):
                 return
             time.sleep(1)
-        raise AssertionError(f"{len(self.nodes)} Ray nodes not active in {timeout}s:\n{out[-3000:]}")
+        raise AssertionError(f"{len(self.nodes)} Ray nodes not up in {timeout}s:\n{out[-3000:]}")
 
     def ray_workers(self) -> list[tuple[str, str]]:
         """(node, process title) of every live Ray worker process of this cluster."""
