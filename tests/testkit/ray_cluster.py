@@ -118,7 +118,7 @@ class RayCluster:
         return found
 
     @contextlib.contextmanager
-    def watch_workers(self, interval: float = 0.2) -> Iterator[dict[str, set[str]]]:
+    def watch_workers(self, interval: float = 0.5) -> Iterator[dict[str, set[str]]]:
         """Samples :meth:`ray_workers` while the block runs: node -> every title seen there."""
         seen: dict[str, set[str]] = {name: set() for name in self.nodes}
         stop = threading.Event()
