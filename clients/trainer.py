@@ -235,14 +235,12 @@ def _train(
     net: torch.nn.Module = model
     privacy = None
     if acc is not None:
-        # hooks mode: its per-sample grads let an empty Poisson batch take a noise-only step.
         net, optimizer, loader, privacy = make_private(
             model,
             optimizer,
             loader,
             sigma,
             p.max_grad_norm,
-            mode="hooks",
             accountant=acc.opacus,
             accountant_kind=p.accountant,
         )
