@@ -14,6 +14,10 @@ a real node never sends its training loss, and sends evaluation metrics only whe
 marked the held-out clips evaluable (``--share-eval-metrics``); otherwise it declines the evaluate
 message with no numbers. Under HE, a client that refuses the global model (too few contributors,
 failed integrity check) declines with ``refused-model`` set: one line, the round goes on.
+
+The same app serves simulation and real nodes. A node operator reads the node's log, not the
+coordinator's, so its mod :func:`announce_declines` logs one line per declined message there and
+sends veilfed's log lines to the app process's stream (``veilfed.federation.log``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ import zlib
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from veilfed.clients.inputs import ClientInputs, client_inputs
 from veilfed.errors import CheckFailed
@@ -62,11 +76,30 @@ from veilfed.federation.keys import (
     WITHHELD,
     eval_metric,
 )
+from veilfed.federation.log import log_to_stream
 from veilfed.federation.settings import RunSettings
 
 log = logging.getLogger("veilfed.client")
+node_log = logging.getLogger("veilfed.node")
+_WHAT = {MessageType.TRAIN: "", MessageType.EVALUATE: " evaluation"}
 
-app = ClientApp()
+
+def announce_declines(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Log one line for every declined message: ``round N declined: <reason naming the client>``
+    for training, ``round N evaluation declined: <reason>`` for evaluation."""
+    log_to_stream()
+    reply = call_next(msg, context)
+    if reply.has_content() and REPLY_KEY in reply.content.config_records:
+        info = reply.content.config_records[REPLY_KEY]
+        if info.get(STATUS) == STATUS_DECLINED:
+            rnd = msg.content.config_records[CONFIG_RECORD].get(ROUND_KEY, "?")
+            kind = msg.metadata.message_type
+            what = _WHAT.get(kind, f" {kind}")
+            node_log.warning("round %s%s declined: %s", rnd, what, info.get(REASON))
+    return reply
+
+
+app = ClientApp(mods=[announce_declines])
 
 
 def _settings(msg: Message) -> RunSettings:

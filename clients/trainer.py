@@ -1,38 +1,48 @@
-"""A client's local round: decrypt its shard in memory, DP-SGD on the shared model core, report.
+"""A client's local round: decrypt its shard in memory, train it with the one training loop, report.
 
-Only the model core's public API is used (``create_model``, ``model(batch)``, ``model.loss``,
-``evaluate``, ``state_dict``). DP-SGD is Opacus with Poisson sampling; the accountant is the
-client's persisted one (``NodeState``), attached to the PrivacyEngine before ``make_private`` so
-every step lands in the cumulative history. σ comes from the target ε over *all* planned rounds
-(``calibrate_noise``) unless given. A round's augmentations are seeded from (seed, client,
-round); its DP noise and Poisson sample come from OS entropy (``veilfed.privacy.noise``), so no
-one who knows the public seed can replay them, and a re-run of a round is a new release:
-a true replay (same run, round and global model) is served from the node's stored release
-instead (``veilfed.clients.node_state``), and a real node first checks the run's privacy settings
-against its own policy (``veilfed.clients.policy``).
+The round's training is :func:`veilfed.train.train_steps` with the optimizer ``[train]`` names
+(:func:`veilfed.train.build_optimizer`) and, under DP, Opacus with Poisson sampling
+(:func:`veilfed.train.make_private`); the accountant is the client's persisted one
+(``NodeState``), attached before ``make_private`` so every step lands in the cumulative history.
+σ comes from the target ε over *all* planned rounds (:mod:`veilfed.privacy.calibration`) unless
+given; FedProx's proximal pull is the loop's ``after_step`` hook. A round's augmentations are
+seeded from (seed, client, round); its DP noise and Poisson sample come from OS entropy
+(``veilfed.privacy.noise``), so no one who knows the public seed can replay them, and a re-run
+of a round is a new release: a true replay (same run, round and global model) is served from
+the node's stored release instead (``veilfed.clients.node_state``), and a real node first checks
+the run's privacy settings against its own policy (``veilfed.clients.policy``).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from veilfed.augment import build_augmentations
 from veilfed.clients.inputs import ClientInputs
 from veilfed.clients.node_state import Release, ReleaseKey
+from veilfed.crypto.keys import read_key_file
+from veilfed.data.dataset import ClipDataset, collate
+from veilfed.data.store import EncryptedStore
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
-from veilfed.model import create_model, load_state, numpy_state
+from veilfed.model import create_model, evaluate, load_state, numpy_state
 from veilfed.privacy.accountant import ClientAccountant
-from veilfed.train import train_collate
+from veilfed.privacy.accounting import plan_round
+from veilfed.privacy.calibration import memoize_rdp, noise_for
+from veilfed.privacy.report_chain import record_round
+from veilfed.privacy.report_signing import sign
+from veilfed.train import build_optimizer, make_private, train_collate, train_steps
 
 log = logging.getLogger("veilfed.client")
 
@@ -59,9 +69,6 @@ def _threads() -> None:
 
 @functools.lru_cache(maxsize=2)
 def _store(path: str, key_file: str) -> Any:
-    from veilfed.crypto.keys import read_key_file
-    from veilfed.data.store import EncryptedStore
-
     return EncryptedStore.open(path, read_key_file(key_file))
 
 
@@ -79,9 +86,6 @@ def _dataset(
 ) -> Any:
     """The client's clips, without the modalities its partition lacks; the config's
     augmentations apply to its training split only."""
-    from veilfed.augment import build_augmentations
-    from veilfed.data.dataset import ClipDataset
-
     exp = experiment(settings)
     world = exp.world.world_config()
     specs = exp.train.augmentations if train else []
@@ -96,37 +100,6 @@ def _dataset(
 
 def _model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
     return load_state(create_model(experiment(settings).model), arrays)
-
-
-def _memoize_rdp() -> None:
-    """Cache Opacus' per-order RDP of the sampled Gaussian, a pure function of (q, σ, α).
-
-    ε is queried several times per client-round (budget check, report) and each query costs
-    ~1 s of pure-Python series evaluation at fractional orders; clients of a run share (q, σ),
-    so a long-lived Ray actor computes them once. Results are unchanged (same function).
-    """
-    from opacus.accountants.analysis import rdp
-
-    if not hasattr(rdp._compute_rdp, "cache_info"):
-        rdp._compute_rdp = functools.lru_cache(maxsize=65536)(rdp._compute_rdp)
-
-
-@functools.lru_cache(maxsize=64)
-def _calibrated(epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
-    from veilfed.privacy.accounting import calibrate_noise
-
-    return calibrate_noise(epsilon, delta, rate, steps, accountant=accountant)
-
-
-def noise_multiplier(settings: RunSettings, sample_rate: float, steps_per_round: int) -> float:
-    """σ as given, or calibrated so that *every* planned round together stays within ε."""
-    p = settings.privacy
-    if p.noise_multiplier > 0:
-        return p.noise_multiplier
-    _memoize_rdp()
-    return _calibrated(
-        p.epsilon, p.delta, sample_rate, steps_per_round * settings.federated.rounds, p.accountant
-    )
 
 
 def _proximal_step(model: torch.nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
@@ -149,10 +122,6 @@ def _freeze_unused(settings: RunSettings, model: torch.nn.Module, dataset: Any) 
     """Freeze parameters the configured tasks never reach (e.g. pixel decoder without pixel
     tasks): Opacus needs a per-sample gradient for every trainable parameter. Found once per
     config with one plain backward pass on one sample."""
-    import json
-
-    from veilfed.data.dataset import collate
-
     key = json.dumps(settings.config, sort_keys=True)
     if key not in _UNUSED:
         probe = copy.deepcopy(model)
@@ -241,64 +210,49 @@ def _train(
     model_digest: str,
 ) -> RoundResult:
     """Train one round; with ``acc``, DP-SGD recorded into it after its budget check."""
-    from veilfed.privacy.accounting import plan_round
-    from veilfed.privacy.report_chain import record_round
-    from veilfed.privacy.report_signing import sign
-
     _threads()
     torch.manual_seed(_seed(settings, inputs.client_id, rnd))  # augmentations, not DP noise
     exp = experiment(settings)
     p = settings.privacy
     batch_size = min(exp.train.batch_size, len(train_ids))
-    plan = plan_round(len(train_ids), batch_size, settings.federated.local_epochs)
-    node = inputs.state
+    epochs = settings.federated.local_epochs
+    plan = plan_round(len(train_ids), batch_size, epochs)
     sigma = 0.0
     budget = p.epsilon_budget if inputs.policy is None else inputs.policy.budget_for(p)
     if acc is not None:
-        _memoize_rdp()
-        sigma = noise_multiplier(settings, plan.sample_rate, plan.steps)
+        memoize_rdp()  # the budget check and the report query ε at this round's (q, σ)
+        steps = plan.steps * settings.federated.rounds
+        sigma = noise_for(
+            p.noise_multiplier, p.epsilon, p.delta, plan.sample_rate, steps, p.accountant
+        )
         reason = acc.refusal(budget, p.delta, sigma, plan.sample_rate, plan.steps)
         if reason is not None:
             return _declined(reason)
 
     model = _model(settings, arrays)
-    model.train()
     dataset = _dataset(settings, inputs, train_ids, train=True)
     _freeze_unused(settings, model, dataset)
-    anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=exp.train.lr)
+    optimizer = build_optimizer([q for q in model.parameters() if q.requires_grad], exp.train)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=train_collate)
     net: torch.nn.Module = model
+    privacy = None
     if acc is not None:
-        from veilfed.train import make_private
-
-        # hooks mode: its per-sample grads let an empty Poisson batch take a noise-only step.
-        net, optimizer, loader, _ = make_private(
+        net, optimizer, loader, privacy = make_private(
             model,
             optimizer,
             loader,
             sigma,
             p.max_grad_norm,
-            mode="hooks",
             accountant=acc.opacus,
             accountant_kind=p.accountant,
         )
-    losses: list[float] = []
-    for _ in range(settings.federated.local_epochs):
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            if _batch_size(batch) == 0:
-                if acc is not None:
-                    _noise_only_step(optimizer)
-                continue
-            outputs = net(batch)
-            loss, _ = model.loss(outputs, batch)
-            loss.backward()
-            optimizer.step()
-            if proximal_mu > 0:
-                _proximal_step(model, anchor, exp.train.lr * proximal_mu)
-            losses.append(float(loss.detach()))
+    after_step = None
+    if proximal_mu > 0:
+        anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
+        after_step = functools.partial(_proximal_step, model, anchor, exp.train.lr * proximal_mu)
+    stats = train_steps(
+        net, loader, optimizer, epochs=epochs, privacy=privacy, after_step=after_step
+    )
     report = None
     if acc is not None:
         rep = record_round(
@@ -311,44 +265,21 @@ def _train(
             epsilon_budget=budget,
         )
         if settings.federated.sign_reports:
-            report = sign(rep, node.signing_key()).to_json()
+            report = sign(rep, inputs.state.signing_key()).to_json()
         else:
-            import json
-            from dataclasses import asdict
-
             report = json.dumps(asdict(rep), sort_keys=True)
     return RoundResult(
         numpy_state(model),
         len(train_ids),
-        float(np.mean(losses)) if losses else math.nan,
+        stats.loss if stats.batches else math.nan,
         report,
     )
-
-
-def _noise_only_step(optimizer: Any) -> None:
-    """An empty Poisson batch is still a DP step: zero per-sample grads, noise added, counted.
-
-    Skipping it would reveal that the batch was empty; Opacus clips/noises a 0-row grad_sample
-    and its accountant hook records the step like any other.
-    """
-    for param in optimizer.params:
-        param.grad_sample = param.new_zeros((0, *param.shape))
-    optimizer.step()
-
-
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, dict) and isinstance(batch.get("video"), torch.Tensor):
-        return int(batch["video"].shape[0])
-    return 0
 
 
 def evaluate_round(
     settings: RunSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """Per-task metrics of the global model on the client's held-out split."""
-    from veilfed.data.dataset import collate
-    from veilfed.model import evaluate
-
     _threads()
     _, eval_ids = split_shard(settings, inputs)
     model = _model(settings, arrays)

@@ -84,8 +84,10 @@ class ModelSection:
 @dataclass
 class TrainSection:
     batch_size: int = 16
+    optimizer: str = "sgd"  # veilfed.train.OPTIMIZERS: sgd, adam, adamw
     lr: float = 2e-3
     weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
     epochs: int = 1
     steps: int = 0  # > 0: train this many steps instead of ``epochs``
     augmentations: list[str | dict[str, Any]] = field(default_factory=list)  # veilfed.augment
@@ -213,6 +215,7 @@ def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks: registry names, required modalities, value ranges."""
     import veilfed.model  # noqa: F401  (fills the registries)
     from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+    from veilfed.train import check_optimizer
 
     m = cfg.model
     for modality, name in m.encoders.items():
@@ -269,6 +272,7 @@ def validate(cfg: ExperimentConfig) -> None:
             "a multiple of 8 (the video encoder's strides)"
         )
     _validate_augmentations(cfg.train.augmentations)
+    check_optimizer(cfg.train)
     for section, key in (("world", "seed"), ("train", "seed")):
         if getattr(getattr(cfg, section), key) < 0:
             raise UsageError(f"{section}.{key}: must be >= 0")

@@ -1,15 +1,17 @@
-"""The training loop shared by centralized training and federated clients, and the Opacus wrapper.
+"""The one training loop (``veilfed train``, simulated clients, real nodes) and its Opacus wrapper.
 
+``build_optimizer`` makes the optimizer ``[train]`` names (optimizer, lr, weight decay, momentum).
 ``make_private`` wraps model/optimizer/loader with Opacus DP-SGD (Poisson sampling) in either
 grad-sample mode: "hooks" (per-sample gradients) or "ghost" (ghost clipping: per-sample gradient
 norms only, two backward passes). Its noise and its Poisson sample come from OS entropy
 (:mod:`veilfed.privacy.noise`), never from the run seed. ``train_steps`` runs either the plain
 or the private loop with the same code, so a federated client is the centralized trainer on its
-shard.
+shard; what a strategy adds to a local step (FedProx's proximal pull) comes in as a hook.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,6 +32,42 @@ GRAD_SAMPLE_MODES = ("hooks", "ghost")
 # Measured by experiments/bench/model.py on the default model and batch (2 CPU cores): ghost
 # clipping's two backward passes cost more than the hooks' per-sample gradients of this small model.
 DEFAULT_MODE = "hooks"
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+def check_optimizer(train: Any, where: str = "train") -> None:
+    """``[train]``'s optimizer fields: a known optimizer, lr > 0, weight_decay >= 0, and momentum
+    in [0, 1), for sgd only (the Adam family has its own moment estimates)."""
+    if train.optimizer not in OPTIMIZERS:
+        raise UsageError(
+            f"{where}.optimizer: {train.optimizer!r}; valid: {', '.join(sorted(OPTIMIZERS))}"
+        )
+    if not 0 < train.lr < math.inf:
+        raise UsageError(f"{where}.lr: must be > 0 and finite (got {train.lr:g})")
+    if not 0 <= train.weight_decay < math.inf:
+        raise UsageError(f"{where}.weight_decay: must be >= 0 (got {train.weight_decay:g})")
+    if not 0 <= train.momentum < 1:
+        raise UsageError(f"{where}.momentum: must be in [0, 1) (got {train.momentum:g})")
+    if train.momentum and train.optimizer != "sgd":
+        raise UsageError(
+            f"{where}.momentum: only optimizer = 'sgd' takes momentum (got {train.optimizer!r})"
+        )
+
+
+def build_optimizer(params: Iterable[nn.Parameter], train: Any) -> torch.optim.Optimizer:
+    """The optimizer ``train`` (a ``[train]`` section) names over ``params``, with its lr, weight
+    decay and (sgd) momentum. Build it before :func:`make_private`: Opacus wraps it, adding noise
+    to the gradients the optimizer then steps with (weight decay uses no data, so it costs no
+    privacy)."""
+    check_optimizer(train)
+    kwargs: dict[str, float] = {"lr": train.lr, "weight_decay": train.weight_decay}
+    if train.optimizer == "sgd":
+        kwargs["momentum"] = train.momentum
+    return OPTIMIZERS[train.optimizer](params, **kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -157,7 +195,8 @@ class CachedDataset(torch.utils.data.Dataset):
 class TrainStats:
     steps: int = 0
     samples: int = 0
-    loss: float = 0.0  # mean total loss over the run
+    batches: int = 0  # steps on data (an empty Poisson batch is a step without a loss)
+    loss: float = 0.0  # mean total loss over the batches
     task_losses: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -191,12 +230,16 @@ def train_steps(
     privacy: Privacy | None = None,
     augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
     """Train for ``steps`` optimizer steps or ``epochs`` passes over ``loader``.
 
     With ``privacy`` (from :func:`make_private`) the model, optimizer and loader must be the
-    wrapped ones; the loss goes through Opacus' criterion in ghost mode. The model's loss
-    weighting sees each epoch's mean task losses (dynamic weight average needs them).
+    wrapped ones; the loss goes through Opacus' criterion in ghost mode, and an empty Poisson
+    batch takes a noise-only step. The model's loss weighting sees each epoch's mean task losses
+    once per epoch (``end_epoch``: dynamic weight average needs them). ``after_step`` runs after
+    every optimizer step on data, outside the DP step (e.g. FedProx's pull towards the global
+    model, which uses no data); ``on_step(step, loss)`` reports progress.
     """
     if (steps is None) == (epochs is None):
         raise UsageError("train_steps: give exactly one of steps or epochs")
@@ -205,7 +248,6 @@ def train_steps(
     model.train()
     stats = TrainStats()
     sums: dict[str, float] = {}
-    counted = 0  # non-empty batches (an empty Poisson batch is a step without a loss)
     epoch_sums: dict[str, float] = {}
     epoch_batches = 0
     start = time.perf_counter()
@@ -232,11 +274,13 @@ def train_steps(
                 loss, per_task = core.loss(outputs, batch)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             stats.steps += 1
             value = float(loss.item())
             stats.samples += int(batch["modality_mask"].shape[0])
             stats.loss += value
-            counted += 1
+            stats.batches += 1
             epoch_batches += 1
             for task, v in per_task.items():
                 v = float(v.detach())
@@ -255,7 +299,7 @@ def train_steps(
             break
         if stats.steps == 0:
             raise UsageError("train_steps: the loader yielded no batches")
-    stats.loss /= max(counted, 1)
-    stats.task_losses = {t: v / max(counted, 1) for t, v in sums.items()}
+    stats.loss /= max(stats.batches, 1)
+    stats.task_losses = {t: v / max(stats.batches, 1) for t, v in sums.items()}
     stats.wall_s = time.perf_counter() - start
     return stats

@@ -1,7 +1,7 @@
 """``veilfed train``: centralized training on the config's synthetic world (DP-SGD optional).
 
 Per-task metrics go to MLflow (``eval/<task>/<metric>``, ``train/loss``, ``privacy/eps_max``) and
-to a table on stdout; ``--summary-json`` writes the DESIGN.md summary.
+to a table on stdout; ``--summary-json`` writes the run summary (``veilfed simulate``'s keys).
 """
 
 from __future__ import annotations
@@ -77,12 +77,13 @@ def _loaders(cfg: Any) -> tuple[Any, Any]:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    """Train and evaluate ``cfg``; returns the summary dict (DESIGN.md format)."""
+    """Train and evaluate ``cfg``; returns the run summary."""
     import torch
 
     from veilfed import tracking
     from veilfed.model import create_model, evaluate
-    from veilfed.train import make_private, train_steps
+    from veilfed.privacy.calibration import noise_for
+    from veilfed.train import build_optimizer, make_private, train_steps
 
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     t = cfg.train
@@ -93,14 +94,16 @@ def run(cfg: Any) -> dict[str, Any]:
     with Console(stderr=True).status("synthesizing the world"):
         train_loader, eval_loader = _loaders(cfg)
     model = create_model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(train_loader)
     total = t.steps or t.epochs * steps_per_epoch
     p = cfg.privacy
     privacy = None
     noise = 0.0
     if p.enabled:
-        noise = p.noise_multiplier if p.noise_multiplier is not None else _noise_for(cfg, total)
+        # Opacus' Poisson rate is one over the batches of an epoch; σ covers all `total` steps.
+        rate = 1 / steps_per_epoch
+        noise = noise_for(p.noise_multiplier, p.epsilon, p.delta, rate, total, p.accountant)
         model, optimizer, train_loader, privacy = make_private(
             model,
             optimizer,
@@ -180,22 +183,6 @@ def run(cfg: Any) -> dict[str, Any]:
 def _mlflow_name(metric: str) -> str:
     """MLflow metric names allow no '@' (e.g. ``pck@0.1`` -> ``pck_at_0.1``)."""
     return metric.replace("@", "_at_")
-
-
-def _noise_for(cfg: Any, steps: int) -> float:
-    """Noise multiplier that spends exactly [privacy] epsilon over ``steps`` Poisson steps."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    sample_rate = min(1.0, cfg.train.batch_size / cfg.world.clips)
-    return float(
-        get_noise_multiplier(
-            target_epsilon=cfg.privacy.epsilon,
-            target_delta=cfg.privacy.delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=cfg.privacy.accountant,
-        )
-    )
 
 
 def print_metrics(summary: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from veilfed.crypto.app_signing import SIGNATURE_KEY
 from veilfed.io import write_text_atomic
 
 SERVER_APP = "veilfed.launch.server_app:app"
-CLIENT_APP = "veilfed.launch.client_app:app"
+CLIENT_APP = "veilfed.clients.client_app:app"
 
 
 def _toml_value(value: Any) -> str:

@@ -76,3 +76,39 @@ def test_train_rejects_nonsense_dp_targets(tmp_path: Path, privacy: str, message
     assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
     assert str(bad) in res.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing trained, nothing reported
+
+
+def test_train_uses_the_configured_optimizer_and_dwa(tmp_path: Path, monkeypatch) -> None:
+    """`veilfed train` builds the optimizer [train] names (with its weight decay) and its loss
+    weighting sees every epoch: DWA has moved the task weights after two epochs."""
+    import torch
+
+    from veilfed import train as loop
+    from veilfed.cli.train import run as train_run
+    from veilfed.config import load_config
+
+    text = TINY.read_text().replace(
+        'optimizer = "adam"', 'optimizer = "adamw"\nweight_decay = 0.25'
+    )
+    text = text.replace("steps = 3", "epochs = 2").replace(
+        "[model]\n", '[model]\nloss_weighting = "dwa"\n'
+    )
+    path = tmp_path / "dwa.toml"
+    path.write_text(text.replace("enabled = true", "enabled = false", 1))
+    seen = {}
+    real = loop.train_steps
+
+    def spy(model, loader, optimizer, **kwargs):  # type: ignore[no-untyped-def]
+        stats = real(model, loader, optimizer, **kwargs)
+        seen["optimizer"] = optimizer
+        seen["weights"] = loop.unwrap(model).weighting.current_weights()
+        return stats
+
+    monkeypatch.setattr(loop, "train_steps", spy)
+    summary = train_run(load_config(path))
+    assert isinstance(seen["optimizer"], torch.optim.AdamW)
+    assert seen["optimizer"].param_groups[0]["weight_decay"] == 0.25
+    weights = seen["weights"]
+    assert any(w != pytest.approx(1.0) for w in weights.values())
+    assert sum(weights.values()) == pytest.approx(len(weights))
+    assert summary["steps"] == 4 and not summary["clients"]  # 8 clips, batch 4, 2 epochs

@@ -170,3 +170,75 @@ def test_every_poisson_batch_of_the_real_data_path_may_be_empty(mode: str, tiny_
     assert set(later) == set(full) and later["video"].shape[0] == 0
     stats = train_steps(private, [later], opt, steps=1, privacy=privacy)
     assert stats.steps == 1 and stats.samples == 0 and privacy.steps == 1
+
+
+def test_the_optimizer_is_the_one_train_names() -> None:
+    from veilfed.config import TrainSection
+    from veilfed.train import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    adamw = build_optimizer(
+        model.parameters(), TrainSection(optimizer="adamw", lr=0.01, weight_decay=0.1)
+    )
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.param_groups[0]["lr"] == 0.01 and adamw.param_groups[0]["weight_decay"] == 0.1
+    sgd = build_optimizer(model.parameters(), TrainSection(momentum=0.9, weight_decay=0.5))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 0.5
+    adam = build_optimizer(model.parameters(), TrainSection(optimizer="adam"))
+    assert isinstance(adam, torch.optim.Adam)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"optimizer": "rmsprop"}, "train.optimizer: 'rmsprop'; valid: adam, adamw, sgd"),
+        ({"optimizer": "adam", "momentum": 0.9}, "train.momentum: only optimizer = 'sgd'"),
+        ({"momentum": 1.0}, "train.momentum: must be in [0, 1)"),
+        ({"weight_decay": -1.0}, "train.weight_decay: must be >= 0"),
+        ({"lr": 0.0}, "train.lr: must be > 0"),
+    ],
+)
+def test_bad_optimizer_fields_are_one_line_errors(tmp_path, fields, message) -> None:
+    from veilfed.config import load_config
+
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in fields.items())
+    path = tmp_path / "exp.toml"
+    path.write_text(f"[train]\n{lines}")
+    with pytest.raises(UsageError) as err:
+        load_config(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-sgd"])
+def test_dwa_weights_follow_the_epoch_losses(private: bool) -> None:
+    """``end_epoch`` runs once per epoch: DWA is uniform for two epochs, then reweights."""
+    torch.manual_seed(0)
+    tasks = {"action": 1.0, "detection": 1.0, "caption": 1.0, "qa": 1.0, "restoration": 1.0}
+    model = create_model(tiny(tasks=tasks, loss_weighting="dwa"))
+    loader = torch.utils.data.DataLoader(
+        OneBatchDataset(make_batch(4)), batch_size=4, collate_fn=stack_samples
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    net, privacy = model, None
+    if private:
+        net, opt, loader, privacy = make_private(model, opt, loader, 0.5, 1.0)
+    train_steps(net, loader, opt, epochs=1, privacy=privacy)
+    assert model.weighting.current_weights() == dict.fromkeys(tasks, 1.0)
+    train_steps(net, loader, opt, epochs=2, privacy=privacy)
+    assert int(model.weighting.epochs) == 3
+    weights = model.weighting.current_weights()
+    assert weights["action"] != pytest.approx(1.0) and sum(weights.values()) == pytest.approx(5.0)
+
+
+def test_after_step_runs_after_every_step_on_data_only() -> None:
+    """The hook (FedProx's pull) follows each optimizer step on a batch, never a noise-only step
+    (the pull uses no data; an empty Poisson batch has nothing to pull after)."""
+    model, opt, loader = _setup()
+    private, opt, _, privacy = make_private(model, opt, loader, 1.0, 1.0, poisson_sampling=False)
+    calls: list[int] = []
+    batches = [make_batch(4), _empty(make_batch(4)), make_batch(4)]
+    stats = train_steps(
+        private, batches, opt, epochs=1, privacy=privacy, after_step=lambda: calls.append(1)
+    )
+    assert stats.steps == 3 and stats.batches == 2 and len(calls) == 2

@@ -1,0 +1,94 @@
+"""A client's round trains with the one training loop: every ``[train]`` field reaches it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from testkit.fed import make_run, write_config
+
+from veilfed.clients.inputs import client_inputs
+from veilfed.clients.trainer import RoundResult, train_round
+from veilfed.federation.digest import model_digest
+from veilfed.federation.weights import initial_arrays
+
+
+def _round(
+    tmp_path: Path,
+    name: str,
+    train: str = "",
+    model: str = "",
+    federated: str = "",
+    private: bool = False,
+    proximal_mu: float = 0.0,
+) -> tuple[RoundResult, dict[str, np.ndarray]]:
+    """Round 1 of client-0000 in its own run: the tiny federated config plus ``train`` lines in
+    [train], ``model`` lines in [model] and ``federated`` lines in [federated]; privacy off
+    unless ``private``. Returns the result and the global model it started from."""
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    path = write_config(run_dir)
+    text = path.read_text().replace("[train]\n", f"[train]\n{train}")
+    path.write_text(text.replace("[model]\n", f"[model]\n{model}") + federated)
+    settings, tracker = make_run(run_dir, path, epsilon=None if private else math.inf)
+    tracker.finish()
+    assert settings.privacy.enabled is private
+    inputs = client_inputs(settings, {"partition-id": 0, "num-partitions": 3})
+    start = initial_arrays(settings)
+    result = train_round(
+        settings, inputs, 1, start, proximal_mu=proximal_mu, model_digest=model_digest(start, None)
+    )
+    assert result.declined is None and math.isfinite(result.loss)
+    return result, start
+
+
+def _norm(arrays: dict[str, np.ndarray]) -> float:
+    return float(
+        np.sqrt(sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in arrays.values()))
+    )
+
+
+def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return _norm({k: np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64) for k in a})
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-sgd"])
+def test_weight_decay_reaches_the_clients_optimizer(tmp_path, private):
+    """A huge weight decay shrinks the weights the round releases (each step multiplies them
+    by 1 - lr · weight_decay = 0.75); DP noise is far smaller than that shrinkage."""
+    plain, _ = _round(tmp_path, "wd0", private=private)
+    decayed, _ = _round(tmp_path, "wd5", train="weight_decay = 5.0\n", private=private)
+    assert _norm(decayed.arrays) < 0.8 * _norm(plain.arrays)
+
+
+def test_the_optimizer_choice_is_used(tmp_path):
+    """Same seed, same shard, same start: only the optimizer differs, and so does the update."""
+    sgd, start = _round(tmp_path, "sgd")
+    again, _ = _round(tmp_path, "sgd-again", train='optimizer = "sgd"\n')
+    adam, _ = _round(tmp_path, "adam", train='optimizer = "adam"\n')
+    momentum, _ = _round(tmp_path, "momentum", train="momentum = 0.9\n")
+    assert _distance(sgd.arrays, again.arrays) == 0.0  # the round is deterministic without DP
+    assert _distance(adam.arrays, sgd.arrays) > 0.1 * _distance(sgd.arrays, start)
+    assert _distance(momentum.arrays, sgd.arrays) > 0.0
+
+
+def test_dwa_task_weights_move_within_a_client_round(tmp_path):
+    """Dynamic weight average sees each local epoch's mean task losses (``end_epoch``): after two
+    epochs the task weights it releases are no longer uniform."""
+    one_epoch, _ = _round(tmp_path, "one-epoch", model='loss_weighting = "dwa"\n')
+    dwa, _ = _round(
+        tmp_path, "dwa", model='loss_weighting = "dwa"\n', federated="local_epochs = 2\n"
+    )
+    (key,) = [k for k in dwa.arrays if k.endswith("weighting.dynamic")]
+    assert np.allclose(one_epoch.arrays[key], 1.0)  # one epoch: DWA is still uniform
+    assert int(dwa.arrays[key.replace("dynamic", "epochs")]) == 2
+    assert not np.allclose(dwa.arrays[key], 1.0)
+    assert np.isclose(float(np.sum(dwa.arrays[key])), len(dwa.arrays[key]))  # n · softmax
+
+
+def test_fedprox_pulls_the_update_towards_the_global_model(tmp_path):
+    free, start = _round(tmp_path, "mu0")
+    pulled, _ = _round(tmp_path, "mu10", proximal_mu=10.0)  # lr · μ = 0.5 per step
+    assert _distance(pulled.arrays, start) < 0.8 * _distance(free.arrays, start)
