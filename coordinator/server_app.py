@@ -90,14 +90,26 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     with tracker.failing_on_error():
         Coordinator(grid, settings, tracker, node_clients).run()
         summary = finish(settings, tracker, time.perf_counter() - start)
+    log_summary(summary, Path(settings.run_dir) / SUMMARY_FILE)
+    return summary
+
+
+def log_summary(summary: dict[str, Any], path: Path) -> None:
+    """The summary's headline in the ServerApp's log: rounds, per-task metrics, ε."""
     log.info(
-        "run %s finished: %d rounds in %.1fs; summary in %s",
+        "run %s finished: %d rounds in %.1fs",
         summary["run_id"],
         summary["rounds"],
         summary["wall_s"],
-        Path(settings.run_dir) / SUMMARY_FILE,
     )
-    return summary
+    for task, values in sorted(summary["metrics"].items()):
+        log.info("eval %s: %s", task, ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items())))
+    eps = [c["epsilon"] for c in summary["clients"].values()]
+    if eps:
+        log.info(
+            "epsilon max %.3f, mean %.3f over %d clients", max(eps), sum(eps) / len(eps), len(eps)
+        )
+    log.info("summary: %s", path)
 
 
 app = ServerApp()
