@@ -97,10 +97,11 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
 def log_summary(summary: dict[str, Any], path: Path) -> None:
     """The summary's headline in the ServerApp's log: rounds, per-task metrics, ε."""
     log.info(
-        "run %s finished: %d rounds in %.1fs",
+        "run %s: %d rounds in %.1fs (strategy %s)",
         summary["run_id"],
         summary["rounds"],
         summary["wall_s"],
+        summary["strategy"],
     )
     for task, values in sorted(summary["metrics"].items()):
         log.info("eval %s: %s", task, ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items())))
