@@ -2,9 +2,15 @@
 
 It holds what the coordinator alone knows: the global model (with HE: the initial weights and
 the latest *encrypted* aggregate, never a plaintext model), the strategy's state (FedOpt
-moments, adaptive clip norm), the global RNG states, the exhausted clients and the per-round
-history that becomes MLflow metrics and summary.json. Client accountants live on the nodes
-(``clients/<id>/``), one snapshot per round, so resuming re-runs only the unfinished round.
+moments, adaptive clip norm), the exhausted clients and the per-round history that becomes
+MLflow metrics and summary.json. Client accountants live on the nodes (``clients/<id>/``), one
+snapshot per round, so resuming re-runs only the unfinished round.
+
+No random state is kept: sampling draws from an RNG derived from (seed, round), so a resumed
+run samples what the uninterrupted one would have, and DP noise draws from OS entropy
+(``veilfed.privacy.noise``), so a re-run round never repeats the noise of a release. Fields a
+checkpoint file has and :class:`Checkpoint` does not (``rng`` in files that stored the global
+RNG states) are dropped on load.
 
 The file is a pickle written by this coordinator into its own run directory; it is never
 accepted from anyone else (same trust as the run directory itself).
@@ -12,8 +18,8 @@ accepted from anyone else (same trust as the run directory itself).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,6 @@ class Checkpoint:
     round: int
     arrays: dict[str, np.ndarray]
     strategy: list[dict[str, Any]]
-    rng: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
     exhausted: dict[str, str] = field(default_factory=dict)
@@ -40,14 +45,7 @@ class Checkpoint:
     he_global: bytes | None = None  # HE: the latest encrypted aggregate (the global model)
 
 
-def rng_state() -> dict[str, Any]:
-    """Global RNG states the coordinator's libraries draw from (Flower's DP noise: numpy)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+_FIELDS = {f.name for f in dataclasses.fields(Checkpoint)}
 
 
 def save(run_dir: str | Path, ckpt: Checkpoint) -> Path:
@@ -65,6 +63,8 @@ def load(run_dir: str | Path) -> Checkpoint | None:
         ckpt = pickle.loads(path.read_bytes())
     except Exception as exc:
         raise UsageError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, Checkpoint) or ckpt.version != VERSION:
+    if not isinstance(ckpt, Checkpoint) or getattr(ckpt, "version", None) != VERSION:
         raise UsageError(f"{path}: not a version {VERSION} veilfed checkpoint")
+    for name in set(vars(ckpt)) - _FIELDS:
+        delattr(ckpt, name)
     return ckpt

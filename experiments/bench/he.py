@@ -105,8 +105,8 @@ def _one_run(config: Path, runs: Path, clients: int, rounds: int, he: bool) -> A
     from fedtest import LocalGrid  # the tests' in-process grid: Flower messages, no Ray actors
 
     from veilfed.coordinator import checkpoint
-    from veilfed.coordinator.run import prepare
-    from veilfed.coordinator.server_app import Coordinator
+    from veilfed.coordinator.prepare import prepare
+    from veilfed.coordinator.rounds import Coordinator
 
     # Every client in every round: an HE aggregate needs [he] min_contributors (3) of them.
     overrides = {"clients": clients, "rounds": rounds, "fraction": 1.0}

@@ -1,14 +1,15 @@
 """``veilfed simulate``: the federated DP simulation on Flower's simulation engine (Ray).
 
-The run's lifecycle (checks, preparation, summary) is :mod:`veilfed.coordinator.run`, the engine
-:mod:`veilfed.launch.simulation`; this module is only the command line around them.
+The run is prepared (or reopened) here with :mod:`veilfed.coordinator.prepare`, so bad input is
+one line before anything starts; the engine (:mod:`veilfed.launch.simulation`) then runs veilfed's
+one ServerApp, which runs the rounds and finishes the run (summary, MLflow FINISHED); this module
+prints the report (:mod:`veilfed.cli.report`) from the summary it wrote.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import typer
@@ -60,7 +61,8 @@ def simulate(
         check_new_output(summary_json, force, "--summary-json", inputs)
     if ray_address:
         check_ray_address(ray_address)
-    from veilfed.coordinator import run as lifecycle
+    from veilfed.cli.report import print_report
+    from veilfed.coordinator import prepare as lifecycle
     from veilfed.launch import simulation as engine
 
     if resume:
@@ -92,17 +94,15 @@ def simulate(
         settings, tracker = lifecycle.prepare(
             config, overrides, epsilon, delta, store, key_file, runs_dir, he=he, he_dir=he_dir
         )
-    start = time.perf_counter()
     with tracker.failing_on_error():
-        engine.run_engine(settings, tracker, ray_address)
-        summary = lifecycle.finish(settings, tracker, time.perf_counter() - start)
+        summary = engine.run_engine(settings, ray_address)
     if summary_json is not None:
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
         write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
     if json_out:
         print_json(summary)
     else:
-        lifecycle.print_report(summary)
+        print_report(summary)
 
 
 def check_ray_address(address: str) -> None:

@@ -1,10 +1,11 @@
 """The Flower App the coordinator submits: a one-file project naming veilfed's installed apps.
 
 ``flwr run`` ships a FAB (a zip of the app project) to the SuperLink, which hands it to every
-SuperNode. veilfed's ServerApp and ClientApp (in their deployment wrappers, ``server_app`` and
-``client_app`` here) are installed packages on both sides (the Docker images, the venv), so the
-project needs only a ``pyproject.toml`` whose components point at them
-and whose ``[tool.flwr.app.config]`` carries this run's settings, plus an empty
+SuperNode. veilfed's one ServerApp (``veilfed.coordinator.server_app``, whose run-config keys
+pick the real-node mode) and its ClientApp (in the deployment wrapper ``client_app`` here) are
+installed packages on both sides (the Docker images, the venv), so the project needs only a
+``pyproject.toml`` whose components point at them and whose ``[tool.flwr.app.config]`` carries
+this run's settings, plus an empty
 ``app-signature`` slot: the coordinator fills it at submission with its signature over the built
 FAB (``veilfed.crypto.app_signing``), the only config a run may override. Runtime dependency
 installation stays off: nodes never download anything.
@@ -20,7 +21,7 @@ from typing import Any
 from veilfed.crypto.app_signing import SIGNATURE_KEY
 from veilfed.io import write_text_atomic
 
-SERVER_APP = "veilfed.launch.server_app:app"
+SERVER_APP = "veilfed.coordinator.server_app:app"
 CLIENT_APP = "veilfed.clients.client_app:app"
 
 

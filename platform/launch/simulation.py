@@ -2,20 +2,27 @@
 
 This is the simulation's launcher, the one place that starts both apps together; the apps
 themselves (``veilfed.coordinator``, ``veilfed.clients``) share only ``veilfed.federation``.
-The run must already be prepared (``veilfed.coordinator.run.prepare``): the ServerApp reads
-its settings from the run directory and every virtual client from the messages it gets.
+The run must already be prepared (``veilfed.coordinator.prepare``): the ServerApp gets its id
+as ``resume`` in its run config and reopens it from the run directory (the keys are in
+``veilfed.coordinator.server_app``), runs its rounds and finishes it; every virtual client reads
+the run from the messages it gets. The ServerApp runs in this process (a thread of Flower's
+engine), so the log handler it installs is removed again when the engine returns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from flwr.simulation import run_simulation
+from flwr.app import Context, RecordDict
+from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
 
 from veilfed.clients.client_app import app as client_app
-from veilfed.coordinator.server_app import make_server_app
+from veilfed.coordinator.server_app import app as server_app
+from veilfed.coordinator.summary import load_summary
 from veilfed.federation.settings import RunSettings
 
 
@@ -33,13 +40,30 @@ def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str,
     }
 
 
-def run_engine(settings: RunSettings, tracker: Any, ray_address: str | None) -> None:
-    """Flower's simulation engine with one virtual SuperNode per client."""
-    logging.getLogger("veilfed").setLevel(logging.INFO)
+def run_config(settings: RunSettings) -> dict[str, str]:
+    """The ServerApp's run config for a prepared run: reopen it by id."""
+    return {"resume": settings.run_id, "runs-dir": str(Path(settings.run_dir).parent)}
+
+
+def run_engine(settings: RunSettings, ray_address: str | None) -> dict[str, Any]:
+    """Run the prepared run on Flower's simulation engine, one virtual SuperNode per client;
+    the summary the ServerApp wrote. Flower's public ``run_simulation`` takes no run config,
+    so the engine gets the ServerApp's context directly."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(
-        server_app=make_server_app(settings.run_dir, tracker),
-        client_app=client_app,
-        num_supernodes=settings.federated.clients,
-        backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
+    context = Context(
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config(settings)
     )
+    logger = logging.getLogger("veilfed")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    try:
+        _run_simulation(
+            num_supernodes=settings.federated.clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
+            server_app_context=context,
+        )
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    return load_summary(settings.run_dir)

@@ -12,25 +12,37 @@ from veilfed.federation.sections import ClientPrivacy, FederatedConfig
 from veilfed.federation.settings import RunSettings
 
 
-def test_checkpoint_roundtrip_restores_rng_and_state(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    ckpt = checkpoint.Checkpoint(
+def _checkpoint() -> checkpoint.Checkpoint:
+    return checkpoint.Checkpoint(
         round=3,
         arrays={"w": np.arange(4, dtype=np.float32)},
         strategy=[{"m_t": {"w": np.ones(4)}}],
-        rng=checkpoint.rng_state(),
         history=[{"round": 3}],
         clients={"client-0000": {"epsilon": 1.5}},
         exhausted={"client-0001": "declining"},
+        he_global=b"aggregate",
     )
-    expected = (random.random(), np.random.rand())
+
+
+def test_checkpoint_roundtrip_keeps_the_state(tmp_path):
+    ckpt = _checkpoint()
     checkpoint.save(tmp_path, ckpt)
     loaded = checkpoint.load(tmp_path)
-    checkpoint.restore_rng(loaded.rng)
-    assert (random.random(), np.random.rand()) == expected
-    assert loaded.round == 3 and loaded.exhausted == ckpt.exhausted
+    assert (loaded.round, loaded.history, loaded.clients) == (3, ckpt.history, ckpt.clients)
+    assert loaded.exhausted == ckpt.exhausted and loaded.he_global == b"aggregate"
     np.testing.assert_array_equal(loaded.arrays["w"], ckpt.arrays["w"])
+    np.testing.assert_array_equal(loaded.strategy[0]["m_t"]["w"], np.ones(4))
+
+
+def test_a_checkpoint_holding_global_rng_states_loads_without_them(tmp_path):
+    """Files with an ``rng`` field (the global RNG states) resume; the field is dropped."""
+    ckpt = _checkpoint()
+    ckpt.rng = {"python": random.getstate(), "numpy": np.random.get_state()}  # type: ignore[attr-defined]
+    checkpoint.save(tmp_path, ckpt)
+    loaded = checkpoint.load(tmp_path)
+    assert not hasattr(loaded, "rng")
+    assert loaded.round == 3 and loaded.he_global == b"aggregate"
+    assert loaded.clients == {"client-0000": {"epsilon": 1.5}}
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):

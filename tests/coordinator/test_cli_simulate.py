@@ -76,7 +76,7 @@ def test_failure_after_the_run_started_marks_it_failed(tmp_path, monkeypatch):
     import veilfed.launch.simulation as sim
     from veilfed.errors import UsageError
 
-    def broken(settings, tracker, address):
+    def broken(settings, address):
         raise UsageError("engine exploded")
 
     monkeypatch.setattr(sim, "run_engine", broken)

@@ -8,8 +8,8 @@ from flwr.app import Message
 from testkit.fed import LocalGrid, write_config
 
 from veilfed.coordinator import checkpoint
-from veilfed.coordinator.run import prepare
-from veilfed.coordinator.server_app import Coordinator
+from veilfed.coordinator.prepare import prepare
+from veilfed.coordinator.rounds import Coordinator
 from veilfed.crypto.he import decrypt_average, flatten, load_context
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError

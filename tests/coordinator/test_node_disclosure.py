@@ -15,8 +15,8 @@ from testkit.fed import LocalGrid, write_config
 from testkit.nodes import CLIENTS, node_configs
 
 from veilfed.coordinator import checkpoint
-from veilfed.coordinator.run import prepare_deployment
-from veilfed.coordinator.server_app import Coordinator
+from veilfed.coordinator.prepare import prepare_deployment
+from veilfed.coordinator.rounds import Coordinator
 
 
 class _RecordingGrid(LocalGrid):

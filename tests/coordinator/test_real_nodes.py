@@ -15,8 +15,9 @@ from testkit.fed import LocalGrid, write_config
 from testkit.nodes import CLIENTS, node_configs
 
 from veilfed.coordinator import checkpoint
-from veilfed.coordinator.run import finish, prepare_deployment
-from veilfed.coordinator.server_app import Coordinator
+from veilfed.coordinator.prepare import prepare_deployment
+from veilfed.coordinator.rounds import Coordinator
+from veilfed.coordinator.summary import finish
 from veilfed.crypto.he import HEParams, keygen
 from veilfed.errors import CheckFailed, UsageError
 
@@ -69,7 +70,7 @@ def _coordinator(tmp_path: Path, config: Path, nodes, he_public=None, names=None
 def test_a_node_that_comes_back_with_another_signing_key_is_refused(
     tmp_path: Path, plain_nodes
 ) -> None:
-    from veilfed.coordinator.server_app import discover
+    from veilfed.coordinator.admission import discover
 
     config, nodes = plain_nodes
     coord = _coordinator(tmp_path, config, nodes)
@@ -231,7 +232,7 @@ def test_a_node_must_present_the_shard_of_the_client_its_auth_key_names(
 ) -> None:
     """Auth key client-0000 with client-0001's bundle (and vice versa) is refused by name; the
     matching assignment is admitted."""
-    from veilfed.coordinator.server_app import discover
+    from veilfed.coordinator.admission import discover
 
     config, nodes = plain_nodes
     right = _coordinator(tmp_path, config, nodes, names=list(CLIENTS))

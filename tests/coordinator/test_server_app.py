@@ -12,7 +12,7 @@ from testkit.fed import LocalGrid, make_run, write_config
 
 from veilfed.clients.client_app import injected_failure
 from veilfed.coordinator import checkpoint
-from veilfed.coordinator.server_app import Coordinator
+from veilfed.coordinator.rounds import Coordinator
 from veilfed.data.partition import client_name
 
 

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
-from veilfed.coordinator.server_app import sample_clients
+from veilfed.coordinator.rounds import sample_clients
 from veilfed.coordinator.strategies import (
     STRATEGIES,
     FixedNodes,

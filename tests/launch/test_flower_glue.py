@@ -91,6 +91,7 @@ def test_routine_superlink_lines_are_debug_only() -> None:
 
 def test_app_references_resolve_to_flower_apps() -> None:
     import importlib
+    import tomllib
 
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
@@ -100,4 +101,12 @@ def test_app_references_resolve_to_flower_apps() -> None:
         return getattr(importlib.import_module(module), attr)
 
     assert isinstance(load(SERVER_APP), ServerApp)
+    # One ServerApp: the app real nodes get is the one `flwr run .` and simulations run.
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["tool"]["flwr"]["app"]["components"]["serverapp"] == SERVER_APP
+    from veilfed.coordinator.server_app import app
+    from veilfed.launch import simulation
+
+    assert load(SERVER_APP) is app is simulation.server_app
     assert isinstance(load(CLIENT_APP), ClientApp)

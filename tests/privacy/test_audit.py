@@ -376,8 +376,8 @@ def _coordinator_run(tmp_path, tamper=None, he: bool = False):
     from testkit.fed import LocalGrid, make_run, write_config
 
     from veilfed.coordinator import checkpoint
-    from veilfed.coordinator.run import prepare
-    from veilfed.coordinator.server_app import Coordinator
+    from veilfed.coordinator.prepare import prepare
+    from veilfed.coordinator.rounds import Coordinator
 
     cfg = write_config(tmp_path, clients=3, rounds=2, fraction=1.0)
     if he:
@@ -431,19 +431,19 @@ def test_coordinator_rejects_reports_bound_to_another_run_model_or_delta(tmp_pat
         reply.content["reply"]["report"] = sign(rep, key).to_json()
         return reply
 
-    import veilfed.coordinator.server_app as server_app
+    import veilfed.coordinator.rounds as rounds
 
-    original = server_app.Coordinator.__init__
+    original = rounds.Coordinator.__init__
 
     def remember(self, grid, settings, *a, **k):
         run_dirs.append(settings.run_dir)
         original(self, grid, settings, *a, **k)
 
-    server_app.Coordinator.__init__ = remember
+    rounds.Coordinator.__init__ = remember
     try:
         _, _, ckpt = _coordinator_run(tmp_path, tamper=forge)
     finally:
-        server_app.Coordinator.__init__ = original
+        rounds.Coordinator.__init__ = original
     rejected = ckpt.history[0]["rejected"]
     assert "report is for run another-run" in rejected[client_name(0)]
     assert "names another global model" in rejected[client_name(1)]

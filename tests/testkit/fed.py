@@ -66,7 +66,7 @@ def make_run(
     epsilon: float | None = None,
     overrides: dict[str, Any] | None = None,
 ):  # type: ignore[no-untyped-def]
-    from veilfed.coordinator.run import prepare
+    from veilfed.coordinator.prepare import prepare
 
     return prepare(config, overrides or {}, epsilon, None, None, None, tmp / runs)
 

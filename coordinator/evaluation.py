@@ -1,0 +1,118 @@
+"""Federated evaluation: the global model scored on sampled clients' held-out shards.
+
+A reply is one MetricRecord: a positive ``num-examples``, then only ``eval/<task>/<metric>``
+and ``EVAL_EXTRA`` entries, each a finite number; anything else is rejected (logged, never an
+exception). A client that declines either accepted the model and keeps its metrics (a real node
+whose owner did not opt in to sharing them) or refused the model (HE: its decryption failed the
+integrity check or the contributor floor), which :class:`Evaluation` counts apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from veilfed.coordinator.admission import reply_info
+from veilfed.coordinator.round_record import RoundLog, weighted
+from veilfed.federation.keys import (
+    DECRYPT_MS,
+    EVAL_EXTRA,
+    MAX_ABS_ERROR,
+    REASON,
+    REFUSED_MODEL,
+    STATUS,
+    STATUS_DECLINED,
+    WEIGHT_KEY,
+)
+
+log = logging.getLogger("veilfed.coordinator")
+
+
+@dataclass
+class Evaluation:
+    """The replies of one round's evaluation, folded into its :class:`RoundLog`."""
+
+    results: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    decrypt_ms: list[float] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # clients that refused the global model
+    accepted_model: int = 0  # replies whose client accepted the global model
+
+    def into(self, rlog: RoundLog) -> None:
+        for key, value in weighted(self.results).items():
+            _, task, metric = key.split("/", 2)
+            rlog.eval.setdefault(task, {})[metric] = value
+        if self.decrypt_ms:
+            rlog.he["he/decrypt_ms"] = float(np.mean(self.decrypt_ms))
+        if self.errors:
+            rlog.he["he/max_abs_error"] = max(self.errors)
+
+    @property
+    def model_refused(self) -> bool:
+        """Every client that answered refused the model."""
+        return bool(self.refused) and not self.accepted_model
+
+
+def evaluate(
+    grid: Grid, rnd: int, messages: list[Message], cid_of: dict[int, str], timeout: float
+) -> Evaluation:
+    """Send the evaluate ``messages`` (node id -> client id in ``cid_of``), collect replies."""
+    out = Evaluation()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        cid = cid_of.get(reply.metadata.src_node_id)
+        if cid is None:
+            continue
+        if reply.has_error():
+            log.warning("round %d: evaluation by %s failed: %s", rnd, cid, reply.error.reason)
+            continue
+        info = reply_info(reply)
+        if info.get(STATUS) == STATUS_DECLINED:
+            log.warning("round %d: evaluation: %s", rnd, info.get(REASON, "declined"))
+            if info.get(REFUSED_MODEL) is True:
+                out.refused.append(cid)
+            else:
+                out.accepted_model += 1
+            continue
+        parsed = eval_metrics(reply)
+        if isinstance(parsed, str):
+            log.warning("round %d: evaluation reply of %s rejected: %s", rnd, cid, parsed)
+            continue
+        weight, metrics = parsed
+        out.accepted_model += 1
+        if DECRYPT_MS in metrics:
+            out.decrypt_ms.append(metrics.pop(DECRYPT_MS))
+        if MAX_ABS_ERROR in metrics:
+            out.errors.append(metrics.pop(MAX_ABS_ERROR))
+        out.results.append((weight, metrics))
+    return out
+
+
+def eval_metrics(reply: Message) -> tuple[float, dict[str, float]] | str:
+    """(weight, metrics) of an evaluate reply, or why it is rejected (never an exception)."""
+    records = list(reply.content.metric_records.values())
+    if len(records) != 1:
+        return f"{len(records)} metric records, expected 1"
+    metrics = dict(records[0])
+    weight = metrics.pop(WEIGHT_KEY, None)
+    if not finite_number(weight) or weight <= 0:
+        return f"invalid {WEIGHT_KEY} {weight!r}"
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split("/", 2)
+        named = key in EVAL_EXTRA or (len(parts) == 3 and parts[0] == "eval" and all(parts))
+        if not named:
+            return f"unexpected metric {key!r}"
+        if not finite_number(value):
+            return f"metric {key!r} is not a finite number ({value!r})"
+        out[key] = float(value)
+    return float(weight), out
+
+
+def finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
