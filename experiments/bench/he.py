@@ -6,7 +6,7 @@
    average (for the round and for the worst case: one client of weight 1). Messages go through
    bytes, as over Flower.
 2. Federated rounds on the default model (experiments/federated.toml): the real coordinator round
-   loop and the real ClientApp, in process (tests/coordinator/fedtest.py's grid, no Ray), HE off
+   loop and the real ClientApp, in process (tests/testkit/fed.py's grid, no Ray), HE off
    and on alternately with the same seed and data; round wall time with HE over without, and the
    client message bytes over fp32 bytes the HE rounds logged (shadow copies off, as in production).
 3. On the default model's weights: encrypting them packed into as few ciphertexts as possible
@@ -47,7 +47,7 @@ from veilfed.crypto.he import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "experiments" / "federated.toml"
-FEDTEST = str(ROOT / "tests" / "coordinator")
+TESTS = str(ROOT / "tests")  # the testkit package
 
 
 def _plain_ms(flats: list[np.ndarray], weights: list[int], repeats: int = 3) -> float:
@@ -100,9 +100,9 @@ def _summary(runs: list[dict[str, Any]], plain_ms: float) -> dict[str, Any]:
 
 def _one_run(config: Path, runs: Path, clients: int, rounds: int, he: bool) -> Any:
     """A full simulation through the real round loop and ClientApp (in process, no Ray)."""
-    if FEDTEST not in sys.path:
-        sys.path.insert(0, FEDTEST)
-    from fedtest import LocalGrid  # the tests' in-process grid: Flower messages, no Ray actors
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from testkit.fed import LocalGrid  # the tests' in-process grid: Flower messages, no Ray actors
 
     from veilfed.coordinator import checkpoint
     from veilfed.coordinator.prepare import prepare
