@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from veilfed.coordinator.strategies import federated_config
+from veilfed.coordinator.strategies import check_strategy
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR, SIGNING_KEY_FILE, client_dir, save_shards
-from veilfed.federation.sections import ClientPrivacy, HEConfig
+from veilfed.federation.sections import ClientPrivacy
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
 from veilfed.privacy.reports import KeyRegistry, generate_signing_key, public_key_path
 
@@ -114,22 +114,13 @@ def _resolve(
     delta: float | None,
     he: bool,
 ):  # type: ignore[no-untyped-def]
-    """The experiment config with overrides: (cfg, raw TOML, [federated], client DP, [he])."""
-    import tomllib
-
+    """The experiment config with overrides: (cfg, its table, [federated], client DP, [he])."""
     from veilfed.config import load_config
 
-    cfg = load_config(config)
-    raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    raw.setdefault("name", config.stem)
-    fed = federated_config({**cfg.federated, **overrides}, f"{config}: [federated]")
-    raw["federated"] = {**cfg.federated, **overrides}
-    privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
-    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
-    if he:
-        he_cfg = dataclasses.replace(he_cfg, enabled=True)
-    he_cfg.check_compatible(fed, f"{config}: [federated]")
-    return cfg, raw, fed, privacy, he_cfg
+    cfg = load_config(config, {"federated": overrides} | ({"he": {"enabled": True}} if he else {}))
+    check_strategy(cfg.federated.strategy, f"{config}: federated")
+    privacy = resolve_privacy(cfg, cfg.federated.budget, epsilon, delta)
+    return cfg, cfg.to_table(), cfg.federated, privacy, cfg.he
 
 
 def _run_params(

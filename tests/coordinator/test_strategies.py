@@ -8,13 +8,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
+from veilfed.config import parse_config
 from veilfed.coordinator.server_app import sample_clients
 from veilfed.coordinator.strategies import (
     STRATEGIES,
     FixedNodes,
     build_strategy,
     central_epsilon,
-    federated_config,
+    check_strategy,
     load_strategy_state,
     strategy_state,
 )
@@ -116,7 +117,8 @@ def test_every_registered_strategy_builds():
 )
 def test_bad_federated_config_is_one_line(field, value, needle):
     with pytest.raises(UsageError) as err:
-        federated_config({"clients": 8, "fraction": 0.5, field: value})
+        table = {"federated": {"clients": 8, "fraction": 0.5, field: value}}
+        check_strategy(parse_config(table, "exp.toml").federated.strategy)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
