@@ -183,8 +183,8 @@ def load_config(
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field checks: registry names, required modalities, value ranges. The sections that
-    validate themselves (``from_dict``) have; what spans two of them is checked here."""
+    """Cross-field checks: registry names, required modalities, value ranges. Sections with a
+    ``from_dict`` checked their own ranges while being typed; [he] against [federated] is here."""
     import veilfed.model  # noqa: F401  (fills the registries)
     from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
 
