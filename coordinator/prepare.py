@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from veilfed.config import load_config
 from veilfed.coordinator.provision import (
     he_files,
     make_shards,
@@ -24,13 +25,13 @@ from veilfed.coordinator.provision import (
     resolve_he,
     world_store,
 )
-from veilfed.coordinator.strategies import federated_config
+from veilfed.coordinator.strategies import check_strategy
 from veilfed.crypto.he import load_context
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR, save_shards
-from veilfed.federation.sections import ClientPrivacy, HEConfig
+from veilfed.federation.sections import ClientPrivacy
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
 from veilfed.tracking import Tracker, resume_run, start_run, tracking_uri
 
@@ -69,22 +70,11 @@ def _resolve(
     delta: float | None,
     he: bool,
 ):  # type: ignore[no-untyped-def]
-    """The experiment config with overrides: (cfg, raw TOML, [federated], client DP, [he])."""
-    import tomllib
-
-    from veilfed.config import load_config
-
-    cfg = load_config(config)
-    raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    raw.setdefault("name", config.stem)
-    fed = federated_config({**cfg.federated, **overrides}, f"{config}: [federated]")
-    raw["federated"] = {**cfg.federated, **overrides}
-    privacy = resolve_privacy(cfg, fed.budget, epsilon, delta)
-    he_cfg = HEConfig.from_dict(dict(cfg.he), f"{config}: [he]")
-    if he:
-        he_cfg = dataclasses.replace(he_cfg, enabled=True)
-    he_cfg.check_compatible(fed, f"{config}: [federated]")
-    return cfg, raw, fed, privacy, he_cfg
+    """The experiment config with overrides: (cfg, its table, [federated], client DP, [he])."""
+    cfg = load_config(config, {"federated": overrides} | ({"he": {"enabled": True}} if he else {}))
+    check_strategy(cfg.federated.strategy, f"{config}: federated")
+    privacy = resolve_privacy(cfg, cfg.federated.budget, epsilon, delta)
+    return cfg, cfg.to_table(), cfg.federated, privacy, cfg.he
 
 
 def _run_params(

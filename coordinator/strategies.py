@@ -31,7 +31,7 @@ from flwr.supercore.differential_privacy import compute_stdv
 
 from veilfed.errors import UsageError
 from veilfed.federation.keys import UNIT_WEIGHT_KEY, WEIGHT_KEY
-from veilfed.federation.sections import CENTRAL_DP, FederatedConfig
+from veilfed.federation.sections import CENTRAL_DP
 from veilfed.privacy.noise import gaussian, numpy_generator
 from veilfed.registry import Registry
 
@@ -138,14 +138,6 @@ class CentralFixedClipping(_UnreplayableNoise, DifferentialPrivacyServerSideFixe
 
 class CentralAdaptiveClipping(_UnreplayableNoise, DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's server-side adaptive clipping with unreplayable noise."""
-
-
-def federated_config(data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
-    """``[federated]`` typed and checked (``FederatedConfig.from_dict``), its strategy included:
-    the strategy names a run may use are the ones registered here."""
-    fed = FederatedConfig.from_dict(data, where)
-    check_strategy(fed.strategy, where)
-    return fed
 
 
 def check_strategy(name: str, where: str = "[federated]") -> None:

@@ -2,11 +2,14 @@
 
 Sections: [world], [model] (+ [model.encoders], [model.encoder_kwargs.<modality>],
 [model.fusion_kwargs], [model.head_kwargs.<task>], [model.tasks]), [train], [privacy], [tracking],
-and [federated] / [he] for the federated layer. Every field is type-checked; a wrong type or an
-unknown field is a one-line :class:`UsageError` naming the file and the field.
+[federated] / [he] for the federated layer (``veilfed.federation.sections``) and [canary] for the
+one-run privacy audit (``veilfed.privacy.canary``). :func:`load_config` is the one loader: it
+reads the file once, types every section (:mod:`veilfed.tables`) and validates the whole config
+once; a wrong type, an unknown field or a value out of range is a one-line :class:`UsageError`
+naming the file and the ``section.field``.
 
-Adding a section: write a dataclass with defaults and add it as a field of
-:class:`ExperimentConfig` (``federated`` and ``he`` are plain dicts until their owners type them).
+Adding a section: write a dataclass with defaults (and a ``from_dict(table, where)`` classmethod
+if it validates itself) and add it as a field of :class:`ExperimentConfig`.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veilfed.data import schema
 from veilfed.errors import UsageError
+from veilfed.federation.sections import FederatedConfig, HEConfig
+from veilfed.privacy.canary import CanarySettings
+from veilfed.privacy.targets import check_dp_target
+from veilfed.tables import build
 
 ACCOUNTANTS = ("rdp", "prv")  # rigorous bounds; Opacus' gdp is a CLT approximation
 
@@ -121,72 +126,37 @@ class ExperimentConfig:
     train: TrainSection = field(default_factory=TrainSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
-    federated: dict[str, Any] = field(default_factory=dict)
-    he: dict[str, Any] = field(default_factory=dict)
-    canary: dict[str, Any] = field(default_factory=dict)  # veilfed.privacy.canary validates it
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    he: HEConfig = field(default_factory=HEConfig)
+    canary: CanarySettings = field(default_factory=CanarySettings)
+
+    def to_table(self) -> dict[str, Any]:
+        """The config as the table it parses from: ``parse_config(cfg.to_table(), ...) == cfg``
+        (what a run sends its clients as ``RunSettings.config``)."""
+        table = dataclasses.asdict(self)
+        for path in ("secret_path", "public_path"):  # the run setup's, never a config's
+            del table["he"][path]
+        return table
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def parse_config(
+    data: dict[str, Any],
+    source: str,
+    name: str = "experiment",
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> ExperimentConfig:
+    """Typed config from a parsed TOML table; ``source`` names the file in error messages.
 
-
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` converted to ``tp`` or raise a one-line UsageError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check(value, arg, where)
-            except UsageError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise UsageError(f"{where}: expected a table, got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UsageError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UsageError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
-        _, item = typing.get_args(tp)
-        return {str(k): _check(v, item, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise UsageError(f"{where}: expected {tp.__name__}, got bool {value!r}")
-    if not isinstance(value, tp):
-        raise UsageError(
-            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        )
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(names)}")
-    kwargs = {k: _check(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def parse_config(data: dict[str, Any], source: str, name: str = "experiment") -> ExperimentConfig:
-    """Typed config from a parsed TOML table; ``source`` names the file in error messages."""
+    ``overrides`` (section -> fields, e.g. ``{"federated": {"clients": 8}}`` from command-line
+    flags) replace the table's fields before anything is typed or validated.
+    """
     data = dict(data)
     data.setdefault("name", name)
+    for section, fields in (overrides or {}).items():
+        given = data.get(section, {})
+        data[section] = {**given, **fields} if isinstance(given, dict) else given
     try:
-        cfg = _build(ExperimentConfig, data, "")
+        cfg = build(ExperimentConfig, data, "")
         validate(cfg)
     except UsageError as exc:
         raise UsageError(f"{source}: {exc}") from None
@@ -205,14 +175,18 @@ def read_toml(path: Path, hint: str = "") -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML ({exc}){hint}") from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Load and validate ``path`` (TOML); the config's name defaults to the file's stem."""
+def load_config(
+    path: str | Path, overrides: dict[str, dict[str, Any]] | None = None
+) -> ExperimentConfig:
+    """Load and validate ``path`` (TOML) with ``overrides`` (see :func:`parse_config`); the
+    config's name defaults to the file's stem."""
     path = Path(path)
-    return parse_config(read_toml(path), str(path), name=path.stem)
+    return parse_config(read_toml(path), str(path), name=path.stem, overrides=overrides)
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field checks: registry names, required modalities, value ranges."""
+    """Cross-field checks: registry names, required modalities, value ranges. Sections with a
+    ``from_dict`` checked their own ranges while being typed; [he] against [federated] is here."""
     import veilfed.model  # noqa: F401  (fills the registries)
     from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
     from veilfed.train import check_optimizer
@@ -277,23 +251,7 @@ def validate(cfg: ExperimentConfig) -> None:
         if getattr(getattr(cfg, section), key) < 0:
             raise UsageError(f"{section}.{key}: must be >= 0")
     _validate_privacy(cfg.privacy)
-
-
-def check_dp_target(epsilon: float | None, delta: float, where: str = "privacy") -> None:
-    """A DP target is meaningful only with ε > 0 (``inf``: no DP) and δ in (0, 1)."""
-    if epsilon is not None and not epsilon > 0:
-        raise UsageError(f"{where}.epsilon: must be > 0 (got {epsilon:g})")
-    if not 0 < delta < 1:
-        raise UsageError(f"{where}.delta: must be in (0, 1) (got {delta:g})")
-
-
-def check_delta_for(delta: float, n: int, where: str = "privacy", what: str = "") -> None:
-    """δ < 1/n for a dataset of ``n`` examples: at δ ≥ 1/n releasing one example whole is DP."""
-    if n < 1 or delta >= 1 / n:
-        raise UsageError(
-            f"{where}.delta {delta:g} must be < 1/n = {1 / max(n, 1):.3g} (n = {n}"
-            f"{', ' + what if what else ''}); lower delta"
-        )
+    cfg.he.check_compatible(cfg.federated, "federated")
 
 
 def _validate_privacy(p: PrivacySection) -> None:

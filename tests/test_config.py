@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from veilfed.config import ExperimentConfig, check_delta_for, load_config, parse_config
+from veilfed.config import ExperimentConfig, load_config, parse_config
 from veilfed.errors import UsageError
+from veilfed.federation.sections import FederatedConfig, HEConfig
+from veilfed.privacy.canary import CanarySettings
+from veilfed.privacy.targets import check_delta_for
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -33,9 +37,38 @@ def test_defaults_and_int_to_float(tmp_path: Path) -> None:
     assert cfg.privacy.enabled is False and cfg.model.fusion == "concat"
 
 
-def test_federated_and_he_sections_pass_through(tmp_path: Path) -> None:
-    cfg = _load(tmp_path, "[federated]\nclients = 3\n[he]\nenabled = true\n")
-    assert cfg.federated == {"clients": 3} and cfg.he == {"enabled": True}
+def test_federated_he_and_canary_sections_are_typed(tmp_path: Path) -> None:
+    text = "[federated]\nclients = 6\n[he]\nenabled = true\n[canary]\nlr = 2\n"
+    cfg = _load(tmp_path, text)
+    assert isinstance(cfg.federated, FederatedConfig) and cfg.federated.clients == 6
+    assert cfg.federated.sampled_per_round == 3 and cfg.federated.strategy == "fedavg"
+    assert isinstance(cfg.he, HEConfig) and cfg.he.enabled and cfg.he.min_contributors == 3
+    assert isinstance(cfg.canary, CanarySettings) and cfg.canary.lr == 2.0
+    assert _load(tmp_path, "").federated == FederatedConfig()
+
+
+def test_overrides_apply_before_validation(tmp_path: Path) -> None:
+    """Flags override the file's fields; the config is validated with their values."""
+    path = tmp_path / "exp.toml"
+    path.write_text("[federated]\nclients = 2\nmin_fit_clients = 2\nfraction = 1.0\n")
+    assert load_config(path).federated.min_fit_clients == 2
+    cfg = load_config(path, {"federated": {"clients": 8, "rounds": 5}})
+    assert (cfg.federated.clients, cfg.federated.rounds, cfg.federated.min_fit_clients) == (8, 5, 2)
+    with pytest.raises(
+        UsageError, match=r"exp.toml: federated.min_fit_clients must be in \[1, 1\]"
+    ):
+        load_config(path, {"federated": {"fraction": 0.5}})
+    with pytest.raises(UsageError, match="exp.toml: federated: 2 clients sampled per round"):
+        load_config(path, {"he": {"enabled": True}})
+
+
+def test_table_round_trips(tmp_path: Path) -> None:
+    """``to_table`` is what a run sends its clients; parsing it gives the same config."""
+    text = "[federated]\nclients = 6\nstrategy = 'fedprox'\n[he]\nenabled = true\n"
+    cfg = _load(tmp_path, text + "[privacy]\nenabled = true\nepsilon = 4\n[canary]\nseed = 3\n")
+    table = json.loads(json.dumps(cfg.to_table()))
+    assert parse_config(table, "run settings") == cfg
+    assert "secret_path" not in table["he"]
 
 
 @pytest.mark.parametrize(
@@ -81,6 +114,19 @@ def test_federated_and_he_sections_pass_through(tmp_path: Path) -> None:
         ("[world]\nseed = -5\n", r"world.seed: must be >= 0"),
         ("[train]\nseed = -1\n", r"train.seed: must be >= 0"),
         ("world = 3\n", r"world: expected a table"),
+        ("[federated]\nclients = 0\n", r"exp.toml: federated.clients must be >= 1 \(got 0\)"),
+        ("[federated]\nfraction = '1'\n", r"federated.fraction: expected float, got str '1'"),
+        ("[federated]\nclient = 3\n", r"federated: unknown field 'client'; valid: clients, "),
+        ("[federated]\ncentral_dp = 'on'\n", r"federated.central_dp 'on': use one of off, "),
+        ("[he]\nenabled = 1\n", r"exp.toml: he.enabled: expected bool, got int"),
+        ("[he]\nsecret_path = 'k'\n", r"exp.toml: he: unknown field 'secret_path'"),
+        (
+            "[he]\nenabled = true\n[federated]\nclients = 8\nstrategy = 'median'\n",
+            r"exp.toml: federated: strategy 'median' needs plaintext updates .* turn HE off",
+        ),
+        ("[canary]\nguesses = 3\n", r"exp.toml: canary.guesses: must be even"),
+        ("[canary]\nm = 3\n", r"exp.toml: canary: unknown field 'm'"),
+        ("bogus = 3\n", r"exp.toml: unknown field 'bogus'; valid: name, world, "),
     ],
 )
 def test_errors_are_one_line_and_name_the_field(tmp_path: Path, text: str, match: str) -> None:

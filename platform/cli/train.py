@@ -34,8 +34,9 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
-    from veilfed.config import check_delta_for, load_config
+    from veilfed.config import load_config
     from veilfed.io import check_new_output, write_text_atomic
+    from veilfed.privacy.targets import check_delta_for
 
     cfg = load_config(config)
     if cfg.privacy.enabled:  # n: the training set, every clip of the config's world

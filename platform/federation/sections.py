@@ -1,25 +1,25 @@
 """The config sections a federated run is typed by: ``[federated]``, client DP and ``[he]``.
 
-Each is a frozen dataclass built from TOML or JSON by ``from_dict``: an unknown field, a wrong
-type or a value out of range is a one-line ``UsageError`` naming the field. Ints are accepted
-for float fields; bools are never accepted for numbers. Defaults are the values a config that
-omits the field runs with, and they are part of the contract (``docs/contracts.md``).
+Each is a frozen dataclass built by ``from_dict`` from a TOML table (``veilfed.config.load_config``
+types ``[federated]`` and ``[he]`` with it) or from JSON (``RunSettings.from_json``): fields are
+coerced by :mod:`veilfed.tables`, so an unknown field, a wrong type or a value out of range is a
+one-line ``UsageError`` naming the field. Client DP's ε/δ checks are the config's own
+(:mod:`veilfed.privacy.targets`). Defaults are the values a config that omits the field runs
+with, and they are part of the contract (``docs/contracts.md``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from veilfed.errors import UsageError
 from veilfed.privacy.mechanism import MECHANISMS
+from veilfed.privacy.targets import check_delta_for, check_dp_target
+from veilfed.tables import typed_fields
 
 CENTRAL_DP = ("off", "fixed", "adaptive")  # client-level DP at the coordinator
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -54,23 +54,7 @@ class FederatedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(known)}")
-        defaults = cls()
-        for key, value in data.items():
-            expected = type(getattr(defaults, key))
-            ok = isinstance(value, expected) and not (
-                expected is not bool and isinstance(value, bool)
-            )
-            if expected is float and _num(value):
-                value = float(value)
-                data = {**data, key: value}
-                ok = True
-            if not ok:
-                raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-        cfg = cls(**data)
+        cfg = cls(**typed_fields(cls, data, where))
         cfg.validate(where)
         return cfg
 
@@ -147,10 +131,7 @@ class ClientPrivacy:
 
     def validate(self, num_examples_min: int, where: str = "privacy") -> None:
         """Ranges of every field; ``num_examples_min``: the smallest client's n (δ < 1/n)."""
-        if not self.epsilon > 0:
-            raise UsageError(f"{where}.epsilon must be > 0 (got {self.epsilon:g})")
-        if not 0 < self.delta < 1:
-            raise UsageError(f"{where}.delta must be in (0, 1) (got {self.delta:g})")
+        check_dp_target(self.epsilon, self.delta, where)
         if self.accountant not in MECHANISMS:
             raise UsageError(
                 f"{where}.accountant {self.accountant!r}: use one of {', '.join(MECHANISMS)}"
@@ -158,10 +139,9 @@ class ClientPrivacy:
         finite = (self.noise_multiplier, self.max_grad_norm, self.budget)
         if not all(math.isfinite(v) for v in finite):
             raise UsageError(f"{where}: noise_multiplier, max_grad_norm and budget must be finite")
-        if self.enabled and self.delta >= 1 / num_examples_min:
-            raise UsageError(
-                f"{where}.delta {self.delta:g} must be < 1/n = {1 / num_examples_min:.3g} "
-                f"(n = {num_examples_min}, the smallest client's training examples)"
+        if self.enabled:
+            check_delta_for(
+                self.delta, num_examples_min, where, "the smallest client's training examples"
             )
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or self.budget < 0:
             raise UsageError(
@@ -196,22 +176,13 @@ class HEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "[he]") -> HEConfig:
-        known = {f.name for f in fields(cls)} - {"secret_path", "public_path"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(known)}")
-        defaults = cls()
-        clean: dict[str, Any] = {}
-        for key, value in data.items():
-            expected = type(getattr(defaults, key))
-            if expected is float and _num(value):
-                value = float(value)
-            if not isinstance(value, expected) or (
-                expected is not bool and isinstance(value, bool)
-            ):
-                raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-            clean[key] = value
-        return cls(**clean)
+        """``[he]`` as a config gives it: the context paths are the run setup's to fill in."""
+        paths = [k for k in ("secret_path", "public_path") if isinstance(data, dict) and k in data]
+        if paths:
+            raise UsageError(
+                f"{where}: unknown field {paths[0]!r}; the run setup sets the context paths"
+            )
+        return cls(**typed_fields(cls, data, where))
 
     def check_compatible(self, fed: FederatedConfig, where: str) -> None:
         """Server-side rules that need plaintext updates cannot run on ciphertexts."""
@@ -235,22 +206,3 @@ class HEConfig:
                 f"{where}: central_dp {fed.central_dp!r} clips and noises plaintext updates at the "
                 'coordinator and is incompatible with HE; set central_dp = "off" or turn HE off'
             )
-
-
-def typed_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with ints accepted for float fields; unknown fields and wrong types refused."""
-    if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected an object")
-    defaults = cls()
-    known = {f.name for f in fields(cls)}
-    clean: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise UsageError(f"{where}: unknown field {key!r}")
-        expected = type(getattr(defaults, key))
-        if expected is float and _num(value):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-        clean[key] = value
-    return clean

@@ -16,7 +16,6 @@ from veilfed.data import schema
 from veilfed.errors import UsageError
 from veilfed.model.fusion.base import FusionOutput, View
 from veilfed.model.heads.base import Head, HeadInput
-from veilfed.model.heads.language import greedy_captions
 from veilfed.model.heads.pixels import PixelDecoder
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
 
@@ -68,8 +67,8 @@ def _combine(outputs: list[Any], weights: Tensor) -> Any:
 class MultiTaskModel(nn.Module):
     """``model(batch) -> {task: output}``; ``model.loss(outputs, batch) -> (total, {task: loss})``.
 
-    Outputs follow the formats :mod:`veilfed.metrics` reads; :meth:`predict` post-processes them
-    (clamped pixels, greedily decoded captions) for evaluation.
+    Outputs follow the formats :mod:`veilfed.metrics` reads; :meth:`predict` gives each head's
+    evaluation output (its ``predict`` of the output, or its ``generate`` over every view).
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -159,7 +158,8 @@ class MultiTaskModel(nn.Module):
         return {k: v.detach() for k, v in self._fused.attention.items()}
 
     # -- losses ------------------------------------------------------------------------------
-    def _heads(self) -> dict[str, Head]:
+    def task_heads(self) -> dict[str, Head]:
+        """Each task's head (of the first view: every view's head set has the same heads)."""
         return dict(self.head_sets[0].heads.items())
 
     def per_sample_loss(
@@ -168,7 +168,7 @@ class MultiTaskModel(nn.Module):
         """Per-sample weighted total [B] and each task's mean loss over its labelled samples."""
         targets, tmask = batch["targets"], batch.get("target_mask", {})
         columns, per_task = [], {}
-        for task, head in self._heads().items():
+        for task, head in self.task_heads().items():
             loss = head.loss(outputs[task], targets)
             labelled = tmask.get(task)
             if labelled is not None:
@@ -193,19 +193,19 @@ class MultiTaskModel(nn.Module):
         self, batch: dict[str, Any], outputs: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Evaluation outputs: each head's ``predict`` of ``outputs`` (the forward of ``batch``,
-        run here if not given); captions decoded greedily."""
+        run here if not given), or for a generative head its ``generate`` over every view."""
         if outputs is None:
             outputs = self(batch)
-        heads = self._heads()
-        preds = {t: heads[t].predict(o) for t, o in outputs.items()}
-        if "caption" in preds:
-            steps = [
-                (hs.heads["caption"], inp)
-                for hs, inp in zip(self.head_sets, self._inputs, strict=True)
+        preds = {}
+        for task, head in self.task_heads().items():
+            if not head.generative:
+                preds[task] = head.predict(outputs[task])
+                continue
+            views = [
+                (hs.heads[task], inp) for hs, inp in zip(self.head_sets, self._inputs, strict=True)
             ]
-            weights = self._fused.weights if len(steps) > 1 else None
-            max_len = batch["targets"]["caption"].shape[1]
-            preds["caption"] = greedy_captions(steps, weights, max_len)
+            weights = self._fused.weights if len(views) > 1 else None
+            preds[task] = head.generate(views, weights)
         return preds
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: accumulate :mod:`veilfed.metrics` task meters over a loader."""
+"""Evaluation: accumulate each head's :mod:`veilfed.metrics` meter over a loader."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-
-from veilfed.data.text import BOS, EOS, PAD
-from veilfed.metrics import TASK_METRICS
 
 
 def _unwrap(model: Any) -> Any:
@@ -22,12 +19,7 @@ def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str
     core = _unwrap(model)
     was_training = core.training
     core.eval()
-    meters = {
-        t: TASK_METRICS.build(t, ignore_ids=(PAD, BOS, EOS), eos_id=EOS)
-        if t == "caption"
-        else TASK_METRICS.build(t)
-        for t in core.tasks
-    }
+    meters = {t: head.metric() for t, head in core.task_heads().items()}
     loss_sums = dict.fromkeys(core.tasks, 0.0)
     batches = 0
     try:

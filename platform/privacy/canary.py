@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from veilfed.errors import UsageError
+from veilfed.tables import typed_fields
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class CanarySettings:
     lr: float = 5.0
     confidence: float = 0.95
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "canary") -> CanarySettings:
+        """Type-checked and validated settings; errors name ``where.field``."""
+        settings = cls(**typed_fields(cls, data, where))
+        settings.validate(where)
+        return settings
 
     def validate(self, where: str) -> None:
         for name in ("canaries", "guesses", "dim", "epochs", "batch_size"):
@@ -207,34 +215,13 @@ def run_canary_audit(settings: CanarySettings, dp: DPSettings) -> CanaryResult:
     )
 
 
-def settings_from_dict(data: dict[str, Any], where: str = "canary") -> CanarySettings:
-    """Type-checked :class:`CanarySettings`; errors name ``where.field``."""
-    valid = {f.name: f for f in fields(CanarySettings)}
-    for key, value in data.items():
-        if key not in valid:
-            raise UsageError(f"{where}: unknown field {key!r}; valid: {', '.join(valid)}")
-        want = float if valid[key].type == "float" else int
-        ok = isinstance(value, int | float) if want is float else isinstance(value, int)
-        if isinstance(value, bool) or not ok:
-            raise UsageError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
-    typed = {k: float(v) if valid[k].type == "float" else v for k, v in data.items()}
-    settings = CanarySettings(**typed)
-    settings.validate(where)
-    return settings
-
-
 def load_canary_config(path: str | Path) -> tuple[CanarySettings, DPSettings]:
-    """The ``[canary]`` and ``[privacy]`` sections of an experiment TOML."""
-    from veilfed.config import load_config
+    """The ``[canary]`` and ``[privacy]`` sections of an experiment TOML (both typed and
+    validated by ``veilfed.config.load_config``)."""
+    from veilfed.config import load_config  # config imports CanarySettings from here
 
     cfg = load_config(path)
-    try:
-        settings = settings_from_dict(cfg.canary)
-    except UsageError as exc:
-        raise UsageError(f"{path}: {exc}") from None
     p = cfg.privacy
-    if p.enabled and p.noise_multiplier is None and p.epsilon is None:
-        raise UsageError(f"{path}: privacy: give noise_multiplier or epsilon")
     dp = DPSettings(
         enabled=p.enabled,
         noise_multiplier=p.noise_multiplier,
@@ -243,4 +230,4 @@ def load_canary_config(path: str | Path) -> tuple[CanarySettings, DPSettings]:
         max_grad_norm=p.max_grad_norm,
         accountant=p.accountant,
     )
-    return settings, dp
+    return cfg.canary, dp

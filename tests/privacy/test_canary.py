@@ -15,7 +15,6 @@ from veilfed.privacy.canary import (
     epsilon_lower_bound,
     p_value,
     run_canary_audit,
-    settings_from_dict,
 )
 
 SMALL = CanarySettings(canaries=300, guesses=60, dim=600, epochs=10)
@@ -66,10 +65,10 @@ def test_pipeline_that_drops_the_noise_is_caught(monkeypatch) -> None:
 
 
 def test_settings_are_type_checked() -> None:
-    assert settings_from_dict({"lr": 2, "canaries": 10, "guesses": 4}).lr == 2.0
+    assert CanarySettings.from_dict({"lr": 2, "canaries": 10, "guesses": 4}).lr == 2.0
     with pytest.raises(UsageError, match="canary.canaries: expected int"):
-        settings_from_dict({"canaries": 1.5})
+        CanarySettings.from_dict({"canaries": 1.5})
     with pytest.raises(UsageError, match="canary: unknown field 'm'"):
-        settings_from_dict({"m": 3})
+        CanarySettings.from_dict({"m": 3})
     with pytest.raises(UsageError, match="canary.guesses: must be even"):
-        settings_from_dict({"canaries": 10, "guesses": 3})
+        CanarySettings.from_dict({"canaries": 10, "guesses": 3})

@@ -3,16 +3,22 @@
 A head maps a fused :class:`View` to its task's output in the format :mod:`veilfed.metrics` reads
 (logits, [0, 1] scores, boxes, pixels), and ``loss`` turns that output into a per-sample loss [B]
 so the model can mask unlabelled samples and Opacus ghost clipping can reweight samples.
+
+A head also declares what evaluation needs from it, so the model core and the evaluation loop
+treat every head alike: ``predict`` (or, for a ``generative`` head, ``generate`` over every fused
+view) gives the evaluation output, and ``metric`` the accumulator that scores it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from veilfed.metrics import TASK_METRICS, TaskMetric
 from veilfed.model.fusion.base import View
 from veilfed.model.layers import flat_apply
 
@@ -37,11 +43,14 @@ class HeadInput:
 
 
 class Head(nn.Module):
-    """Base head. ``requires``: encoders it needs; ``uses_pixels``: needs the pixel decoder."""
+    """Base head. ``requires``: encoders it needs; ``uses_pixels``: needs the pixel decoder;
+    ``generative``: its evaluation output is decoded step by step (:meth:`generate`) instead of
+    read off the forward output (:meth:`predict`)."""
 
     task: str = ""
     requires: tuple[str, ...] = ()
     uses_pixels = False
+    generative = False
 
     def __init__(self, dim: int, **_: Any) -> None:
         super().__init__()
@@ -57,6 +66,16 @@ class Head(nn.Module):
     def predict(self, output: Any) -> Any:
         """Output in the metrics format, for evaluation (e.g. pixels clamped to [0, 1])."""
         return output
+
+    def generate(self, views: Sequence[tuple[Head, HeadInput]], weights: Tensor | None) -> Any:
+        """A generative head's evaluation output in the metrics format. ``views``: this task's
+        head and its input for every fused view (the first is ``self``); ``weights``: the
+        fusion's per-sample vote [B, len(views)] when there are several views, else None."""
+        raise NotImplementedError
+
+    def metric(self) -> TaskMetric:
+        """A fresh accumulator of this head's evaluation metrics (its task's by default)."""
+        return TASK_METRICS.build(self.task)
 
 
 def per_sample_mean(x: Tensor) -> Tensor:

@@ -7,6 +7,8 @@ support a module called twice in one forward.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,10 +24,11 @@ from veilfed.model.registry import HEADS
 class CaptionHead(Head):
     """Teacher-forced during training: output [B, L-1, V] predicts ``caption[:, 1:]``.
 
-    :meth:`generate` decodes greedily for evaluation.
+    :meth:`generate` decodes greedily for evaluation, to the length of the reference captions.
     """
 
     task = "caption"
+    generative = True
 
     def __init__(
         self,
@@ -66,9 +69,13 @@ class CaptionHead(Head):
         ce = F.cross_entropy(output.transpose(1, 2), target, ignore_index=PAD, reduction="none")
         return ce.sum(dim=1) / (target != PAD).sum(dim=1).clamp(min=1)
 
+    def generate(self, views: Sequence[tuple[Head, HeadInput]], weights: Tensor | None) -> Tensor:
+        max_len = views[0][1].batch["targets"]["caption"].shape[1]
+        return greedy_captions(views, weights, max_len)
+
 
 def greedy_captions(
-    steps: list[tuple[CaptionHead, HeadInput]], weights: Tensor | None, max_len: int
+    steps: Sequence[tuple[CaptionHead, HeadInput]], weights: Tensor | None, max_len: int
 ) -> Tensor:
     """Greedy decoding [B, max_len] (BOS ... EOS PAD); with several views the per-view next-token
     log-probabilities are combined with the vote ``weights``."""
