@@ -1,6 +1,6 @@
 """Flower strategies by name, optionally wrapped in central (client-level) DP.
 
-The round loop (``server_app.py``) owns sampling, screening and checkpointing; a strategy here
+The round loop (``rounds.py``) owns sampling, screening and checkpointing; a strategy here
 only turns the *accepted* replies into the next global model. Aggregation rules are Flower's own
 (``flwr.serverapp.strategy``); we only configure them so that they never sample or wait on their
 own (sampling is done by the loop through :class:`FixedNodes`). Central DP uses Flower's
