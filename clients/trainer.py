@@ -37,6 +37,7 @@ from veilfed.data.store import EncryptedStore
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, evaluate, load_state, numpy_state
+from veilfed.model.losses import dp_refusal
 from veilfed.privacy.accountant import ClientAccountant
 from veilfed.privacy.accounting import plan_round
 from veilfed.privacy.calibration import memoize_rdp, noise_for
@@ -166,6 +167,9 @@ def train_round(
             return _declined(reason)
     if not p.enabled:
         return _train(settings, inputs, rnd, arrays, proximal_mu, None, train_ids, model_digest)
+    reason = dp_refusal(experiment(settings).model.loss_weighting)
+    if reason is not None:
+        return _declined(f"client {inputs.client_id}: declining to train: {reason}")
     node = inputs.state
     key = ReleaseKey(settings.run_id, rnd, model_digest)
     with node.spending():

@@ -33,6 +33,7 @@ from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR, save_shards
 from veilfed.federation.sections import ClientPrivacy
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
+from veilfed.model.losses import dp_refusal
 from veilfed.tracking import Tracker, resume_run, start_run, tracking_uri
 
 log = logging.getLogger("veilfed.coordinator")
@@ -74,6 +75,8 @@ def _resolve(
     cfg = load_config(config, {"federated": overrides} | ({"he": {"enabled": True}} if he else {}))
     check_strategy(cfg.federated.strategy, f"{config}: federated")
     privacy = resolve_privacy(cfg, cfg.federated.budget, epsilon, delta)
+    if privacy.enabled and (why := dp_refusal(cfg.model.loss_weighting)):
+        raise UsageError(f"{config}: model.{why}")
     return cfg, cfg.to_table(), cfg.federated, privacy, cfg.he
 
 

@@ -5,9 +5,10 @@ SuperNode. veilfed's one ServerApp (``veilfed.coordinator.server_app``, whose ru
 pick the real-node mode) and its one ClientApp (``veilfed.clients.client_app``) are installed
 packages on both sides (the Docker images, the venv), so the project needs only a
 ``pyproject.toml`` whose components point at them and whose ``[tool.flwr.app.config]`` carries
-this run's settings, plus an empty ``app-signature`` slot: the coordinator fills it at submission with its signature over the built
-FAB (``veilfed.crypto.app_signing``), the only config a run may override. Runtime dependency
-installation stays off: nodes never download anything.
+this run's settings, plus an empty ``app-signature`` slot: the coordinator fills it at
+submission with its signature over the built FAB (``veilfed.crypto.app_signing``), the only
+config a run may override. Runtime dependency installation stays off: nodes never download
+anything.
 """
 
 from __future__ import annotations

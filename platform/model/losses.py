@@ -14,7 +14,14 @@ from veilfed.model.registry import LOSSES
 
 
 class LossWeighting(nn.Module):
-    """Base: ``weights`` are the config's fixed task weights, in ``tasks`` order."""
+    """Base: ``weights`` are the config's fixed task weights, in ``tasks`` order.
+
+    ``raw_loss_state``: the weighting keeps buffers computed from un-noised training losses
+    (``end_epoch``). Buffers travel with the model's state, and DP-SGD noises only gradients, so
+    such a weighting cannot run under DP: :func:`dp_refusal` names it.
+    """
+
+    raw_loss_state = False
 
     def __init__(self, tasks: tuple[str, ...], weights: tuple[float, ...]) -> None:
         super().__init__()
@@ -62,6 +69,8 @@ class DynamicWeightAverage(LossWeighting):
     """Liu, Johns & Davison (2019): w_t = n softmax_t(r_t / temperature), r_t the ratio of task t's
     last two epoch losses; uniform for the first two epochs."""
 
+    raw_loss_state = True
+
     def __init__(
         self, tasks: tuple[str, ...], weights: tuple[float, ...], temperature: float = 2.0
     ) -> None:
@@ -85,3 +94,17 @@ class DynamicWeightAverage(LossWeighting):
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, (self.base * self.dynamic).tolist(), strict=True))
+
+
+def dp_refusal(name: str) -> str | None:
+    """Why loss weighting ``name`` cannot run under DP-SGD (its state comes from un-noised
+    losses), or None."""
+    if not LOSSES.get(name).raw_loss_state:
+        return None
+    usable = ", ".join(
+        n for n in LOSSES.names() if not getattr(LOSSES.get(n), "raw_loss_state", False)
+    )
+    return (
+        f"loss_weighting {name!r} sets task weights from un-noised training losses that leave with "
+        f"the model, which DP-SGD does not cover; with privacy use one of: {usable}"
+    )

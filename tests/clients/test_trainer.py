@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from testkit.fed import make_run, write_config
 
 from veilfed.clients.inputs import client_inputs
 from veilfed.clients.trainer import RoundResult, train_round
+from veilfed.errors import UsageError
 from veilfed.federation.digest import model_digest
 from veilfed.federation.weights import initial_arrays
 
@@ -92,3 +95,35 @@ def test_fedprox_pulls_the_update_towards_the_global_model(tmp_path):
     free, start = _round(tmp_path, "mu0")
     pulled, _ = _round(tmp_path, "mu10", proximal_mu=10.0)  # lr · μ = 0.5 per step
     assert _distance(pulled.arrays, start) < 0.8 * _distance(free.arrays, start)
+
+
+def test_a_dp_round_refuses_a_loss_weighting_fed_by_raw_losses(tmp_path):
+    """Attack: a coordinator asks for DP-SGD with ``dwa``, whose task weights are buffers computed
+    from un-noised epoch losses and would leave with the update. The run settings bypass the
+    coordinator's own check (they travel in the message; a config with DP on in [privacy] is
+    already refused when the client parses it); the client declines and names why."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    settings, tracker = make_run(run_dir, write_config(run_dir))
+    tracker.finish()
+    assert settings.privacy.enabled
+    config = json.loads(json.dumps(settings.config))
+    config["model"]["loss_weighting"] = "dwa"
+    config["privacy"]["enabled"] = False  # DP from the run's client privacy, as --epsilon gives
+    forged = dataclasses.replace(settings, config=config)
+    inputs = client_inputs(forged, {"partition-id": 0, "num-partitions": 3})
+    start = initial_arrays(forged)
+    result = train_round(forged, inputs, 1, start, model_digest=model_digest(start, None))
+    assert result.declined is not None and "'dwa'" in result.declined
+    assert "client-0000" in result.declined and result.report is None
+    acc = inputs.state.accountant(settings.privacy.accountant, settings.run_id)
+    assert acc.last_round is None  # nothing spent, nothing released
+
+
+def test_the_coordinator_refuses_dwa_with_dp_before_a_run_exists(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("[model]\n", '[model]\nloss_weighting = "dwa"\n'))
+    with pytest.raises(UsageError, match=r"model\.loss_weighting 'dwa'.*DP-SGD"):
+        make_run(tmp_path, path)
+    with pytest.raises(UsageError, match=r"loss_weighting 'dwa'"):
+        make_run(tmp_path, path, epsilon=4.0)
