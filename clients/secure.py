@@ -25,15 +25,10 @@ from typing import Any
 import numpy as np
 from flwr.common import MessageType
 
-from veilfed.crypto.he import (
-    Decrypted,
-    EncryptedUpdate,
-    HEContext,
-    decrypt_average,
-    encrypt_update,
-    load_context,
-    unflatten,
-)
+from veilfed.crypto.he import Decrypted, decrypt_average, encrypt_update
+from veilfed.crypto.he_keys import HEContext, load_context
+from veilfed.crypto.he_packing import unflatten
+from veilfed.crypto.he_update import EncryptedUpdate
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.federation.keys import ARRAYS_RECORD, CONFIG_RECORD, GLOBAL_KEY, ROUND_KEY
 from veilfed.federation.settings import RunSettings

@@ -26,7 +26,7 @@ from veilfed.coordinator.provision import (
     world_store,
 )
 from veilfed.coordinator.strategies import check_strategy
-from veilfed.crypto.he import load_context
+from veilfed.crypto.he_keys import load_context
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError

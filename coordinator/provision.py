@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from veilfed.crypto.he import HEParams, keygen, load_context
-from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME
+from veilfed.crypto.he_keys import PUBLIC_NAME, SECRET_NAME, keygen, load_context
+from veilfed.crypto.he_params import HEParams
 from veilfed.crypto.keys import write_key_file
 from veilfed.data import synth
 from veilfed.data.files import encode_clip

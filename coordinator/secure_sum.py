@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import Message
 
 from veilfed.coordinator.round_record import RoundLog
-from veilfed.crypto import he
+from veilfed.crypto import he_aggregate, he_keys
 from veilfed.errors import UsageError
 from veilfed.federation.keys import (
     ARRAYS_RECORD,
@@ -50,7 +50,7 @@ class SecureSum:
 
     def __init__(self, settings: RunSettings, aggregate: bytes | None) -> None:
         self.s = settings
-        self.ctx = he.load_context(settings.he.public_path, require_secret=False)
+        self.ctx = he_keys.load_context(settings.he.public_path, require_secret=False)
         self.aggregate = aggregate  # the global model, encrypted
         self.previous: bytes | None = None  # this round's predecessor, until it is evaluated
         self.shadow: np.ndarray | None = None
@@ -89,7 +89,9 @@ class SecureSum:
         }
         fed = self.s.federated
         bound = fed.norm_bound if fed.norm_bound > 0 else None
-        agg, rejections = he.aggregate(self.ctx, blobs, expected_size=size, require_max_l2=bound)
+        agg, rejections = he_aggregate.aggregate(
+            self.ctx, blobs, expected_size=size, require_max_l2=bound
+        )
         for rej in rejections:
             rlog.rejected[rej.client] = rej.reason
             rlog.accepted.remove(rej.client)
@@ -134,7 +136,7 @@ class SecureSum:
         except (KeyError, ValueError) as exc:  # a shadow copy is missing: no error metric
             log.warning("round %d: no HE shadow aggregate (%s)", rnd, exc)
             return None
-        return he.shadow_average(flats, weights)
+        return he_aggregate.shadow_average(flats, weights)
 
     def discard(self, rnd: int, rlog: RoundLog) -> None:
         """Every evaluating client refused this round's aggregate (its decryption failed the

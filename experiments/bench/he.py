@@ -32,18 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from veilfed.crypto.he import (
-    EncryptedUpdate,
-    HEParams,
-    aggregate,
-    decrypt_average,
-    encrypt_update,
-    flatten,
-    load_context,
-    new_context,
-    public_view,
-    shadow_average,
-)
+from veilfed.crypto.he import decrypt_average, encrypt_update
+from veilfed.crypto.he_aggregate import aggregate, shadow_average
+from veilfed.crypto.he_keys import load_context, new_context, public_view
+from veilfed.crypto.he_packing import flatten
+from veilfed.crypto.he_params import HEParams
+from veilfed.crypto.he_update import EncryptedUpdate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "experiments" / "federated.toml"

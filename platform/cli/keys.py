@@ -9,7 +9,7 @@ import typer
 from veilfed.cli.common import handle_errors, print_json
 from veilfed.crypto.keys import read_key_file, write_key_file
 from veilfed.data.bundle import client_key
-from veilfed.data.store import rotate_store
+from veilfed.data.store_rotate import rotate_store
 from veilfed.privacy.ids import check_client_id
 
 app = typer.Typer(no_args_is_help=True)

@@ -13,58 +13,27 @@ number of contributors listed and its tags to the sum of those contributors' tag
 a foreign key, corrupted, wrapped around the modulus, a ciphertext added twice or a plaintext
 added to forge the count does not), and that the total sample count is an integer, then divides.
 
-Wire format of :class:`EncryptedUpdate`: ``veilfed.crypto.he_update``.
+This module is the client's side (:func:`encrypt_update`, :func:`decrypt_average`); the
+coordinator's sum is :mod:`veilfed.crypto.he_aggregate`. Parameters: ``veilfed.crypto.he_params``;
+key generation and context files: ``veilfed.crypto.he_keys``; slot layout, flattening and tags:
+``veilfed.crypto.he_packing``; wire format of :class:`EncryptedUpdate`:
+``veilfed.crypto.he_update``.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import secrets
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tenseal as ts
 
-from veilfed.crypto.he_keys import HEContext, keygen, load_context, new_context, public_view
-from veilfed.crypto.he_packing import (
-    RESERVED_SLOTS,
-    ArraySpec,
-    chunk_layout,
-    contributor_tags,
-    flatten,
-    tag_key,
-    unflatten,
-)
+from veilfed.crypto.he_keys import HEContext
+from veilfed.crypto.he_packing import RESERVED_SLOTS, chunk_layout, contributor_tags, tag_key
 from veilfed.crypto.he_params import HEParams
 from veilfed.crypto.he_update import EncryptedUpdate
 from veilfed.errors import CheckFailed, UsageError
-
-__all__ = [
-    "ArraySpec",
-    "Decrypted",
-    "EncryptedUpdate",
-    "HEContext",
-    "HEParams",
-    "Rejection",
-    "aggregate",
-    "chunk_layout",
-    "decrypt_average",
-    "encrypt_update",
-    "flatten",
-    "keygen",
-    "load_context",
-    "new_context",
-    "public_view",
-    "shadow_average",
-    "unflatten",
-]
-
-log = logging.getLogger(__name__)
 
 # Half-width of the band around an integer the check slots and the total sample count must decrypt
 # into. Honest noise there is < 1e-4 for every parameter set here; a chunk under another key,
@@ -76,12 +45,6 @@ COUNT_TOLERANCE = 0.01
 # forger who does not hold the secret key hits one slot's band with probability <= 1e-3,
 # and every chunk has TAG_SLOTS of them.
 TAG_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class Rejection:
-    client: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -156,73 +119,6 @@ def encrypt_update(
     )
 
 
-def aggregate(
-    ctx: HEContext,
-    updates: Mapping[str, Any],
-    expected_size: int | None = None,
-    require_max_l2: float | None = None,
-) -> tuple[EncryptedUpdate | None, list[Rejection]]:
-    """Sum encrypted updates without any secret key (coordinator side).
-
-    ``updates`` maps client id to a message (bytes) or an :class:`EncryptedUpdate`. Anything that
-    cannot be summed safely is left out with a logged reason and the rest are aggregated. Without
-    ``expected_size`` the most common size wins. Returns ``None`` when nothing was accepted.
-    """
-    start = time.perf_counter()
-    rejections: list[Rejection] = []
-
-    def reject(client: str, reason: str) -> None:
-        log.warning("HE update from client %s rejected: %s", client, reason)
-        rejections.append(Rejection(client, reason))
-
-    parsed: dict[str, EncryptedUpdate] = {}
-    seen: set[str] = set()
-    for client, message in updates.items():
-        try:
-            parsed[client] = _parse(message)
-        except UsageError as exc:
-            reject(client, str(exc))
-    if expected_size is None and parsed:
-        expected_size = Counter(u.size for u in parsed.values()).most_common(1)[0][0]
-
-    acc: list[ts.CKKSVector] | None = None
-    accepted: list[EncryptedUpdate] = []
-    for client, update in parsed.items():
-        reason = _mismatch(ctx, update, expected_size, require_max_l2)
-        twice = seen.intersection(update.contributors)
-        if not reason and (twice or len(set(update.contributors)) < update.clients):
-            reason = f"contributor {sorted(twice or update.contributors)[0]} would be summed twice"
-        if reason:
-            reject(client, reason)
-            continue
-        try:
-            vectors = _load_chunks(ctx, update)
-            acc = vectors if acc is None else [a + v for a, v in zip(acc, vectors, strict=True)]
-        except (ValueError, RuntimeError, TypeError) as exc:
-            reject(client, f"ciphertext does not fit this context ({exc})")
-            continue
-        accepted.append(update)
-        seen.update(update.contributors)
-
-    if acc is None:
-        return None, rejections
-    l2_bounds = [u.attested.get("max_l2") for u in accepted]
-    total = EncryptedUpdate(
-        key_id=ctx.key_id,
-        size=accepted[0].size,
-        chunks=[v.serialize() for v in acc],
-        contributors=[c for u in accepted for c in u.contributors],
-        attested={
-            "finite": True,
-            "max_abs": max(float(u.attested.get("max_abs", math.inf)) for u in accepted),
-            "max_l2": None if None in l2_bounds else max(l2_bounds),
-        },
-        encrypt_ms=float(np.mean([u.encrypt_ms for u in accepted])),
-    )
-    total.aggregate_ms = (time.perf_counter() - start) * 1e3
-    return total, rejections
-
-
 def decrypt_average(
     ctx: HEContext, agg: EncryptedUpdate | bytes, min_clients: int = 1
 ) -> Decrypted:
@@ -256,7 +152,7 @@ def decrypt_average(
         )
     start = time.perf_counter()
     try:
-        parts = [np.asarray(v.decrypt(), dtype=np.float64) for v in _load_chunks(ctx, update)]
+        parts = [np.asarray(v.decrypt(), dtype=np.float64) for v in load_chunks(ctx, update)]
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"aggregate ciphertext does not fit this HE context ({exc})") from None
     reserved = RESERVED_SLOTS
@@ -300,12 +196,6 @@ def decrypt_average(
     )
 
 
-def shadow_average(flats: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:
-    """Plaintext FedAvg of the same updates: the reference for ``he/max_abs_error`` on test runs."""
-    stacked = np.stack([np.asarray(f, dtype=np.float64).ravel() for f in flats])
-    return np.average(stacked, axis=0, weights=np.asarray(weights, dtype=np.float64))
-
-
 def _tag_bound(params: HEParams) -> float:
     """Tags lie in [-B, B], B = max(max_abs_update, 1): a sum of k tags fits the capacity the
     keys were sized for (k contributors weigh at least k, and B·W is inside it)."""
@@ -323,39 +213,7 @@ def _tag_key(ctx: HEContext) -> bytes:
     return _TAG_KEYS[cache]
 
 
-def _parse(message: Any) -> EncryptedUpdate:
-    if isinstance(message, EncryptedUpdate):
-        return message
-    if isinstance(message, bytes | bytearray | memoryview):
-        return EncryptedUpdate.from_bytes(bytes(message))
-    kind = type(message).__name__
-    raise UsageError(f"sent a plaintext update ({kind}) but HE is required")
-
-
-def _mismatch(
-    ctx: HEContext, update: EncryptedUpdate, size: int | None, require_max_l2: float | None
-) -> str | None:
-    """Why ``update`` cannot join this sum, judged from its header alone (None if it can)."""
-    if update.key_id != ctx.key_id:
-        return (
-            f"encrypted under HE key {update.key_id[:8]}, coordinator holds {ctx.key_id[:8]} "
-            "(stale or foreign key); the client must load the current secret.ctx"
-        )
-    if update.attested.get("finite") is not True:
-        return "does not attest that its update was checked finite before encryption"
-    if update.size != size:
-        return f"update has {update.size} values, this round expects {size}"
-    expected_chunks = len(chunk_layout(update.size, ctx.params.slots))
-    if len(update.chunks) != expected_chunks:
-        return f"{len(update.chunks)} ciphertexts, {expected_chunks} expected for {size} values"
-    if require_max_l2 is not None:
-        bound = update.attested.get("max_l2")
-        if bound is None or float(bound) > require_max_l2:
-            return f"attested L2 bound {bound} does not meet the required {require_max_l2}"
-    return None
-
-
-def _load_chunks(ctx: HEContext, update: EncryptedUpdate) -> list[ts.CKKSVector]:
+def load_chunks(ctx: HEContext, update: EncryptedUpdate) -> list[ts.CKKSVector]:
     """Deserialize every chunk, checking each holds the slot count its position implies."""
     vectors = []
     layout = chunk_layout(update.size, ctx.params.slots)

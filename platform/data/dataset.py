@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from veilfed.data import schema, synth
+from veilfed.data import schema, synth, synth_render
 from veilfed.data.files import encode_clip
 from veilfed.data.text import Tokenizer
 from veilfed.data.video import DecodedClip, decode
@@ -102,7 +102,9 @@ def synthetic_targets(
     for i, obj in enumerate(objects):
         boxes[:, i] = torch.tensor(obj["boxes"][:frames])
         box_classes[:, i] = obj["class"]
-    inst = torch.from_numpy(synth.instance_masks(labels, height, width, range(frames))).long()
+    inst = torch.from_numpy(
+        synth_render.instance_masks(labels, height, width, range(frames))
+    ).long()
     class_of_instance = torch.tensor([0] + [o["class"] + 1 for o in objects])
     kp = torch.tensor(labels["keypoints"][:frames], dtype=torch.float32)
     qa = labels["qa"]
@@ -126,8 +128,8 @@ def synthetic_targets(
         ),
         "answers": torch.tensor([schema.ANSWERS.index(q["answer"]) for q in qa]),
         "keyframes": torch.tensor(labels["keyframes"][:frames], dtype=torch.float32),
-        "clean": _to_video_tensor(synth.render(labels, height, width, range(frames))),
-        "next_frames": _to_video_tensor(synth.render(labels, height, width, future)),
+        "clean": _to_video_tensor(synth_render.render(labels, height, width, range(frames))),
+        "next_frames": _to_video_tensor(synth_render.render(labels, height, width, future)),
     }
 
 

@@ -8,6 +8,7 @@ API (a :class:`ClipSource` for ``veilfed.data.dataset``)::
     store = EncryptedStore.open(dir, key)            # or open(dir, [new_key, old_key])
     store.ids(); store.read(clip_id) -> (mp4_bytes, labels); store.verify() -> n clips
     store.labels(clip_id); store.content_hashes()    # labels only; {source digest: clip id}
+    from veilfed.data.store_rotate import rotate_store
     rotate_store(dir, old_key, new_key)              # crash-safe, resumable re-encryption
 
 Layout of ``DIR``::
@@ -24,7 +25,9 @@ chunk index, chunk count, total length and the clip's random nonce (new on every
 nonce. A reader checks every header against the manifest, so reordering, dropping, duplicating,
 truncating, swapping chunks between clips or replaying an older version of a clip is detected, and
 a clip is returned only when every chunk has been checked (no partial plaintext). The record
-format itself is :mod:`veilfed.data.records`.
+format itself is :mod:`veilfed.data.records`, ``store.json`` and the manifest
+:mod:`veilfed.data.store_manifest`, the read side :mod:`veilfed.data.store_reader`, rotation and
+the orphan sweep :mod:`veilfed.data.store_rotate`; this module creates, opens and writes.
 
 Writes are atomic (``veilfed.io``). One writer at a time, enforced across processes by the store's
 writer lock (``DIR/store.lock``, :mod:`veilfed.data.lock`): every write (``put`` outside a batch, a
@@ -38,62 +41,20 @@ file gone and should rerun.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
-import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import MultiFernet
-
-from veilfed.crypto.keys import FernetKey, InvalidToken, armor, unarmor
+from veilfed.crypto.keys import FernetKey
 from veilfed.data.lock import LOCK_NAME, writer_lock
-from veilfed.data.records import (
-    CLIP_MAGIC,
-    KIND_LABELS,
-    KIND_VIDEO,
-    LEN,
-    ClipEntry,
-    Record,
-    decrypt_clip,
-    encrypt_clip,
-    join_records,
-    open_clip,
-    open_record,
-    seal_record,
-    split_records,
-)
-from veilfed.errors import CheckFailed, UsageError
-from veilfed.io import write_bytes_atomic, write_text_atomic
+from veilfed.data.records import CLIP_MAGIC, ClipEntry, encrypt_clip, join_records
+from veilfed.data.store_manifest import FORMAT, VERSION, load_manifest, write_manifest
+from veilfed.data.store_reader import StoreReader
+from veilfed.errors import UsageError
+from veilfed.io import write_bytes_atomic
 
-__all__ = [  # the record format is re-exported: callers import it from here
-    "CLIP_MAGIC",
-    "KIND_LABELS",
-    "KIND_VIDEO",
-    "ClipEntry",
-    "EncryptedStore",
-    "Record",
-    "decrypt_clip",
-    "encrypt_clip",
-    "join_records",
-    "open_clip",
-    "open_record",
-    "read_header",
-    "rotate_store",
-    "seal_record",
-    "split_records",
-    "sweep_orphans",
-    "write_header",
-]
-
-log = logging.getLogger(__name__)
-
-FORMAT = "veilfed-store"
-VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
 
 
@@ -104,7 +65,7 @@ def _keys(key: FernetKey | Sequence[FernetKey]) -> tuple[FernetKey, ...]:
     return keys
 
 
-class EncryptedStore:
+class EncryptedStore(StoreReader):
     """A directory of Fernet-encrypted clips with an encrypted, authenticated manifest."""
 
     def __init__(
@@ -115,10 +76,8 @@ class EncryptedStore:
         clips: dict[str, ClipEntry],
         header: dict[str, Any],
     ) -> None:
-        self.root = root
-        self.keys = keys
+        super().__init__(root, keys, clips)
         self.chunk_size = chunk_size
-        self._clips = clips
         self._header = header
         self._batch = 0
         self._garbage: list[str] = []
@@ -173,7 +132,7 @@ class EncryptedStore:
     def open(cls, root: str | Path, key: FernetKey | Sequence[FernetKey]) -> EncryptedStore:
         """Open a store with its key (or a list of keys, of which one must be current)."""
         root = Path(root)
-        header, current, chunk_size, clips = _load(root, _keys(key))
+        header, current, chunk_size, clips = load_manifest(root, _keys(key))
         return cls(root, (current,), chunk_size, clips, header)
 
     # ---- the writer lock ------------------------------------------------------------------
@@ -194,7 +153,7 @@ class EncryptedStore:
             return
         with contextlib.ExitStack() as stack:
             stack.enter_context(writer_lock(self.root))
-            header, current, chunk_size, clips = _load(self.root, self.keys)
+            header, current, chunk_size, clips = load_manifest(self.root, self.keys)
             self._header, self.keys, self.chunk_size, self._clips = (
                 header,
                 (current,),
@@ -206,104 +165,6 @@ class EncryptedStore:
                 yield self
             finally:
                 self._lock, self._lock_depth = None, 0
-
-    # ---- ClipSource -----------------------------------------------------------------------
-    def ids(self) -> list[str]:
-        return sorted(self._clips)
-
-    def __len__(self) -> int:
-        return len(self._clips)
-
-    def __contains__(self, clip_id: object) -> bool:
-        return clip_id in self._clips
-
-    def entry(self, clip_id: str) -> ClipEntry:
-        try:
-            return self._clips[clip_id]
-        except KeyError:
-            raise UsageError(f"{self.root}: no clip {clip_id!r} in this store") from None
-
-    def records(self, clip_id: str) -> list[memoryview]:
-        """The clip's raw tokens, unopened (for export and rotation)."""
-        entry = self.entry(clip_id)
-        path = self.root / "clips" / entry.file
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckFailed(
-                f"{self.root}: clip {clip_id!r} file {path.name} is missing; restore it from a "
-                "backup or ingest the clip again"
-            ) from None
-        except OSError as exc:
-            raise CheckFailed(
-                f"{path}: clip {clip_id!r} file cannot be read ({exc.strerror}); restore it from "
-                "a backup or ingest the clip again"
-            ) from None
-        if data[: len(CLIP_MAGIC)] != CLIP_MAGIC:
-            raise CheckFailed(f"{path}: clip {clip_id!r} file header is damaged; restore it")
-        return split_records(memoryview(data)[len(CLIP_MAGIC) :], f"{path}: clip {clip_id!r}")
-
-    def read(self, clip_id: str) -> tuple[bytes, dict[str, Any]]:
-        """Decrypt a clip into memory: (video bytes, labels). Raises CheckFailed if tampered."""
-        return decrypt_clip(
-            self.keys, clip_id, self.entry(clip_id), self.records(clip_id), str(self.root)
-        )
-
-    def labels(self, clip_id: str) -> dict[str, Any]:
-        """A clip's labels, reading and checking only its first record (not the video)."""
-        entry = self.entry(clip_id)
-        path = self.root / "clips" / entry.file
-        fix = "run `veilfed data verify` and restore the clip from a backup"
-        try:
-            with path.open("rb") as fh:
-                head = fh.read(len(CLIP_MAGIC) + LEN.size)
-                size = LEN.unpack_from(head, len(CLIP_MAGIC))[0] if len(head) == 12 else -1
-                token = fh.read(size) if size >= 0 else b""
-        except OSError as exc:
-            raise CheckFailed(
-                f"{path}: clip {clip_id!r} cannot be read ({exc.strerror}); {fix}"
-            ) from None
-        if head[: len(CLIP_MAGIC)] != CLIP_MAGIC or size < 0 or len(token) != size:
-            raise CheckFailed(f"{path}: clip {clip_id!r} labels record is damaged; {fix}")
-        try:
-            rec = open_record(self.keys, token)
-            ok = (rec.kind, rec.clip_id, rec.nonce, len(rec.payload)) == (
-                KIND_LABELS,
-                clip_id,
-                entry.nonce,
-                rec.total,
-            )
-            labels = json.loads(bytes(rec.payload)) if ok else None
-        except (InvalidToken, ValueError):
-            labels = None
-        if not isinstance(labels, dict):
-            raise CheckFailed(f"{path}: clip {clip_id!r} labels record does not check out; {fix}")
-        return labels
-
-    def content_hashes(self) -> dict[str, str]:
-        """{digest: clip id} for every clip ingested from a real file.
-
-        Both digests a clip's ``source`` label holds are keys: ``sha256`` (the file's bytes) and
-        ``content_sha256`` (its decoded frames and audio, the same across re-muxes).
-        """
-        out: dict[str, str] = {}
-        for clip_id in self.ids():
-            source = self.labels(clip_id).get("source")
-            for field in ("sha256", "content_sha256"):
-                digest = source.get(field) if isinstance(source, dict) else None
-                if isinstance(digest, str):
-                    out.setdefault(digest, clip_id)
-        return out
-
-    def verify(self) -> int:
-        """Decrypt and check every clip; raise CheckFailed naming the first bad clip and chunk."""
-        if not self._clips:
-            raise UsageError(
-                f"{self.root}: store is empty; add clips with `veilfed data ingest` or `data synth`"
-            )
-        for clip_id in self.ids():
-            self.read(clip_id)
-        return len(self._clips)
 
     # ---- writing --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -390,113 +251,6 @@ class EncryptedStore:
         self._garbage.clear()
 
     def _write_manifest(self) -> None:
-        manifest = {
-            "chunk_size": self.chunk_size,
-            "clips": {cid: e.to_json() for cid, e in sorted(self._clips.items())},
-        }
-        token = self.keys[0].encrypt(json.dumps(manifest, separators=(",", ":")).encode())
-        self._header = {
-            **self._header,
-            "key_id": self.keys[0].key_id,
-            "manifest": base64.b64encode(token).decode(),
-        }
-        write_header(self.root, self._header)
-
-
-def read_header(root: Path) -> dict[str, Any]:
-    path = root / "store.json"
-    if not path.is_file():
-        raise UsageError(
-            f"{root}: not a veilfed store (no store.json); create one with `veilfed data ingest` "
-            "or `veilfed data synth --store`"
+        self._header = write_manifest(
+            self.root, self._header, self.keys[0], self.chunk_size, self._clips
         )
-    try:
-        header = json.loads(path.read_text())
-        if header.get("format") != FORMAT or "manifest" not in header or "key_id" not in header:
-            raise ValueError
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        raise CheckFailed(
-            f"{path}: store manifest is truncated or damaged; restore store.json from a backup"
-        ) from None
-    if header.get("version") != VERSION:
-        raise UsageError(f"{path}: store format version {header.get('version')} is not supported")
-    return header
-
-
-def _load(
-    root: Path, keys: Sequence[FernetKey]
-) -> tuple[dict[str, Any], FernetKey, int, dict[str, ClipEntry]]:
-    """(header, the key among ``keys`` that opens it, chunk size, clips) of the store."""
-    header = read_header(root)
-    matching = [k for k in keys if k.key_id == header["key_id"]]
-    if not matching:
-        names = ", ".join(k.key_id for k in keys)
-        raise UsageError(
-            f"{root}: store is encrypted with key {header['key_id']}, not key {names}; "
-            "use the store's current key file (an old key stops working after `keys rotate`)"
-        )
-    try:
-        token = base64.b64decode(header["manifest"], validate=True)
-        manifest = json.loads(matching[0].decrypt(token))
-        clips = {cid: ClipEntry.from_json(e) for cid, e in manifest["clips"].items()}
-        chunk_size = int(manifest["chunk_size"])
-    except (InvalidToken, binascii.Error, ValueError, KeyError, TypeError, AttributeError):
-        raise CheckFailed(
-            f"{root / 'store.json'}: manifest does not authenticate (tampered or damaged); "
-            "restore store.json from a backup"
-        ) from None
-    return header, matching[0], chunk_size, clips
-
-
-def write_header(root: Path, header: dict[str, Any]) -> None:
-    write_text_atomic(root / "store.json", json.dumps(header, indent=1, sort_keys=True) + "\n")
-
-
-def rotate_store(root: str | Path, old: FernetKey, new: FernetKey) -> int:
-    """Re-encrypt every clip and the manifest from ``old`` to ``new`` with MultiFernet.
-
-    Crash-safe: rotated clips go to new files while store.json (manifest under the old key) still
-    points at the old ones, so until the single atomic store.json write at the end the store is
-    exactly the old store; after it, exactly the new one. Leftovers of a crash are swept on re-run.
-    The writer lock is held throughout: no other writer's clip is swept or left under the old key.
-    """
-    root = Path(root)
-    if old == new:
-        raise UsageError("old and new key files hold the same key; create one with `keys new`")
-    header = read_header(root)
-    if header["key_id"] == new.key_id:
-        raise UsageError(f"{root}: store is already encrypted with the new key {new.key_id}")
-    store = EncryptedStore.open(root, old)
-    with store.locked():
-        sweep_orphans(store)
-        multi = MultiFernet([new.fernet(), old.fernet()])
-        with store.batch():
-            for clip_id in store.ids():
-                entry = store.entry(clip_id)
-                records = store.records(clip_id)
-                decrypt_clip((old,), clip_id, entry, records, str(root))  # never rotate a bad clip
-                rotated = [unarmor(multi.rotate(armor(bytes(t)))) for t in records]
-                store.put_records(clip_id, rotated, entry, replace=True)
-            store.keys = (new,)
-        sweep_orphans(store)
-    return len(store)
-
-
-def sweep_orphans(store: EncryptedStore) -> int:
-    """Delete clip files and temp files the manifest does not reference (left by a crash).
-
-    Runs under the writer lock, so a file is an orphan only if no writer can still commit it.
-    Anything that is not a plain file (a directory someone put there) is left alone.
-    """
-    n = 0
-    with store.locked():
-        live = {store.entry(cid).file for cid in store.ids()}
-        for path in (store.root / "clips").iterdir():
-            if path.name in live:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                log.warning("%s: not a clip file; left in place", path)
-                continue
-            path.unlink(missing_ok=True)
-            n += 1
-    return n

@@ -4,7 +4,7 @@ Contract: a run's global model starts as the model core's :func:`~veilfed.model.
 initial_state` of the run's model config under the run seed, so the coordinator and every client
 derive the same weights and the same tensor names from the settings alone. An HE update and the
 shadow FedAvg are one flat float vector: the tensors in ``state_dict`` order, each flattened
-(``veilfed.crypto.he.flatten``); :func:`layout` gives the names and specs to undo it.
+(``veilfed.crypto.he_packing.flatten``); :func:`layout` gives the names and specs to undo it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from veilfed.config import parse_config
-from veilfed.crypto.he import ArraySpec, flatten
+from veilfed.crypto.he_packing import ArraySpec, flatten
 from veilfed.federation.settings import RunSettings
 from veilfed.model.state import initial_state
 

@@ -13,8 +13,9 @@ import pytest
 from veilfed.crypto.keys import read_key_file
 from veilfed.data import synth, video
 from veilfed.data.files import encode_clip
+from veilfed.data.records import CLIP_MAGIC, join_records
 from veilfed.data.scan import scan
-from veilfed.data.store import CLIP_MAGIC, EncryptedStore, join_records
+from veilfed.data.store import EncryptedStore
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 

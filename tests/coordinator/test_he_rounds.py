@@ -10,7 +10,9 @@ from testkit.fed import LocalGrid, write_config
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.prepare import prepare
 from veilfed.coordinator.rounds import Coordinator
-from veilfed.crypto.he import decrypt_average, flatten, load_context
+from veilfed.crypto.he import decrypt_average
+from veilfed.crypto.he_keys import load_context
+from veilfed.crypto.he_packing import flatten
 from veilfed.data.partition import client_name
 from veilfed.errors import UsageError
 from veilfed.federation.keys import REPLY_KEY
@@ -66,7 +68,7 @@ def test_encrypted_fedavg_equals_plaintext_fedavg(tmp_path, monkeypatch):
 
 
 def test_coordinator_only_loads_the_public_context(tmp_path, monkeypatch):
-    import veilfed.crypto.he as he
+    import veilfed.crypto.he_keys as he
 
     settings, tracker = prepare(
         write_config(tmp_path, clients=2, rounds=1, extra=FLOOR_2),
@@ -117,7 +119,9 @@ def _tamper(foreign_blob: bytes):
 
 
 def test_bad_encrypted_updates_are_rejected_and_the_round_goes_on(tmp_path):
-    from veilfed.crypto.he import HEParams, encrypt_update, new_context
+    from veilfed.crypto.he import encrypt_update
+    from veilfed.crypto.he_keys import new_context
+    from veilfed.crypto.he_params import HEParams
 
     foreign = new_context(HEParams.for_bounds(16.0, 2**16))
     settings, tracker = prepare(
@@ -186,7 +190,8 @@ def test_bad_he_setup_is_a_one_line_usage_error(tmp_path, setup, message):
     from typer.testing import CliRunner
 
     from veilfed.cli.main import app
-    from veilfed.crypto.he import HEParams, keygen
+    from veilfed.crypto.he_keys import keygen
+    from veilfed.crypto.he_params import HEParams
 
     cfg = write_config(tmp_path, clients=3, rounds=1)
     args = ["simulate", "--config", str(cfg), "--he"]
@@ -212,7 +217,9 @@ def test_an_aggregate_no_client_can_decrypt_is_discarded(tmp_path):
     """A forged key id passes every header check; the clients' integrity check catches it."""
     from dataclasses import replace
 
-    from veilfed.crypto.he import EncryptedUpdate, encrypt_update, new_context
+    from veilfed.crypto.he import encrypt_update
+    from veilfed.crypto.he_keys import new_context
+    from veilfed.crypto.he_update import EncryptedUpdate
 
     settings, tracker = prepare(
         write_config(tmp_path, clients=2, rounds=1, extra=FLOOR_2),
@@ -280,7 +287,7 @@ def _forged(settings, blob: bytes, how: str) -> bytes:
     """Client A's lone ciphertext passed off as an aggregate of 3, with the public context only."""
     import tenseal as ts
 
-    from veilfed.crypto.he import EncryptedUpdate
+    from veilfed.crypto.he_update import EncryptedUpdate
 
     public = load_context(settings.he.public_path, require_secret=False)
     update = EncryptedUpdate.from_bytes(blob)

@@ -18,7 +18,8 @@ from veilfed.coordinator import checkpoint
 from veilfed.coordinator.prepare import prepare_deployment
 from veilfed.coordinator.rounds import Coordinator
 from veilfed.coordinator.summary import finish
-from veilfed.crypto.he import HEParams, keygen
+from veilfed.crypto.he_keys import keygen
+from veilfed.crypto.he_params import HEParams
 from veilfed.errors import CheckFailed, UsageError
 
 

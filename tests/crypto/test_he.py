@@ -11,22 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from veilfed.crypto.he import (
-    Decrypted,
-    EncryptedUpdate,
-    HEContext,
-    HEParams,
-    aggregate,
-    decrypt_average,
-    encrypt_update,
-    flatten,
-    keygen,
-    load_context,
-    new_context,
-    public_view,
-    shadow_average,
-    unflatten,
-)
+from veilfed.crypto.he import Decrypted, decrypt_average, encrypt_update
+from veilfed.crypto.he_aggregate import aggregate, shadow_average
+from veilfed.crypto.he_keys import HEContext, keygen, load_context, new_context, public_view
+from veilfed.crypto.he_packing import flatten, unflatten
+from veilfed.crypto.he_params import HEParams
+from veilfed.crypto.he_update import EncryptedUpdate
 from veilfed.errors import CheckFailed, UsageError
 
 SIZE = 5_000  # three ciphertexts at 2048 slots: exercises chunking and the short last chunk
@@ -161,7 +151,7 @@ def test_bad_updates_rejected_and_round_continues(
         "unattested": EncryptedUpdate.from_bytes(valid),
     }
     bad["unattested"].attested = {}
-    with caplog.at_level(logging.WARNING, logger="veilfed.crypto.he"):
+    with caplog.at_level(logging.WARNING, logger="veilfed.crypto.he_aggregate"):
         agg, rejections = aggregate(public, {**good, **bad})
     reasons = {r.client: r.reason for r in rejections}
     assert set(reasons) == set(bad)

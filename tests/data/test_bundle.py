@@ -17,8 +17,9 @@ from veilfed.data.bundle import (
     read_bundle,
     read_clip_list,
 )
+from veilfed.data.records import join_records, split_records
 from veilfed.data.scan import scan
-from veilfed.data.store import EncryptedStore, join_records, split_records
+from veilfed.data.store import EncryptedStore
 from veilfed.errors import CheckFailed, UsageError
 
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from veilfed.crypto.keys import FernetKey
-from veilfed.data import store as store_mod
 from veilfed.data import synth
 from veilfed.data.dataset import ClipDataset, MemorySource, collate
 from veilfed.data.files import encode_clip
+from veilfed.data.records import CLIP_MAGIC, ClipEntry, join_records
 from veilfed.data.scan import scan
-from veilfed.data.store import CLIP_MAGIC, EncryptedStore, join_records, rotate_store
+from veilfed.data.store import EncryptedStore
+from veilfed.data.store_rotate import rotate_store
 from veilfed.errors import CheckFailed, UsageError
 
 CHUNK = 1024
@@ -246,7 +247,7 @@ def test_dataset_loader_workers_read_from_store(tmp_path, key) -> None:
 def test_chunk_header_binds_length(filled, key, monkeypatch) -> None:
     store, _ = filled
     entry = store.entry("a")
-    forged = store_mod.ClipEntry(entry.file, entry.chunks, entry.length - 1, entry.nonce)
+    forged = ClipEntry(entry.file, entry.chunks, entry.length - 1, entry.nonce)
     monkeypatch.setitem(store._clips, "a", forged)
     with pytest.raises(CheckFailed, match="chunk 0 disagrees with the manifest"):
         store.read("a")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veilfed.data import schema, synth
+from veilfed.data import schema, synth, synth_labels, synth_render
 from veilfed.errors import UsageError
 
 
@@ -24,9 +24,9 @@ def test_shapes(tiny_world, tiny_clips):
 
 @pytest.mark.parametrize("index", range(12))
 def test_label_consistency(tiny_world, index):
-    labels = synth.make_labels(tiny_world, index)
+    labels = synth_labels.make_labels(tiny_world, index)
     n = tiny_world.frames + tiny_world.next_frames
-    masks = synth.instance_masks(labels, 64, 64, range(n))
+    masks = synth_render.instance_masks(labels, 64, 64, range(n))
     for i, obj in enumerate(labels["objects"]):
         for t in range(n):
             x0, y0, x1, y1 = obj["boxes"][t]
@@ -44,7 +44,7 @@ def test_label_consistency(tiny_world, index):
 
 def test_qa_answers_are_true(tiny_world):
     for index in range(30):
-        labels = synth.make_labels(tiny_world, index)
+        labels = synth_labels.make_labels(tiny_world, index)
         answers = {q["type"]: q["answer"] for q in labels["qa"]}
         assert answers["color"] == labels["objects"][0]["color"]
         assert answers["count"] == str(len(labels["objects"]))
@@ -54,7 +54,7 @@ def test_qa_answers_are_true(tiny_world):
 
 
 def test_sentiment_needs_all_three_cues(tiny_world):
-    labels = [synth.make_labels(tiny_world, i) for i in range(300)]
+    labels = [synth_labels.make_labels(tiny_world, i) for i in range(300)]
     for lab in labels:
         total = sum(lab["sentiment_cues"].values())
         assert lab["sentiment"] == (0 if total < 0 else 1 if total == 0 else 2)
@@ -69,7 +69,7 @@ def test_sentiment_needs_all_three_cues(tiny_world):
 
 def test_moderation_and_quality(tiny_world):
     for index in range(40):
-        lab = synth.make_labels(tiny_world, index)
+        lab = synth_labels.make_labels(tiny_world, index)
         assert lab["moderation"] == int(lab["forbidden"]["symbol"] or lab["forbidden"]["word"])
         if lab["forbidden"]["word"] and lab["modalities"]["text"]:
             assert schema.FORBIDDEN_WORD in lab["transcript"].split()
@@ -80,7 +80,7 @@ def test_moderation_and_quality(tiny_world):
 def test_degraded_clip_differs_from_clean_target(tiny_world):
     for index in range(40):
         clip = synth.generate_clip(tiny_world, index)
-        clean = synth.render(clip.labels, tiny_world.height, tiny_world.width)
+        clean = synth_render.render(clip.labels, tiny_world.height, tiny_world.width)
         diff = np.abs(clip.video.astype(int) - clean.astype(int)).mean()
         if clip.labels["degradation"] == "none":
             assert diff == 0

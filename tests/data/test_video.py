@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from veilfed.data import synth, video
+from veilfed.data import synth, synth_render, video
 from veilfed.data.files import encode_clip
 from veilfed.data.video import VideoError
 
@@ -43,7 +43,7 @@ def test_labels_stay_valid_after_round_trip():
     cfg = synth.WorldConfig(seed=5, p_degraded=0.0)
     clip = synth.generate_clip(cfg, 0)
     dec = video.decode(encode_clip(clip), cfg.frames, (cfg.height, cfg.width))
-    masks = synth.instance_masks(clip.labels, cfg.height, cfg.width)
+    masks = synth_render.instance_masks(clip.labels, cfg.height, cfg.width)
     colour = np.array(synth.schema.COLOR_RGB[clip.labels["color"]], dtype=float)
     inside = dec.video[masks == 1].astype(float)
     assert np.abs(inside - colour).mean() < 25

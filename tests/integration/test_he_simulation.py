@@ -35,7 +35,9 @@ def test_encrypted_simulation_matches_plaintext_on_ray(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from veilfed.coordinator import checkpoint
-    from veilfed.crypto.he import decrypt_average, flatten, load_context
+    from veilfed.crypto.he import decrypt_average
+    from veilfed.crypto.he_keys import load_context
+    from veilfed.crypto.he_packing import flatten
     from veilfed.federation.settings import RunSettings
     from veilfed.privacy.noise import INSECURE_SEED_ENV
 
