@@ -31,7 +31,8 @@ def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str,
     init: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True}
     if ray_address:
         init["address"] = ray_address
-    else:
+    else:  # a new Ray of our own, never one that RAY_ADDRESS or a running `ray start` names
+        init["address"] = "local"
         init["num_cpus"] = max(1, os.cpu_count() or 1)
         init["object_store_memory"] = 256 * 1024**2
     return {

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from veilfed.config import load_config
 from veilfed.crypto.app_signing import APP_SIGNING_KEY, load_signing_key
 from veilfed.crypto.cert_checks import (
     check_private_mode,
@@ -62,11 +63,10 @@ class CoordinatorOptions:
 
 
 def _check_config(path: Path, he_context: Path | None) -> None:
-    """The config parses; HE runs get the public context here (the secret one never)."""
-    from veilfed.config import read_toml
-
-    he = read_toml(path, "; check --config").get("he")
-    if isinstance(he, dict) and he.get("enabled") is True and he_context is None:
+    """The config loads; HE runs get the public context here (the secret one never)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such config file; check --config")
+    if load_config(path).he.enabled and he_context is None:
         raise UsageError(
             f"{path}: [he] enabled needs --he-context public.ctx (from `veilfed he keygen`; the "
             "nodes get its secret.ctx)"

@@ -1,6 +1,7 @@
 """Shared test helpers, importable from every test module as ``testkit.<module>``.
 
-``fed``: a configured run and an in-process Flower grid; ``cluster``: real SuperLink/SuperNode
-processes on 127.0.0.1; ``model``: tiny model cores and batches; ``privacy``: signed report
-chains and round logs.
+``fed``: a configured run and an in-process Flower grid; ``nodes``: real node configs for
+in-process coordinator tests; ``cluster``: real SuperLink/SuperNode processes on 127.0.0.1;
+``ray_cluster``: a real two-node Ray cluster on 127.0.0.1; ``model``: tiny model cores and
+batches; ``privacy``: signed report chains, round logs and a reference accountant.
 """
