@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from veilfed.errors import VeilfedError
+from veilfed.io import write_text_atomic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +42,24 @@ def handle_errors(func: F) -> F:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def emit_summary(
+    summary: dict[str, Any],
+    summary_json: Path | None,
+    force: bool,
+    as_json: bool,
+    show: Callable[[dict[str, Any]], None],
+) -> None:
+    """A run's summary: written to ``--summary-json`` (atomically; replacing a file only with
+    ``--force``), then printed as JSON (``--json``) or as the command's human report."""
+    if summary_json is not None:
+        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
+    if as_json:
+        print_json(summary)
+    else:
+        show(summary)
 
 
 def progress() -> Progress:

@@ -8,16 +8,15 @@ prints the report (:mod:`veilfed.cli.report`) from the summary it wrote.
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import typer
 
-from veilfed.cli.common import handle_errors, print_json
+from veilfed.cli.common import emit_summary, handle_errors
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR
-from veilfed.io import check_new_output, write_text_atomic
+from veilfed.io import check_new_output
 
 
 def register(app: typer.Typer) -> None:
@@ -96,13 +95,7 @@ def simulate(
         )
     with tracker.failing_on_error():
         summary = engine.run_engine(settings, ray_address)
-    if summary_json is not None:
-        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-        write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
-    if json_out:
-        print_json(summary)
-    else:
-        print_report(summary)
+    emit_summary(summary, summary_json, force, json_out, print_report)
 
 
 def check_ray_address(address: str) -> None:

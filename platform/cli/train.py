@@ -6,7 +6,6 @@ to a table on stdout; ``--summary-json`` writes the run summary (``veilfed simul
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veilfed.cli.common import handle_errors, print_json, progress
+from veilfed.cli.common import emit_summary, handle_errors, progress
 
 CLIENT_ID = "centralized"
 
@@ -35,7 +34,7 @@ def train_cmd(
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
     from veilfed.config import load_config
-    from veilfed.io import check_new_output, write_text_atomic
+    from veilfed.io import check_new_output
     from veilfed.privacy.targets import check_delta_for
 
     cfg = load_config(config)
@@ -46,13 +45,7 @@ def train_cmd(
     if summary_json is not None:
         check_new_output(summary_json, force, "--summary-json", (config,))
     summary = run(cfg)
-    if summary_json is not None:
-        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-        write_text_atomic(summary_json, text, overwrite=force, flag="--summary-json")
-    if as_json:
-        print_json(summary)
-    else:
-        print_metrics(summary)
+    emit_summary(summary, summary_json, force, as_json, print_metrics)
 
 
 def _loaders(cfg: Any) -> tuple[Any, Any]:

@@ -108,9 +108,9 @@ def test_train_reply_is_signed_cumulative_and_a_true_replay_is_the_same_release(
 
 
 def test_a_round_resent_with_another_model_is_never_released_at_the_old_epsilon(run):
-    """Re-sending round 1 with a different global model used to rewind the accountant to before
-    round 1 and release a second update at round 1's ε. The node declines it and spends nothing;
-    its stored release is not handed out for the other model either."""
+    """Attack: re-send round 1 with a different global model, hoping the node rewinds its
+    accountant to before round 1 and releases a second update at round 1's ε. The node declines
+    it and spends nothing; its stored release is not handed out for the other model either."""
     first = app(_msg(run, "train", 1), _ctx(0))
     spent = _spent(run, "client-0000")
     forged = app(_msg(run, "train", 1, _other_model(run)), _ctx(0))
