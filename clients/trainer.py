@@ -52,7 +52,7 @@ log = logging.getLogger("veilfed.client")
 class RoundResult:
     arrays: dict[str, np.ndarray]
     num_examples: int
-    loss: float
+    loss: float  # NaN when the round took no step on data (``TrainStats.loss``)
     report: str | None  # SignedReport JSON (or plain report JSON when signing is off)
     declined: str | None = None
 
@@ -275,7 +275,7 @@ def _train(
     return RoundResult(
         numpy_state(model),
         len(train_ids),
-        stats.loss if stats.batches else math.nan,
+        stats.loss,
         report,
     )
 

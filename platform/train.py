@@ -193,10 +193,16 @@ class CachedDataset(torch.utils.data.Dataset):
 
 @dataclass
 class TrainStats:
+    """What :func:`train_steps` did. ``loss`` and ``task_losses`` are means over the steps on
+    data. A run whose every Poisson batch was empty (DP-SGD on a small shard sometimes draws
+    that) took only noise-only steps and has no loss: ``loss`` is NaN and ``task_losses`` empty,
+    so no consumer mistakes it for a loss of 0 (trackers and the round's loss average skip
+    non-finite values)."""
+
     steps: int = 0
     samples: int = 0
     batches: int = 0  # steps on data (an empty Poisson batch is a step without a loss)
-    loss: float = 0.0  # mean total loss over the batches
+    loss: float = 0.0
     task_losses: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -299,7 +305,7 @@ def train_steps(
             break
         if stats.steps == 0:
             raise UsageError("train_steps: the loader yielded no batches")
-    stats.loss /= max(stats.batches, 1)
-    stats.task_losses = {t: v / max(stats.batches, 1) for t, v in sums.items()}
+    stats.loss = stats.loss / stats.batches if stats.batches else math.nan
+    stats.task_losses = {t: v / stats.batches for t, v in sums.items()}
     stats.wall_s = time.perf_counter() - start
     return stats

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,9 +17,11 @@ from veilfed.clients.trainer import RoundResult, train_round
 from veilfed.errors import UsageError
 from veilfed.federation.digest import model_digest
 from veilfed.federation.weights import initial_arrays
+from veilfed.privacy.noise import INSECURE_SEED_ENV
+from veilfed.privacy.report_schema import SignedReport
 
 
-def _round(
+def _run_round(
     tmp_path: Path,
     name: str,
     train: str = "",
@@ -29,7 +32,8 @@ def _round(
 ) -> tuple[RoundResult, dict[str, np.ndarray]]:
     """Round 1 of client-0000 in its own run: the tiny federated config plus ``train`` lines in
     [train], ``model`` lines in [model] and ``federated`` lines in [federated]; privacy off
-    unless ``private``. Returns the result and the global model it started from."""
+    unless ``private``. Returns the (trained, not declined) result and the global model it
+    started from."""
     run_dir = tmp_path / name
     run_dir.mkdir()
     path = write_config(run_dir)
@@ -43,7 +47,14 @@ def _round(
     result = train_round(
         settings, inputs, 1, start, proximal_mu=proximal_mu, model_digest=model_digest(start, None)
     )
-    assert result.declined is None and math.isfinite(result.loss)
+    assert result.declined is None
+    return result, start
+
+
+def _round(tmp_path: Path, name: str, **kwargs: Any) -> tuple[RoundResult, dict[str, np.ndarray]]:
+    """:func:`_run_round` of a round that took at least one step on data: its loss is finite."""
+    result, start = _run_round(tmp_path, name, **kwargs)
+    assert math.isfinite(result.loss)
     return result, start
 
 
@@ -58,12 +69,29 @@ def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-sgd"])
-def test_weight_decay_reaches_the_clients_optimizer(tmp_path, private):
+def test_weight_decay_reaches_the_clients_optimizer(tmp_path, private, monkeypatch):
     """A huge weight decay shrinks the weights the round releases (each step multiplies them
-    by 1 - lr · weight_decay = 0.75); DP noise is far smaller than that shrinkage."""
+    by 1 - lr · weight_decay = 0.75); DP noise is far smaller than that shrinkage.
+
+    The Poisson sample is pinned to one that trains on data: the shard's 3 training clips at
+    sample rate 1/2 leave both steps of a round empty with probability 1/64, and such a round
+    has no loss (see the test below)."""
+    monkeypatch.setenv(INSECURE_SEED_ENV, "0")
     plain, _ = _round(tmp_path, "wd0", private=private)
     decayed, _ = _round(tmp_path, "wd5", train="weight_decay = 5.0\n", private=private)
     assert _norm(decayed.arrays) < 0.8 * _norm(plain.arrays)
+
+
+def test_a_dp_round_sampling_no_clip_has_finite_weights_and_no_loss(tmp_path, monkeypatch):
+    """Insecure seed 89 draws an empty Poisson batch at both steps of the round: two noise-only
+    steps (the accountant counts both), weights that are finite and moved by noise and weight
+    decay, and a NaN loss (no step on data), which the coordinator's loss average skips."""
+    monkeypatch.setenv(INSECURE_SEED_ENV, "89")
+    result, start = _run_round(tmp_path, "empty", train="weight_decay = 5.0\n", private=True)
+    assert math.isnan(result.loss), "seed 89 no longer draws an all-empty round: pick another"
+    assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in result.arrays.values())
+    assert _norm(result.arrays) < 0.8 * _norm(start)
+    assert SignedReport.from_json(result.report).report.steps_round == 2
 
 
 def test_the_optimizer_choice_is_used(tmp_path):

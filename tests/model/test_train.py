@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
@@ -109,6 +111,24 @@ def test_empty_poisson_batch_is_a_noise_only_step(mode: str) -> None:
     assert stats.steps == 1 and stats.samples == 0
     assert privacy.steps == 1  # the accountant counted it
     assert not torch.equal(before, after)  # noise was added
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_a_run_of_only_empty_poisson_batches_has_no_loss(mode: str) -> None:
+    """Every Poisson batch of the run is empty: two noise-only steps, finite noised weights, and
+    no loss to report (NaN, not a mean of 0 over no batch)."""
+    model, opt, loader = _setup()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=5.0)
+    private, opt, _, privacy = make_private(
+        model, opt, loader, 1.0, 1.0, mode=mode, poisson_sampling=False
+    )
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    empty = _empty(make_batch(4))
+    stats = train_steps(private, [empty, empty], opt, epochs=1, privacy=privacy)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert stats.steps == 2 and stats.batches == 0 and privacy.steps == 2
+    assert math.isnan(stats.loss) and stats.task_losses == {}
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
 
 
 def test_cached_dataset_builds_once_and_augments_per_use() -> None:
