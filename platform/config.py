@@ -188,7 +188,6 @@ def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks: registry names, required modalities, value ranges. Sections with a
     ``from_dict`` checked their own ranges while being typed; [he] against [federated] is here."""
     import veilfed.model  # noqa: F401  (fills the registries)
-    from veilfed.model.losses import dp_refusal
     from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
     from veilfed.train import check_optimizer
 
@@ -252,8 +251,6 @@ def validate(cfg: ExperimentConfig) -> None:
         if getattr(getattr(cfg, section), key) < 0:
             raise UsageError(f"{section}.{key}: must be >= 0")
     _validate_privacy(cfg.privacy)
-    if cfg.privacy.enabled and (why := dp_refusal(m.loss_weighting)):
-        raise UsageError(f"model.{why}")
     cfg.he.check_compatible(cfg.federated, "federated")
 
 

@@ -34,7 +34,9 @@ def train_cmd(
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
     from veilfed.config import load_config
+    from veilfed.errors import UsageError
     from veilfed.io import check_new_output
+    from veilfed.model.losses import dp_refusal
     from veilfed.privacy.targets import check_delta_for
 
     cfg = load_config(config)
@@ -42,6 +44,8 @@ def train_cmd(
         check_delta_for(
             cfg.privacy.delta, cfg.world.clips, f"{config}: privacy", "the world.clips examples"
         )
+        if why := dp_refusal(cfg.model.loss_weighting):
+            raise UsageError(f"{config}: model.{why}")
     if summary_json is not None:
         check_new_output(summary_json, force, "--summary-json", (config,))
     summary = run(cfg)

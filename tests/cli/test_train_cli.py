@@ -78,6 +78,17 @@ def test_train_rejects_nonsense_dp_targets(tmp_path: Path, privacy: str, message
     assert not (tmp_path / "mlflow.db").exists()  # nothing trained, nothing reported
 
 
+def test_train_refuses_dwa_under_dp(tmp_path: Path) -> None:
+    """DWA's task weights come from un-noised losses and are saved with the model."""
+    bad = tmp_path / "dwa.toml"
+    bad.write_text(TINY.read_text().replace("[model]\n", '[model]\nloss_weighting = "dwa"\n', 1))
+    assert "loss_weighting" not in TINY.read_text() and "[model]\n" in TINY.read_text()
+    res = run("train", "--config", bad, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "model.loss_weighting 'dwa'" in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_train_uses_the_configured_optimizer_and_dwa(tmp_path: Path, monkeypatch) -> None:
     """`veilfed train` builds the optimizer [train] names (with its weight decay) and its loss
     weighting sees every epoch: DWA has moved the task weights after two epochs."""
