@@ -35,6 +35,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from veilfed.coordinator.grid import stoppable
 from veilfed.coordinator.prepare import (
     prepare_deployment,
     prepare_from_run_config,
@@ -88,7 +89,7 @@ def serve(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     settings, tracker, node_clients = open_run(run_config)
     start = time.perf_counter()
     with tracker.failing_on_error():
-        Coordinator(grid, settings, tracker, node_clients).run()
+        Coordinator(stoppable(grid), settings, tracker, node_clients).run()
         summary = finish(settings, tracker, time.perf_counter() - start)
     log_summary(summary, Path(settings.run_dir) / SUMMARY_FILE)
     return summary

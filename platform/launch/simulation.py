@@ -21,8 +21,10 @@ from flwr.simulation.run_simulation import _run_simulation
 from flwr.supercore.telemetry import EventType
 
 from veilfed.clients.client_app import app as client_app
+from veilfed.coordinator.grid import STOP
 from veilfed.coordinator.server_app import app as server_app
 from veilfed.coordinator.summary import load_summary
+from veilfed.errors import UsageError
 from veilfed.federation.settings import RunSettings
 
 
@@ -56,6 +58,7 @@ def run_engine(settings: RunSettings, ray_address: str | None) -> dict[str, Any]
     )
     logger = logging.getLogger("veilfed")
     saved = list(logger.handlers), logger.level, logger.propagate
+    STOP.clear()
     try:
         _run_simulation(
             num_supernodes=settings.federated.clients,
@@ -65,6 +68,16 @@ def run_engine(settings: RunSettings, ray_address: str | None) -> dict[str, Any]
             backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
             server_app_context=context,
         )
+    except RuntimeError as exc:  # the engine's; the ServerApp's own errors arrive as raised
+        root: BaseException = exc  # Flower wraps the backend's error twice
+        while root.__cause__ is not None:
+            root = root.__cause__
+        cause = " ".join(f"{type(root).__name__}: {root}".split())[:300]
+        raise UsageError(
+            f"run {settings.run_id}: the simulation engine failed ({cause}); check --ray-address, "
+            "[federated] cpus_per_client and Ray's log, then --resume the run"
+        ) from exc
     finally:
+        STOP.set()  # the engine is gone: a ServerApp still waiting for replies stops now
         logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
     return load_summary(settings.run_dir)

@@ -84,3 +84,34 @@ def test_failure_after_the_run_started_marks_it_failed(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "engine exploded" in result.output
     runs = _runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
+
+
+def test_a_dead_engine_ends_the_run_at_once_instead_of_waiting_for_replies(tmp_path, monkeypatch):
+    """Ray cannot start (or its backend dies) while the ServerApp waits for replies with a
+    15-minute round timeout: the command ends within seconds with one line naming the run, the
+    MLflow run is FAILED, and no ServerApp thread is left waiting."""
+    import threading
+    import time
+
+    from flwr.server.superlink.fleet import vce
+
+    def dead_engine(**_):
+        raise RuntimeError("Simulation Runtime crashed.") from ConnectionError("ray: no auth token")
+
+    monkeypatch.setattr(vce, "start_vce", dead_engine)
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[federated]\n", "[federated]\nround_timeout_s = 900\n"))
+    before = set(threading.enumerate())
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["simulate", "--config", str(cfg)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and ln.startswith("error")]
+    assert len(lines) == 1 and "simulation engine failed" in lines[0], result.output
+    assert "ray: no auth token" in lines[0]
+    left = [t for t in threading.enumerate() if t not in before]
+    for thread in left:
+        thread.join(timeout=10)
+    assert not [t for t in left if t.is_alive()], left
+    assert time.monotonic() - start < 120
+    runs = _runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
