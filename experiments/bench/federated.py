@@ -5,8 +5,8 @@ evaluating) per round, on this machine's cores; peak RSS is the whole process tr
 Ray's GCS/raylet, actors), sampled from /proc. Round time should grow linearly with the sampled
 clients: ``per_client_ratio`` = (s per sampled client at the largest N) / (same at the smallest).
 
-Utility: final per-task metrics after the same rounds for per-client ε in {1, 4, 8, inf}, plus a
-centralized non-private baseline (one client holding all the data, no DP).
+Utility (per task, beside label-only baselines, centralized / federated / DP / pretrained) is
+``experiments/bench/utility.py``'s.
 
     python experiments/bench/federated.py [--quick]
 
@@ -142,38 +142,14 @@ def scale(workdir: Path, sizes: list[int], rounds: int) -> list[dict]:
     return rows
 
 
-def utility(workdir: Path, rounds: int) -> dict[str, dict]:
-    config = ROOT / "experiments" / "federated.toml"
-    out: dict[str, dict] = {}
-    for eps in ("1", "4", "8", "inf"):
-        summary, _, _ = simulate(workdir, config, ["--epsilon", eps, "--rounds", str(rounds)])
-        out[f"eps={eps}"] = summary["metrics"]
-        print(json.dumps({"utility": f"eps={eps}", "metrics": summary["metrics"]}), flush=True)
-    # Centralized non-private baseline: one client with all the data, every round.
-    central = workdir / "centralized.toml"
-    central.write_text(config.read_text().replace("min_fit_clients = 2", "min_fit_clients = 1"))
-    summary, _, _ = simulate(
-        workdir,
-        central,
-        ["--epsilon", "inf", "--clients", "1", "--fraction", "1", "--rounds", str(rounds)],
-    )
-    out["centralized"] = summary["metrics"]
-    print(json.dumps({"utility": "centralized", "metrics": summary["metrics"]}), flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 clients, 1 round (< 1 min)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-federated-") as tmp:
         work = Path(tmp)
-        if args.quick:
-            rows = scale(work, [10], rounds=1)
-            util: dict[str, dict] = {}
-        else:
-            rows = scale(work, [10, 100, 1000], rounds=2)
-            util = utility(work, rounds=3)
+        sizes = [10] if args.quick else [10, 100, 1000]
+        rows = scale(work, sizes, rounds=1 if args.quick else 2)
     first, last = rows[0], rows[-1]
     headline = {
         "bench": "federated",
@@ -184,9 +160,6 @@ def main() -> None:
         "peak_pss_gib_max_clients": last["peak_pss_gib"],
         "rounds_per_min_max_clients": last["rounds_per_min"],
         "per_client_ratio": round(last["s_per_sampled_client"] / first["s_per_sampled_client"], 2),
-        "utility": {
-            k: {t: v.get("accuracy", v.get("mae")) for t, v in m.items()} for k, m in util.items()
-        },
     }
     print(json.dumps(headline))
 

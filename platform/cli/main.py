@@ -26,6 +26,7 @@ _GROUPS: list[tuple[str, str | None, str]] = [
     ("node", "node", "Run a SuperNode with the veilfed ClientApp on its shard (deployment)."),
     ("model", "model", "Model registries; Opacus check of every model combination."),
     ("train", None, "Centralized training (DP-SGD optional)."),
+    ("tune", None, "Hyperparameter search (Optuna) on the public synthetic world."),
 ]
 
 for _module, _name, _help in _GROUPS:
