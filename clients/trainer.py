@@ -24,6 +24,7 @@ import logging
 import math
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader
 from veilfed.augment import build_augmentations
 from veilfed.clients.inputs import ClientInputs
 from veilfed.clients.node_state import Release, ReleaseKey
+from veilfed.clients.sample_cache import CACHE, CachedClips, store_digest
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
@@ -73,7 +75,8 @@ def _threads() -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _store(path: str, key_file: str) -> Any:
+def _store(path: str, key_file: str, digest: str) -> Any:
+    """The store opened once per process and manifest (``digest``: a changed store reopens)."""
     return EncryptedStore.open(path, read_key_file(key_file))
 
 
@@ -89,18 +92,20 @@ def split_shard(settings: RunSettings, inputs: ClientInputs) -> tuple[list[str],
 def _dataset(
     settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False
 ) -> Any:
-    """The client's clips, without the modalities its partition lacks; the config's
-    augmentations apply to its training split only."""
+    """The client's clips, without the modalities its partition lacks, decoded once per process
+    and store version (:mod:`veilfed.clients.sample_cache`); the config's augmentations apply per
+    use to its training split only."""
     exp = experiment(settings)
     world = exp.world.world_config()
     specs = exp.train.augmentations if train else []
-    return ClipDataset(
-        _store(inputs.store, inputs.key_file),
-        world,
-        ids=ids,
-        augment=build_augmentations(specs) if specs else None,
-        drop_modalities=inputs.missing,
+    root = str(Path(inputs.store).resolve())
+    digest = store_digest(root)
+    clips = ClipDataset(
+        _store(root, inputs.key_file, digest), world, ids=ids, drop_modalities=inputs.missing
     )
+    CACHE.resize(settings.federated.client_cache_mb << 20)
+    key = (root, digest, repr(world), tuple(sorted(inputs.missing)))
+    return CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
 
 
 def _model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
