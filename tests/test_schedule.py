@@ -151,3 +151,26 @@ def test_schedule_fields_load(tmp_path: Path) -> None:
     t = load_config(path).train
     assert (t.schedule, t.warmup_fraction, t.min_lr, t.clip_grad_norm) == ("onecycle", 0.1, 0, 5)
     assert math.isclose(lr_at(t, 0, 100), t.lr / 25, rel_tol=1e-6)
+
+
+def test_centralized_training_follows_the_schedule(monkeypatch) -> None:
+    """`veilfed train`'s loop steps through the schedule over its whole run (here 3 steps)."""
+    from veilfed import centralized
+    from veilfed import train as loop
+
+    tiny_toml = Path(__file__).resolve().parents[1] / "experiments" / "tiny.toml"
+    cfg = load_config(
+        tiny_toml,
+        {"train": {"schedule": "cosine", "min_lr": 0.0003}, "privacy": {"enabled": False}},
+    )
+    seen = {}
+    real = loop.train_steps
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["stats"] = real(*args, **kwargs)
+        return seen["stats"]
+
+    monkeypatch.setattr(centralized, "train_steps", spy)
+    centralized.run(cfg)
+    assert seen["stats"].lrs == pytest.approx([lr_at(cfg.train, i, 3) for i in range(3)])
+    assert seen["stats"].lrs[0] == pytest.approx(0.003) and seen["stats"].lrs[-1] == 0.0003
