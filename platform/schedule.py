@@ -4,9 +4,10 @@
 peak). :func:`lr_at` is a pure function of the step's position in the run, so the loop that
 trains (``veilfed.train.train_steps``) only sets the optimizer's lr before each step:
 
-- ``constant``: ``lr`` (after an optional linear warm-up from 0);
-- ``cosine``: linear warm-up from 0 to ``lr`` over ``warmup_fraction`` of the run, then a
-  half cosine from ``lr`` down to ``min_lr`` at the run's last step;
+- ``constant``: ``lr``, after an optional linear warm-up over ``warmup_fraction`` of the run
+  (warm-up step ``i`` of ``W`` trains at ``lr · (i + 1) / W``: never at 0);
+- ``cosine``: the same warm-up, then a half cosine from ``lr`` down to ``min_lr`` at the run's
+  last step;
 - ``onecycle``: Smith's one-cycle exactly as ``torch.optim.lr_scheduler.OneCycleLR`` draws it
   (``max_lr = lr``, ``pct_start = warmup_fraction`` or 0.3 when it is 0, ``div_factor = 25``,
   cosine annealing, ending at ``min_lr``): a cosine rise from ``lr / 25`` to ``lr``, then a
@@ -17,8 +18,7 @@ federated, local step ``k`` of round ``r`` (1-based) of ``R`` is step ``(r - 1) 
 ``R · K``, ``K`` the client's local steps per round. So the lr follows one curve over the whole
 run whichever client trains: clients with equal shards (IID) step through identical lrs, and the
 lr at every round boundary is the same for all. Warm-up is a fraction of the run, not a step
-count, for the same reason. The linear warm-up's first step trains at ``lr / (warm-up steps)``,
-never at 0.
+count, for the same reason.
 """
 
 from __future__ import annotations
