@@ -5,7 +5,9 @@ The round's training is :func:`veilfed.train.train_steps` with the optimizer ``[
 (:func:`veilfed.train.make_private`); the accountant is the client's persisted one
 (``NodeState``), attached before ``make_private`` so every step lands in the cumulative history.
 σ comes from the target ε over *all* planned rounds (:mod:`veilfed.privacy.calibration`) unless
-given; FedProx's proximal pull is the loop's ``after_step`` hook. A round's augmentations are
+given; FedProx's proximal pull is the loop's ``after_step`` hook. The lr follows ``[train]``'s
+schedule over the whole run (rounds × local steps, :func:`round_schedule`), so the client needs
+only the round number the message carries and the run's rounds. A round's augmentations are
 seeded from (seed, client, round); its DP noise and Poisson sample come from OS entropy
 (``veilfed.privacy.noise``), so no one who knows the public seed can replay them, and a re-run
 of a round is a new release: a true replay (same run, round and global model) is served from
@@ -22,6 +24,7 @@ import logging
 import math
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,18 +34,21 @@ from torch.utils.data import DataLoader
 from veilfed.augment import build_augmentations
 from veilfed.clients.inputs import ClientInputs
 from veilfed.clients.node_state import Release, ReleaseKey
+from veilfed.clients.sample_cache import CACHE, CachedClips, store_digest
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, evaluate, load_state, numpy_state
+from veilfed.model.init import freeze
 from veilfed.model.losses import dp_refusal
 from veilfed.privacy.accountant import ClientAccountant
 from veilfed.privacy.accounting import plan_round
 from veilfed.privacy.calibration import memoize_rdp, noise_for
 from veilfed.privacy.report_chain import record_round
 from veilfed.privacy.report_signing import sign
+from veilfed.schedule import schedule_for
 from veilfed.train import build_optimizer, make_private, train_collate, train_steps
 
 log = logging.getLogger("veilfed.client")
@@ -69,7 +75,8 @@ def _threads() -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _store(path: str, key_file: str) -> Any:
+def _store(path: str, key_file: str, digest: str) -> Any:
+    """The store opened once per process and manifest (``digest``: a changed store reopens)."""
     return EncryptedStore.open(path, read_key_file(key_file))
 
 
@@ -85,31 +92,37 @@ def split_shard(settings: RunSettings, inputs: ClientInputs) -> tuple[list[str],
 def _dataset(
     settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False
 ) -> Any:
-    """The client's clips, without the modalities its partition lacks; the config's
-    augmentations apply to its training split only."""
+    """The client's clips, without the modalities its partition lacks, decoded once per process
+    and store version (:mod:`veilfed.clients.sample_cache`); the config's augmentations apply per
+    use to its training split only."""
     exp = experiment(settings)
     world = exp.world.world_config()
     specs = exp.train.augmentations if train else []
-    return ClipDataset(
-        _store(inputs.store, inputs.key_file),
-        world,
-        ids=ids,
-        augment=build_augmentations(specs) if specs else None,
-        drop_modalities=inputs.missing,
+    root = str(Path(inputs.store).resolve())
+    digest = store_digest(root)
+    clips = ClipDataset(
+        _store(root, inputs.key_file, digest), world, ids=ids, drop_modalities=inputs.missing
     )
+    CACHE.resize(settings.federated.client_cache_mb << 20)
+    key = (root, digest, repr(world), tuple(sorted(inputs.missing)))
+    return CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
 
 
 def _model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
     return load_state(create_model(experiment(settings).model), arrays)
 
 
-def _proximal_step(model: torch.nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
-    """FedProx: pull weights towards the global model, w -= lr·μ·(w − w_global).
+def _proximal_step(
+    model: torch.nn.Module, anchor: dict[str, torch.Tensor], optimizer: Any, mu: float
+) -> None:
+    """FedProx: pull weights towards the global model, w -= lr·μ·(w − w_global), at the lr the
+    schedule gave the step just taken.
 
     Applied as its own step after the DP step rather than inside the loss: the term does not
     depend on data, so it costs no privacy, and Opacus would otherwise drop its gradient (it
     replaces ``.grad`` with the noised sum of per-sample gradients).
     """
+    rate = optimizer.param_groups[0]["lr"] * mu
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad:
@@ -135,6 +148,12 @@ def _freeze_unused(settings: RunSettings, model: torch.nn.Module, dataset: Any) 
     for name, param in model.named_parameters():
         if name in _UNUSED[key]:
             param.requires_grad_(False)
+
+
+def round_schedule(train: Any, rnd: int, rounds: int, local_steps: int) -> Any:
+    """The lr of local step k of round ``rnd`` (1-based) of ``rounds``: the run's schedule over
+    ``rounds × local_steps`` steps, this round starting ``(rnd - 1) × local_steps`` in."""
+    return schedule_for(train, rounds * local_steps, (rnd - 1) * local_steps)
 
 
 def _declined(reason: str) -> RoundResult:
@@ -234,6 +253,7 @@ def _train(
             return _declined(reason)
 
     model = _model(settings, arrays)
+    freeze(model, exp.model.freeze)  # the run's frozen modules keep the global model's weights
     dataset = _dataset(settings, inputs, train_ids, train=True)
     _freeze_unused(settings, model, dataset)
     optimizer = build_optimizer([q for q in model.parameters() if q.requires_grad], exp.train)
@@ -253,9 +273,16 @@ def _train(
     after_step = None
     if proximal_mu > 0:
         anchor = {n: q.detach().clone() for n, q in model.named_parameters()}
-        after_step = functools.partial(_proximal_step, model, anchor, exp.train.lr * proximal_mu)
+        after_step = functools.partial(_proximal_step, model, anchor, optimizer, proximal_mu)
     stats = train_steps(
-        net, loader, optimizer, epochs=epochs, privacy=privacy, after_step=after_step
+        net,
+        loader,
+        optimizer,
+        epochs=epochs,
+        privacy=privacy,
+        after_step=after_step,
+        lr=round_schedule(exp.train, rnd, settings.federated.rounds, plan.steps),
+        clip_grad_norm=exp.train.clip_grad_norm,
     )
     report = None
     if acc is not None:

@@ -12,10 +12,13 @@ state lives in ``<runs-dir>/<mlflow run id>/`` (settings, shards, checkpoint, cl
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from veilfed.config import load_config
 from veilfed.coordinator.provision import (
@@ -33,10 +36,15 @@ from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR, save_shards
 from veilfed.federation.sections import ClientPrivacy
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
+from veilfed.federation.weights import INITIAL_WEIGHTS
+from veilfed.io import write_bytes_atomic
+from veilfed.model import create_model, initial_state, load_state, numpy_state
+from veilfed.model.init import init_from, read_weights
 from veilfed.model.losses import dp_refusal
 from veilfed.tracking import Tracker, resume_run, start_run, tracking_uri
 
 log = logging.getLogger("veilfed.coordinator")
+INITIAL_WEIGHTS_FILE = "initial_weights.npz"  # --init-from: the global model before round 1
 
 
 def resolve_privacy(cfg: Any, fed_budget: float, epsilon: float | None, delta: float | None):  # type: ignore[no-untyped-def]
@@ -118,9 +126,12 @@ def prepare(
     runs_dir: Path,
     he: bool = False,
     he_dir: Path | None = None,
+    init: str | Path | None = None,
 ):  # type: ignore[no-untyped-def]
-    """Validate everything, then open the MLflow run and lay out the run directory."""
+    """Validate everything, then open the MLflow run and lay out the run directory. ``init``
+    names local weights the global model starts from (:func:`initial_weights`)."""
     cfg, raw, fed, privacy, he_cfg = _resolve(config, overrides, epsilon, delta, he)
+    start = initial_weights(cfg, init) if init is not None else None
     if he_dir is not None and not he_cfg.enabled:
         raise UsageError("--he-dir needs --he (or [he] enabled = true)")
     if (store is None) != (key_file is None):
@@ -157,12 +168,34 @@ def prepare(
             privacy=privacy,
             tracking_uri=tracking_uri(),
             he=he_cfg,
+            extra={} if start is None else {INITIAL_WEIGHTS: INITIAL_WEIGHTS_FILE},
         )
+        if start is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **start)
+            write_bytes_atomic(run_dir / INITIAL_WEIGHTS_FILE, buf.getvalue())
         save_shards(run_dir, shards, lacking)
         if privacy.enabled and fed.sign_reports:
             provision_signing_keys(run_dir, sorted(shards))
         settings.save()
     return settings, tracker
+
+
+def initial_weights(cfg: Any, source: str | Path) -> dict[str, np.ndarray]:
+    """The run's starting global model: the seed's initial weights with every tensor of
+    ``source`` that fits loaded over them (:func:`veilfed.model.init.init_from`); checked before
+    any MLflow run exists. Frozen modules (``[model] freeze``) keep these weights all run."""
+    model = load_state(create_model(cfg.model), initial_state(cfg.model, cfg.train.seed))
+    state, dropped = read_weights(source)
+    report = init_from(model, state, str(source), dropped)
+    log.info(
+        "--init-from %s: %d tensors loaded, %d keep their initialisation, %d dropped",
+        source,
+        len(report.loaded),
+        len(report.missing),
+        len(report.dropped) + len(report.unexpected) + len(report.mismatched),
+    )
+    return numpy_state(model)
 
 
 def prepare_deployment(config: Path, clients: int, runs_dir: Path, he_public: Path | None):  # type: ignore[no-untyped-def]

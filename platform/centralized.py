@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,9 @@ from veilfed import tracking
 from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate
 from veilfed.model import create_model, evaluate
+from veilfed.model.init import freeze, init_from, read_weights
 from veilfed.privacy.calibration import noise_for
+from veilfed.schedule import schedule_for
 from veilfed.train import CachedDataset, build_optimizer, make_private, train_collate, train_steps
 
 CLIENT_ID = "centralized"
@@ -47,11 +50,15 @@ def run(
     cfg: Any,
     on_step: Callable[[int, int, float], None] | None = None,
     phase: Callable[[str], AbstractContextManager[Any]] = lambda _: nullcontext(),
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``cfg``; returns the run summary (docs/contracts.md).
 
     ``on_step(step, total, loss)`` follows training; ``phase(name)`` wraps the slow phases
-    ("synthesizing the world", "evaluating") so a console can show them.
+    ("synthesizing the world", "evaluating") so a console can show them. ``init`` names a local
+    weights file the model starts from (:func:`veilfed.model.init.read_weights`; the summary's
+    ``init_from`` says what loaded); ``[model] freeze`` is applied before the optimizer and
+    Opacus see the model.
     """
 
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -63,6 +70,11 @@ def run(
     with phase("synthesizing the world"):
         train_loader, eval_loader = loaders(cfg)
     model = create_model(cfg)
+    loaded = None
+    if init is not None:
+        state, dropped = read_weights(init)
+        loaded = init_from(model, state, str(init), dropped)
+    freeze(model, cfg.model.freeze)
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(train_loader)
     total = t.steps or t.epochs * steps_per_epoch
@@ -95,7 +107,14 @@ def run(
         kwargs = {"steps": t.steps} if t.steps else {"epochs": t.epochs}
         report = (lambda step, loss: on_step(step, total, loss)) if on_step else None
         stats = train_steps(
-            model, train_loader, optimizer, privacy=privacy, on_step=report, **kwargs
+            model,
+            train_loader,
+            optimizer,
+            privacy=privacy,
+            on_step=report,
+            lr=schedule_for(t, total),
+            clip_grad_norm=t.clip_grad_norm,
+            **kwargs,
         )
         with phase("evaluating"):
             metrics = evaluate(model, eval_loader)
@@ -139,6 +158,8 @@ def run(
                 "max_abs_error": 0.0,
             },
         }
+        if loaded is not None:
+            summary["init_from"] = loaded.as_dict()
         tracker.log_json(summary, "summary.json")
         tracker.finish()
     return summary

@@ -84,6 +84,9 @@ class ModelSection:
     loss_weighting: str = "fixed"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     vocab_size: int | None = None
+    # Module-name prefixes of MultiTaskModel kept fixed (e.g. "encoders.video"): no gradient, no
+    # per-sample gradient under DP, not in the optimizer (veilfed.model.init.freeze).
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +101,11 @@ class TrainSection:
     augmentations: list[str | dict[str, Any]] = field(default_factory=list)  # veilfed.augment
     seed: int = 0
     threads: int = 0  # torch threads; 0 = leave torch's default
+    # The lr schedule over the run's optimizer steps (veilfed.schedule) and plain-loop clipping.
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_fraction: float = 0.0  # share of the run's steps warming up (onecycle: 0 -> 0.3)
+    min_lr: float = 0.0  # where cosine and onecycle end
+    clip_grad_norm: float = 0.0  # > 0: clip the batch gradient's total norm (non-private only)
 
 
 @dataclass
@@ -188,7 +196,9 @@ def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks: registry names, required modalities, value ranges. Sections with a
     ``from_dict`` checked their own ranges while being typed; [he] against [federated] is here."""
     import veilfed.model  # noqa: F401  (fills the registries)
+    from veilfed.model.init import check_freeze
     from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+    from veilfed.schedule import check_schedule
     from veilfed.train import check_optimizer
 
     m = cfg.model
@@ -247,6 +257,8 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     _validate_augmentations(cfg.train.augmentations)
     check_optimizer(cfg.train)
+    check_schedule(cfg.train)
+    check_freeze(m.freeze)
     for section, key in (("world", "seed"), ("train", "seed")):
         if getattr(getattr(cfg, section), key) < 0:
             raise UsageError(f"{section}.{key}: must be >= 0")

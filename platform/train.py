@@ -1,6 +1,9 @@
 """The one training loop (``veilfed train``, simulated clients, real nodes) and its Opacus wrapper.
 
-``build_optimizer`` makes the optimizer ``[train]`` names (optimizer, lr, weight decay, momentum).
+``build_optimizer`` makes the optimizer ``[train]`` names (optimizer, lr, weight decay, momentum)
+over the trainable parameters; ``train_steps`` sets its lr before every step from the run's
+schedule (:mod:`veilfed.schedule`) and, without DP, clips the batch gradient to
+``[train] clip_grad_norm``.
 ``make_private`` wraps model/optimizer/loader with Opacus DP-SGD (Poisson sampling) in either
 grad-sample mode: "hooks" (per-sample gradients) or "ghost" (ghost clipping: per-sample gradient
 norms only, two backward passes). Its noise and its Poisson sample come from OS entropy
@@ -62,12 +65,16 @@ def build_optimizer(params: Iterable[nn.Parameter], train: Any) -> torch.optim.O
     """The optimizer ``train`` (a ``[train]`` section) names over ``params``, with its lr, weight
     decay and (sgd) momentum. Build it before :func:`make_private`: Opacus wraps it, adding noise
     to the gradients the optimizer then steps with (weight decay uses no data, so it costs no
-    privacy)."""
+    privacy). Frozen parameters (``requires_grad`` False) are left out: the optimizer, and Opacus
+    around it, see only what is trained."""
     check_optimizer(train)
     kwargs: dict[str, float] = {"lr": train.lr, "weight_decay": train.weight_decay}
     if train.optimizer == "sgd":
         kwargs["momentum"] = train.momentum
-    return OPTIMIZERS[train.optimizer](params, **kwargs)
+    trainable = [q for q in params if q.requires_grad]
+    if not trainable:
+        raise UsageError("train: every parameter is frozen; shorten model.freeze")
+    return OPTIMIZERS[train.optimizer](trainable, **kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -205,6 +212,14 @@ class TrainStats:
     loss: float = 0.0
     task_losses: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    lrs: list[float] = field(default_factory=list)  # the lr of every step taken, in order
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every param group's lr. An Opacus ``DPOptimizer``'s ``param_groups`` are its wrapped
+    optimizer's own list, so this reaches the optimizer that steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _is_empty(batch: Any) -> bool:
@@ -227,6 +242,14 @@ def _noise_only_step(optimizer: Any, mode: str) -> None:
     optimizer.step()
 
 
+def _set_step_lr(
+    optimizer: torch.optim.Optimizer, lr: Callable[[int], float] | None, stats: TrainStats
+) -> None:
+    if lr is not None:
+        set_lr(optimizer, lr(stats.steps))
+    stats.lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+
 def train_steps(
     model: nn.Module,
     loader: Iterable[dict[str, Any]],
@@ -237,6 +260,8 @@ def train_steps(
     augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    lr: Callable[[int], float] | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> TrainStats:
     """Train for ``steps`` optimizer steps or ``epochs`` passes over ``loader``.
 
@@ -246,6 +271,13 @@ def train_steps(
     once per epoch (``end_epoch``: dynamic weight average needs them). ``after_step`` runs after
     every optimizer step on data, outside the DP step (e.g. FedProx's pull towards the global
     model, which uses no data); ``on_step(step, loss)`` reports progress.
+
+    ``lr(k)`` is the lr of this call's step ``k`` (0-based, noise-only steps included), set on
+    the optimizer before each step (:func:`veilfed.schedule.schedule_for` places the call in the
+    run). ``clip_grad_norm > 0`` clips the batch gradient's total L2 norm before each plain step;
+    under DP it is not applied: Opacus already clips every per-sample gradient to the privacy
+    section's ``max_grad_norm`` (its noiseless mean is bounded by it), and clipping the noised
+    gradient again would be privacy-free post-processing that mostly scales the noise down.
     """
     if (steps is None) == (epochs is None):
         raise UsageError("train_steps: give exactly one of steps or epochs")
@@ -263,6 +295,7 @@ def train_steps(
             if _is_empty(batch):
                 if privacy is not None:
                     optimizer.zero_grad(set_to_none=True)
+                    _set_step_lr(optimizer, lr, stats)
                     _noise_only_step(optimizer, privacy.mode)
                     stats.steps += 1
                     if steps is not None and stats.steps >= steps:
@@ -279,6 +312,10 @@ def train_steps(
             else:
                 loss, per_task = core.loss(outputs, batch)
             loss.backward()
+            if clip_grad_norm > 0 and privacy is None:
+                grads = [q for q in core.parameters() if q.grad is not None]
+                torch.nn.utils.clip_grad_norm_(grads, clip_grad_norm)
+            _set_step_lr(optimizer, lr, stats)
             optimizer.step()
             if after_step is not None:
                 after_step()

@@ -53,6 +53,12 @@ def simulate(
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write summary here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --summary-json."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    init_from: str | None = typer.Option(
+        None,
+        "--init-from",
+        help="Initial global model: a veilfed state dict (.pt) or torchvision's r2plus1d_18 "
+        "state dict.",
+    ),
 ) -> None:
     """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
     if summary_json is not None:
@@ -76,6 +82,7 @@ def simulate(
                 ("--store", store),
                 ("--he", he or None),
                 ("--he-dir", he_dir),
+                ("--init-from", init_from),
             )
             if v is not None
         ]
@@ -91,7 +98,16 @@ def simulate(
             if v is not None
         }
         settings, tracker = lifecycle.prepare(
-            config, overrides, epsilon, delta, store, key_file, runs_dir, he=he, he_dir=he_dir
+            config,
+            overrides,
+            epsilon,
+            delta,
+            store,
+            key_file,
+            runs_dir,
+            he=he,
+            he_dir=he_dir,
+            init=init_from,
         )
     with tracker.failing_on_error():
         summary = engine.run_engine(settings, ray_address)

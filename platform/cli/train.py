@@ -23,12 +23,19 @@ def train_cmd(
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the summary."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --summary-json."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    init_from: str | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from these weights: a veilfed state dict (.pt) or torchvision's "
+        "r2plus1d_18 state dict.",
+    ),
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
     from veilfed.centralized import run
     from veilfed.config import load_config
     from veilfed.errors import UsageError
     from veilfed.io import check_new_output
+    from veilfed.model.init import local_source
     from veilfed.model.losses import dp_refusal
     from veilfed.privacy.targets import check_delta_for
 
@@ -39,6 +46,8 @@ def train_cmd(
         )
         if why := dp_refusal(cfg.model.loss_weighting):
             raise UsageError(f"{config}: model.{why}")
+    if init_from is not None:
+        local_source(init_from)  # a bad source is one line before anything trains
     if summary_json is not None:
         check_new_output(summary_json, force, "--summary-json", (config,))
     with progress() as bar:
@@ -50,7 +59,7 @@ def train_cmd(
         def phase(name: str) -> Any:
             return Console(stderr=True).status(name)
 
-        summary = run(cfg, on_step=on_step, phase=phase)
+        summary = run(cfg, on_step=on_step, phase=phase, init=init_from)
     emit_summary(summary, summary_json, force, as_json, print_metrics)
 
 

@@ -51,6 +51,8 @@ class FederatedConfig:
     central_clipping_norm: float = 1.0
     sign_reports: bool = True  # clients sign privacy reports; coordinator verifies them
     budget: float = 0.0  # per-client ε budget; 0: the target ε ([privacy].epsilon / --epsilon)
+    # Decoded samples a client process keeps in memory across rounds (veilfed.clients.sample_cache)
+    client_cache_mb: int = 1024  # 0: decode every round
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
@@ -87,6 +89,10 @@ class FederatedConfig:
             raise UsageError(f"{where}.local_epochs must be >= 1 (got {self.local_epochs})")
         if not 0 <= self.trim_beta < 0.5:
             raise UsageError(f"{where}.trim_beta must be in [0, 0.5) (got {self.trim_beta})")
+        if self.client_cache_mb < 0:
+            raise UsageError(
+                f"{where}.client_cache_mb must be >= 0, 0 = no cache (got {self.client_cache_mb})"
+            )
         if (
             min(self.norm_bound, self.budget) < 0
             or min(self.cpus_per_client, self.round_timeout_s) <= 0
