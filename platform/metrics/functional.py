@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -81,11 +82,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
-    """All-point interpolated AP (VOC 2010+) from per-detection TP flags and scores."""
+def _average_precision(
+    tp: np.ndarray, scores: np.ndarray, n_gt: float, weights: np.ndarray | None = None
+) -> float:
+    """All-point interpolated AP (VOC 2010+) from per-detection TP flags and scores; ``weights``
+    counts each detection that many times (an image drawn twice by a bootstrap)."""
     order = np.argsort(-scores, kind="stable")
     tp = tp[order].astype(np.float64)
-    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    w = np.ones_like(tp) if weights is None else weights[order].astype(np.float64)
+    ctp, cfp = np.cumsum(tp * w), np.cumsum((1 - tp) * w)
     recall = ctp / n_gt
     precision = ctp / np.maximum(ctp + cfp, 1e-12)
     mrec = np.concatenate([[0.0], recall, [1.0]])
@@ -93,6 +98,83 @@ def _average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+@dataclass(frozen=True)
+class DetectionMatches:
+    """Greedy matches of every detection of every ground-truth class, per image.
+
+    For class ``classes[k]``: ``image[k]``, ``score[k]``, ``tp[k]`` per detection (images in
+    order, each image's detections by descending score) and ``gt[:, k]`` its boxes per image.
+    """
+
+    classes: np.ndarray
+    image: list[np.ndarray]
+    score: list[np.ndarray]
+    tp: list[np.ndarray]
+    gt: np.ndarray  # [I, len(classes)]
+
+
+def detection_matches(
+    pred_boxes: torch.Tensor,
+    pred_scores: torch.Tensor,
+    pred_classes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_classes: torch.Tensor,
+    iou_threshold: float = 0.5,
+) -> DetectionMatches:
+    """Greedy matching in score order within each image (inputs as :func:`detection_map50`)."""
+    pb, ps, pc = (t.detach().float().cpu().numpy() for t in (pred_boxes, pred_scores, pred_classes))
+    gb, gc = gt_boxes.detach().float().cpu().numpy(), gt_classes.detach().cpu().numpy()
+    pc = pc.astype(np.int64)
+    classes = np.unique(gc[gc >= 0])
+    images, scores, tps = [], [], []
+    gt = np.stack([(gc == cls).sum(1) for cls in classes], 1) if classes.size else None
+    for cls in classes:
+        img, sc, tpc = [], [], []
+        for i in range(pb.shape[0]):
+            p = np.nonzero(pc[i] == cls)[0]
+            if p.size == 0:
+                continue
+            p = p[np.argsort(-ps[i, p], kind="stable")]
+            g = np.nonzero(gc[i] == cls)[0]
+            tp = np.zeros(p.size, dtype=bool)
+            if g.size:
+                iou = box_iou(pb[i, p], gb[i, g])
+                taken = np.zeros(g.size, dtype=bool)
+                for k in range(p.size):
+                    cand = np.where(taken, -1.0, iou[k])
+                    j = int(cand.argmax())
+                    if cand[j] >= iou_threshold:
+                        taken[j], tp[k] = True, True
+            img.append(np.full(p.size, i))
+            sc.append(ps[i, p])
+            tpc.append(tp)
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt)  # noqa: E731
+        images.append(cat(img, np.int64))
+        scores.append(cat(sc, np.float32))
+        tps.append(cat(tpc, bool))
+    if gt is None:
+        gt = np.zeros((pb.shape[0], 0), dtype=np.int64)
+    return DetectionMatches(classes, images, scores, tps, gt)
+
+
+def map50_of_matches(m: DetectionMatches, image_weights: np.ndarray | None = None) -> float:
+    """mAP of :func:`detection_matches`, each image counted ``image_weights[i]`` times (default
+    once): the mean AP over classes with a ground-truth box in the weighted set, NaN if none."""
+    w = np.ones(m.gt.shape[0]) if image_weights is None else np.asarray(image_weights, float)
+    aps = []
+    for k in range(len(m.classes)):
+        n_gt = float((m.gt[:, k] * w).sum())
+        if n_gt <= 0:
+            continue
+        dw = w[m.image[k]]
+        use = dw > 0
+        if not use.any():
+            aps.append(0.0)
+            continue
+        aps.append(_average_precision(m.tp[k][use], m.score[k][use], n_gt, dw[use]))
+    return float(np.mean(aps)) if aps else math.nan
 
 
 def detection_map50(
@@ -109,34 +191,11 @@ def detection_map50(
     Greedy matching in score order within each image, all-point AP per class, mean over classes
     that have at least one ground-truth box (COCO/VOC convention). NaN when there is no GT at all.
     """
-    pb, ps, pc = (t.detach().float().cpu().numpy() for t in (pred_boxes, pred_scores, pred_classes))
-    gb, gc = gt_boxes.detach().float().cpu().numpy(), gt_classes.detach().cpu().numpy()
-    pc = pc.astype(np.int64)
-    aps = []
-    for cls in np.unique(gc[gc >= 0]):
-        tps, scores, n_gt = [], [], int((gc == cls).sum())
-        for i in range(pb.shape[0]):
-            p = np.nonzero(pc[i] == cls)[0]
-            if p.size == 0:
-                continue
-            p = p[np.argsort(-ps[i, p], kind="stable")]
-            g = np.nonzero(gc[i] == cls)[0]
-            tp = np.zeros(p.size, dtype=bool)
-            if g.size:
-                iou = box_iou(pb[i, p], gb[i, g])
-                taken = np.zeros(g.size, dtype=bool)
-                for k in range(p.size):
-                    cand = np.where(taken, -1.0, iou[k])
-                    j = int(cand.argmax())
-                    if cand[j] >= iou_threshold:
-                        taken[j], tp[k] = True, True
-            tps.append(tp)
-            scores.append(ps[i, p])
-        if not tps:
-            aps.append(0.0)
-            continue
-        aps.append(_average_precision(np.concatenate(tps), np.concatenate(scores), n_gt))
-    return float(np.mean(aps)) if aps else math.nan
+    return map50_of_matches(
+        detection_matches(
+            pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, iou_threshold
+        )
+    )
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -214,13 +273,13 @@ def _tokens(row: torch.Tensor, ignore: frozenset[int], stop: int | None) -> list
     return out
 
 
-def token_f1(
+def token_f1_scores(
     pred_tokens: torch.Tensor,
     ref_tokens: torch.Tensor,
     ignore_ids: Iterable[int] = (0,),
     eos_id: int | None = None,
-) -> float:
-    """Mean per-sequence bag-of-tokens F1 (SQuAD style) of ``[N, L]`` token id tensors.
+) -> list[float]:
+    """Per-sequence bag-of-tokens F1 (SQuAD style) of ``[N, L]`` token id tensors.
 
     Tokens after ``eos_id`` are dropped and ``ignore_ids`` (PAD, BOS, EOS) never count.
     """
@@ -237,6 +296,17 @@ def token_f1(
             continue
         prec, rec = common / len(p), common / len(r)
         scores.append(2 * prec * rec / (prec + rec))
+    return scores
+
+
+def token_f1(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+) -> float:
+    """Mean of :func:`token_f1_scores`; NaN for no sequences."""
+    scores = token_f1_scores(pred_tokens, ref_tokens, ignore_ids, eos_id)
     return float(np.mean(scores)) if scores else math.nan
 
 
@@ -260,6 +330,53 @@ def bleu(
     if not preds:
         return math.nan
     return float(bleu_score(preds, refs, n_gram=n_gram, smooth=True))
+
+
+def bleu_stats(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+    n_gram: int = 4,
+) -> torch.Tensor:
+    """Per-sequence BLEU evidence ``[N, 2 n + 2]``: clipped n-gram matches (n = 1..n_gram),
+    candidate n-grams, candidate length, reference length. Summed over any set of sequences,
+    :func:`bleu_of_stats` gives that set's corpus :func:`bleu`."""
+    ignore = frozenset(ignore_ids)
+    rows = []
+    for p_row, r_row in zip(pred_tokens.cpu(), ref_tokens.cpu(), strict=True):
+        p, r = _tokens(p_row, ignore, eos_id), _tokens(r_row, ignore, eos_id)
+        pc, rc = _ngrams(p, n_gram), _ngrams(r, n_gram)
+        match, total = [0.0] * n_gram, [0.0] * n_gram
+        for g, c in (pc & rc).items():
+            match[len(g) - 1] += c
+        for g, c in pc.items():
+            total[len(g) - 1] += c
+        rows.append([*match, *total, float(len(p)), float(len(r))])
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2 * n_gram + 2)
+
+
+def _ngrams(tokens: list[int], n_gram: int) -> Counter:
+    return Counter(
+        tuple(tokens[j : j + i]) for i in range(1, n_gram + 1) for j in range(len(tokens) - i + 1)
+    )
+
+
+def bleu_of_stats(stats: torch.Tensor) -> float:
+    """Corpus BLEU (add-one smoothing above unigrams, as :func:`bleu`) of summed
+    :func:`bleu_stats`; NaN for no sequences (both lengths 0)."""
+    n = (stats.shape[-1] - 2) // 2
+    match, total = stats[:n].float(), stats[n : 2 * n].float()
+    pred_len, ref_len = float(stats[-2]), float(stats[-1])
+    if pred_len == 0 and ref_len == 0 and float(total.sum()) == 0:
+        return math.nan
+    if float(match.min()) == 0.0:
+        return 0.0
+    precision = (match + 1) / (total + 1)
+    precision[0] = match[0] / total[0]
+    geometric = torch.exp(torch.sum(torch.full((n,), 1.0 / n) * torch.log(precision)))
+    penalty = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return float(penalty * geometric)
 
 
 def qa_accuracy(preds: torch.Tensor, answers: torch.Tensor) -> float:

@@ -1,17 +1,24 @@
 """Per-task metric accumulators: head output + batch targets -> ``{metric: float}``.
 
 Each class decodes its head's output (see the package docstring for the formats), keeps only the
-compact evidence it needs across batches (class indices, confusion matrices, per-frame sums) and
-computes exact dataset-level figures in :meth:`TaskMetric.compute` — averaging per-batch mAP or
-Spearman would be wrong. NaN figures (e.g. no visible keypoint) are left out rather than reported.
+compact evidence it needs across batches (class indices, per-clip confusion matrices, per-clip
+PSNR/SSIM sums) and computes exact dataset-level figures in :meth:`TaskMetric.compute` —
+averaging per-batch mAP or Spearman would be wrong. NaN figures (e.g. no visible keypoint) are
+left out rather than reported.
+
+Every kept part has the clip as dim 0, so :meth:`TaskMetric.resampler` recomputes the
+dataset-level figures on any multiset of clips (the bootstrap in :mod:`veilfed.metrics.intervals`).
+Each class names its ``primary`` metric and, per metric, whether higher is better.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,12 +28,20 @@ from veilfed.errors import UsageError
 from veilfed.metrics import functional as M
 from veilfed.registry import Registry
 
+Resampler = Callable[[torch.Tensor], dict[str, float]]
+
 
 class TaskMetric:
-    """Accumulates one task over batches; ``update`` per batch, ``compute`` once at the end."""
+    """Accumulates one task over batches; ``update`` per batch, ``compute`` once at the end.
+
+    ``primary``: the one metric a task is judged by; ``higher_is_better``: per metric (``loss``,
+    which evaluation adds, included).
+    """
 
     task = ""
     target_keys: tuple[str, ...] = ()
+    primary = ""
+    higher_is_better: dict[str, bool] = {}
 
     def __init__(self) -> None:
         self._parts: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -51,8 +66,22 @@ class TaskMetric:
     def compute(self) -> dict[str, float]:
         if not self._parts:
             return {}
-        cat = {k: torch.cat(v) for k, v in self._parts.items()}
-        return {k: v for k, v in self._compute(cat).items() if not math.isnan(v)}
+        return _finite(self._compute(self.parts()))
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The kept evidence, concatenated over batches; dim 0 is the clip."""
+        return {k: torch.cat(v) for k, v in self._parts.items()}
+
+    def clips(self) -> int:
+        """Clips kept so far (those whose mask was set)."""
+        return sum(len(v) for v in next(iter(self._parts.values()), []))
+
+    def resampler(self) -> Resampler:
+        """``at(idx)``: the metrics of the clips ``idx`` (a long tensor, repeats allowed), as
+        :meth:`compute` would give for a dataset of exactly those clips. Built once per bootstrap;
+        tasks whose ``_compute`` is costly precompute per-clip evidence here."""
+        parts = self.parts()
+        return lambda idx: _finite(self._compute({k: v[idx] for k, v in parts.items()}))
 
     def _keep(self, **parts: torch.Tensor) -> None:
         for k, v in parts.items():
@@ -63,6 +92,14 @@ class TaskMetric:
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+def _better(*higher: str, lower: tuple[str, ...] = ()) -> dict[str, bool]:
+    return {m: True for m in higher} | {m: False for m in (*lower, "loss")}
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -91,6 +128,8 @@ TASK_METRICS: Registry[TaskMetric] = Registry("task metric")
 
 class _Classification(TaskMetric):
     num_classes = 0
+    primary = "accuracy"
+    higher_is_better = _better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.dim() != 2 or output.shape[1] != self.num_classes:
@@ -119,6 +158,8 @@ class ModerationMetric(TaskMetric):
     """Binary: one logit per clip (``> 0`` = flagged); macro over {ok, flagged}."""
 
     task, target_keys = "moderation", ("moderation",)
+    primary = "f1"
+    higher_is_better = _better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
@@ -134,6 +175,8 @@ class QualityMetric(TaskMetric):
     """Regression of the clean-ness score in [0, 1]."""
 
     task, target_keys = "quality", ("quality",)
+    primary = "spearman"
+    higher_is_better = _better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(pred=_flat(output, self.task).float(), target=targets["quality"].float())
@@ -144,9 +187,12 @@ class QualityMetric(TaskMetric):
 
 @TASK_METRICS.register("detection")
 class DetectionMetric(TaskMetric):
-    """mAP@0.5 with every frame an image; output dict, see the package docstring."""
+    """mAP@0.5 with every frame an image; output dict, see the package docstring. Kept per clip
+    (``[B, T, N, ...]``), flattened to images at compute."""
 
     task, target_keys = "detection", ("boxes", "box_classes")
+    primary = "map50"
+    higher_is_better = _better("map50")
 
     def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
         if not isinstance(output, dict) or "boxes" not in output:
@@ -166,17 +212,34 @@ class DetectionMetric(TaskMetric):
             scores, classes = logits.float().softmax(-1)[..., :-1].max(-1)
         else:
             scores, classes = output["scores"], output["classes"]
-        n = boxes.shape[0] * boxes.shape[1]
+        b, t = boxes.shape[:2]
         self._keep(
-            pred_boxes=boxes.float().reshape(n, -1, 4),
-            pred_scores=scores.float().reshape(n, -1),
-            pred_classes=classes.long().reshape(n, -1),
-            gt_boxes=targets["boxes"].float().reshape(n, -1, 4),
-            gt_classes=targets["box_classes"].long().reshape(n, -1),
+            pred_boxes=boxes.float().reshape(b, t, -1, 4),
+            pred_scores=scores.float().reshape(b, t, -1),
+            pred_classes=classes.long().reshape(b, t, -1),
+            gt_boxes=targets["boxes"].float().reshape(b, t, -1, 4),
+            gt_classes=targets["box_classes"].long().reshape(b, t, -1),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"map50": M.detection_map50(**parts)}
+        return {"map50": M.detection_map50(**_images(parts))}
+
+    def resampler(self) -> Resampler:
+        """Greedy matching is per image, so it runs once; a resample only reweights images."""
+        parts = self.parts()
+        frames = parts["gt_classes"].shape[1]
+        matches = M.detection_matches(**_images(parts))
+
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            per_clip = np.bincount(idx.numpy(), minlength=len(parts["gt_classes"]))
+            return _finite({"map50": M.map50_of_matches(matches, np.repeat(per_clip, frames))})
+
+        return at
+
+
+def _images(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``[B, T, ...]`` detection parts -> ``[B * T, ...]`` (every frame an image)."""
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in parts.items()}
 
 
 @TASK_METRICS.register("segmentation")
@@ -185,6 +248,8 @@ class SegmentationMetric(TaskMetric):
 
     task, target_keys = "segmentation", ("segmentation",)
     num_classes = len(OBJECT_CLASSES) + 1
+    primary = "miou"
+    higher_is_better = _better("miou", "pixel_accuracy")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         gt = targets["segmentation"]
@@ -198,7 +263,8 @@ class SegmentationMetric(TaskMetric):
             pred = logits.argmax(1).reshape(gt.shape)
         else:
             pred = output
-        self._keep(conf=M.confusion_matrix(pred, gt, self.num_classes)[None])
+        conf = [M.confusion_matrix(p, g, self.num_classes) for p, g in zip(pred, gt, strict=True)]
+        self._keep(conf=torch.stack(conf))
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         conf = parts["conf"].sum(0)
@@ -214,6 +280,8 @@ class PoseMetric(TaskMetric):
     no "@": MLflow metric names allow only letters, digits and _ - . / : and space)."""
 
     task, target_keys = "pose", ("keypoints", "keypoint_visible")
+    primary = "pck_0.1"
+    higher_is_better = _better("pck_0.05", "pck_0.1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
@@ -236,6 +304,8 @@ class CaptionMetric(TaskMetric):
     """
 
     task, target_keys = "caption", ("caption",)
+    primary = "token_f1"
+    higher_is_better = _better("token_f1", "bleu")
 
     def __init__(
         self, ignore_ids: tuple[int, ...] = (PAD, BOS, EOS), eos_id: int | None = EOS
@@ -254,12 +324,32 @@ class CaptionMetric(TaskMetric):
             "bleu": M.bleu(parts["pred"], parts["ref"], **kw),
         }
 
+    def resampler(self) -> Resampler:
+        """Token F1 is a mean over clips and BLEU a function of summed per-clip n-gram counts,
+        so both are computed per clip once."""
+        parts = self.parts()
+        kw = {"ignore_ids": self.ignore_ids, "eos_id": self.eos_id}
+        f1 = torch.tensor(M.token_f1_scores(parts["pred"], parts["ref"], **kw))
+        stats = M.bleu_stats(parts["pred"], parts["ref"], **kw)
+
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            return _finite(
+                {
+                    "token_f1": float(f1[idx].mean()) if len(idx) else math.nan,
+                    "bleu": M.bleu_of_stats(stats[idx].sum(0)),
+                }
+            )
+
+        return at
+
 
 @TASK_METRICS.register("qa")
 class QAMetric(TaskMetric):
     """Exact-match answer accuracy over all questions (answers < 0 are unlabelled)."""
 
     task, target_keys = "qa", ("answers",)
+    primary = "accuracy"
+    higher_is_better = _better("accuracy")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.is_floating_point() and output.shape[-1] != len(ANSWERS):
@@ -279,6 +369,8 @@ class SummaryMetric(TaskMetric):
     """Keyframe importance: MAE and the mean per-clip Spearman (ranking frames within a clip)."""
 
     task, target_keys = "summary", ("keyframes",)
+    primary = "spearman"
+    higher_is_better = _better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(pred=output.float(), target=targets["keyframes"].float())
@@ -291,9 +383,33 @@ class SummaryMetric(TaskMetric):
             "spearman": sum(rhos) / len(rhos) if rhos else math.nan,
         }
 
+    def resampler(self) -> Resampler:
+        """Per-clip Spearman and absolute error, computed once."""
+        parts = self.parts()
+        rho = torch.tensor(
+            [M.spearman(p, t) for p, t in zip(parts["pred"], parts["target"], strict=True)],
+            dtype=torch.float64,
+        )
+        err = (parts["pred"] - parts["target"]).abs().double().mean(1)
+
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            r = rho[idx]
+            r = r[~r.isnan()]
+            return _finite(
+                {
+                    "mae": float(err[idx].mean()) if len(idx) else math.nan,
+                    "spearman": float(r.mean()) if len(r) else math.nan,
+                }
+            )
+
+        return at
+
 
 class _Pixels(TaskMetric):
-    """PSNR/SSIM per frame, summed per batch so no pixels are kept between batches."""
+    """PSNR/SSIM per frame, summed per clip so no pixels are kept between batches."""
+
+    primary = "psnr"
+    higher_is_better = _better("psnr", "ssim")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         target = targets[self.target_keys[0]]
@@ -302,15 +418,18 @@ class _Pixels(TaskMetric):
                 f"metrics for task {self.task!r}: output {list(output.shape)} != "
                 f"target {list(target.shape)}"
             )
-        frames = target.shape[0] * target.shape[1]
+        frames = target.shape[1]
+        pairs = list(zip(output, target, strict=True))
         self._keep(
-            frames=torch.tensor([frames], dtype=torch.float64),
-            psnr=torch.tensor([M.psnr(output, target) * frames], dtype=torch.float64),
-            ssim=torch.tensor([M.ssim(output, target) * frames], dtype=torch.float64),
+            frames=torch.full((len(pairs),), float(frames), dtype=torch.float64),
+            psnr=torch.tensor([M.psnr(o, t) * frames for o, t in pairs], dtype=torch.float64),
+            ssim=torch.tensor([M.ssim(o, t) * frames for o, t in pairs], dtype=torch.float64),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         n = float(parts["frames"].sum())
+        if n == 0:
+            return {}
         return {"psnr": float(parts["psnr"].sum()) / n, "ssim": float(parts["ssim"].sum()) / n}
 
 
