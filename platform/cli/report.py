@@ -13,6 +13,7 @@ import typer
 
 SHOWN_CLIENTS = 20  # per-client lines printed; all of them are in the summary
 SCORE_COLUMNS = ("task", "metric", "value", "baseline", "margin", "margin 95% CI", "verdict")
+NO_BASELINE = "n/a"
 
 
 def _num(value: Any, signed: bool = False) -> str:
@@ -23,7 +24,8 @@ def _num(value: Any, signed: bool = False) -> str:
 
 def verdict(entry: dict[str, Any]) -> str:
     """``above`` / ``below`` the baseline when the margin's interval clears 0 (in the metric's
-    better direction), ``within`` when it straddles 0, ``no CI`` without an interval."""
+    better direction), ``within`` when it straddles 0, ``no CI`` without an interval (``n/a``
+    in the table: no baseline)."""
     ci = entry.get("margin_ci95")
     if ci is None:
         return "no CI"
@@ -46,7 +48,7 @@ def score_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
         entry = margins.get(task, {}).get(metric)
         if entry is None:
             value = values.get(metric)
-            rows.append((task, metric or "-", _num(value), "-", "-", "-", "no baseline"))
+            rows.append((task, metric or "-", _num(value), "-", "-", "-", NO_BASELINE))
             continue
         ci = entry.get("margin_ci95")
         rows.append(
@@ -56,7 +58,7 @@ def score_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
                 _num(entry["value"]),
                 _num(entry["baseline"]),
                 _num(entry["margin"], signed=True),
-                f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci is not None else "-",
+                f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci is not None else "-",
                 verdict(entry),
             )
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -58,9 +59,15 @@ def train_cmd(
 def print_metrics(summary: dict[str, Any]) -> None:
     """Per task: primary metric, value, label-only baseline, margin and its 95 % interval (over
     the held-out clips), then every metric; then ε per client and where the run is tracked."""
-    table = Table(title=f"per-task metrics vs label-only baselines (run {summary['run_id']})")
+    table = Table(
+        title=f"per-task metrics vs label-only baselines (run {summary['run_id']})",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for column in SCORE_COLUMNS:
-        table.add_column(column, no_wrap=column in ("task", "metric"))
+        table.add_column(column, no_wrap=True)
     for row in score_rows(summary):
         table.add_row(*row)
     console = Console()
