@@ -39,9 +39,8 @@ def test_train_tiny_dp_writes_summary_and_mlflow(tmp_path: Path) -> None:
     assert summary["baselines"]["quality"]["spearman"] == 0.0  # a constant has no ranking
     entry = summary["margins"]["action"]["accuracy"]
     assert entry["margin"] == pytest.approx(entry["value"] - entry["baseline"])
-    assert entry["higher_is_better"] is True and summary["margins"]["quality"]["mae"][
-        "higher_is_better"
-    ] is False
+    assert entry["higher_is_better"] is True
+    assert summary["margins"]["quality"]["mae"]["higher_is_better"] is False
     lo, hi = entry["margin_ci95"]
     assert lo <= entry["margin"] <= hi
     assert "baseline" in res.stdout and "margin 95% CI" in res.stdout
