@@ -46,6 +46,7 @@ Metrics that are undefined on the data seen (e.g. Spearman of a constant) are om
 The plain tensor functions are in :mod:`veilfed.metrics.functional`.
 """
 
+from veilfed.metrics import dense, dense_baselines, tasks  # noqa: F401  (registration)
 from veilfed.metrics.baselines import BASELINES, Baseline, fit_baselines
 from veilfed.metrics.functional import (
     bleu,
@@ -60,8 +61,8 @@ from veilfed.metrics.functional import (
     ssim,
     token_f1,
 )
+from veilfed.metrics.meter import TASK_METRICS, TaskMetric, compute_task_metrics
 from veilfed.metrics.scores import Scores, higher_is_better, primary_metric
-from veilfed.metrics.tasks import TASK_METRICS, TaskMetric, compute_task_metrics
 
 __all__ = [
     "BASELINES",

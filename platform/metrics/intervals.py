@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from veilfed.errors import UsageError
-from veilfed.metrics.tasks import TaskMetric
+from veilfed.metrics.meter import TaskMetric
 
 DEFAULT_RESAMPLES = 1000
 Interval = tuple[float, float]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from veilfed.metrics.tasks import TASK_METRICS
+from veilfed.metrics.meter import TASK_METRICS
 
 Intervals = Mapping[str, Mapping[str, Any]]  # {task: {metric: {"ci95": .., "margin_ci95": ..}}}
 
