@@ -14,24 +14,24 @@ QA questions' positions (``targets["questions"]``: the head's question type is t
 modulo ``len(QA_TYPES)``), the input clip for restoration and next-frame (``batch["video"]``,
 zeroed where the video is missing, as the heads do) and the batch geometry.
 
-========== =====================================================================================
-task        baseline
-========== =====================================================================================
-action      majority class of the training labels
-sentiment   majority class
-moderation  majority: never flag or always flag, whichever the training set has more of
-qa          majority answer per question type
-caption     the most common training caption (token ids), for every clip
-quality     constant training mean; its Spearman is undefined and reported as 0.0
-summary     constant training mean frame importance; Spearman reported as 0.0
-detection   in every frame one box, the mean training box of the majority class, score 1. The
-            other trivial predictor (no boxes) scores mAP 0 on any set with a box; this one
-            scores at least that, so it is the stronger baseline
+============ ===========================================================================
+task         baseline
+============ ===========================================================================
+action       majority class of the training labels
+sentiment    majority class
+moderation   majority: never flag or always flag, whichever the training set has more of
+qa           majority answer per question type
+caption      the most common training caption (token ids), for every clip
+quality      constant training mean; its Spearman is undefined and reported as 0.0
+summary      constant training mean frame importance; Spearman reported as 0.0
+detection    in every frame one box, the mean training box of the majority class, score 1. The
+             other trivial predictor (no boxes) scores mAP 0 on any set with a box; this one
+             scores at least that, so it is the stronger baseline
 segmentation every pixel the majority class of the training pixels (background, usually)
-pose        mean training position of each keypoint (visible ones), in every frame
-restoration identity: the degraded input clip
-next_frame  the last input frame, repeated for every future frame
-========== =====================================================================================
+pose         mean training position of each keypoint (visible ones), in every frame
+restoration  identity: the degraded input clip
+next_frame   the last input frame, repeated for every future frame
+============ ===========================================================================
 
 The dense tasks' baselines are in :mod:`veilfed.metrics.dense_baselines`. Ties go to the lowest
 class index (deterministic). An unfitted task (no labelled training clip)
