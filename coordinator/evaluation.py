@@ -49,6 +49,12 @@ from veilfed.metrics.intervals import client_bootstrap
 
 log = logging.getLogger("veilfed.coordinator")
 
+# Per-round metric names beside eval/ and baseline/ (MLflow and the run's history).
+MARGIN_PREFIX = "margin"  # margin/<task>/<metric>
+VALUE_CI = "eval_ci95"  # eval_ci95/<task>/<metric>/lo|hi
+MARGIN_CI = "margin_ci95"  # margin_ci95/<task>/<metric>/lo|hi
+SPREAD_PREFIX = "eval_clients"  # eval_clients/<task>/<metric>/mean|worst10|min
+
 
 @dataclass
 class Evaluation:
@@ -144,7 +150,7 @@ def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -
         out[key] = value
         model = means.get(f"{EVAL_PREFIX}/{task}/{metric}")
         if model is not None:
-            out[f"margin/{task}/{metric}"] = model - value
+            out[f"{MARGIN_PREFIX}/{task}/{metric}"] = model - value
     tasks = {k.split("/", 2)[1] for k in means if k.startswith(EVAL_PREFIX + "/")}
     for task in sorted(t for t in tasks if t in TASK_METRICS):
         metric = primary_metric(task)
@@ -158,7 +164,7 @@ def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -
             continue
         out |= client_spread(name, [v for _, v, _ in per_client], higher_is_better(task, metric))
         value_ci, margin_ci = client_bootstrap(per_client, seed=seed)
-        for prefix, ci in (("eval_ci95", value_ci), ("margin_ci95", margin_ci)):
+        for prefix, ci in ((VALUE_CI, value_ci), (MARGIN_CI, margin_ci)):
             if ci is not None:
                 out[f"{prefix}/{name}/lo"], out[f"{prefix}/{name}/hi"] = ci
     return out
@@ -170,9 +176,9 @@ def client_spread(name: str, values: list[float], higher_better: bool) -> dict[s
     ranked = sorted(values, reverse=not higher_better)  # worst first
     worst = ranked[: max(1, math.ceil(0.1 * len(ranked)))]
     return {
-        f"eval_clients/{name}/mean": float(np.mean(values)),
-        f"eval_clients/{name}/worst10": float(np.mean(worst)),
-        f"eval_clients/{name}/min": float(min(values)),
+        f"{SPREAD_PREFIX}/{name}/mean": float(np.mean(values)),
+        f"{SPREAD_PREFIX}/{name}/worst10": float(np.mean(worst)),
+        f"{SPREAD_PREFIX}/{name}/min": float(min(values)),
     }
 
 

@@ -17,7 +17,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from veilfed.coordinator import checkpoint
+from veilfed.coordinator.evaluation import MARGIN_CI, SPREAD_PREFIX, VALUE_CI
 from veilfed.errors import CheckFailed, UsageError
+from veilfed.federation.keys import BASELINE_PREFIX, EVAL_PREFIX
 from veilfed.federation.settings import RunSettings
 from veilfed.io import write_text_atomic
 from veilfed.metrics.scores import margins, primaries
@@ -65,24 +67,24 @@ def scores_of(metrics: dict[str, float]) -> dict[str, Any]:
     for each task's primary metric; other metrics' are null (the per-round logs stay small), as
     are all of them when one client evaluated (no spread to resample).
     """
-    values: dict[str, dict[str, dict[str, float]]] = {"eval": {}, "baseline": {}}
+    values: dict[str, dict[str, dict[str, float]]] = {EVAL_PREFIX: {}, BASELINE_PREFIX: {}}
     intervals: dict[str, dict[str, dict[str, list[float]]]] = {}
     spread: dict[str, dict[str, dict[str, float]]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
         if parts[0] in values and len(parts) == 3:
             values[parts[0]].setdefault(parts[1], {})[parts[2]] = value
-        elif parts[0] in ("eval_ci95", "margin_ci95") and len(parts) == 4:
-            name = "ci95" if parts[0] == "eval_ci95" else "margin_ci95"
+        elif parts[0] in (VALUE_CI, MARGIN_CI) and len(parts) == 4:
+            name = "ci95" if parts[0] == VALUE_CI else "margin_ci95"
             ci = intervals.setdefault(parts[1], {}).setdefault(parts[2], {})
             ci.setdefault(name, [math.nan, math.nan])[parts[3] == "hi"] = value
-        elif parts[0] == "eval_clients" and len(parts) == 4:
+        elif parts[0] == SPREAD_PREFIX and len(parts) == 4:
             spread.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[3]] = value
     return {
-        "metrics": values["eval"],
-        "baselines": values["baseline"],
-        "margins": margins(values["eval"], values["baseline"], intervals),
-        "primary": primaries(values["eval"]),
+        "metrics": values[EVAL_PREFIX],
+        "baselines": values[BASELINE_PREFIX],
+        "margins": margins(values[EVAL_PREFIX], values[BASELINE_PREFIX], intervals),
+        "primary": primaries(values[EVAL_PREFIX]),
         "clients_spread": spread,
     }
 
