@@ -10,8 +10,9 @@ first round (shard size, report signing key, HE key id).
 
 What leaves the node besides the (DP-noised) update and its report: a virtual client (the user's
 own data, a research simulation) reports its mean training loss and metrics on its held-out clips;
-a real node never sends its training loss, and sends evaluation metrics only when its data owner
-marked the held-out clips evaluable (``--share-eval-metrics``); otherwise it declines the evaluate
+a real node never sends its training loss, and sends evaluation metrics (with the label-only
+baselines of its training split beside them) only when its data owner marked the held-out clips
+evaluable (``--share-eval-metrics``); otherwise it declines the evaluate
 message with no numbers. Under HE, a client that refuses the global model (too few contributors,
 failed integrity check) declines with ``refused-model`` set: one line, the round goes on.
 
@@ -74,6 +75,7 @@ from veilfed.federation.keys import (
     UPDATE_RECORD,
     WEIGHT_KEY,
     WITHHELD,
+    baseline_metric,
     eval_metric,
 )
 from veilfed.federation.log import log_to_stream
@@ -258,7 +260,7 @@ def _encrypted_reply(
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    from veilfed.clients.trainer import evaluate_round
+    from veilfed.clients.evaluation import evaluate_round
 
     settings = _settings(msg)
     inputs = client_inputs(settings, context.node_config)
@@ -275,7 +277,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             "without --share-eval-metrics)"
         )
         return _declined(msg, cid, reason)
-    num_examples, metrics = evaluate_round(settings, inputs, arrays)
+    num_examples, metrics, baselines = evaluate_round(settings, inputs, arrays)
     record = MetricRecord({WEIGHT_KEY: num_examples})
     if decrypted is not None:
         record[DECRYPT_MS] = decrypted.decrypt_ms
@@ -286,5 +288,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     for task, values in metrics.items():
         for metric, value in values.items():
             record[eval_metric(task, metric)] = float(value)
+    for task, values in baselines.items():
+        for metric, value in values.items():
+            record[baseline_metric(task, metric)] = float(value)
     info = ConfigRecord({CLIENT_ID: cid})
     return Message(RecordDict({METRICS_RECORD: record, REPLY_KEY: info}), reply_to=msg)

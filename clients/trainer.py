@@ -40,7 +40,7 @@ from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
-from veilfed.model import create_model, evaluate, load_state, numpy_state
+from veilfed.model import create_model, load_state, numpy_state
 from veilfed.model.init import freeze
 from veilfed.model.losses import dp_refusal
 from veilfed.privacy.accountant import ClientAccountant
@@ -305,20 +305,3 @@ def _train(
         stats.loss,
         report,
     )
-
-
-def evaluate_round(
-    settings: RunSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
-) -> tuple[int, dict[str, dict[str, float]]]:
-    """Per-task metrics of the global model on the client's held-out split."""
-    _threads()
-    _, eval_ids = split_shard(settings, inputs)
-    model = _model(settings, arrays)
-    model.eval()
-    exp = experiment(settings)
-    loader = DataLoader(
-        _dataset(settings, inputs, eval_ids), batch_size=exp.train.batch_size, collate_fn=collate
-    )
-    with torch.no_grad():
-        metrics = evaluate(model, loader)
-    return len(eval_ids), metrics

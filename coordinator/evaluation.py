@@ -1,10 +1,21 @@
 """Federated evaluation: the global model scored on sampled clients' held-out shards.
 
-A reply is one MetricRecord: a positive ``num-examples``, then only ``eval/<task>/<metric>``
-and ``EVAL_EXTRA`` entries, each a finite number; anything else is rejected (logged, never an
-exception). A client that declines either accepted the model and keeps its metrics (a real node
-whose owner did not opt in to sharing them) or refused the model (HE: its decryption failed the
-integrity check or the contributor floor), which :class:`Evaluation` counts apart.
+A reply is one MetricRecord: a positive ``num-examples``, then only ``eval/<task>/<metric>``,
+``baseline/<task>/<metric>`` and ``EVAL_EXTRA`` entries, each a finite number; anything else is
+rejected (logged, never an exception).
+
+Per round, besides the example-weighted ``eval/`` means (:func:`round_scores`):
+``baseline/<task>/<metric>`` (weighted like eval) and ``margin/<task>/<metric>`` (eval −
+baseline); for each task's primary metric the 95 % intervals of the value and of the margin
+(``eval_ci95/<task>/<metric>/lo|hi``, ``margin_ci95/<task>/<metric>/lo|hi``), a paired
+bootstrap over the clients' weighted results (the coordinator never sees clips; with one client
+there is no interval), and the spread across clients (``eval_clients/<task>/<metric>/mean``,
+``/worst10``: mean of the worst 10 % of clients, at least one, ``/min``), so heterogeneous
+clients stay visible behind the weighted mean.
+
+A client that declines either accepted the model and keeps its metrics (a real node whose owner
+did not opt in to sharing them) or refused the model (HE: its decryption failed the integrity
+check or the contributor floor), which :class:`Evaluation` counts apart.
 """
 
 from __future__ import annotations
@@ -21,17 +32,28 @@ from flwr.serverapp import Grid
 from veilfed.coordinator.admission import reply_info
 from veilfed.coordinator.round_record import RoundLog, weighted
 from veilfed.federation.keys import (
+    BASELINE_PREFIX,
     DECRYPT_MS,
     EVAL_EXTRA,
+    EVAL_PREFIX,
     MAX_ABS_ERROR,
     REASON,
     REFUSED_MODEL,
+    SCORE_PREFIXES,
     STATUS,
     STATUS_DECLINED,
     WEIGHT_KEY,
 )
+from veilfed.metrics import TASK_METRICS, higher_is_better, primary_metric
+from veilfed.metrics.intervals import client_bootstrap
 
 log = logging.getLogger("veilfed.coordinator")
+
+# Per-round metric names beside eval/ and baseline/ (MLflow and the run's history).
+MARGIN_PREFIX = "margin"  # margin/<task>/<metric>
+VALUE_CI = "eval_ci95"  # eval_ci95/<task>/<metric>/lo|hi
+MARGIN_CI = "margin_ci95"  # margin_ci95/<task>/<metric>/lo|hi
+SPREAD_PREFIX = "eval_clients"  # eval_clients/<task>/<metric>/mean|worst10|min
 
 
 @dataclass
@@ -46,8 +68,10 @@ class Evaluation:
 
     def into(self, rlog: RoundLog) -> None:
         for key, value in weighted(self.results).items():
-            _, task, metric = key.split("/", 2)
-            rlog.eval.setdefault(task, {})[metric] = value
+            kind, task, metric = key.split("/", 2)
+            if kind == EVAL_PREFIX:
+                rlog.eval.setdefault(task, {})[metric] = value
+        rlog.scores.update(round_scores(self.results, seed=rlog.round))
         if self.decrypt_ms:
             rlog.he["he/decrypt_ms"] = float(np.mean(self.decrypt_ms))
         if self.errors:
@@ -105,13 +129,57 @@ def eval_metrics(reply: Message) -> tuple[float, dict[str, float]] | str:
     out: dict[str, float] = {}
     for key, value in metrics.items():
         parts = key.split("/", 2)
-        named = key in EVAL_EXTRA or (len(parts) == 3 and parts[0] == "eval" and all(parts))
+        named = key in EVAL_EXTRA or (len(parts) == 3 and parts[0] in SCORE_PREFIXES and all(parts))
         if not named:
             return f"unexpected metric {key!r}"
         if not finite_number(value):
             return f"metric {key!r} is not a finite number ({value!r})"
         out[key] = float(value)
     return float(weight), out
+
+
+def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -> dict[str, float]:
+    """``baseline/``, ``margin/``, ``eval_ci95/``, ``margin_ci95/`` and ``eval_clients/`` metrics
+    of one round's replies ``(weight, {"eval/<task>/<metric>": v, "baseline/...": b})``."""
+    means = weighted(results)
+    out: dict[str, float] = {}
+    for key, value in means.items():
+        kind, task, metric = key.split("/", 2)
+        if kind != BASELINE_PREFIX:
+            continue
+        out[key] = value
+        model = means.get(f"{EVAL_PREFIX}/{task}/{metric}")
+        if model is not None:
+            out[f"{MARGIN_PREFIX}/{task}/{metric}"] = model - value
+    tasks = {k.split("/", 2)[1] for k in means if k.startswith(EVAL_PREFIX + "/")}
+    for task in sorted(t for t in tasks if t in TASK_METRICS):
+        metric = primary_metric(task)
+        name = f"{task}/{metric}"
+        per_client = [
+            (w, m[f"{EVAL_PREFIX}/{name}"], m.get(f"{BASELINE_PREFIX}/{name}"))
+            for w, m in results
+            if f"{EVAL_PREFIX}/{name}" in m
+        ]
+        if not per_client:
+            continue
+        out |= client_spread(name, [v for _, v, _ in per_client], higher_is_better(task, metric))
+        value_ci, margin_ci = client_bootstrap(per_client, seed=seed)
+        for prefix, ci in ((VALUE_CI, value_ci), (MARGIN_CI, margin_ci)):
+            if ci is not None:
+                out[f"{prefix}/{name}/lo"], out[f"{prefix}/{name}/hi"] = ci
+    return out
+
+
+def client_spread(name: str, values: list[float], higher_better: bool) -> dict[str, float]:
+    """``eval_clients/<name>/mean|worst10|min`` of one metric's per-client values (unweighted:
+    each client counts once, however many clips it holds)."""
+    ranked = sorted(values, reverse=not higher_better)  # worst first
+    worst = ranked[: max(1, math.ceil(0.1 * len(ranked)))]
+    return {
+        f"{SPREAD_PREFIX}/{name}/mean": float(np.mean(values)),
+        f"{SPREAD_PREFIX}/{name}/worst10": float(np.mean(worst)),
+        f"{SPREAD_PREFIX}/{name}/min": float(min(values)),
+    }
 
 
 def finite_number(value: Any) -> bool:

@@ -27,6 +27,8 @@ class RoundLog:
     eps: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     he: dict[str, float] = field(default_factory=dict)  # he/* metrics of this round
+    # baseline/, margin/, eval_ci95/, margin_ci95/ and eval_clients/ metrics of this round
+    scores: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, all_eps: dict[str, float], central_eps: float | None) -> dict[str, float]:
         out: dict[str, float] = {
@@ -50,6 +52,7 @@ class RoundLog:
         if central_eps is not None:
             out["privacy/central_eps"] = central_eps
         out.update(self.he)
+        out.update(self.scores)
         return out
 
     def entry(self) -> dict[str, object]:

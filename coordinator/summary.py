@@ -10,15 +10,19 @@ the console report is ``veilfed.cli.report``'s.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from veilfed.coordinator import checkpoint
+from veilfed.coordinator.evaluation import MARGIN_CI, SPREAD_PREFIX, VALUE_CI
 from veilfed.errors import CheckFailed, UsageError
+from veilfed.federation.keys import BASELINE_PREFIX, EVAL_PREFIX
 from veilfed.federation.settings import RunSettings
 from veilfed.io import write_text_atomic
+from veilfed.metrics.scores import margins, primaries
 
 SUMMARY_FILE = "summary.json"  # in the run directory and among the MLflow artifacts
 
@@ -26,11 +30,7 @@ SUMMARY_FILE = "summary.json"  # in the run directory and among the MLflow artif
 def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
     """The run's summary (``summary.json``; its keys are in docs/contracts.md)."""
     last = ckpt.history[-1] if ckpt.history else {"metrics": {}}
-    metrics: dict[str, dict[str, float]] = {}
-    for key, value in last["metrics"].items():
-        if key.startswith("eval/"):
-            _, task, metric = key.split("/", 2)
-            metrics.setdefault(task, {})[metric] = value
+    scores = scores_of(last["metrics"])
     clients = {}
     for cid, c in sorted(ckpt.clients.items()):
         clients[cid] = {
@@ -48,7 +48,7 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
         "tracking_uri": settings.tracking_uri,
         "rounds": ckpt.round,
         "wall_s": round(wall_s, 3),
-        "metrics": metrics,
+        **scores,
         "clients": clients,
         "he": he_summary(settings, ckpt.history),
         "strategy": settings.federated.strategy,
@@ -56,6 +56,36 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
         "exhausted": dict(ckpt.exhausted),
         "round_wall_s": [h["metrics"]["round/wall_s"] for h in ckpt.history],
         "run_dir": settings.run_dir,
+    }
+
+
+def scores_of(metrics: dict[str, float]) -> dict[str, Any]:
+    """The summary's ``metrics``, ``baselines``, ``margins``, ``primary`` and ``clients_spread``
+    from one round's logged metrics (:func:`veilfed.coordinator.evaluation.round_scores`).
+
+    ``ci95`` and ``margin_ci95`` of a margin are the bootstrap over the round's clients, given
+    for each task's primary metric; other metrics' are null (the per-round logs stay small), as
+    are all of them when one client evaluated (no spread to resample).
+    """
+    values: dict[str, dict[str, dict[str, float]]] = {EVAL_PREFIX: {}, BASELINE_PREFIX: {}}
+    intervals: dict[str, dict[str, dict[str, list[float]]]] = {}
+    spread: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if parts[0] in values and len(parts) == 3:
+            values[parts[0]].setdefault(parts[1], {})[parts[2]] = value
+        elif parts[0] in (VALUE_CI, MARGIN_CI) and len(parts) == 4:
+            name = "ci95" if parts[0] == VALUE_CI else "margin_ci95"
+            ci = intervals.setdefault(parts[1], {}).setdefault(parts[2], {})
+            ci.setdefault(name, [math.nan, math.nan])[parts[3] == "hi"] = value
+        elif parts[0] == SPREAD_PREFIX and len(parts) == 4:
+            spread.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[3]] = value
+    return {
+        "metrics": values[EVAL_PREFIX],
+        "baselines": values[BASELINE_PREFIX],
+        "margins": margins(values[EVAL_PREFIX], values[BASELINE_PREFIX], intervals),
+        "primary": primaries(values[EVAL_PREFIX]),
+        "clients_spread": spread,
     }
 
 

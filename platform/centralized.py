@@ -3,6 +3,14 @@
 :func:`run` is ``veilfed train`` without the console: it trains, evaluates on held-out clips of a
 world seed training never saw, logs to MLflow (``eval/<task>/<metric>``, ``train/loss``,
 ``privacy/eps_max``) and returns the run summary (docs/contracts.md), which the CLI prints.
+
+Every figure comes with its label-only baseline (:mod:`veilfed.metrics.baselines`), fitted on the
+training clips' targets (un-augmented, before any DP wrapping) and scored on the same held-out
+clips as the model: MLflow gets ``baseline/<task>/<metric>`` and ``margin/<task>/<metric>``
+beside ``eval/<task>/<metric>``, the summary ``baselines``, ``margins`` (with paired bootstrap
+95 % intervals over the held-out clips) and ``primary``. The baselines are statistics of the
+training labels (e.g. the majority class) released without DP noise, like the evaluation
+figures themselves: they are diagnostics of the run, not part of the private release.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,7 +29,8 @@ from torch.utils.data import DataLoader
 from veilfed import tracking
 from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate
-from veilfed.model import create_model, evaluate
+from veilfed.metrics import fit_baselines
+from veilfed.model import create_model, score
 from veilfed.model.init import freeze, init_from, read_weights
 from veilfed.privacy.calibration import noise_for
 from veilfed.schedule import schedule_for
@@ -75,6 +84,7 @@ def run(
         state, dropped = read_weights(init)
         loaded = init_from(model, state, str(init), dropped)
     freeze(model, cfg.model.freeze)
+    baselines = fit_baselines(model.tasks, baseline_batches(train_loader))
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(train_loader)
     total = t.steps or t.epochs * steps_per_epoch
@@ -117,10 +127,8 @@ def run(
             **kwargs,
         )
         with phase("evaluating"):
-            metrics = evaluate(model, eval_loader)
-        logged = {
-            f"eval/{task}/{_mlflow_name(k)}": v for task, m in metrics.items() for k, v in m.items()
-        }
+            scores = score(model, eval_loader, baselines, seed=t.seed)
+        logged = score_metrics(scores.to_summary())
         logged["train/loss"] = stats.loss
         logged |= {f"train/{task}/loss": v for task, v in stats.task_losses.items()}
         clients: dict[str, Any] = {}
@@ -149,7 +157,7 @@ def run(
             "rounds": epochs_done,
             "steps": stats.steps,
             "wall_s": round(time.perf_counter() - start, 3),
-            "metrics": metrics,
+            **scores.to_summary(),
             "clients": clients,
             "he": {
                 "enabled": False,
@@ -163,6 +171,32 @@ def run(
         tracker.log_json(summary, "summary.json")
         tracker.finish()
     return summary
+
+
+def baseline_batches(train_loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The training clips once each, un-augmented, in the training batch size: what the
+    baselines are fitted on (before DP-SGD replaces the loader with Poisson sampling). Batched
+    by hand: iterating a DataLoader draws from torch's global RNG and would shift training."""
+    data = train_loader.dataset
+    samples = data.samples if isinstance(data, CachedDataset) else data
+    size = train_loader.batch_size or 1
+    for start in range(0, len(samples), size):
+        yield collate([samples[i] for i in range(start, min(start + size, len(samples)))])
+
+
+def score_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of the summary's scores: ``eval/``, ``baseline/`` and ``margin/`` per
+    ``<task>/<metric>``."""
+    out = {
+        f"eval/{task}/{_mlflow_name(k)}": v
+        for task, m in summary["metrics"].items()
+        for k, v in m.items()
+    }
+    for task, m in summary.get("baselines", {}).items():
+        out |= {f"baseline/{task}/{_mlflow_name(k)}": v for k, v in m.items()}
+    for task, m in summary.get("margins", {}).items():
+        out |= {f"margin/{task}/{_mlflow_name(k)}": e["margin"] for k, e in m.items()}
+    return out
 
 
 def _mlflow_name(metric: str) -> str:

@@ -1,4 +1,9 @@
-"""The console report of a finished run, printed from its summary (``summary.json``)."""
+"""The console report of a finished run, printed from its summary (``summary.json``).
+
+The per-task table is the same for ``veilfed train`` and ``veilfed simulate`` (:func:`score_rows`):
+each task's primary metric, its value, the label-only baseline, the margin and the margin's
+95 % interval, with a verdict that is "above"/"below" only when that interval clears 0.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,66 @@ from typing import Any
 import typer
 
 SHOWN_CLIENTS = 20  # per-client lines printed; all of them are in the summary
+SCORE_COLUMNS = ("task", "metric", "value", "baseline", "margin", "margin 95% CI", "verdict")
+NO_BASELINE = "n/a"
+
+
+def _num(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    """``above`` / ``below`` the baseline when the margin's interval clears 0 (in the metric's
+    better direction), ``within`` when it straddles 0, ``no CI`` without an interval (``n/a``
+    in the table: no baseline)."""
+    ci = entry.get("margin_ci95")
+    if ci is None:
+        return "no CI"
+    lo, hi = ci
+    better = entry.get("higher_is_better", True)
+    if (lo > 0 and better) or (hi < 0 and not better):
+        return "above"
+    if (hi < 0 and better) or (lo > 0 and not better):
+        return "below"
+    return "within"
+
+
+def score_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per task (:data:`SCORE_COLUMNS`): its primary metric beside its baseline."""
+    rows = []
+    primary = summary.get("primary", {})
+    margins = summary.get("margins", {})
+    for task, values in sorted(summary["metrics"].items()):
+        metric = primary.get(task, "")
+        entry = margins.get(task, {}).get(metric)
+        if entry is None:
+            value = values.get(metric)
+            rows.append((task, metric or "-", _num(value), "-", "-", "-", NO_BASELINE))
+            continue
+        ci = entry.get("margin_ci95")
+        rows.append(
+            (
+                task,
+                metric,
+                _num(entry["value"]),
+                _num(entry["baseline"]),
+                _num(entry["margin"], signed=True),
+                f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci is not None else "-",
+                verdict(entry),
+            )
+        )
+    return rows
+
+
+def score_lines(summary: dict[str, Any]) -> list[str]:
+    """:func:`score_rows` as aligned text lines, header first."""
+    rows = [SCORE_COLUMNS, *score_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(SCORE_COLUMNS))]
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
 
 
 def report_lines(summary: dict[str, Any]) -> list[str]:
@@ -14,11 +79,19 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     out = [
         f"run {summary['run_id']}: {summary['rounds']} rounds in {summary['wall_s']:.1f}s "
         f"(strategy {summary['strategy']})",
-        "per-task metrics (federated evaluation on held-out shards):",
+        "per-task metrics (federated evaluation on held-out shards; baselines fitted on each "
+        "client's training shard; margin 95% CI over clients):",
+        *score_lines(summary),
     ]
-    for task, values in sorted(summary["metrics"].items()):
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
-        out.append(f"  {task:<13} {shown}")
+    spread = summary.get("clients_spread", {})
+    if spread:
+        out.append("per-client spread of the primary metric (last round):")
+        for task, metrics in sorted(spread.items()):
+            for metric, s in sorted(metrics.items()):
+                out.append(
+                    f"  {task:<13} {metric}: mean {s['mean']:.4f}, worst 10% {s['worst10']:.4f}, "
+                    f"min {s['min']:.4f}"
+                )
     if summary["clients"]:
         eps = [c["epsilon"] for c in summary["clients"].values()]
         out.append(

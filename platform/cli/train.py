@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from veilfed.cli.common import emit_summary, handle_errors, progress
+from veilfed.cli.report import SCORE_COLUMNS, score_rows
 
 
 def register(app: typer.Typer) -> None:
@@ -64,12 +66,26 @@ def train_cmd(
 
 
 def print_metrics(summary: dict[str, Any]) -> None:
-    table = Table(title=f"per-task metrics (run {summary['run_id']})")
+    """Per task: primary metric, value, label-only baseline, margin and its 95 % interval (over
+    the held-out clips), then every metric; then ε per client and where the run is tracked."""
+    table = Table(
+        title=f"per-task metrics vs label-only baselines (run {summary['run_id']})",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for column in SCORE_COLUMNS:
+        table.add_column(column, no_wrap=True)
+    for row in score_rows(summary):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    table = Table(title="all metrics (held-out clips)")
     table.add_column("task")
     table.add_column("metrics")
     for task, metrics in summary["metrics"].items():
         table.add_row(task, "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-    console = Console()
     console.print(table)
     for cid, c in summary["clients"].items():
         console.print(

@@ -59,6 +59,12 @@ SHADOW_WEIGHT = "he/shadow-weight"  # HE train reply (test runs): the client's s
 DECRYPT_MS = "he/decrypt_ms"  # HE evaluate reply: time the client took to decrypt
 MAX_ABS_ERROR = "he/max_abs_error"  # HE evaluate reply (test runs): error vs plaintext FedAvg
 EVAL_EXTRA = (DECRYPT_MS, MAX_ABS_ERROR)  # numbers an evaluate reply may add to eval metrics
+# An evaluate reply's numbers per task and metric: the global model's on the held-out shard
+# (``eval/<task>/<metric>``) and, beside it, the label-only baseline fitted on the client's
+# training shard and scored on the same held-out clips (``baseline/<task>/<metric>``).
+EVAL_PREFIX = "eval"
+BASELINE_PREFIX = "baseline"
+SCORE_PREFIXES = (EVAL_PREFIX, BASELINE_PREFIX)
 
 # -- entries of the UPDATE_RECORD and SHADOW_RECORD ---------------------------------------------
 UPDATE_BYTES = "update"  # bytes: the client's EncryptedUpdate
@@ -68,7 +74,12 @@ SHADOW_FLAT = "flat"  # the plaintext FedAvg, one flat float vector in the model
 
 def eval_metric(task: str, metric: str) -> str:
     """The metric-record name of one evaluation number: ``eval/<task>/<metric>``."""
-    return f"eval/{task}/{metric}"
+    return f"{EVAL_PREFIX}/{task}/{metric}"
+
+
+def baseline_metric(task: str, metric: str) -> str:
+    """The metric-record name of one baseline number: ``baseline/<task>/<metric>``."""
+    return f"{BASELINE_PREFIX}/{task}/{metric}"
 
 
 # -- node config (Flower's --node-config): what a real node tells its ClientApp ----------------

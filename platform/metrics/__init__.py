@@ -34,6 +34,11 @@ restoration   pixels ``[B, T, 3, H, W]`` in [0, 1]                   psnr, ssim
 next_frame    pixels ``[B, K, 3, H, W]`` in [0, 1]                   psnr, ssim
 ============  =====================================================  ==========================
 
+Every task's label-only baseline (fitted on training targets, predicting in the head's format)
+is in :mod:`veilfed.metrics.baselines`; paired bootstrap intervals over clips in
+:mod:`veilfed.metrics.intervals`; the metric / baseline / margin shape runs report in
+:mod:`veilfed.metrics.scores`.
+
 Caption metrics ignore PAD/BOS/EOS (``veilfed.data.text``) and cut at the first EOS; token F1
 is position-free, so logits aligned to ``caption`` or to ``caption[:, 1:]`` score the same, but
 greedily decoded ids (what ``MultiTaskModel.predict`` gives) are the honest input for BLEU.
@@ -41,6 +46,8 @@ Metrics that are undefined on the data seen (e.g. Spearman of a constant) are om
 The plain tensor functions are in :mod:`veilfed.metrics.functional`.
 """
 
+from veilfed.metrics import dense, dense_baselines, tasks  # noqa: F401  (registration)
+from veilfed.metrics.baselines import BASELINES, Baseline, fit_baselines
 from veilfed.metrics.functional import (
     bleu,
     classification,
@@ -54,17 +61,24 @@ from veilfed.metrics.functional import (
     ssim,
     token_f1,
 )
-from veilfed.metrics.tasks import TASK_METRICS, TaskMetric, compute_task_metrics
+from veilfed.metrics.meter import TASK_METRICS, TaskMetric, compute_task_metrics
+from veilfed.metrics.scores import Scores, higher_is_better, primary_metric
 
 __all__ = [
+    "BASELINES",
     "TASK_METRICS",
+    "Baseline",
+    "Scores",
     "TaskMetric",
     "bleu",
     "classification",
     "compute_task_metrics",
     "detection_map50",
+    "fit_baselines",
+    "higher_is_better",
     "miou",
     "pck",
+    "primary_metric",
     "psnr",
     "qa_accuracy",
     "regression",

@@ -3,7 +3,8 @@
 They take already-decoded predictions (class indices, boxes, label maps, token ids) so the same
 function serves any head; :mod:`veilfed.metrics.tasks` turns head outputs into these inputs.
 torchmetrics supplies the well-trodden ones (macro P/R/F1, SSIM, BLEU); Spearman, mAP@0.5, mIoU,
-PCK, token F1 and QA accuracy are small enough to own and test against hand-computed values.
+PCK, token F1 and QA accuracy are small enough to own and test against hand-computed values
+(mAP@0.5 and its matching live in :mod:`veilfed.metrics.boxes`, re-exported here).
 torchmetrics is imported inside the functions that use it: importing it pulls in torchvision and
 scipy.signal (seconds), which every ``import veilfed.model`` would otherwise pay.
 """
@@ -16,6 +17,14 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+
+from veilfed.metrics.boxes import (  # noqa: F401  (part of this module's API)
+    DetectionMatches,
+    box_iou,
+    detection_map50,
+    detection_matches,
+    map50_of_matches,
+)
 
 
 def classification(
@@ -68,75 +77,6 @@ def regression(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     if targets.numel() == 0:
         return {}
     return {"mae": float((preds - targets).abs().mean()), "spearman": spearman(preds, targets)}
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
-    """All-point interpolated AP (VOC 2010+) from per-detection TP flags and scores."""
-    order = np.argsort(-scores, kind="stable")
-    tp = tp[order].astype(np.float64)
-    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
-    recall = ctp / n_gt
-    precision = ctp / np.maximum(ctp + cfp, 1e-12)
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-
-
-def detection_map50(
-    pred_boxes: torch.Tensor,
-    pred_scores: torch.Tensor,
-    pred_classes: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_classes: torch.Tensor,
-    iou_threshold: float = 0.5,
-) -> float:
-    """mAP at IoU 0.5 over images (frames): inputs ``[I, N, 4]``, ``[I, N]``, ``[I, N]``,
-    ``[I, M, 4]``, ``[I, M]``; class ``-1`` marks an empty slot on either side.
-
-    Greedy matching in score order within each image, all-point AP per class, mean over classes
-    that have at least one ground-truth box (COCO/VOC convention). NaN when there is no GT at all.
-    """
-    pb, ps, pc = (t.detach().float().cpu().numpy() for t in (pred_boxes, pred_scores, pred_classes))
-    gb, gc = gt_boxes.detach().float().cpu().numpy(), gt_classes.detach().cpu().numpy()
-    pc = pc.astype(np.int64)
-    aps = []
-    for cls in np.unique(gc[gc >= 0]):
-        tps, scores, n_gt = [], [], int((gc == cls).sum())
-        for i in range(pb.shape[0]):
-            p = np.nonzero(pc[i] == cls)[0]
-            if p.size == 0:
-                continue
-            p = p[np.argsort(-ps[i, p], kind="stable")]
-            g = np.nonzero(gc[i] == cls)[0]
-            tp = np.zeros(p.size, dtype=bool)
-            if g.size:
-                iou = box_iou(pb[i, p], gb[i, g])
-                taken = np.zeros(g.size, dtype=bool)
-                for k in range(p.size):
-                    cand = np.where(taken, -1.0, iou[k])
-                    j = int(cand.argmax())
-                    if cand[j] >= iou_threshold:
-                        taken[j], tp[k] = True, True
-            tps.append(tp)
-            scores.append(ps[i, p])
-        if not tps:
-            aps.append(0.0)
-            continue
-        aps.append(_average_precision(np.concatenate(tps), np.concatenate(scores), n_gt))
-    return float(np.mean(aps)) if aps else math.nan
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -214,13 +154,13 @@ def _tokens(row: torch.Tensor, ignore: frozenset[int], stop: int | None) -> list
     return out
 
 
-def token_f1(
+def token_f1_scores(
     pred_tokens: torch.Tensor,
     ref_tokens: torch.Tensor,
     ignore_ids: Iterable[int] = (0,),
     eos_id: int | None = None,
-) -> float:
-    """Mean per-sequence bag-of-tokens F1 (SQuAD style) of ``[N, L]`` token id tensors.
+) -> list[float]:
+    """Per-sequence bag-of-tokens F1 (SQuAD style) of ``[N, L]`` token id tensors.
 
     Tokens after ``eos_id`` are dropped and ``ignore_ids`` (PAD, BOS, EOS) never count.
     """
@@ -237,6 +177,17 @@ def token_f1(
             continue
         prec, rec = common / len(p), common / len(r)
         scores.append(2 * prec * rec / (prec + rec))
+    return scores
+
+
+def token_f1(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+) -> float:
+    """Mean of :func:`token_f1_scores`; NaN for no sequences."""
+    scores = token_f1_scores(pred_tokens, ref_tokens, ignore_ids, eos_id)
     return float(np.mean(scores)) if scores else math.nan
 
 
@@ -260,6 +211,53 @@ def bleu(
     if not preds:
         return math.nan
     return float(bleu_score(preds, refs, n_gram=n_gram, smooth=True))
+
+
+def bleu_stats(
+    pred_tokens: torch.Tensor,
+    ref_tokens: torch.Tensor,
+    ignore_ids: Iterable[int] = (0,),
+    eos_id: int | None = None,
+    n_gram: int = 4,
+) -> torch.Tensor:
+    """Per-sequence BLEU evidence ``[N, 2 n + 2]``: clipped n-gram matches (n = 1..n_gram),
+    candidate n-grams, candidate length, reference length. Summed over any set of sequences,
+    :func:`bleu_of_stats` gives that set's corpus :func:`bleu`."""
+    ignore = frozenset(ignore_ids)
+    rows = []
+    for p_row, r_row in zip(pred_tokens.cpu(), ref_tokens.cpu(), strict=True):
+        p, r = _tokens(p_row, ignore, eos_id), _tokens(r_row, ignore, eos_id)
+        pc, rc = _ngrams(p, n_gram), _ngrams(r, n_gram)
+        match, total = [0.0] * n_gram, [0.0] * n_gram
+        for g, c in (pc & rc).items():
+            match[len(g) - 1] += c
+        for g, c in pc.items():
+            total[len(g) - 1] += c
+        rows.append([*match, *total, float(len(p)), float(len(r))])
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2 * n_gram + 2)
+
+
+def _ngrams(tokens: list[int], n_gram: int) -> Counter:
+    return Counter(
+        tuple(tokens[j : j + i]) for i in range(1, n_gram + 1) for j in range(len(tokens) - i + 1)
+    )
+
+
+def bleu_of_stats(stats: torch.Tensor) -> float:
+    """Corpus BLEU (add-one smoothing above unigrams, as :func:`bleu`) of summed
+    :func:`bleu_stats`; NaN for no sequences (both lengths 0)."""
+    n = (stats.shape[-1] - 2) // 2
+    match, total = stats[:n].float(), stats[n : 2 * n].float()
+    pred_len, ref_len = float(stats[-2]), float(stats[-1])
+    if pred_len == 0 and ref_len == 0 and float(total.sum()) == 0:
+        return math.nan
+    if float(match.min()) == 0.0:
+        return 0.0
+    precision = (match + 1) / (total + 1)
+    precision[0] = match[0] / total[0]
+    geometric = torch.exp(torch.sum(torch.full((n,), 1.0 / n) * torch.log(precision)))
+    penalty = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return float(penalty * geometric)
 
 
 def qa_accuracy(preds: torch.Tensor, answers: torch.Tensor) -> float:

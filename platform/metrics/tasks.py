@@ -1,96 +1,35 @@
-"""Per-task metric accumulators: head output + batch targets -> ``{metric: float}``.
+"""Meters of the clip-level tasks: classification, moderation, quality, caption, QA, summary.
 
-Each class decodes its head's output (see the package docstring for the formats), keeps only the
-compact evidence it needs across batches (class indices, confusion matrices, per-frame sums) and
-computes exact dataset-level figures in :meth:`TaskMetric.compute` — averaging per-batch mAP or
-Spearman would be wrong. NaN figures (e.g. no visible keypoint) are left out rather than reported.
+See :mod:`veilfed.metrics.meter` for what a meter keeps and computes.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from veilfed.data.schema import ACTIONS, ANSWERS, OBJECT_CLASSES, SENTIMENTS
+from veilfed.data.schema import ACTIONS, ANSWERS, SENTIMENTS
 from veilfed.data.text import BOS, EOS, PAD
 from veilfed.errors import UsageError
 from veilfed.metrics import functional as M
-from veilfed.registry import Registry
+from veilfed.metrics.meter import (
+    TASK_METRICS,
+    Resampler,
+    TaskMetric,
+    better,
+    compute_task_metrics,
+    finite,
+    flat_scalar,
+)
 
-
-class TaskMetric:
-    """Accumulates one task over batches; ``update`` per batch, ``compute`` once at the end."""
-
-    task = ""
-    target_keys: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self._parts: dict[str, list[torch.Tensor]] = defaultdict(list)
-
-    def update(
-        self, output: Any, targets: dict[str, torch.Tensor], mask: torch.Tensor | None = None
-    ) -> None:
-        """Add one batch; ``mask`` is ``batch["target_mask"][task]`` (unlabelled samples skip)."""
-        missing = [k for k in self.target_keys if k not in targets]
-        if missing:
-            raise UsageError(f"metrics for task {self.task!r}: targets lack {', '.join(missing)}")
-        tgt = {k: targets[k] for k in self.target_keys}
-        if mask is not None:
-            keep = mask.bool().reshape(-1).to(_first(output).device)
-            if not keep.any():
-                return
-            output = _select(output, keep)
-            tgt = {k: v[keep.to(v.device)] for k, v in tgt.items()}
-        with torch.no_grad():
-            self._update(output, tgt)
-
-    def compute(self) -> dict[str, float]:
-        if not self._parts:
-            return {}
-        cat = {k: torch.cat(v) for k, v in self._parts.items()}
-        return {k: v for k, v in self._compute(cat).items() if not math.isnan(v)}
-
-    def _keep(self, **parts: torch.Tensor) -> None:
-        for k, v in parts.items():
-            self._parts[k].append(v.detach().cpu())
-
-    def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
-
-    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        raise NotImplementedError
-
-
-def _first(output: Any) -> torch.Tensor:
-    return next(iter(output.values())) if isinstance(output, dict) else output
-
-
-def _select(output: Any, keep: torch.Tensor) -> Any:
-    if isinstance(output, dict):
-        return {k: v[keep] for k, v in output.items()}
-    return output[keep]
-
-
-def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``[B]`` or ``[B, 1]`` -> ``[B]``: scalar heads may keep a trailing unit dim."""
-    if x.dim() == 2 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.dim() != 1:
-        raise UsageError(
-            f"metrics for task {name!r}: expected output [B] or [B, 1], got {list(x.shape)}"
-        )
-    return x
-
-
-TASK_METRICS: Registry[TaskMetric] = Registry("task metric")
+__all__ = ["TASK_METRICS", "TaskMetric", "compute_task_metrics"]
 
 
 class _Classification(TaskMetric):
     num_classes = 0
+    primary = "accuracy"
+    higher_is_better = better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.dim() != 2 or output.shape[1] != self.num_classes:
@@ -119,10 +58,13 @@ class ModerationMetric(TaskMetric):
     """Binary: one logit per clip (``> 0`` = flagged); macro over {ok, flagged}."""
 
     task, target_keys = "moderation", ("moderation",)
+    primary = "f1"
+    higher_is_better = better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
-            pred=(_flat(output, self.task) > 0).long(), target=(targets["moderation"] > 0.5).long()
+            pred=(flat_scalar(output, self.task) > 0).long(),
+            target=(targets["moderation"] > 0.5).long(),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -134,98 +76,14 @@ class QualityMetric(TaskMetric):
     """Regression of the clean-ness score in [0, 1]."""
 
     task, target_keys = "quality", ("quality",)
+    primary = "spearman"
+    higher_is_better = better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(pred=_flat(output, self.task).float(), target=targets["quality"].float())
+        self._keep(pred=flat_scalar(output, self.task).float(), target=targets["quality"].float())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return M.regression(parts["pred"], parts["target"])
-
-
-@TASK_METRICS.register("detection")
-class DetectionMetric(TaskMetric):
-    """mAP@0.5 with every frame an image; output dict, see the package docstring."""
-
-    task, target_keys = "detection", ("boxes", "box_classes")
-
-    def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
-        if not isinstance(output, dict) or "boxes" not in output:
-            raise UsageError(
-                "metrics for task 'detection': expected a dict with 'boxes' and "
-                "'logits' (or 'scores' and 'classes')"
-            )
-        boxes = output["boxes"]
-        if "logits" in output:
-            logits = output["logits"]
-            if logits.shape[-1] != len(OBJECT_CLASSES) + 1:
-                raise UsageError(
-                    f"metrics for task 'detection': logits need "
-                    f"{len(OBJECT_CLASSES) + 1} classes (last = no object), got "
-                    f"{logits.shape[-1]}"
-                )
-            scores, classes = logits.float().softmax(-1)[..., :-1].max(-1)
-        else:
-            scores, classes = output["scores"], output["classes"]
-        n = boxes.shape[0] * boxes.shape[1]
-        self._keep(
-            pred_boxes=boxes.float().reshape(n, -1, 4),
-            pred_scores=scores.float().reshape(n, -1),
-            pred_classes=classes.long().reshape(n, -1),
-            gt_boxes=targets["boxes"].float().reshape(n, -1, 4),
-            gt_classes=targets["box_classes"].long().reshape(n, -1),
-        )
-
-    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"map50": M.detection_map50(**parts)}
-
-
-@TASK_METRICS.register("segmentation")
-class SegmentationMetric(TaskMetric):
-    """mIoU and pixel accuracy; logits are upsampled to the label resolution first."""
-
-    task, target_keys = "segmentation", ("segmentation",)
-    num_classes = len(OBJECT_CLASSES) + 1
-
-    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        gt = targets["segmentation"]
-        if output.is_floating_point():
-            b, t, c, h, w = output.shape
-            logits = output.reshape(b * t, c, h, w).float()
-            if (h, w) != tuple(gt.shape[-2:]):
-                logits = F.interpolate(
-                    logits, size=gt.shape[-2:], mode="bilinear", align_corners=False
-                )
-            pred = logits.argmax(1).reshape(gt.shape)
-        else:
-            pred = output
-        self._keep(conf=M.confusion_matrix(pred, gt, self.num_classes)[None])
-
-    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        conf = parts["conf"].sum(0)
-        return {
-            "miou": M.miou_from_confusion(conf),
-            "pixel_accuracy": float(conf.diag().sum() / conf.sum().clamp_min(1)),
-        }
-
-
-@TASK_METRICS.register("pose")
-class PoseMetric(TaskMetric):
-    """PCK at 0.05 and 0.1 of the frame side over visible keypoints (``pck_0.05``, ``pck_0.1``;
-    no "@": MLflow metric names allow only letters, digits and _ - . / : and space)."""
-
-    task, target_keys = "pose", ("keypoints", "keypoint_visible")
-
-    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(
-            pred=output.float(),
-            gt=targets["keypoints"].float(),
-            vis=targets["keypoint_visible"].bool(),
-        )
-
-    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {
-            f"pck_{th}": M.pck(parts["pred"], parts["gt"], parts["vis"], th) for th in (0.05, 0.1)
-        }
 
 
 @TASK_METRICS.register("caption")
@@ -236,6 +94,8 @@ class CaptionMetric(TaskMetric):
     """
 
     task, target_keys = "caption", ("caption",)
+    primary = "token_f1"
+    higher_is_better = better("token_f1", "bleu")
 
     def __init__(
         self, ignore_ids: tuple[int, ...] = (PAD, BOS, EOS), eos_id: int | None = EOS
@@ -254,12 +114,32 @@ class CaptionMetric(TaskMetric):
             "bleu": M.bleu(parts["pred"], parts["ref"], **kw),
         }
 
+    def resampler(self) -> Resampler:
+        """Token F1 is a mean over clips and BLEU a function of summed per-clip n-gram counts,
+        so both are computed per clip once."""
+        parts = self.parts()
+        kw = {"ignore_ids": self.ignore_ids, "eos_id": self.eos_id}
+        f1 = torch.tensor(M.token_f1_scores(parts["pred"], parts["ref"], **kw))
+        stats = M.bleu_stats(parts["pred"], parts["ref"], **kw)
+
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            return finite(
+                {
+                    "token_f1": float(f1[idx].mean()) if len(idx) else math.nan,
+                    "bleu": M.bleu_of_stats(stats[idx].sum(0)),
+                }
+            )
+
+        return at
+
 
 @TASK_METRICS.register("qa")
 class QAMetric(TaskMetric):
     """Exact-match answer accuracy over all questions (answers < 0 are unlabelled)."""
 
     task, target_keys = "qa", ("answers",)
+    primary = "accuracy"
+    higher_is_better = better("accuracy")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         if output.is_floating_point() and output.shape[-1] != len(ANSWERS):
@@ -279,6 +159,8 @@ class SummaryMetric(TaskMetric):
     """Keyframe importance: MAE and the mean per-clip Spearman (ranking frames within a clip)."""
 
     task, target_keys = "summary", ("keyframes",)
+    primary = "spearman"
+    higher_is_better = better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(pred=output.float(), target=targets["keyframes"].float())
@@ -291,47 +173,23 @@ class SummaryMetric(TaskMetric):
             "spearman": sum(rhos) / len(rhos) if rhos else math.nan,
         }
 
-
-class _Pixels(TaskMetric):
-    """PSNR/SSIM per frame, summed per batch so no pixels are kept between batches."""
-
-    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        target = targets[self.target_keys[0]]
-        if output.shape != target.shape:
-            raise UsageError(
-                f"metrics for task {self.task!r}: output {list(output.shape)} != "
-                f"target {list(target.shape)}"
-            )
-        frames = target.shape[0] * target.shape[1]
-        self._keep(
-            frames=torch.tensor([frames], dtype=torch.float64),
-            psnr=torch.tensor([M.psnr(output, target) * frames], dtype=torch.float64),
-            ssim=torch.tensor([M.ssim(output, target) * frames], dtype=torch.float64),
+    def resampler(self) -> Resampler:
+        """Per-clip Spearman and absolute error, computed once."""
+        parts = self.parts()
+        rho = torch.tensor(
+            [M.spearman(p, t) for p, t in zip(parts["pred"], parts["target"], strict=True)],
+            dtype=torch.float64,
         )
+        err = (parts["pred"] - parts["target"]).abs().double().mean(1)
 
-    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        n = float(parts["frames"].sum())
-        return {"psnr": float(parts["psnr"].sum()) / n, "ssim": float(parts["ssim"].sum()) / n}
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            r = rho[idx]
+            r = r[~r.isnan()]
+            return finite(
+                {
+                    "mae": float(err[idx].mean()) if len(idx) else math.nan,
+                    "spearman": float(r.mean()) if len(r) else math.nan,
+                }
+            )
 
-
-@TASK_METRICS.register("restoration")
-class RestorationMetric(_Pixels):
-    task, target_keys = "restoration", ("clean",)
-
-
-@TASK_METRICS.register("next_frame")
-class NextFrameMetric(_Pixels):
-    task, target_keys = "next_frame", ("next_frames",)
-
-
-def compute_task_metrics(
-    task: str,
-    output: Any,
-    targets: dict[str, torch.Tensor],
-    mask: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> dict[str, float]:
-    """One-shot metrics of a single batch (evaluation loops should accumulate instead)."""
-    meter = TASK_METRICS.build(task, **kwargs)
-    meter.update(output, targets, mask)
-    return meter.compute()
+        return at

@@ -6,6 +6,7 @@ Public API (the federated layer uses only these and ``state_dict``)::
     outputs = model(batch)                 # {task: output}; batch from veilfed.data.dataset.collate
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
+    scores = score(model, loader, fit_baselines(model.tasks, train_loader))  # + baselines, margins
     arrays = initial_state(cfg, seed)      # {name: np.ndarray}: the weights seed initialises
     list_registries()                      # {"encoders": [...], "fusions": [...], ...}
 """
@@ -16,7 +17,7 @@ import importlib
 
 from veilfed.model import encoders, fusion, heads, losses  # noqa: F401  (registration)
 from veilfed.model.core import MultiTaskCriterion, MultiTaskModel, create_model
-from veilfed.model.evaluate import evaluate
+from veilfed.model.evaluate import Scores, evaluate, score
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
 from veilfed.model.state import initial_state, load_state, numpy_state
 
@@ -50,10 +51,12 @@ __all__ = [
     "LOSSES",
     "MultiTaskCriterion",
     "MultiTaskModel",
+    "Scores",
     "create_model",
     "evaluate",
     "initial_state",
     "list_registries",
     "load_state",
     "numpy_state",
+    "score",
 ]

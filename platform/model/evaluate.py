@@ -1,11 +1,21 @@
-"""Evaluation: accumulate each head's :mod:`veilfed.metrics` meter over a loader."""
+"""Evaluation: accumulate each head's :mod:`veilfed.metrics` meter over a loader.
+
+:func:`evaluate` gives the model's metrics; :func:`score` adds, on the same batches, each task's
+label-only baseline (:mod:`veilfed.metrics.baselines`), the margin and paired bootstrap 95 %
+intervals over the clips (:mod:`veilfed.metrics.intervals`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+
+from veilfed.metrics import TaskMetric
+from veilfed.metrics.baselines import Baseline
+from veilfed.metrics.intervals import DEFAULT_RESAMPLES, paired_bootstrap
+from veilfed.metrics.scores import Scores
 
 
 def _unwrap(model: Any) -> Any:
@@ -16,10 +26,51 @@ def _unwrap(model: Any) -> Any:
 def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per-task metrics ``{task: {metric: value}}`` of ``model`` over ``loader``; also reports each
     task's mean loss as ``loss``."""
+    _, _, results = _accumulate(model, loader, {})
+    return results
+
+
+def score(
+    model: Any,
+    loader: Iterable[dict[str, Any]],
+    baselines: Mapping[str, Baseline],
+    *,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Scores:
+    """The model and the fitted ``baselines`` scored on the same batches of ``loader``.
+
+    ``metrics`` are :func:`evaluate`'s; ``baselines`` each task's baseline metrics (its ``fill``
+    for what a constant leaves undefined); intervals come from ``bootstrap`` paired resamples of
+    the clips (0: none), seeded by ``seed``. A task whose baseline is unfitted (no labelled
+    training clip) or absent has no baseline and no margin.
+    """
+    fitted = {t: b for t, b in baselines.items() if b.fitted}
+    meters, base_meters, metrics = _accumulate(model, loader, fitted)
+    base = {t: dict(fitted[t].fill) | m.compute() for t, m in base_meters.items() if m.clips()}
+    intervals = {
+        t: paired_bootstrap(
+            meter,
+            base_meters.get(t),
+            fill=fitted[t].fill if t in fitted else None,
+            resamples=bootstrap,
+            seed=seed,
+        )
+        for t, meter in meters.items()
+    }
+    return Scores.build(metrics, base, intervals)
+
+
+def _accumulate(
+    model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping[str, Baseline]
+) -> tuple[dict[str, TaskMetric], dict[str, TaskMetric], dict[str, dict[str, float]]]:
+    """(model meters, baseline meters, model metrics with ``loss``) over ``loader``."""
     core = _unwrap(model)
     was_training = core.training
     core.eval()
-    meters = {t: head.metric() for t, head in core.task_heads().items()}
+    heads = core.task_heads()
+    meters = {t: head.metric() for t, head in heads.items()}
+    base_meters = {t: heads[t].metric() for t in baselines if t in heads}
     loss_sums = dict.fromkeys(core.tasks, 0.0)
     batches = 0
     try:
@@ -29,12 +80,16 @@ def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str
                 _, per_task = core.loss(outputs, batch)
                 preds = core.predict(batch, outputs)
                 for task, meter in meters.items():
-                    meter.update(preds[task], batch["targets"], batch["target_mask"].get(task))
+                    mask = batch["target_mask"].get(task)
+                    meter.update(preds[task], batch["targets"], mask)
                     loss_sums[task] += float(per_task[task])
+                    if task in base_meters:
+                        guess = baselines[task].predict(batch)
+                        base_meters[task].update(guess, batch["targets"], mask)
                 batches += 1
     finally:
         core.train(was_training)
     results = {t: m.compute() for t, m in meters.items()}
     for task in results:
         results[task]["loss"] = loss_sums[task] / max(batches, 1)
-    return results
+    return meters, base_meters, results

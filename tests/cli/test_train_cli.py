@@ -33,12 +33,27 @@ def test_train_tiny_dp_writes_summary_and_mlflow(tmp_path: Path) -> None:
     assert client["steps"] == 3 and client["epsilon"] > 0 and client["noise_multiplier"] == 1.0
     assert summary["tracking_uri"].startswith("sqlite:///") and (tmp_path / "mlflow.db").exists()
     assert "per-task metrics" in res.stdout and "segmentation" in res.stdout
+    # every task beside its label-only baseline, with the margin's interval over held-out clips
+    assert set(summary["baselines"]) == set(schema.TASKS)
+    assert summary["primary"]["moderation"] == "f1" and summary["primary"]["pose"] == "pck_0.1"
+    assert summary["baselines"]["quality"]["spearman"] == 0.0  # a constant has no ranking
+    entry = summary["margins"]["action"]["accuracy"]
+    assert entry["margin"] == pytest.approx(entry["value"] - entry["baseline"])
+    assert entry["higher_is_better"] is True
+    assert summary["margins"]["quality"]["mae"]["higher_is_better"] is False
+    lo, hi = entry["margin_ci95"]
+    assert lo <= entry["margin"] <= hi
+    assert "baseline" in res.stdout and "margin 95% CI" in res.stdout
 
     from mlflow.tracking import MlflowClient
 
     run_ = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
     assert "eval/action/accuracy" in run_.data.metrics
     assert "eval/pose/pck_0.1" in run_.data.metrics
+    assert run_.data.metrics["baseline/action/accuracy"] == pytest.approx(
+        summary["baselines"]["action"]["accuracy"]
+    )
+    assert "margin/action/accuracy" in run_.data.metrics
     assert run_.data.metrics["privacy/eps_max"] == pytest.approx(client["epsilon"])
 
 

@@ -51,6 +51,7 @@ def test_real_nodes_keep_train_loss_and_share_eval_metrics_only_when_opted_in(tm
     assert info["status"] == "declined" and "--share-eval-metrics" in info["reason"]
     assert not private.content.metric_records and not private.content.array_records
     assert "eval/action/accuracy" in shared.content["metrics"]
+    assert "baseline/action/accuracy" in shared.content["metrics"]  # under the same opt-in
 
     h = checkpoint.load(settings.run_dir).history[0]
     assert h["aggregated"] and math.isnan(h["metrics"]["train/loss"])

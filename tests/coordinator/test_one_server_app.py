@@ -64,8 +64,19 @@ def test_flwr_run_keys_prepare_and_finish_a_simulated_run(tmp_path: Path) -> Non
     summary = load_summary(settings.run_dir)
     assert summary["run_id"] == settings.run_id and summary["rounds"] == 2
     assert summary["clients"] and {"action", "moderation"} <= set(summary["metrics"])
+    # every task beside the baseline the evaluating clients fitted on their training shards
+    assert set(summary["baselines"]) == set(summary["metrics"])
+    assert summary["primary"]["action"] == "accuracy"
+    entry = summary["margins"]["action"]["accuracy"]
+    assert entry["margin"] == pytest.approx(entry["value"] - entry["baseline"])
+    assert entry["ci95"] is not None and entry["margin_ci95"] is not None  # 2 clients evaluated
+    assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    assert summary["margins"]["action"]["f1"]["margin_ci95"] is None  # primary metrics only
+    spread = summary["clients_spread"]["action"]["accuracy"]
+    assert spread["min"] <= spread["worst10"] <= spread["mean"]
     run = _mlflow_run(settings)
     assert run.info.status == "FINISHED" and run.data.tags["veilfed.kind"] == "simulation"
+    assert run.data.metrics["baseline/action/accuracy"] == pytest.approx(entry["baseline"])
 
 
 def test_resume_reopens_a_prepared_or_killed_run(tmp_path: Path) -> None:

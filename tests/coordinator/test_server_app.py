@@ -54,6 +54,11 @@ def test_rounds_log_metrics_and_cumulative_epsilon(tmp_path):
         "round/rejected",
         "eval/action/accuracy",
         "eval/moderation/f1",
+        "baseline/moderation/f1",
+        "margin/moderation/f1",
+        "eval_clients/moderation/f1/mean",
+        "eval_clients/moderation/f1/worst10",
+        "eval_clients/moderation/f1/min",
         f"privacy/client/{client_name(0)}/eps",
     ):
         assert name in names, name

@@ -30,6 +30,8 @@ def test_simulation_on_ray_writes_summary_and_mlflow_run(tmp_path, monkeypatch):
         summary
     )
     assert summary["rounds"] == 2 and {"action", "moderation"} <= set(summary["metrics"])
+    assert {"action", "moderation"} <= set(summary["baselines"]) and summary["margins"]["action"]
+    assert "margin 95% CI" in result.output and "baseline" in result.output
     assert summary["clients"], "some client trained"
     for c in summary["clients"].values():
         acc = RDPAccountant()

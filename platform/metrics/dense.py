@@ -1,0 +1,167 @@
+"""Meters of the dense tasks: detection (boxes), segmentation (masks), pose (keypoints) and the
+pixel tasks (restoration, next frame).
+
+See :mod:`veilfed.metrics.meter` for what a meter keeps and computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from veilfed.data.schema import OBJECT_CLASSES
+from veilfed.errors import UsageError
+from veilfed.metrics import functional as M
+from veilfed.metrics.meter import TASK_METRICS, Resampler, TaskMetric, better, finite
+
+
+@TASK_METRICS.register("detection")
+class DetectionMetric(TaskMetric):
+    """mAP@0.5 with every frame an image; output dict, see the package docstring. Kept per clip
+    (``[B, T, N, ...]``), flattened to images at compute."""
+
+    task, target_keys = "detection", ("boxes", "box_classes")
+    primary = "map50"
+    higher_is_better = better("map50")
+
+    def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
+        if not isinstance(output, dict) or "boxes" not in output:
+            raise UsageError(
+                "metrics for task 'detection': expected a dict with 'boxes' and "
+                "'logits' (or 'scores' and 'classes')"
+            )
+        boxes = output["boxes"]
+        if "logits" in output:
+            logits = output["logits"]
+            if logits.shape[-1] != len(OBJECT_CLASSES) + 1:
+                raise UsageError(
+                    f"metrics for task 'detection': logits need "
+                    f"{len(OBJECT_CLASSES) + 1} classes (last = no object), got "
+                    f"{logits.shape[-1]}"
+                )
+            scores, classes = logits.float().softmax(-1)[..., :-1].max(-1)
+        else:
+            scores, classes = output["scores"], output["classes"]
+        b, t = boxes.shape[:2]
+        self._keep(
+            pred_boxes=boxes.float().reshape(b, t, -1, 4),
+            pred_scores=scores.float().reshape(b, t, -1),
+            pred_classes=classes.long().reshape(b, t, -1),
+            gt_boxes=targets["boxes"].float().reshape(b, t, -1, 4),
+            gt_classes=targets["box_classes"].long().reshape(b, t, -1),
+        )
+
+    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"map50": M.detection_map50(**_images(parts))}
+
+    def resampler(self) -> Resampler:
+        """Greedy matching is per image, so it runs once; a resample only reweights images."""
+        parts = self.parts()
+        frames = parts["gt_classes"].shape[1]
+        matches = M.detection_matches(**_images(parts))
+
+        def at(idx: torch.Tensor) -> dict[str, float]:
+            per_clip = np.bincount(idx.numpy(), minlength=len(parts["gt_classes"]))
+            return finite({"map50": M.map50_of_matches(matches, np.repeat(per_clip, frames))})
+
+        return at
+
+
+def _images(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``[B, T, ...]`` detection parts -> ``[B * T, ...]`` (every frame an image)."""
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in parts.items()}
+
+
+@TASK_METRICS.register("segmentation")
+class SegmentationMetric(TaskMetric):
+    """mIoU and pixel accuracy; logits are upsampled to the label resolution first."""
+
+    task, target_keys = "segmentation", ("segmentation",)
+    num_classes = len(OBJECT_CLASSES) + 1
+    primary = "miou"
+    higher_is_better = better("miou", "pixel_accuracy")
+
+    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        gt = targets["segmentation"]
+        if output.is_floating_point():
+            b, t, c, h, w = output.shape
+            logits = output.reshape(b * t, c, h, w).float()
+            if (h, w) != tuple(gt.shape[-2:]):
+                logits = F.interpolate(
+                    logits, size=gt.shape[-2:], mode="bilinear", align_corners=False
+                )
+            pred = logits.argmax(1).reshape(gt.shape)
+        else:
+            pred = output
+        conf = [M.confusion_matrix(p, g, self.num_classes) for p, g in zip(pred, gt, strict=True)]
+        self._keep(conf=torch.stack(conf))
+
+    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        conf = parts["conf"].sum(0)
+        return {
+            "miou": M.miou_from_confusion(conf),
+            "pixel_accuracy": float(conf.diag().sum() / conf.sum().clamp_min(1)),
+        }
+
+
+@TASK_METRICS.register("pose")
+class PoseMetric(TaskMetric):
+    """PCK at 0.05 and 0.1 of the frame side over visible keypoints (``pck_0.05``, ``pck_0.1``;
+    no "@": MLflow metric names allow only letters, digits and _ - . / : and space)."""
+
+    task, target_keys = "pose", ("keypoints", "keypoint_visible")
+    primary = "pck_0.1"
+    higher_is_better = better("pck_0.05", "pck_0.1")
+
+    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        self._keep(
+            pred=output.float(),
+            gt=targets["keypoints"].float(),
+            vis=targets["keypoint_visible"].bool(),
+        )
+
+    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {
+            f"pck_{th}": M.pck(parts["pred"], parts["gt"], parts["vis"], th) for th in (0.05, 0.1)
+        }
+
+
+class _Pixels(TaskMetric):
+    """PSNR/SSIM per frame, summed per clip so no pixels are kept between batches."""
+
+    primary = "psnr"
+    higher_is_better = better("psnr", "ssim")
+
+    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        target = targets[self.target_keys[0]]
+        if output.shape != target.shape:
+            raise UsageError(
+                f"metrics for task {self.task!r}: output {list(output.shape)} != "
+                f"target {list(target.shape)}"
+            )
+        frames = target.shape[1]
+        pairs = list(zip(output, target, strict=True))
+        self._keep(
+            frames=torch.full((len(pairs),), float(frames), dtype=torch.float64),
+            psnr=torch.tensor([M.psnr(o, t) * frames for o, t in pairs], dtype=torch.float64),
+            ssim=torch.tensor([M.ssim(o, t) * frames for o, t in pairs], dtype=torch.float64),
+        )
+
+    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = float(parts["frames"].sum())
+        if n == 0:
+            return {}
+        return {"psnr": float(parts["psnr"].sum()) / n, "ssim": float(parts["ssim"].sum()) / n}
+
+
+@TASK_METRICS.register("restoration")
+class RestorationMetric(_Pixels):
+    task, target_keys = "restoration", ("clean",)
+
+
+@TASK_METRICS.register("next_frame")
+class NextFrameMetric(_Pixels):
+    task, target_keys = "next_frame", ("next_frames",)
