@@ -9,9 +9,10 @@ import pytest
 import torch
 from testkit.fed import make_run, write_config
 
+from veilfed.clients.evaluation import evaluate_round
 from veilfed.clients.inputs import client_inputs
 from veilfed.clients.sample_cache import CACHE, CachedClips, SampleCache, sample_bytes
-from veilfed.clients.trainer import evaluate_round, split_shard, train_round
+from veilfed.clients.trainer import split_shard, train_round
 from veilfed.config import load_config
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.store import EncryptedStore
