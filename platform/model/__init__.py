@@ -6,6 +6,8 @@ Public API (the federated layer uses only these and ``state_dict``)::
     outputs = model(batch)                 # {task: output}; batch from veilfed.data.dataset.collate
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
+    uri = log_model(tracker, model, cfg, "model")  # MLflow PyTorch model (veilfed.model.saved)
+    model = load(uri)                      # rebuilt from its weights and [model] config
     arrays = initial_state(cfg, seed)      # {name: np.ndarray}: the weights seed initialises
     list_registries()                      # {"encoders": [...], "fusions": [...], ...}
 """
@@ -18,6 +20,7 @@ from veilfed.model import encoders, fusion, heads, losses  # noqa: F401  (regist
 from veilfed.model.core import MultiTaskCriterion, MultiTaskModel, create_model
 from veilfed.model.evaluate import evaluate
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+from veilfed.model.saved import load, log_model, read_state
 from veilfed.model.state import initial_state, load_state, numpy_state
 
 
@@ -54,6 +57,9 @@ __all__ = [
     "evaluate",
     "initial_state",
     "list_registries",
+    "load",
     "load_state",
+    "log_model",
     "numpy_state",
+    "read_state",
 ]
