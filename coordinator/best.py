@@ -1,0 +1,96 @@
+"""The coordinator's best round and the models a federated run leaves behind.
+
+:class:`BestRound` folds each round's federated evaluation into a
+:class:`veilfed.selection.Selector` on the run config's ``[train] select_metric`` and keeps the
+global model of the best round: its arrays, or under HE its *encrypted* aggregate (the
+coordinator never holds a plaintext model after round 1, so it keeps the ciphertext and a key
+holder decrypts it: ``veilfed.clients.export``). Its :meth:`BestRound.state` is the checkpoint's
+``best`` entry, so a resumed run keeps its best round and its patience count; ``[train]
+patience`` ends the run early.
+
+:func:`log_models` runs once at the end of a run (``summary.finish``): without HE it logs the
+final and the best global model to the run as MLflow PyTorch models ``model`` and
+``model-best``; under HE it logs none, and the summary's ``model`` entry says ``encrypted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from veilfed.federation.settings import RunSettings
+from veilfed.federation.weights import experiment
+from veilfed.model import saved
+from veilfed.selection import Selector
+
+FINAL_MODEL, BEST_MODEL = "model", "model-best"  # logged model names
+log = logging.getLogger("veilfed.coordinator")
+
+
+class BestRound:
+    """The best round so far by the run's selection metric, and its global model."""
+
+    def __init__(self, settings: RunSettings, state: dict[str, Any] | None) -> None:
+        train = experiment(settings).train
+        self.selector = Selector.from_state(train.select_metric, train.patience, state)
+        self.arrays: dict[str, np.ndarray] | None = (state or {}).get("arrays")
+        self.he_global: bytes | None = (state or {}).get("he_global")
+
+    def update(
+        self,
+        rnd: int,
+        metrics: dict[str, dict[str, float]],
+        arrays: dict[str, np.ndarray],
+        he_global: bytes | None,
+    ) -> bool:
+        """Fold in round ``rnd``'s evaluation of the global model (``arrays``, or under HE the
+        encrypted aggregate ``he_global``; None before the first one: ``arrays`` are the public
+        initial weights). True when it is the new best. The arrays are kept by reference: the
+        round loop replaces the global model, it never writes into it."""
+        improved = self.selector.update(rnd, metrics)
+        if improved:
+            self.arrays, self.he_global = arrays, he_global
+        elif self.should_stop:
+            sel = self.selector
+            log.info(
+                "round %d: %s has not improved on round %s for %d evaluations; stopping early",
+                rnd,
+                sel.metric,
+                sel.best_round,
+                sel.patience,
+            )
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.selector.should_stop
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's ``best`` entry: round, value, patience count and the model."""
+        return {**self.selector.state(), "arrays": self.arrays, "he_global": self.he_global}
+
+
+def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def log_models(settings: RunSettings, ckpt: Any, tracker: Any) -> dict[str, Any]:
+    """The summary's ``model`` entry; logs ``model`` and ``model-best`` unless HE is on."""
+    best = BestRound(settings, ckpt.best)
+    entry: dict[str, Any] = {"final": None, "best": None, **best.selector.entry()}
+    entry["encrypted"] = bool(settings.he.enabled)
+    if settings.he.enabled:
+        return entry
+    model_config = experiment(settings).model
+    entry["final"] = saved.log_model(
+        tracker, tensors(ckpt.arrays), model_config, FINAL_MODEL, step=ckpt.round
+    )
+    best_arrays = best.arrays if best.arrays is not None else ckpt.arrays
+    best_round = best.selector.best_round or ckpt.round
+    entry["best"] = saved.log_model(
+        tracker, tensors(best_arrays), model_config, BEST_MODEL, step=best_round
+    )
+    return entry
