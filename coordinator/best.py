@@ -10,23 +10,27 @@ patience`` ends the run early.
 
 :func:`log_models` runs once at the end of a run (``summary.finish``): without HE it logs the
 final and the best global model to the run as MLflow PyTorch models ``model`` and
-``model-best``; under HE it logs none, and the summary's ``model`` entry says ``encrypted``.
+``model-best``; under HE it logs none, writes the encrypted final and best aggregate into the
+run directory (:func:`write_encrypted`) and the summary's ``model`` entry says ``encrypted``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
+from veilfed.io import write_bytes_atomic, write_text_atomic
 from veilfed.model import saved
 from veilfed.selection import Selector
 
 FINAL_MODEL, BEST_MODEL = "model", "model-best"  # logged model names
+ENCRYPTED_DIR, INDEX_FILE = "model-encrypted", "index.json"  # under HE, in the run directory
 log = logging.getLogger("veilfed.coordinator")
 
 
@@ -73,8 +77,26 @@ class BestRound:
         return {**self.selector.state(), "arrays": self.arrays, "he_global": self.he_global}
 
 
-def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+def write_encrypted(run_dir: str | Path, ckpt: Any, best: BestRound) -> Path:
+    """Under HE: the final and the best encrypted global model for a key holder to export
+    (``veilfed.clients.export``): ``<run>/model-encrypted/{final,best}.he`` (the aggregates'
+    own wire format, no pickle) and ``index.json`` naming each one's round and file (``null``:
+    that model is the public initial weights, no aggregate had been released)."""
+    out = Path(run_dir) / ENCRYPTED_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {}
+    best_round = best.selector.best_round
+    chosen = [
+        ("final", ckpt.round, ckpt.he_global),
+        ("best", best_round or ckpt.round, best.he_global if best_round else ckpt.he_global),
+    ]
+    for which, rnd, blob in chosen:
+        name = f"{which}.he" if blob is not None else None
+        if name is not None:
+            write_bytes_atomic(out / name, bytes(blob))
+        index[which] = {"round": rnd, "file": name}
+    write_text_atomic(out / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return out
 
 
 def log_models(settings: RunSettings, ckpt: Any, tracker: Any) -> dict[str, Any]:
@@ -83,14 +105,13 @@ def log_models(settings: RunSettings, ckpt: Any, tracker: Any) -> dict[str, Any]
     entry: dict[str, Any] = {"final": None, "best": None, **best.selector.entry()}
     entry["encrypted"] = bool(settings.he.enabled)
     if settings.he.enabled:
+        entry["encrypted_dir"] = str(write_encrypted(settings.run_dir, ckpt, best))
         return entry
     model_config = experiment(settings).model
     entry["final"] = saved.log_model(
-        tracker, tensors(ckpt.arrays), model_config, FINAL_MODEL, step=ckpt.round
+        tracker, ckpt.arrays, model_config, FINAL_MODEL, step=ckpt.round
     )
     best_arrays = best.arrays if best.arrays is not None else ckpt.arrays
     best_round = best.selector.best_round or ckpt.round
-    entry["best"] = saved.log_model(
-        tracker, tensors(best_arrays), model_config, BEST_MODEL, step=best_round
-    )
+    entry["best"] = saved.log_model(tracker, best_arrays, model_config, BEST_MODEL, step=best_round)
     return entry

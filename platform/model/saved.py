@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from veilfed import tracking
@@ -50,20 +51,23 @@ def model_table(model_config: Any) -> dict[str, Any]:
     raise TypeError(f"model_config: expected a [model] section, got {type(section).__name__}")
 
 
-def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights of ``model`` (unwrapped from Opacus) as detached CPU tensors."""
-    core = getattr(model, "_module", model)
-    return {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+def cpu_state(model: Any) -> dict[str, torch.Tensor]:
+    """Weights as detached CPU tensors: of a module (unwrapped from Opacus) or of a state
+    ``{name: Tensor | np.ndarray}`` (the arrays form of ``veilfed.model.state``)."""
+    if isinstance(model, torch.nn.Module):
+        state = getattr(model, "_module", model).state_dict()
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+    return {
+        k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else torch.tensor(np.array(v))
+        for k, v in model.items()
+    }
 
 
-def save_dir(
-    path: str | Path, state: dict[str, torch.Tensor] | torch.nn.Module, model_config: Any
-) -> Path:
+def save_dir(path: str | Path, state: Any, model_config: Any) -> Path:
     """Write ``state_dict.pt`` and ``model_config.json`` into ``path`` (created); returns it."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = cpu_state(state) if isinstance(state, torch.nn.Module) else dict(state)
-    torch.save(tensors, out / STATE_FILE)
+    torch.save(cpu_state(state), out / STATE_FILE)
     text = json.dumps(model_table(model_config), indent=1)  # key order: task and head order
     (out / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
     return out
@@ -78,13 +82,13 @@ def build(model_config: Any, state: dict[str, torch.Tensor]) -> MultiTaskModel:
 
 def log_model(
     tracker_or_run_id: Any,
-    model: torch.nn.Module | dict[str, torch.Tensor],
+    model: Any,
     model_config: Any,
     name: str,
     step: int = 0,
 ) -> str:
-    """Log ``model`` (a module or its state dict) built from ``model_config`` to the run as the
-    PyTorch logged model ``name``; returns its ``models:/<id>`` URI.
+    """Log ``model`` (a module, or its state as tensors or arrays) built from ``model_config``
+    to the run as the PyTorch logged model ``name``; returns its ``models:/<id>`` URI.
 
     ``tracker_or_run_id``: a :class:`veilfed.tracking.Tracker`, or a run id in the store
     :func:`veilfed.tracking.tracking_uri` names.
@@ -100,7 +104,7 @@ def log_model(
         run_id = tracker_or_run_id
     else:
         client, run_id = tracker_or_run_id.client, tracker_or_run_id.run_id
-    state = cpu_state(model) if isinstance(model, torch.nn.Module) else dict(model)
+    state = cpu_state(model)
     clean = build(model_config, state)
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(
