@@ -74,6 +74,8 @@ def train_epochs(
     sums: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
         offset = out.stats.steps
+        if train.steps and offset >= train.steps:
+            break
         report = (lambda s, loss, o=offset: on_step(o + s, loss)) if on_step else None
         kwargs = {"steps": min(per_epoch, train.steps - offset)} if train.steps else {"epochs": 1}
         part = train_steps(
