@@ -102,11 +102,23 @@ def global_model(
     blob = message.content[CONFIG_RECORD].get(GLOBAL_KEY)
     if blob is None:
         return {k: a.numpy() for k, a in message.content[ARRAYS_RECORD].items()}, None
-    update = EncryptedUpdate.from_bytes(bytes(blob))
     # A train message of round r carries the aggregate of an earlier round; an evaluate message
     # may carry the one round r itself just produced.
     rnd = int(message.content[CONFIG_RECORD].get(ROUND_KEY, 0))
     before = rnd if message.metadata.message_type == MessageType.TRAIN else rnd + 1
+    return decrypt_global(settings, secret_path, bytes(blob), before, min_contributors)
+
+
+def decrypt_global(
+    settings: RunSettings,
+    secret_path: str,
+    blob: bytes,
+    before: int | None = None,
+    min_contributors: int = 1,
+) -> tuple[dict[str, np.ndarray], Decrypted]:
+    """The global model an encrypted aggregate of this run stands for (of a round before
+    ``before``, when given), as every client decrypts it; ``CheckFailed`` when refused."""
+    update = EncryptedUpdate.from_bytes(blob)
     check_contributors(update.contributors, settings.run_id, before)
     result = decrypt_average(secret_context(secret_path), update, min_clients=min_contributors)
     names, specs = layout(settings)

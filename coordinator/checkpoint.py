@@ -1,7 +1,8 @@
 """Coordinator checkpoint, written atomically after every round so a killed run can resume.
 
 It holds what the coordinator alone knows: the global model (with HE: the initial weights and
-the latest *encrypted* aggregate, never a plaintext model), the strategy's state (FedOpt
+the latest *encrypted* aggregate, never a plaintext model), the best round's model (likewise
+encrypted under HE), the strategy's state (FedOpt
 moments, adaptive clip norm), the exhausted clients and the per-round history that becomes
 MLflow metrics and summary.json. Client accountants live on the nodes (``clients/<id>/``), one
 snapshot per round, so resuming re-runs only the unfinished round.
@@ -43,6 +44,10 @@ class Checkpoint:
     exhausted: dict[str, str] = field(default_factory=dict)
     version: int = VERSION
     he_global: bytes | None = None  # HE: the latest encrypted aggregate (the global model)
+    # The best round so far (``coordinator.best.BestRound.state``): round, value, evaluations
+    # since it, and its global model: ``arrays``, or under HE its encrypted aggregate
+    # ``he_global`` (``arrays`` then the public initial weights when the best is round 0's).
+    best: dict[str, Any] | None = None
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Checkpoint)}

@@ -13,8 +13,10 @@ found and admitted (``admission``). Per round:
    are ``rejected``; the round goes on;
 3. aggregate if at least ``min_fit_clients`` updates were accepted (else keep the model); under
    HE sum the ciphertexts instead (``secure_sum``);
-4. federated evaluation on the clients' held-out shards (``evaluation``);
-5. log to MLflow and store signed reports (``tracking``), write the checkpoint atomically.
+4. federated evaluation on the clients' held-out shards (``evaluation``), folded into the best
+   round by ``[train] select_metric`` (``best``);
+5. log to MLflow and store signed reports (``tracking``), write the checkpoint atomically;
+6. stop early after ``[train] patience`` evaluations without improvement.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from flwr.serverapp import Grid
 from veilfed.coordinator import checkpoint as ckpt_io
 from veilfed.coordinator.admission import Found, admit, discover, reply_info
 from veilfed.coordinator.aggregation import screen_update
+from veilfed.coordinator.best import BestRound
 from veilfed.coordinator.evaluation import evaluate
 from veilfed.coordinator.report_checks import ReportChecks
 from veilfed.coordinator.round_record import RoundLog, weighted
@@ -121,6 +124,7 @@ class Coordinator:
         self.releases = sum(1 for h in self.history if h["aggregated"])
         he_global = ckpt.he_global if ckpt else None
         self.secure = SecureSum(settings, he_global) if settings.he.enabled else None
+        self.best = BestRound(settings, ckpt.best if ckpt else None)
         if ckpt is not None:
             load_strategy_state(self.strategy, ckpt.strategy)
             log.info("resuming after round %d", ckpt.round)
@@ -152,11 +156,14 @@ class Coordinator:
             if all(c in self.exhausted for c in node_of):
                 log.warning("round %d: every client has spent its budget; stopping", rnd)
                 break
+            if self.best.should_stop:
+                break
             start = time.perf_counter()
             rlog = RoundLog(rnd)
             self._train(rnd, node_of, rlog)
             self._evaluate(rnd, node_of, rlog)
             rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.reported}
+            self.best.update(rnd, rlog.eval, self.arrays, self.he_global)
             self._finish_round(rlog, start)
         self.tracking.end(self.round)
 
@@ -321,6 +328,7 @@ class Coordinator:
             clients=self.clients,
             exhausted=self.exhausted,
             he_global=self.he_global,
+            best=self.best.state(),
         )
         ckpt_io.save(self.run_dir, state)
         log.info(

@@ -1,7 +1,8 @@
 """The end of a run: its summary, per-task table and ε plot, and the run marked FINISHED.
 
 :func:`finish` runs once per run, in the ServerApp after its last round, whichever way the run
-was started: it logs ``summary.json``, ``metrics/per_task.md`` and ``plots/epsilon_vs_round.png``
+was started: it logs the final and the best model (``best.log_models``; none under HE),
+``summary.json``, ``metrics/per_task.md`` and ``plots/epsilon_vs_round.png``
 to MLflow, writes ``summary.json`` into the run directory (where ``veilfed simulate`` reads it
 back: :func:`load_summary`) and marks the MLflow run FINISHED. Everything here is data or files;
 the console report is ``veilfed.cli.report``'s.
@@ -17,6 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from veilfed.coordinator import checkpoint
+from veilfed.coordinator.best import log_models
 from veilfed.coordinator.evaluation import MARGIN_CI, SPREAD_PREFIX, VALUE_CI
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.federation.keys import BASELINE_PREFIX, EVAL_PREFIX
@@ -111,6 +113,7 @@ def finish(settings: RunSettings, tracker: Any, wall_s: float) -> dict[str, Any]
     if ckpt is None:
         raise UsageError(f"run {settings.run_id}: no finished round to summarize")
     summary = summary_of(settings, ckpt, wall_s)
+    summary["model"] = log_models(settings, ckpt, tracker)
     tracker.log_json(summary, SUMMARY_FILE)
     tracker.log_text(metrics_table(ckpt.history), "metrics/per_task.md")
     figure = epsilon_plot(ckpt.history)

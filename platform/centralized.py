@@ -15,7 +15,6 @@ figures themselves: they are diagnostics of the run, not part of the private rel
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,30 +28,45 @@ from torch.utils.data import DataLoader
 from veilfed import tracking
 from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate
+from veilfed.epochs import EpochRun, OnEpoch, metric_name, train_epochs
 from veilfed.metrics import fit_baselines
-from veilfed.model import create_model, score
+from veilfed.model import create_model, saved, score
 from veilfed.model.init import freeze, init_from, read_weights
 from veilfed.privacy.calibration import noise_for
-from veilfed.schedule import schedule_for
-from veilfed.train import CachedDataset, build_optimizer, make_private, train_collate, train_steps
+from veilfed.train import CachedDataset, build_optimizer, make_private, train_collate
 
 CLIENT_ID = "centralized"
+FINAL_MODEL, BEST_MODEL = "model", "model-best"  # logged model names (summary ``model`` entry)
+
+
+VAL_SEED_OFFSET = 2_000_006  # validation world: a third seed, neither training's nor the test's
+TEST_SEED_OFFSET = 1_000_003
 
 
 def loaders(cfg: Any) -> tuple[Any, Any]:
+    """The training loader and the held-out test loader (a world seed training never saw)."""
     w = cfg.world
     train_world = w.world_config()
-    eval_world = w.world_config(seed=w.seed + 1_000_003)  # disjoint clips, same distribution
     augment = build_augmentations(cfg.train.augmentations) if cfg.train.augmentations else None
     train_ds = CachedDataset(
         ClipDataset(MemorySource.world(train_world, w.clips), train_world), augment
     )
-    eval_ds = CachedDataset(ClipDataset(MemorySource.world(eval_world, w.eval_clips), eval_world))
     train = DataLoader(
         train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=train_collate
     )
-    evals = DataLoader(eval_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
-    return train, evals
+    return train, held_out_loader(cfg, w.seed + TEST_SEED_OFFSET, w.eval_clips)
+
+
+def held_out_loader(cfg: Any, seed: int, clips: int) -> DataLoader:
+    """``clips`` clips of the config's world under ``seed`` (same distribution, disjoint clips)."""
+    world = cfg.world.world_config(seed=seed)
+    ds = CachedDataset(ClipDataset(MemorySource.world(world, clips), world))
+    return DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=collate)
+
+
+def val_loader(cfg: Any) -> DataLoader:
+    """``[world] val_clips`` validation clips of a third seed: selection never sees the test."""
+    return held_out_loader(cfg, cfg.world.seed + VAL_SEED_OFFSET, cfg.world.val_clips)
 
 
 def run(
@@ -60,14 +74,21 @@ def run(
     on_step: Callable[[int, int, float], None] | None = None,
     phase: Callable[[str], AbstractContextManager[Any]] = lambda _: nullcontext(),
     init: str | Path | None = None,
+    on_epoch: OnEpoch | None = None,
+    tags: dict[str, str] | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``cfg``; returns the run summary (docs/contracts.md).
 
     ``on_step(step, total, loss)`` follows training; ``phase(name)`` wraps the slow phases
-    ("synthesizing the world", "evaluating") so a console can show them. ``init`` names a local
-    weights file the model starts from (:func:`veilfed.model.init.read_weights`; the summary's
-    ``init_from`` says what loaded); ``[model] freeze`` is applied before the optimizer and
-    Opacus see the model.
+    ("synthesizing the world", "validating", "evaluating") so a console can show them;
+    ``on_epoch(epoch, val_metrics)`` sees each epoch's validation metrics and stops training by
+    returning True (``veilfed.epochs``). ``init`` names a local weights file or a saved model the
+    model starts from (:func:`veilfed.model.init.read_weights`; the summary's ``init_from`` says
+    what loaded); ``[model] freeze`` is applied before the optimizer and Opacus see the model.
+    The final and the best epoch's model are logged to MLflow (``model``, ``model-best``) and
+    named in the summary's ``model`` entry. ``tags`` and ``run_name`` go to the MLflow run (a
+    tuner's trials are child runs: ``mlflow.parentRunId``).
     """
 
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -78,6 +99,7 @@ def run(
     start = time.perf_counter()
     with phase("synthesizing the world"):
         train_loader, eval_loader = loaders(cfg)
+        validation = val_loader(cfg)
     model = create_model(cfg)
     loaded = None
     if init is not None:
@@ -111,21 +133,17 @@ def run(
         "world": vars(cfg.world),
     }
     tracker = tracking.start_run(
-        cfg.tracking.experiment or cfg.name, params=params, run_name=f"train-{cfg.name}"
+        cfg.tracking.experiment or cfg.name,
+        params=params,
+        run_name=run_name or f"train-{cfg.name}",
+        tags=tags,
     )
     with tracker.failing_on_error():
-        kwargs = {"steps": t.steps} if t.steps else {"epochs": t.epochs}
         report = (lambda step, loss: on_step(step, total, loss)) if on_step else None
-        stats = train_steps(
-            model,
-            train_loader,
-            optimizer,
-            privacy=privacy,
-            on_step=report,
-            lr=schedule_for(t, total),
-            clip_grad_norm=t.clip_grad_norm,
-            **kwargs,
+        trained = train_epochs(
+            model, train_loader, validation, optimizer, t, tracker, privacy, report, on_epoch, phase
         )
+        stats = trained.stats
         with phase("evaluating"):
             scores = score(model, eval_loader, baselines, seed=t.seed)
         logged = score_metrics(scores.to_summary())
@@ -149,7 +167,7 @@ def run(
                 "accountant": p.accountant,
                 "rounds": 1,
             }
-        epochs_done = math.ceil(stats.steps / max(steps_per_epoch, 1))
+        epochs_done = trained.epochs
         tracker.log_metrics(logged, step=epochs_done)
         summary = {
             "run_id": tracker.run_id,
@@ -166,6 +184,7 @@ def run(
                 "max_abs_error": 0.0,
             },
         }
+        summary["model"] = log_models(tracker, model, trained, cfg)
         if loaded is not None:
             summary["init_from"] = loaded.as_dict()
         tracker.log_json(summary, "summary.json")
@@ -188,17 +207,23 @@ def score_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """MLflow metrics of the summary's scores: ``eval/``, ``baseline/`` and ``margin/`` per
     ``<task>/<metric>``."""
     out = {
-        f"eval/{task}/{_mlflow_name(k)}": v
+        f"eval/{task}/{metric_name(k)}": v
         for task, m in summary["metrics"].items()
         for k, v in m.items()
     }
     for task, m in summary.get("baselines", {}).items():
-        out |= {f"baseline/{task}/{_mlflow_name(k)}": v for k, v in m.items()}
+        out |= {f"baseline/{task}/{metric_name(k)}": v for k, v in m.items()}
     for task, m in summary.get("margins", {}).items():
-        out |= {f"margin/{task}/{_mlflow_name(k)}": e["margin"] for k, e in m.items()}
+        out |= {f"margin/{task}/{metric_name(k)}": e["margin"] for k, e in m.items()}
     return out
 
 
-def _mlflow_name(metric: str) -> str:
-    """MLflow metric names allow no '@' (e.g. ``pck@0.1`` -> ``pck_at_0.1``)."""
-    return metric.replace("@", "_at_")
+def log_models(tracker: Any, model: Any, trained: EpochRun, cfg: Any) -> dict[str, Any]:
+    """Log the final and the best epoch's model; the summary's ``model`` entry (epochs are its
+    rounds: ``best_round`` is the best epoch)."""
+    final = saved.log_model(tracker, model, cfg, FINAL_MODEL, step=trained.epochs)
+    best_epoch = trained.selector.best_round or trained.epochs
+    best = saved.log_model(tracker, trained.best_state, cfg, BEST_MODEL, step=best_epoch)
+    entry = {"final": final, "best": best, **trained.selector.entry()}
+    entry["stopped_early"] = trained.stopped_early
+    return entry

@@ -26,6 +26,7 @@ from veilfed.errors import UsageError
 from veilfed.federation.sections import FederatedConfig, HEConfig
 from veilfed.privacy.canary import CanarySettings
 from veilfed.privacy.targets import check_dp_target
+from veilfed.selection import check_select_metric
 from veilfed.tables import build
 
 ACCOUNTANTS = ("rdp", "prv")  # rigorous bounds; Opacus' gdp is a CLT approximation
@@ -37,6 +38,7 @@ class WorldSection:
 
     clips: int = 64
     eval_clips: int = 16
+    val_clips: int = 32  # `veilfed train`'s validation clips (best epoch, early stopping)
     frames: int = schema.DEFAULT_FRAMES
     size: int = schema.DEFAULT_SIZE
     fps: int = schema.DEFAULT_FPS
@@ -106,6 +108,8 @@ class TrainSection:
     warmup_fraction: float = 0.0  # share of the run's steps warming up (onecycle: 0 -> 0.3)
     min_lr: float = 0.0  # where cosine and onecycle end
     clip_grad_norm: float = 0.0  # > 0: clip the batch gradient's total norm (non-private only)
+    select_metric: str = "loss"  # veilfed.selection: "loss" or "<task>/<metric>", held out
+    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
 
 
 @dataclass
@@ -247,7 +251,12 @@ def validate(cfg: ExperimentConfig) -> None:
             f"model.fusion: {m.fusion!r} needs the {', '.join(missing)} encoder; "
             f"set model.encoders.{missing[0]}"
         )
-    for section, key in (("train", "batch_size"), ("train", "epochs"), ("world", "clips")):
+    for section, key in (
+        ("train", "batch_size"),
+        ("train", "epochs"),
+        ("world", "clips"),
+        ("world", "val_clips"),
+    ):
         if getattr(getattr(cfg, section), key) < 1:
             raise UsageError(f"{section}.{key}: must be >= 1")
     if cfg.world.frames % 2 or cfg.world.size % 8:
@@ -259,7 +268,12 @@ def validate(cfg: ExperimentConfig) -> None:
     check_optimizer(cfg.train)
     check_schedule(cfg.train)
     check_freeze(m.freeze)
-    for section, key in (("world", "seed"), ("train", "seed")):
+    check_select_metric(cfg.train.select_metric, m.tasks)
+    for section, key in (
+        ("world", "seed"),
+        ("train", "seed"),
+        ("train", "patience"),
+    ):
         if getattr(getattr(cfg, section), key) < 0:
             raise UsageError(f"{section}.{key}: must be >= 0")
     _validate_privacy(cfg.privacy)

@@ -30,7 +30,7 @@ from typing import Any
 
 import optuna
 
-from veilfed import centralized, tracking
+from veilfed import centralized, selection, tracking
 from veilfed.config import ExperimentConfig, parse_config
 from veilfed.errors import UsageError
 from veilfed.model.losses import dp_refusal
@@ -102,11 +102,8 @@ SPACE = suggest  # the search space is the code of :func:`suggest`, documented t
 
 
 def direction(metric: str) -> str:
-    """"minimize" for "loss" and lower-is-better metrics, else "maximize"."""
-    if metric == "loss":
-        return "minimize"
-    task, _, name = metric.partition("/")
-    return "maximize" if higher_is_better(task, name) else "minimize"
+    """Optuna's direction for ``[train] select_metric`` ``metric``."""
+    return "maximize" if selection.higher_is_better(metric) else "minimize"
 
 
 def apply(cfg: ExperimentConfig, overrides: dict[str, dict[str, Any]], source: str) -> Any:
@@ -145,7 +142,10 @@ def tune(
         overrides = suggest(trial, cfg)
         trial_cfg = apply(cfg, overrides, source)
 
-        def on_epoch(epoch: int, value: float) -> bool:
+        def on_epoch(epoch: int, val: dict[str, dict[str, float]]) -> bool:
+            value = selection.metric_value(metric, val)
+            if value is None or not math.isfinite(value):
+                return False
             trial.report(value, epoch)
             return trial.should_prune()
 

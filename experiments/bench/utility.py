@@ -57,10 +57,24 @@ PRETRAIN_SEED_OFFSET = 500  # the public pretraining world: another seed, same d
 def sizes(quick: bool) -> dict[str, int]:
     """World and run sizes; each client holds ``per_client`` clips (a quarter held out)."""
     if quick:
-        return {"clients": 8, "per_client": 96, "test": 128, "frames": 8, "size": 32,
-                "rounds": 6, "epochs": 6}
-    return {"clients": 8, "per_client": 256, "test": 256, "frames": 16, "size": 64,
-            "rounds": 12, "epochs": 12}
+        return {
+            "clients": 8,
+            "per_client": 96,
+            "test": 128,
+            "frames": 8,
+            "size": 32,
+            "rounds": 6,
+            "epochs": 6,
+        }
+    return {
+        "clients": 8,
+        "per_client": 256,
+        "test": 256,
+        "frames": 16,
+        "size": 64,
+        "rounds": 12,
+        "epochs": 12,
+    }
 
 
 def config_text(base: Path, s: dict[str, int], seed: int) -> str:
@@ -71,12 +85,22 @@ def config_text(base: Path, s: dict[str, int], seed: int) -> str:
 
     table = tomllib.loads(base.read_text())
     world = table.setdefault("world", {})
-    world.update(clips=s["clients"] * s["per_client"], eval_clips=s["test"],
-                 frames=s["frames"], size=s["size"], seed=seed)
+    world.update(
+        clips=s["clients"] * s["per_client"],
+        eval_clips=s["test"],
+        frames=s["frames"],
+        size=s["size"],
+        seed=seed,
+    )
     table.setdefault("train", {})["epochs"] = s["epochs"]
     fed = table.setdefault("federated", {})
-    fed.update(clients=s["clients"], rounds=s["rounds"], fraction=1.0, fraction_evaluate=1.0,
-               min_fit_clients=s["clients"] // 2)
+    fed.update(
+        clients=s["clients"],
+        rounds=s["rounds"],
+        fraction=1.0,
+        fraction_evaluate=1.0,
+        min_fit_clients=s["clients"] // 2,
+    )
     table.setdefault("privacy", {})["enabled"] = False
     table.setdefault("tracking", {})["experiment"] = "bench-utility"
     return tomli_w.dumps(table)
@@ -135,8 +159,7 @@ def run_setting(name: str, work: Path, config: Path, s: dict[str, int], pretrain
     if name == "federated_dirichlet":
         dirichlet = config.with_name("dirichlet.toml")
         dirichlet.write_text(
-            config.read_text().replace('partition = "iid"', 'partition = "dirichlet"')
-            + ""
+            config.read_text().replace('partition = "iid"', 'partition = "dirichlet"') + ""
         )
         args = ["simulate", "--config", str(dirichlet)]
     if "dp_eps" in name:

@@ -1,4 +1,5 @@
-"""``veilfed node start``: a SuperNode with the veilfed ClientApp on its encrypted shard."""
+"""``veilfed node start``: a SuperNode with the veilfed ClientApp on its encrypted shard;
+``veilfed node export-model``: a key holder decrypts an HE run's model and logs it."""
 
 from __future__ import annotations
 
@@ -93,3 +94,37 @@ def start_cmd(
         connect_tries=max(1, connect_tries),
     )
     raise typer.Exit(start(opts))
+
+
+@app.command("export-model")
+@handle_errors
+def export_model_cmd(
+    run_dir: Path = typer.Option(
+        ...,
+        "--run-dir",
+        help="The HE run's directory, or a copy of its settings.json and model-encrypted/.",
+    ),
+    he_context: Path = typer.Option(
+        ..., "--he-context", help="The clients' CKKS secret context (he keygen's secret.ctx)."
+    ),
+    he_min_contributors: int = typer.Option(
+        3,
+        "--he-min-contributors",
+        min=1,
+        help="Refuse to decrypt an aggregate of fewer distinct clients (as in every round).",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow store to log to (default: the run's own)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the model URIs as JSON."),
+) -> None:
+    """Decrypt an HE run's final and best model as a key holder; log them to its MLflow run."""
+    from veilfed.cli.common import print_json
+    from veilfed.clients.export import export_model
+
+    uris = export_model(run_dir, he_context, he_min_contributors, tracking_uri)
+    if as_json:
+        print_json(uris)
+    else:
+        for which in ("final", "best"):
+            typer.echo(f"{which} model: {uris[which]}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -111,7 +112,33 @@ def simulate(
         )
     with tracker.failing_on_error():
         summary = engine.run_engine(settings, ray_address)
+    if settings.he.enabled:
+        summary["model"] |= export_as_first_client(settings)
     emit_summary(summary, summary_json, force, json_out, print_report)
+    if not json_out:
+        print_models(summary.get("model") or {})
+
+
+def export_as_first_client(settings: Any) -> dict[str, Any]:
+    """Under HE the coordinator logged no plaintext model: the first client, a key holder,
+    decrypts the final and best aggregate and logs them (``veilfed.clients.export``). In a
+    simulation every party is this machine, so the step runs here, after the run; on real
+    nodes a key holder runs ``veilfed node export-model``."""
+    from veilfed.clients.export import export_model
+    from veilfed.data.partition import client_name
+
+    uris = export_model(settings.run_dir, settings.he.secret_path)
+    return {**uris, "exported_by": client_name(0)}
+
+
+def print_models(entry: dict[str, Any]) -> None:
+    """One line per logged model: ``final model: URI`` and ``best model: URI (round N, ...)``."""
+    if entry.get("final"):
+        typer.echo(f"final model: {entry['final']}")
+    if entry.get("best"):
+        value = entry.get("best_value")
+        how = f"{entry.get('select_metric')} = {value:.4g}" if value is not None else "no score"
+        typer.echo(f"best model: {entry['best']} (round {entry.get('best_round')}, {how})")
 
 
 def check_ray_address(address: str) -> None:

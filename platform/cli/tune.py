@@ -42,7 +42,9 @@ def tune_cmd(
         value = "" if t.value is None else f"{t.value:.4g}"
         console.print(f"trial {t.number}: {t.state} {value} {t.params}")
 
-    result = tune(cfg, trials, source=str(config), seed=seed, timeout_s=timeout_s, on_trial=on_trial)
+    result = tune(
+        cfg, trials, source=str(config), seed=seed, timeout_s=timeout_s, on_trial=on_trial
+    )
     text = f"# tuned by `veilfed tune` (MLflow run {result.run_id})\n"
     text += tomli_w.dumps(toml_table(result.best_table))
     write_text_atomic(out, text, overwrite=force, flag="--out")

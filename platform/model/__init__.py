@@ -7,6 +7,8 @@ Public API (the federated layer uses only these and ``state_dict``)::
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
     scores = score(model, loader, fit_baselines(model.tasks, train_loader))  # + baselines, margins
+    uri = log_model(tracker, model, cfg, "model")  # MLflow PyTorch model (veilfed.model.saved)
+    model = load(uri)                      # rebuilt from its weights and [model] config
     arrays = initial_state(cfg, seed)      # {name: np.ndarray}: the weights seed initialises
     list_registries()                      # {"encoders": [...], "fusions": [...], ...}
 """
@@ -19,6 +21,7 @@ from veilfed.model import encoders, fusion, heads, losses  # noqa: F401  (regist
 from veilfed.model.core import MultiTaskCriterion, MultiTaskModel, create_model
 from veilfed.model.evaluate import Scores, evaluate, score
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+from veilfed.model.saved import load, log_model, read_state
 from veilfed.model.state import initial_state, load_state, numpy_state
 
 
@@ -56,7 +59,10 @@ __all__ = [
     "evaluate",
     "initial_state",
     "list_registries",
+    "load",
     "load_state",
+    "log_model",
     "numpy_state",
     "score",
+    "read_state",
 ]

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from veilfed.errors import UsageError
+from veilfed.model import saved
 
 # The top-level modules of MultiTaskModel, in the order it builds them.
 TOP_LEVEL = ("encoders", "fusion", "head_sets", "weighting")
@@ -84,22 +85,29 @@ def map_torchvision_r2plus1d(state: Mapping[str, torch.Tensor]) -> tuple[dict, l
     return mapped, dropped
 
 
+def is_saved_model(source: str | Path) -> bool:
+    """An MLflow model URI (``models:/...``, ``runs:/...``) or a saved model's directory."""
+    return ":/" in str(source) or Path(source).is_dir()
+
+
 def local_source(source: str | Path) -> Path:
-    """``source`` as a local weights file. Anything else (an MLflow URI such as ``runs:/...`` or
-    ``models:/...``, a missing path) is a one-line UsageError: MLflow URIs are read by
-    ``veilfed.model.saved``, which the caller tries first."""
+    """``source`` as a local weights file; a missing path is a one-line UsageError."""
     path = Path(source)
     if not path.is_file():
         raise UsageError(
-            f"--init-from {source}: not a local weights file; MLflow URIs are read by "
-            "veilfed.model.saved"
+            f"--init-from {source}: no such weights file, saved-model directory or MLflow model "
+            "URI (models:/<id>, runs:/<run id>/model)"
         )
     return path
 
 
 def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(state dict in veilfed's names, source keys dropped by the mapping) from a local file
-    (:func:`local_source`)."""
+    """(state dict in veilfed's names, source keys dropped by the mapping) from a saved model
+    (MLflow URI or directory: :func:`veilfed.model.saved.read_state`) or a local weights file
+    (a veilfed state dict, or torchvision's r2plus1d_18 mapped by
+    :func:`map_torchvision_r2plus1d`)."""
+    if is_saved_model(source):
+        return saved.read_state(str(source)), []
     path = local_source(source)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

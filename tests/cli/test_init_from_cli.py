@@ -55,5 +55,5 @@ def test_a_source_that_is_not_a_local_file_is_one_line(tmp_path: Path, command: 
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1
-    assert "not a local weights file; MLflow URIs are read by veilfed.model.saved" in lines[0]
+    assert "runs:/0123/model" in lines[0]
     assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run

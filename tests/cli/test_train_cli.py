@@ -109,7 +109,7 @@ def test_train_uses_the_configured_optimizer_and_dwa(tmp_path: Path, monkeypatch
     weighting sees every epoch: DWA has moved the task weights after two epochs."""
     import torch
 
-    from veilfed import centralized
+    from veilfed import epochs
     from veilfed import train as loop
     from veilfed.centralized import run as train_run
     from veilfed.config import load_config
@@ -131,7 +131,7 @@ def test_train_uses_the_configured_optimizer_and_dwa(tmp_path: Path, monkeypatch
         seen["weights"] = loop.unwrap(model).weighting.current_weights()
         return stats
 
-    monkeypatch.setattr(centralized, "train_steps", spy)
+    monkeypatch.setattr(epochs, "train_steps", spy)  # the epoch loop calls the one loop
     summary = train_run(load_config(path))
     assert isinstance(seen["optimizer"], torch.optim.AdamW)
     assert seen["optimizer"].param_groups[0]["weight_decay"] == 0.25

@@ -101,6 +101,6 @@ def test_a_run_starts_from_init_weights(tmp_path):
     start = initial_arrays(settings)
     assert all(np.array_equal(start[k], v) for k, v in numpy_state(source).items())
     runs = tmp_path / "runs3"
-    with pytest.raises(UsageError, match="not a local weights file; MLflow URIs are read by"):
+    with pytest.raises(UsageError, match="runs:/abc/model"):
         prepare(path, {}, None, None, None, None, runs, init="runs:/abc/model")
     assert not runs.exists()

@@ -58,6 +58,17 @@ def test_encrypted_simulation_matches_plaintext_on_ray(tmp_path, monkeypatch):
     he_flat = decrypt_average(secret, checkpoint.load(he["run_dir"]).he_global).average
     plain_flat, _ = flatten(list(checkpoint.load(plain["run_dir"]).arrays.values()))
     assert np.max(np.abs(he_flat - plain_flat)) < TOLERANCE
+    # no plaintext model from the coordinator; the first client exported the one it decrypts
+    from veilfed.coordinator.summary import load_summary
+    from veilfed.model import load, numpy_state
+
+    assert load_summary(he["run_dir"])["model"]["final"] is None
+    model = he["model"]
+    assert model["encrypted"] is True and model["exported_by"] == "client-0000"
+    exported = numpy_state(load(model["final"]))
+    flat, _ = flatten([exported[k] for k in exported])
+    assert np.max(np.abs(flat - he_flat)) < 1e-6
+    assert f"final model: {model['final']}" in he["output"]
     assert he["clients"].keys() == plain["clients"].keys()
     for cid, c in he["clients"].items():
         assert c["epsilon"] == pytest.approx(plain["clients"][cid]["epsilon"], rel=1e-12)

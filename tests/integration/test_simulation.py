@@ -40,6 +40,19 @@ def test_simulation_on_ray_writes_summary_and_mlflow_run(tmp_path, monkeypatch):
     run = MlflowClient(tracking_uri=summary["tracking_uri"]).get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert "privacy/eps_max" in run.data.metrics and "eval/action/accuracy" in run.data.metrics
+    # the run left its final and best global model in MLflow, and they load back
+    import numpy as np
+
+    from veilfed.coordinator import checkpoint
+    from veilfed.model import load, numpy_state
+
+    model = summary["model"]
+    assert model["encrypted"] is False and model["best_round"] in (1, 2)
+    assert f"final model: {model['final']}" in result.output
+    final = numpy_state(load(model["final"]))
+    for k, v in checkpoint.load(summary["run_dir"]).arrays.items():
+        np.testing.assert_array_equal(final[k], v)
+    assert set(numpy_state(load(model["best"]))) == set(final)
     # Training wrote a store, run state, checkpoints, MLflow rows and artifacts: no MP4 box and no
     # raw frames in any of them (video is plaintext only in client memory).
     from veilfed.data.scan import scan

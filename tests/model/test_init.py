@@ -86,8 +86,10 @@ def test_init_from_refuses_what_does_not_fit(tmp_path: Path) -> None:
     model = create_model(tiny(tasks={"action": 1.0}))
     with pytest.raises(UsageError, match="no tensor matches the model in name and shape"):
         init_from(model, *read_weights(path)[:1], source=str(path))
-    with pytest.raises(UsageError, match="not a local weights file; MLflow URIs are read by"):
+    with pytest.raises(UsageError, match="models:/veilfed/3"):
         read_weights("models:/veilfed/3")
+    with pytest.raises(UsageError, match="no such weights file"):
+        read_weights(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a tensor file")
     with pytest.raises(UsageError, match="not a torch state dict"):
