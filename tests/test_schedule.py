@@ -155,7 +155,7 @@ def test_schedule_fields_load(tmp_path: Path) -> None:
 
 def test_centralized_training_follows_the_schedule(monkeypatch) -> None:
     """`veilfed train`'s loop steps through the schedule over its whole run (here 3 steps)."""
-    from veilfed import centralized
+    from veilfed import centralized, epochs
     from veilfed import train as loop
 
     tiny_toml = Path(__file__).resolve().parents[1] / "experiments" / "tiny.toml"
@@ -163,14 +163,15 @@ def test_centralized_training_follows_the_schedule(monkeypatch) -> None:
         tiny_toml,
         {"train": {"schedule": "cosine", "min_lr": 0.0003}, "privacy": {"enabled": False}},
     )
-    seen = {}
+    lrs: list[float] = []
     real = loop.train_steps
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen["stats"] = real(*args, **kwargs)
-        return seen["stats"]
+        stats = real(*args, **kwargs)
+        lrs.extend(stats.lrs)  # one call per epoch
+        return stats
 
-    monkeypatch.setattr(centralized, "train_steps", spy)
+    monkeypatch.setattr(epochs, "train_steps", spy)
     centralized.run(cfg)
-    assert seen["stats"].lrs == pytest.approx([lr_at(cfg.train, i, 3) for i in range(3)])
-    assert seen["stats"].lrs[0] == pytest.approx(0.003) and seen["stats"].lrs[-1] == 0.0003
+    assert lrs == pytest.approx([lr_at(cfg.train, i, 3) for i in range(3)])
+    assert lrs[0] == pytest.approx(0.003) and lrs[-1] == 0.0003

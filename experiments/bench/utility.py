@@ -77,7 +77,7 @@ def sizes(quick: bool) -> dict[str, int]:
     }
 
 
-def config_text(base: Path, s: dict[str, int], seed: int) -> str:
+def config_text(base: Path, s: dict[str, int], seed: int, partition: str = "iid") -> str:
     """The bench config: ``base`` (experiments/utility.toml) resized to ``s``."""
     import tomllib
 
@@ -126,15 +126,15 @@ def veilfed(work: Path, args: list[str]) -> dict[str, Any]:
 def score_model(work: Path, uri: str, config: Path) -> dict[str, dict[str, Any]]:
     """``uri`` scored on the config's held-out clips against baselines of its training labels."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    from veilfed.centralized import loaders
+    from veilfed.centralized import baseline_batches, loaders
     from veilfed.config import load_config
-    from veilfed.metrics.baselines import fit_baselines
+    from veilfed.metrics import fit_baselines
     from veilfed.model import load, score
 
     cfg = load_config(config)
     train, test = loaders(cfg)
     model = load(uri)
-    baselines = fit_baselines(cfg.model.tasks, train)
+    baselines = fit_baselines(model.tasks, baseline_batches(train))
     scores = score(model, test, baselines, bootstrap=1000, seed=0)
     out = {}
     for task, metric in scores.primary.items():
@@ -200,8 +200,9 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-utility-") as tmp:
         work = Path(tmp)
-        config = work / "utility.toml"
-        config.write_text(config_text(base, s, args.seed))
+        configs = {p: work / f"utility-{p}.toml" for p in ("iid", "dirichlet")}
+        for partition, path in configs.items():
+            path.write_text(config_text(base, s, args.seed, partition))
         pretrained = ""
         if any(c.startswith("pretrained_") for c in chosen):
             public = work / "public.toml"
@@ -209,8 +210,8 @@ def main() -> None:
             pretrained = veilfed(work, ["train", "--config", str(public)])["model"]["final"]
         for name in chosen:
             start = time.perf_counter()
-            uri = run_setting(name, work, config, s, pretrained)
-            results[name] = score_model(work, uri, config)
+            uri = run_setting(name, work, configs, s, pretrained)
+            results[name] = score_model(work, uri, configs["iid"])
             row = {"setting": name, "wall_s": round(time.perf_counter() - start, 1)}
             print(json.dumps(row | {"tasks": results[name]}), flush=True)
     r = ratios(results)

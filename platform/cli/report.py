@@ -132,3 +132,14 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
 def print_report(summary: dict[str, Any]) -> None:
     for line in report_lines(summary):
         typer.echo(line)
+
+
+def print_models(entry: dict[str, Any], unit: str) -> None:
+    """One line per logged model: ``final model: URI`` and ``best model: URI (<unit> N, ...)``
+    (``unit``: "round" for a federated run, "epoch" for ``veilfed train``)."""
+    if entry.get("final"):
+        typer.echo(f"final model: {entry['final']}")
+    if entry.get("best"):
+        value = entry.get("best_value")
+        how = f"{entry.get('select_metric')} = {value:.4g}" if value is not None else "no score"
+        typer.echo(f"best model: {entry['best']} ({unit} {entry.get('best_round')}, {how})")

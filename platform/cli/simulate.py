@@ -67,7 +67,7 @@ def simulate(
         check_new_output(summary_json, force, "--summary-json", inputs)
     if ray_address:
         check_ray_address(ray_address)
-    from veilfed.cli.report import print_report
+    from veilfed.cli.report import print_models, print_report
     from veilfed.coordinator import prepare as lifecycle
     from veilfed.launch import simulation as engine
 
@@ -116,7 +116,7 @@ def simulate(
         summary["model"] |= export_as_first_client(settings)
     emit_summary(summary, summary_json, force, json_out, print_report)
     if not json_out:
-        print_models(summary.get("model") or {})
+        print_models(summary.get("model") or {}, "round")
 
 
 def export_as_first_client(settings: Any) -> dict[str, Any]:
@@ -129,16 +129,6 @@ def export_as_first_client(settings: Any) -> dict[str, Any]:
 
     uris = export_model(settings.run_dir, settings.he.secret_path)
     return {**uris, "exported_by": client_name(0)}
-
-
-def print_models(entry: dict[str, Any]) -> None:
-    """One line per logged model: ``final model: URI`` and ``best model: URI (round N, ...)``."""
-    if entry.get("final"):
-        typer.echo(f"final model: {entry['final']}")
-    if entry.get("best"):
-        value = entry.get("best_value")
-        how = f"{entry.get('select_metric')} = {value:.4g}" if value is not None else "no score"
-        typer.echo(f"best model: {entry['best']} (round {entry.get('best_round')}, {how})")
 
 
 def check_ray_address(address: str) -> None:

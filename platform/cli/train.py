@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from veilfed.cli.common import emit_summary, handle_errors, progress
-from veilfed.cli.report import SCORE_COLUMNS, score_rows
+from veilfed.cli.report import SCORE_COLUMNS, print_models, score_rows
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +37,7 @@ def train_cmd(
     from veilfed.config import load_config
     from veilfed.errors import UsageError
     from veilfed.io import check_new_output
-    from veilfed.model.init import local_source
+    from veilfed.model.init import is_saved_model, local_source
     from veilfed.model.losses import dp_refusal
     from veilfed.privacy.targets import check_delta_for
 
@@ -48,8 +48,8 @@ def train_cmd(
         )
         if why := dp_refusal(cfg.model.loss_weighting):
             raise UsageError(f"{config}: model.{why}")
-    if init_from is not None:
-        local_source(init_from)  # a bad source is one line before anything trains
+    if init_from is not None and not is_saved_model(init_from):
+        local_source(init_from)  # a bad file is one line before anything trains
     if summary_json is not None:
         check_new_output(summary_json, force, "--summary-json", (config,))
     with progress() as bar:
@@ -93,3 +93,4 @@ def print_metrics(summary: dict[str, Any]) -> None:
             f"{c['steps']} steps"
         )
     console.print(f"wall {summary['wall_s']:.1f}s, tracking {summary['tracking_uri']}")
+    print_models(summary.get("model") or {}, "epoch")

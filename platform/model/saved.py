@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import numpy as np
 import torch
 
@@ -147,9 +148,12 @@ def _files(source: str | Path, tmp: str) -> Path:
         if not path.is_dir():
             raise UsageError(f"{text}: no such model directory; {_HINT}")
         return path
-    import mlflow.artifacts
-
     uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(
+            f"{text}: no model in the MLflow store {uri} (no such store: set "
+            f"MLFLOW_TRACKING_URI to the store the model was logged to); {_HINT}"
+        )
     try:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=text, dst_path=tmp, tracking_uri=uri

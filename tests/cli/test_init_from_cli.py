@@ -10,7 +10,7 @@ import torch
 from testkit.fed import write_config
 from typer.testing import CliRunner
 
-from veilfed import centralized
+from veilfed import centralized, epochs
 from veilfed import train as loop
 from veilfed.cli.main import app
 from veilfed.config import load_config
@@ -37,7 +37,7 @@ def test_train_starts_from_the_weights_and_keeps_frozen_modules(tmp_path: Path, 
         seen["state"] = {k: v.clone() for k, v in loop.unwrap(model).state_dict().items()}
         return stats
 
-    monkeypatch.setattr(centralized, "train_steps", spy)
+    monkeypatch.setattr(epochs, "train_steps", spy)
     summary = centralized.run(cfg, init=weights)
     assert summary["init_from"]["loaded"] == len(source) and summary["clients"]
     end = seen["state"]
