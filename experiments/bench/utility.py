@@ -54,8 +54,18 @@ GOALS = {"federated": 0.95, "dp_eps8": 0.9, "pretrained_dp_eps1": 0.9}
 PRETRAIN_SEED_OFFSET = 500  # the public pretraining world: another seed, same distribution
 
 
-def sizes(quick: bool) -> dict[str, int]:
+def sizes(quick: bool, smoke: bool = False) -> dict[str, int]:
     """World and run sizes; each client holds ``per_client`` clips (a quarter held out)."""
+    if smoke:  # seconds per setting: checks the pipeline, its figures mean nothing
+        return {
+            "clients": 2,
+            "per_client": 8,
+            "test": 8,
+            "frames": 4,
+            "size": 32,
+            "rounds": 1,
+            "epochs": 1,
+        }
     if quick:
         return {
             "clients": 8,
@@ -151,17 +161,14 @@ def score_model(work: Path, uri: str, config: Path) -> dict[str, dict[str, Any]]
     return out
 
 
-def run_setting(name: str, work: Path, config: Path, s: dict[str, int], pretrained: str) -> str:
+def run_setting(
+    name: str, work: Path, configs: dict[str, Path], s: dict[str, int], pretrained: str
+) -> str:
     """Train ``name``; return its final model's URI."""
     if name == "centralized":
-        return veilfed(work, ["train", "--config", str(config)])["model"]["final"]
-    args = ["simulate", "--config", str(config)]
-    if name == "federated_dirichlet":
-        dirichlet = config.with_name("dirichlet.toml")
-        dirichlet.write_text(
-            config.read_text().replace('partition = "iid"', 'partition = "dirichlet"') + ""
-        )
-        args = ["simulate", "--config", str(dirichlet)]
+        return veilfed(work, ["train", "--config", str(configs["iid"])])["model"]["final"]
+    partition = "dirichlet" if name == "federated_dirichlet" else "iid"
+    args = ["simulate", "--config", str(configs[partition])]
     if "dp_eps" in name:
         eps = name.rsplit("eps", 1)[1]
         smallest = s["per_client"] - max(1, round(0.25 * s["per_client"]))
@@ -190,12 +197,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small world, 3 settings, < 30 min")
     parser.add_argument("--settings", default="", help="comma-separated subset of the settings")
     parser.add_argument("--seed", type=int, default=7, help="the training world's seed")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: pipeline check only")
     args = parser.parse_args()
     chosen = [x for x in args.settings.split(",") if x] or list(QUICK if args.quick else ALL)
     unknown = sorted(set(chosen) - set(ALL))
     if unknown:
         raise SystemExit(f"--settings: unknown {unknown}; choose from {', '.join(ALL)}")
-    s = sizes(args.quick)
+    s = sizes(args.quick, args.smoke)
     base = ROOT / "experiments" / "utility.toml"
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-utility-") as tmp:
