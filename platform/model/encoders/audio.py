@@ -79,7 +79,9 @@ class LogMelConv(Encoder):
         mean = x.mean(dim=1, keepdim=True)
         slope = ((x - mean) * u.view(1, -1, 1)).sum(dim=1, keepdim=True)
         slope = slope / u.pow(2).sum().clamp(min=1e-6)
-        return Encoded(tokens=x, pooled=mean[:, 0] + self.trend(slope)[:, 0])
+        pooled = mean[:, 0] + self.trend(slope)[:, 0]
+        # The pooled vector leads the tokens, so token-only fusions see the trend too.
+        return Encoded(tokens=torch.cat([pooled.unsqueeze(1), x], dim=1), pooled=pooled)
 
 
 @ENCODERS.register("logmel_transformer")

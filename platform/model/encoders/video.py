@@ -70,7 +70,8 @@ class TemporalPool(nn.Module):
 class _GridEncoder(Encoder):
     """Shared tail: coordinates embedding, token pooling and the pooled vector from a conv grid.
 
-    The pooled vector is the grid's average plus an order-aware :class:`TemporalPool` summary.
+    The pooled vector is the grid's average plus an order-aware :class:`TemporalPool` summary;
+    the tokens are the pooled vector followed by the grid pooled to at most ``max_tokens_side``.
     """
 
     modality = "video"
@@ -93,6 +94,8 @@ class _GridEncoder(Encoder):
         pooled = grid.mean(dim=(1, 2, 3)) + self.temporal_pool(grid)
         if extra is not None:
             pooled = pooled + extra
+        # The pooled vector leads the tokens, so token-only fusions see the clip summary too.
+        tokens = torch.cat([pooled.unsqueeze(1), tokens], dim=1)
         return Encoded(tokens=tokens, pooled=pooled, grid=grid)
 
 
@@ -106,7 +109,7 @@ class Conv2p1d(_GridEncoder):
     energy (before its GroupNorm, which normalises it away per sample) is added to the pooled
     vector: noise, blur and blocking change exactly these high-frequency energies.
 
-    Output grid is T/t_stride x H/8 x W/8.
+    Output grid is T/t_stride x H/spatial_stride x W/spatial_stride (spatial_stride 4 or 8).
     """
 
     def __init__(
@@ -117,14 +120,18 @@ class Conv2p1d(_GridEncoder):
         max_tokens_side: int = 4,
         motion: bool = True,
         slots: int = 4,
+        spatial_stride: int = 8,
     ) -> None:
         super().__init__(dim, max_tokens_side, slots)
-        self.t_stride, self.spatial_stride = t_stride, 8
+        if spatial_stride not in (4, 8):
+            raise UsageError(f"conv2p1d spatial_stride {spatial_stride}: use 4 or 8")
+        self.t_stride, self.spatial_stride = t_stride, spatial_stride
         self.motion = motion
         self.stem_conv = nn.Conv3d(6 if motion else 3, width, (1, 4, 4), (1, 4, 4))
         self.stem_act = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.GELU())
         self.energy = nn.Linear(width, dim)
-        self.spatial = _conv(width, width, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        step = spatial_stride // 4
+        self.spatial = _conv(width, width, (1, 3, 3), (1, step, step), (0, 1, 1))
         self.temporal = _conv(width, dim, (3, 1, 1), (t_stride, 1, 1), (1, 0, 0))
         self.mix = _conv(dim, dim, (1, 3, 3), (1, 1, 1), (0, 1, 1))
 

@@ -65,10 +65,13 @@ def _paint_layer(pixel_dim: int, outputs: int) -> nn.Linear:
 @HEADS.register("restoration")
 class RestorationHead(Head):
     """Clean clip [B, T, 3, H, W]: the degraded input blended with a painted clean estimate
-    (:func:`blend`), times a per-clip gate; L1.
+    (:func:`blend`), times a per-clip gate; L1 on the result plus L1 on the painted estimate.
 
     The gate (a sigmoid of the view's pooled vector) lets the head leave clean clips exactly as
-    they are, which a painted estimate alone only approximates.
+    they are, which a painted estimate alone only approximates. The painted estimate has its own
+    loss: trained only through the blend, it would get no gradient once gate and mix close,
+    which they do early while the painting is still worse than the input.
+    Output ``{"frames": clip, "paint": painted estimate}``; :meth:`predict` gives the frames.
     """
 
     task = "restoration"
@@ -83,17 +86,20 @@ class RestorationHead(Head):
         self.out = _paint_layer(pixel_dim, tp * patch * patch)
         self.gate = nn.Linear(dim, 1)
 
-    def forward(self, inp: HeadInput) -> Tensor:
+    def forward(self, inp: HeadInput) -> dict[str, Tensor]:
         raw = unpatchify(flat_apply(self.out, inp.pixels), self.tp, self.patch, self.patch, 4)
         video = inp.input_video()
         gate = torch.sigmoid(self.gate(inp.view.pooled))[:, :, None, None, None]
-        return video + gate * (blend(video, raw) - video)
+        frames = video + gate * (blend(video, raw) - video)
+        return {"frames": frames, "paint": torch.sigmoid(raw[:, :, :3])}
 
-    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return per_sample_mean((output - targets["clean"]).abs()) * 10.0
+    def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        clean = targets["clean"]
+        err = (output["frames"] - clean).abs() + (output["paint"] - clean).abs()
+        return per_sample_mean(err) * 10.0
 
-    def predict(self, output: Tensor) -> Tensor:
-        return to_8bit(output)
+    def predict(self, output: dict[str, Tensor]) -> Tensor:
+        return to_8bit(output["frames"])
 
 
 @HEADS.register("next_frame")
