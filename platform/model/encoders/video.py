@@ -67,6 +67,26 @@ class TemporalPool(nn.Module):
         return flat_apply(self.proj, summary)[:, 0]
 
 
+def degradation_stats(video: Tensor, period: int = 8) -> Tensor:
+    """Parameter-free clip statistics that reveal noise, blur and blocking: the log mean absolute
+    first and second differences between neighbouring pixels, horizontally and vertically, at each
+    pixel phase modulo ``period`` (blocking concentrates the differences on block borders; noise
+    raises them everywhere, blur lowers them). ``video`` [B, 3, T, H, W]; returns
+    [B, 4 * period]."""
+    feats = []
+    for axis in (-1, -2):
+        first = video.diff(dim=axis).abs()
+        second = video.diff(n=2, dim=axis).abs()
+        for d in (first, second):
+            d = d.mean(dim=(1, 2, -1 if axis == -2 else -2))  # [B, positions along axis]
+            n = d.shape[1] // period * period
+            if n == 0:
+                feats.append(d.mean(dim=1, keepdim=True).expand(-1, period))
+                continue
+            feats.append(d[:, :n].reshape(d.shape[0], -1, period).mean(dim=1))
+    return torch.log(torch.cat(feats, dim=1) + 1e-3)
+
+
 class _GridEncoder(Encoder):
     """Shared tail: coordinates embedding, token pooling and the pooled vector from a conv grid.
 
@@ -106,8 +126,9 @@ class Conv2p1d(_GridEncoder):
     The stem sees each frame and, with ``motion``, its difference to the previous frame (zero for
     the first): where things move and where something appears is then local evidence for every
     head instead of something the temporal conv must rediscover. The stem's per-channel log
-    energy (before its GroupNorm, which normalises it away per sample) is added to the pooled
-    vector: noise, blur and blocking change exactly these high-frequency energies.
+    energy (before its GroupNorm, which normalises it away per sample) and the input's
+    :func:`degradation_stats` are added to the pooled vector: noise, blur and blocking change
+    exactly these high-frequency statistics, which quality and the restoration gate read.
 
     Output grid is T/t_stride x H/spatial_stride x W/spatial_stride (spatial_stride 4 or 8).
     """
@@ -130,6 +151,7 @@ class Conv2p1d(_GridEncoder):
         self.stem_conv = nn.Conv3d(6 if motion else 3, width, (1, 4, 4), (1, 4, 4))
         self.stem_act = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.GELU())
         self.energy = nn.Linear(width, dim)
+        self.degradation = nn.Linear(4 * 8, dim)
         step = spatial_stride // 4
         self.spatial = _conv(width, width, (1, 3, 3), (1, step, step), (0, 1, 1))
         self.temporal = _conv(width, dim, (3, 1, 1), (t_stride, 1, 1), (1, 0, 0))
@@ -137,13 +159,14 @@ class Conv2p1d(_GridEncoder):
 
     def forward(self, video: Tensor) -> Encoded:
         x = video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0  # [B, 3, T, H, W] in [-1, 1]
+        stats = self.degradation(degradation_stats(x))
         if self.motion:
             diff = F.pad(x[:, :, 1:] - x[:, :, :-1], (0, 0, 0, 0, 1, 0))
             x = torch.cat([x, diff], dim=1)
         stem = self.stem_conv(x)
         energy = self.energy(torch.log(stem.pow(2).mean(dim=(2, 3, 4)) + 1e-4))
         x = self.temporal(self.spatial(self.stem_act(stem)))
-        return self._finish(x + self.mix(x), energy)
+        return self._finish(x + self.mix(x), energy + stats)
 
 
 class _OutOfPlace(nn.Module):

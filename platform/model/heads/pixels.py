@@ -68,10 +68,12 @@ class RestorationHead(Head):
     (:func:`blend`), times a per-clip gate; L1 on the result plus L1 on the painted estimate.
 
     The gate (a sigmoid of the view's pooled vector) lets the head leave clean clips exactly as
-    they are, which a painted estimate alone only approximates. The painted estimate has its own
+    they are, which a painted estimate alone only approximates: in evaluation a clip whose gate
+    is below 1/2 is returned unchanged (an 8-bit frame off by one level on a clean clip would
+    cost it tens of dB). The painted estimate has its own
     loss: trained only through the blend, it would get no gradient once gate and mix close,
     which they do early while the painting is still worse than the input.
-    Output ``{"frames": clip, "paint": painted estimate}``; :meth:`predict` gives the frames.
+    Output ``{"frames", "paint", "gate" [B], "input"}``; :meth:`predict` gives the frames.
     """
 
     task = "restoration"
@@ -91,7 +93,12 @@ class RestorationHead(Head):
         video = inp.input_video()
         gate = torch.sigmoid(self.gate(inp.view.pooled))[:, :, None, None, None]
         frames = video + gate * (blend(video, raw) - video)
-        return {"frames": frames, "paint": torch.sigmoid(raw[:, :, :3])}
+        return {
+            "frames": frames,
+            "paint": torch.sigmoid(raw[:, :, :3]),
+            "gate": gate[:, 0, 0, 0, 0],
+            "input": video,
+        }
 
     def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         clean = targets["clean"]
@@ -99,13 +106,17 @@ class RestorationHead(Head):
         return per_sample_mean(err) * 10.0
 
     def predict(self, output: dict[str, Tensor]) -> Tensor:
-        return to_8bit(output["frames"])
+        """8-bit frames; a clip the gate judges clean (gate < 1/2) is returned as it came."""
+        keep = (output["gate"] < 0.5)[:, None, None, None, None]
+        return to_8bit(torch.where(keep, output["input"], output["frames"]))
 
 
 @HEADS.register("next_frame")
 class NextFrameHead(Head):
     """The ``NEXT_FRAMES`` frames after the clip, painted from the last temporal token slice and
-    blended into the last input frame (:func:`blend`); L1."""
+    blended into the last input frame (:func:`blend`); L1 on the result plus L1 on the painted
+    frames (their own loss, for the reason given in :class:`RestorationHead`). Output
+    ``{"frames", "paint"}``; :meth:`predict` gives the frames."""
 
     task = "next_frame"
     requires = ("video",)
@@ -126,11 +137,13 @@ class NextFrameHead(Head):
     def forward(self, inp: HeadInput) -> Tensor:
         raw = flat_apply(self.out, inp.pixels[:, -1:])  # [B, 1, H', W', K*p*p*4]
         raw = unpatchify(raw, self.frames, self.patch, self.patch, 4)
-        last = inp.input_video()[:, -1:]
-        return blend(last.expand(-1, self.frames, -1, -1, -1), raw)
+        last = inp.input_video()[:, -1:].expand(-1, self.frames, -1, -1, -1)
+        return {"frames": blend(last, raw), "paint": torch.sigmoid(raw[:, :, :3])}
 
-    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return per_sample_mean((output - targets["next_frames"]).abs()) * 10.0
+    def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        future = targets["next_frames"]
+        err = (output["frames"] - future).abs() + (output["paint"] - future).abs()
+        return per_sample_mean(err) * 10.0
 
-    def predict(self, output: Tensor) -> Tensor:
-        return to_8bit(output)
+    def predict(self, output: dict[str, Tensor]) -> Tensor:
+        return to_8bit(output["frames"])
