@@ -48,7 +48,11 @@ class LogMel(nn.Module):
 
 @ENCODERS.register("logmel_conv")
 class LogMelConv(Encoder):
-    """Log-mel, two strided Conv1d (x4 fewer frames), then ``layers`` transformer blocks."""
+    """Log-mel, two strided Conv1d (x4 fewer frames), then ``layers`` transformer blocks.
+
+    The pooled vector is the tokens' mean plus a Linear of their least-squares slope over time:
+    a mean alone cannot tell a rising pitch contour from a falling one.
+    """
 
     modality = "audio"
 
@@ -64,12 +68,20 @@ class LogMelConv(Encoder):
             nn.GELU(),
         )
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.trend = nn.Linear(dim, dim)
 
     def forward(self, audio: Tensor) -> Encoded:
         x = self.conv(self.frontend(audio)).transpose(1, 2)  # [B, L, D]
         for block in self.blocks:
             x = block(x)
-        return Encoded(tokens=x, pooled=x.mean(dim=1))
+        length = x.shape[1]
+        u = torch.linspace(-1.0, 1.0, length, device=x.device) if length > 1 else x.new_zeros(1)
+        mean = x.mean(dim=1, keepdim=True)
+        slope = ((x - mean) * u.view(1, -1, 1)).sum(dim=1, keepdim=True)
+        slope = slope / u.pow(2).sum().clamp(min=1e-6)
+        pooled = mean[:, 0] + self.trend(slope)[:, 0]
+        # The pooled vector leads the tokens, so token-only fusions see the trend too.
+        return Encoded(tokens=torch.cat([pooled.unsqueeze(1), x], dim=1), pooled=pooled)
 
 
 @ENCODERS.register("logmel_transformer")

@@ -60,7 +60,8 @@ class ModerationHead(_PooledHead):
 
 @HEADS.register("quality")
 class QualityHead(_PooledHead):
-    """Clean-ness score in [0, 1] (sigmoid); squared error."""
+    """Clean-ness score in [0, 1] (sigmoid); squared error times 10 (the error of a [0, 1] score is
+    an order of magnitude below the other heads' losses, which would otherwise drown it)."""
 
     task = "quality"
     requires = ("video",)
@@ -69,4 +70,4 @@ class QualityHead(_PooledHead):
         return super().forward(inp)[:, 0].sigmoid()
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return (output - targets["quality"].float()).pow(2)
+        return (output - targets["quality"].float()).pow(2) * 10.0

@@ -84,24 +84,35 @@ class PoseHead(Head):
 
 @HEADS.register("summary")
 class SummaryHead(Head):
-    """Keyframe importance in [0, 1] per frame from the spatially pooled grid; soft-target BCE."""
+    """Keyframe importance in [0, 1] per frame from the grid pooled over space; soft-target BCE.
+
+    Evaluation reports importance in tenths (``levels``), see :meth:`predict`.
+    """
 
     task = "summary"
     requires = ("video",)
 
-    def __init__(self, dim: int, tp: int = 2, **_: object) -> None:
+    def __init__(self, dim: int, tp: int = 2, levels: int = 10, **_: object) -> None:
         super().__init__(dim)
-        self.tp = tp
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, tp))
+        self.tp, self.levels = tp, levels
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, tp))
 
     def forward(self, inp: HeadInput) -> Tensor:
-        logits = self.mlp(inp.grid.mean(dim=(2, 3)))  # [B, T', tp]
+        # Mean and max over space: a small event (a symbol appearing in a corner) is diluted by
+        # the mean over the grid but stands out in the max.
+        frames = torch.cat([inp.grid.mean(dim=(2, 3)), inp.grid.amax(dim=(2, 3))], dim=-1)
+        logits = self.mlp(frames)  # [B, T', tp]
         return logits.flatten(1).sigmoid()
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         return per_sample_mean(
             F.binary_cross_entropy(output, targets["keyframes"].float(), reduction="none")
         )
+
+    def predict(self, output: Tensor) -> Tensor:
+        """Importance in steps of ``1 / levels``: frames the head finds equally important (every
+        frame of a steady motion) rank equal instead of being ordered by sub-level jitter."""
+        return (output * self.levels).round() / self.levels
 
 
 @HEADS.register("segmentation")
