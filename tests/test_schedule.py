@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit.config import config_error
 from testkit.model import make_batch, tiny
 
 from veilfed.config import TrainSection, load_config
-from veilfed.errors import UsageError
 from veilfed.model import create_model
 from veilfed.model.check import OneBatchDataset, stack_samples
 from veilfed.schedule import lr_at, schedule_for
@@ -136,11 +136,7 @@ def test_clip_grad_norm_leaves_dp_to_per_sample_clipping() -> None:
     ],
 )
 def test_schedule_fields_are_one_line_errors(tmp_path: Path, lines: str, message: str) -> None:
-    path = tmp_path / "exp.toml"
-    path.write_text(f"[train]\n{lines}\n")
-    with pytest.raises(UsageError) as err:
-        load_config(path)
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert message in config_error(tmp_path, f"[train]\n{lines}\n")
 
 
 def test_schedule_fields_load(tmp_path: Path) -> None:
