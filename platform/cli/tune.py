@@ -1,5 +1,6 @@
 """``veilfed tune``: :func:`veilfed.tuning.tune` with one line per trial and the best config
-written as TOML (``--out``; never replacing a file without ``--force``)."""
+written as TOML (``--out``, default ``tuned-<config>.toml``; never replacing a file without
+``--force``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def register(app: typer.Typer) -> None:
 def tune_cmd(
     config: Path = typer.Option(..., "--config", help="Experiment TOML (experiments/*.toml)."),
     trials: int = typer.Option(..., "--trials", help="Optuna trials (each a full training)."),
-    out: Path = typer.Option(..., "--out", help="Write the best config here (TOML)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the best config here (TOML); default tuned-<config>.toml."
+    ),
     seed: int = typer.Option(0, "--seed", help="TPE sampler seed."),
     timeout_s: float | None = typer.Option(None, "--timeout", help="Stop after this many s."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
@@ -35,6 +38,7 @@ def tune_cmd(
     from veilfed.tuning import Trial, toml_table, tune
 
     cfg = load_config(config)
+    out = out or Path(f"tuned-{config.stem}.toml")
     check_new_output(out, force, "--out", (config,))
     console = Console(stderr=True)
 
