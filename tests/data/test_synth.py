@@ -122,3 +122,17 @@ def test_bad_world_config(field, value):
 def test_world_from_dict_rejects_unknown_field():
     with pytest.raises(UsageError, match="unknown field 'fps_typo'"):
         synth.WorldConfig.from_dict({"fps_typo": 3}, "exp.toml [world]")
+
+
+def test_frames_of_a_steady_motion_are_equally_important() -> None:
+    cfg = synth.WorldConfig(frames=16, height=32, width=32, seed=0)
+    steady = [
+        lab
+        for lab in (synth_labels.make_labels(cfg, i) for i in range(60))
+        if schema.ACTIONS[lab["action"]] in ("left", "right", "up", "down", "grow", "shrink")
+        and not lab["forbidden"]["symbol"]
+    ]
+    assert steady
+    for lab in steady:
+        frames = lab["keyframes"]
+        assert frames[0] == 0.1 and len(set(frames[1:])) == 1, frames
