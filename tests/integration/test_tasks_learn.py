@@ -15,9 +15,9 @@ from veilfed.centralized import run
 from veilfed.config import load_config
 from veilfed.metrics import TASK_METRICS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~15 min: `make test-slow`
 
-CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "learn.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "utility.toml"
 
 
 @pytest.fixture(scope="module")
