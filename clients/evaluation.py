@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from veilfed.clients.inputs import ClientInputs
-from veilfed.clients.trainer import _dataset, _model, _threads, split_shard
-from veilfed.data.dataset import collate
+from veilfed.clients.trainer import client_dataset, round_model, split_shard, use_client_threads
+from veilfed.data.dataset import collate, in_order
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.metrics.baselines import Baseline, fit_baselines
@@ -35,13 +34,15 @@ def evaluate_round(
     settings: RunSettings, inputs: ClientInputs, arrays: dict[str, np.ndarray]
 ) -> tuple[int, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """(held-out examples, the global model's metrics, the baselines' metrics) per task."""
-    _threads()
+    use_client_threads()
     train_ids, eval_ids = split_shard(settings, inputs)
-    model = _model(settings, arrays)
+    model = round_model(settings, arrays)
     baselines = client_baselines(settings, inputs, model.tasks, train_ids)
     exp = experiment(settings)
     loader = DataLoader(
-        _dataset(settings, inputs, eval_ids), batch_size=exp.train.batch_size, collate_fn=collate
+        client_dataset(settings, inputs, eval_ids),
+        batch_size=exp.train.batch_size,
+        collate_fn=collate,
     )
     with torch.no_grad():
         scores = score(model, loader, baselines, bootstrap=0)
@@ -63,11 +64,7 @@ def client_baselines(
         if len(_FITTED) >= _MAX_FITTED:
             _FITTED.clear()
         size = experiment(settings).train.batch_size
-        _FITTED[key] = fit_baselines(tasks, _batches(_dataset(settings, inputs, train_ids), size))
+        _FITTED[key] = fit_baselines(
+            tasks, in_order(client_dataset(settings, inputs, train_ids), size)
+        )
     return _FITTED[key]
-
-
-def _batches(dataset: Any, size: int) -> Iterator[dict[str, Any]]:
-    """The dataset once, in order, batched by hand (no DataLoader: it draws from torch's RNG)."""
-    for start in range(0, len(dataset), size):
-        yield collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])

@@ -69,7 +69,7 @@ def _seed(settings: RunSettings, cid: str, rnd: int) -> int:
     )
 
 
-def _threads() -> None:
+def use_client_threads() -> None:
     # A virtual client gets one Ray CPU; more torch threads would oversubscribe the machine.
     torch.set_num_threads(1)
 
@@ -89,7 +89,7 @@ def split_shard(settings: RunSettings, inputs: ClientInputs) -> tuple[list[str],
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def _dataset(
+def client_dataset(
     settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False
 ) -> Any:
     """The client's clips, without the modalities its partition lacks, decoded once per process
@@ -108,7 +108,7 @@ def _dataset(
     return CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
 
 
-def _model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+def round_model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
     return load_state(create_model(experiment(settings).model), arrays)
 
 
@@ -233,7 +233,7 @@ def _train(
     model_digest: str,
 ) -> RoundResult:
     """Train one round; with ``acc``, DP-SGD recorded into it after its budget check."""
-    _threads()
+    use_client_threads()
     torch.manual_seed(_seed(settings, inputs.client_id, rnd))  # augmentations, not DP noise
     exp = experiment(settings)
     p = settings.privacy
@@ -252,9 +252,9 @@ def _train(
         if reason is not None:
             return _declined(reason)
 
-    model = _model(settings, arrays)
+    model = round_model(settings, arrays)
     freeze(model, exp.model.freeze)  # the run's frozen modules keep the global model's weights
-    dataset = _dataset(settings, inputs, train_ids, train=True)
+    dataset = client_dataset(settings, inputs, train_ids, train=True)
     _freeze_unused(settings, model, dataset)
     optimizer = build_optimizer([q for q in model.parameters() if q.requires_grad], exp.train)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=train_collate)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from veilfed import tracking
 from veilfed.augment import build_augmentations
-from veilfed.data.dataset import ClipDataset, MemorySource, collate
+from veilfed.data.dataset import ClipDataset, MemorySource, collate, in_order
 from veilfed.epochs import EpochRun, OnEpoch, metric_name, train_epochs
 from veilfed.metrics import fit_baselines
 from veilfed.model import create_model, saved, score
@@ -194,13 +194,10 @@ def run(
 
 def baseline_batches(train_loader: DataLoader) -> Iterator[dict[str, Any]]:
     """The training clips once each, un-augmented, in the training batch size: what the
-    baselines are fitted on (before DP-SGD replaces the loader with Poisson sampling). Batched
-    by hand: iterating a DataLoader draws from torch's global RNG and would shift training."""
+    baselines are fitted on (before DP-SGD replaces the loader with Poisson sampling)."""
     data = train_loader.dataset
     samples = data.samples if isinstance(data, CachedDataset) else data
-    size = train_loader.batch_size or 1
-    for start in range(0, len(samples), size):
-        yield collate([samples[i] for i in range(start, min(start + size, len(samples)))])
+    return in_order(samples, train_loader.batch_size or 1)
 
 
 def score_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -8,7 +8,7 @@ resolution, so restoration, segmentation and next-frame targets are exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -268,3 +268,10 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
         "targets": {k: stack(k, "targets") for k in first["targets"]},
         "target_mask": {k: stack(k, "target_mask") for k in first["target_mask"]},
     }
+
+
+def in_order(dataset: Sequence[Sample], size: int) -> Iterator[dict[str, Any]]:
+    """``dataset`` once, in order, collated in batches of ``size``. Batched by hand: iterating a
+    DataLoader draws from torch's global RNG, which would shift a training run's data order."""
+    for start in range(0, len(dataset), size):
+        yield collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])

@@ -261,11 +261,11 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
     """Opacus rebuilds an empty batch from the first one's structure; string ids crashed it."""
     from opacus.data_loader import wrap_collate_with_empty
 
-    from veilfed.clients.trainer import _dataset
+    from veilfed.clients.trainer import client_dataset
     from veilfed.train import prime_empty_batches, train_collate
 
     train_ids, _ = _split(run, 0)
-    dataset = _dataset(run, client_inputs(run, {"partition-id": 0}), train_ids)
+    dataset = client_dataset(run, client_inputs(run, {"partition-id": 0}), train_ids)
     first_empty = wrap_collate_with_empty(collate_fn=train_collate)
     prime_empty_batches(first_empty, dataset)
     empty = first_empty([])  # the very first Poisson batch is empty
@@ -278,7 +278,7 @@ def test_train_batches_survive_an_empty_poisson_batch(run):
 
 def test_partition_missing_modality_reaches_the_client(run):
     """A client the partition marks as lacking audio trains and evaluates without it."""
-    from veilfed.clients.trainer import _dataset
+    from veilfed.clients.trainer import client_dataset
     from veilfed.federation.rundir import MISSING_FILE, load_missing
 
     path = Path(run.run_dir) / MISSING_FILE
@@ -288,11 +288,11 @@ def test_partition_missing_modality_reaches_the_client(run):
         assert load_missing(run.run_dir) == {"client-0000": ["audio"]}
         inputs = client_inputs(run, {"partition-id": 0})
         ids, _ = split_shard(run, inputs)
-        lacking = _dataset(run, inputs, ids)[0]
+        lacking = client_dataset(run, inputs, ids)[0]
         assert lacking["modality_mask"].tolist() == [True, False, True]
         assert not lacking["audio"].any()
         other = client_inputs(run, {"partition-id": 1})
-        assert _dataset(run, other, split_shard(run, other)[0])[0]["modality_mask"][1]
+        assert client_dataset(run, other, split_shard(run, other)[0])[0]["modality_mask"][1]
     finally:
         if before is None:
             path.unlink()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from testkit.fed import LocalGrid, make_run, write_config
 
+from veilfed.clients.evaluation import evaluate_round
 from veilfed.clients.inputs import client_inputs
-from veilfed.clients.trainer import evaluate_round
 from veilfed.coordinator import checkpoint
 from veilfed.coordinator.round_record import weighted
 from veilfed.coordinator.rounds import Coordinator, sample_clients
@@ -51,7 +51,7 @@ def test_simulated_run_names_both_models_and_they_reproduce_its_metrics(tmp_path
     for pid in range(2):
         inputs = client_inputs(settings, {"partition-id": pid})
         if inputs.client_id in chosen:
-            n, metrics = evaluate_round(settings, inputs, final)
+            n, metrics, _ = evaluate_round(settings, inputs, final)  # (n, metrics, baselines)
             flat = {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
             results.append((float(n), flat))
     again = weighted(results)
