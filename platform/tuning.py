@@ -14,8 +14,12 @@ Contract:
   a ``task/metric`` follows its metric's direction (:func:`veilfed.metrics.higher_is_better`).
 - **Pruning.** Each epoch's validation value is reported to Optuna; a trial below the median of
   earlier trials at the same epoch (after ``WARMUP_EPOCHS``) stops early and is marked pruned.
-- **Search space** (:data:`SPACE`): learning rate, batch size, epochs (local epochs for a
-  federated config), clipping norm (DP configs only), fusion and loss weighting.
+- **Search space** (:data:`SPACE`): learning rate, batch size, epochs (``local_epochs`` when the
+  trials are federated), clipping norm (DP configs only), fusion and loss weighting.
+- **Trials.** Each trial is a centralized run (:func:`veilfed.centralized.run`) by default; a
+  ``runner`` with the same signature replaces it, e.g. a federated simulation of the public world
+  (:func:`veilfed.launch.trial.federated_trial`, ``veilfed tune --federated``), which reports
+  only its final value and so is never pruned.
 - **Tracking.** The study is one MLflow run (``tune-<name>``); each trial is a child run of it
   (tag ``mlflow.parentRunId``) holding the trial's own params and metrics. The parent logs
   ``tune/best_value`` and the best trial's params.
@@ -39,6 +43,7 @@ from veilfed.model.registry import FUSIONS
 WARMUP_EPOCHS = 2
 BATCH_SIZES = (4, 8, 16, 32)
 LOSS_WEIGHTINGS = ("fixed", "uncertainty", "dwa")
+MAX_LOCAL_EPOCHS = 3
 
 
 @dataclass
@@ -69,20 +74,23 @@ def fusions(cfg: ExperimentConfig) -> list[str]:
     return [f for f in FUSIONS.names() if all(r in used for r in FUSIONS.get(f).requires)]
 
 
-def suggest(trial: optuna.Trial, cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+def suggest(
+    trial: optuna.Trial, cfg: ExperimentConfig, federated: bool = False
+) -> dict[str, dict[str, Any]]:
     """One point of :data:`SPACE` as config overrides ``{section: {field: value}}``.
 
     lr log-uniform in [1e-4, 3e-2]; batch size in :data:`BATCH_SIZES` (at most the world's
-    clips); epochs in [1, 2x the config's] (a federated config tunes ``local_epochs`` in [1, 3]
-    instead); DP configs: ``max_grad_norm`` log-uniform in [0.1, 10]; fusion among
-    :func:`fusions`; loss weighting among :data:`LOSS_WEIGHTINGS` (dwa not under DP).
+    clips); epochs in [1, 2x the config's] (``federated`` trials tune ``[federated]
+    local_epochs`` in [1, :data:`MAX_LOCAL_EPOCHS`] instead); DP configs: ``max_grad_norm``
+    log-uniform in [0.1, 10]; fusion among :func:`fusions`; loss weighting among
+    :data:`LOSS_WEIGHTINGS` (dwa not under DP).
     """
     sizes = [b for b in BATCH_SIZES if b <= cfg.world.clips] or [cfg.world.clips]
     train: dict[str, Any] = {
         "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
         "batch_size": trial.suggest_categorical("batch_size", sizes),
     }
-    if not cfg.train.steps:
+    if not cfg.train.steps and not federated:
         train["epochs"] = trial.suggest_int("epochs", 1, max(2, 2 * cfg.train.epochs))
     weightings = [w for w in LOSS_WEIGHTINGS if not (cfg.privacy.enabled and dp_refusal(w))]
     out: dict[str, dict[str, Any]] = {
@@ -92,6 +100,8 @@ def suggest(trial: optuna.Trial, cfg: ExperimentConfig) -> dict[str, dict[str, A
             "loss_weighting": trial.suggest_categorical("loss_weighting", weightings),
         },
     }
+    if federated:
+        out["federated"] = {"local_epochs": trial.suggest_int("local_epochs", 1, MAX_LOCAL_EPOCHS)}
     if cfg.privacy.enabled:
         norm = trial.suggest_float("max_grad_norm", 0.1, 10.0, log=True)
         out["privacy"] = {"max_grad_norm": norm}
@@ -119,8 +129,13 @@ def tune(
     seed: int = 0,
     timeout_s: float | None = None,
     on_trial: Callable[[Trial], None] | None = None,
+    runner: Callable[..., dict[str, Any]] | None = None,
+    federated: bool = False,
 ) -> TuneResult:
-    """Run the study (see the module docstring); raises UsageError when no trial completed."""
+    """Run the study (see the module docstring); raises UsageError when no trial completed.
+    ``runner(cfg, on_epoch=, tags=, run_name=) -> summary`` trains one trial (default
+    :func:`veilfed.centralized.run`); ``federated`` tunes local epochs instead of epochs."""
+    train_trial = runner or centralized.run
     if trials < 1:
         raise UsageError("--trials: give at least 1")
     metric = cfg.train.select_metric
@@ -139,7 +154,7 @@ def tune(
     done: list[Trial] = []
 
     def objective(trial: optuna.Trial) -> float:
-        overrides = suggest(trial, cfg)
+        overrides = suggest(trial, cfg, federated)
         trial_cfg = apply(cfg, overrides, source)
 
         def on_epoch(epoch: int, val: dict[str, dict[str, float]]) -> bool:
@@ -149,7 +164,7 @@ def tune(
             trial.report(value, epoch)
             return trial.should_prune()
 
-        summary = centralized.run(
+        summary = train_trial(
             trial_cfg,
             on_epoch=on_epoch,
             tags={"mlflow.parentRunId": parent.run_id, "veilfed.kind": "tune-trial"},
@@ -185,7 +200,7 @@ def tune(
         if not complete:
             raise UsageError(f"{source}: no trial completed; see the trials' MLflow runs")
         best = study.best_trial
-        table = apply(cfg, _replay(best.params, cfg), source).to_table()
+        table = apply(cfg, _replay(best.params, cfg, federated), source).to_table()
         parent.log_params({"best": best.params})
         parent.log_metrics(
             {"tune/best_value": float(best.value), "tune/complete": float(len(complete))},
@@ -203,9 +218,11 @@ def tune(
     )
 
 
-def _replay(params: dict[str, Any], cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+def _replay(
+    params: dict[str, Any], cfg: ExperimentConfig, federated: bool
+) -> dict[str, dict[str, Any]]:
     """The overrides :func:`suggest` produced for ``params`` (a FixedTrial replays them)."""
-    return suggest(optuna.trial.FixedTrial(params), cfg)
+    return suggest(optuna.trial.FixedTrial(params), cfg, federated)
 
 
 def toml_table(table: dict[str, Any]) -> dict[str, Any]:

@@ -92,3 +92,29 @@ def test_the_search_space_under_dp(tmp_path: Path) -> None:
 )
 def test_direction_follows_the_metric(metric: str, goal: str) -> None:
     assert direction(metric) == goal
+
+
+@pytest.mark.integration
+def test_federated_trials_are_simulations_of_the_public_world(tmp_path: Path) -> None:
+    """``--federated``: each trial is a Flower simulation on Ray (a child run of the study) and
+    the search tunes local epochs, which the written config carries."""
+    from testkit.fed import write_config
+
+    config = write_config(tmp_path, clips=16, clients=2, rounds=1)
+    text = config.read_text().replace("enabled = true", "enabled = false", 1)
+    config.write_text(text + "[tracking]\nexperiment = 'fedtune'\n")
+    out = tmp_path / "best.toml"
+    args = ["tune", "--config", str(config), "--trials", "2", "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, [*args, "--federated", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [t["state"] for t in report["trials"]] == ["complete", "complete"]
+    assert "local_epochs" in report["best_params"] and "epochs" not in report["best_params"]
+    best = load_config(out)
+    assert best.federated.local_epochs == report["best_params"]["local_epochs"]
+    client = MlflowClient()
+    for trial in report["trials"]:
+        run = client.get_run(trial["run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == report["run_id"]
+        assert run.data.params["federated.local_epochs"] == str(trial["params"]["local_epochs"])
+        assert (tmp_path / "runs" / trial["run_id"]).is_dir()  # a real simulation's run dir

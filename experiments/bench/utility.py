@@ -55,7 +55,11 @@ PRETRAIN_SEED_OFFSET = 500  # the public pretraining world: another seed, same d
 
 
 def sizes(quick: bool, smoke: bool = False) -> dict[str, int]:
-    """World and run sizes; each client holds ``per_client`` clips (a quarter held out)."""
+    """World and run sizes; each client holds ``per_client`` clips (a quarter held out).
+
+    Centralized training makes ``rounds x local_epochs`` passes over the pooled clips, so every
+    setting sees each training clip equally often.
+    """
     if smoke:  # seconds per setting: checks the pipeline, its figures mean nothing
         return {
             "clients": 2,
@@ -64,7 +68,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, int]:
             "frames": 4,
             "size": 32,
             "rounds": 1,
-            "epochs": 1,
+            "local_epochs": 1,
         }
     if quick:
         return {
@@ -74,7 +78,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, int]:
             "frames": 8,
             "size": 32,
             "rounds": 6,
-            "epochs": 6,
+            "local_epochs": 2,
         }
     return {
         "clients": 8,
@@ -83,7 +87,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, int]:
         "frames": 16,
         "size": 64,
         "rounds": 12,
-        "epochs": 12,
+        "local_epochs": 2,
     }
 
 
@@ -102,11 +106,12 @@ def config_text(base: Path, s: dict[str, int], seed: int, partition: str = "iid"
         size=s["size"],
         seed=seed,
     )
-    table.setdefault("train", {})["epochs"] = s["epochs"]
+    table.setdefault("train", {})["epochs"] = s["rounds"] * s["local_epochs"]
     fed = table.setdefault("federated", {})
     fed.update(
         clients=s["clients"],
         rounds=s["rounds"],
+        local_epochs=s["local_epochs"],
         fraction=1.0,
         fraction_evaluate=1.0,
         min_fit_clients=s["clients"] // 2,

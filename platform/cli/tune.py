@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from veilfed.cli.common import handle_errors, print_json
+from veilfed.federation.rundir import RUNS_DIR
 
 
 def register(app: typer.Typer) -> None:
@@ -28,9 +29,19 @@ def tune_cmd(
     timeout_s: float | None = typer.Option(None, "--timeout", help="Stop after this many s."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the study as JSON."),
+    federated: bool = typer.Option(
+        False,
+        "--federated",
+        help="Each trial a federated simulation of the config's [federated] on the public "
+        "world (tunes local epochs instead of epochs; not pruned).",
+    ),
+    runs_dir: Path = typer.Option(
+        Path(RUNS_DIR), "--runs-dir", help="Where --federated trials keep their run state."
+    ),
 ) -> None:
-    """Tune learning rate, batch size, epochs, clipping norm, fusion and loss weighting on the
-    public synthetic world (never on clients' data: that would spend their privacy)."""
+    """Tune learning rate, batch size, epochs (local epochs with --federated), clipping norm,
+    fusion and loss weighting on the public synthetic world (never on clients' data: that would
+    spend their privacy)."""
     import tomli_w
 
     from veilfed.config import load_config
@@ -46,8 +57,20 @@ def tune_cmd(
         value = "" if t.value is None else f"{t.value:.4g}"
         console.print(f"trial {t.number}: {t.state} {value} {t.params}")
 
+    runner = None
+    if federated:
+        from veilfed.launch.trial import federated_trial
+
+        runner = federated_trial(runs_dir)
     result = tune(
-        cfg, trials, source=str(config), seed=seed, timeout_s=timeout_s, on_trial=on_trial
+        cfg,
+        trials,
+        source=str(config),
+        seed=seed,
+        timeout_s=timeout_s,
+        on_trial=on_trial,
+        runner=runner,
+        federated=federated,
     )
     text = f"# tuned by `veilfed tune` (MLflow run {result.run_id})\n"
     text += tomli_w.dumps(toml_table(result.best_table))

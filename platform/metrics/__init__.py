@@ -25,8 +25,10 @@ detection     dict ``boxes [B, T, N, 4]`` normalised xyxy and        map50 (ever
               (-1 = no detection) instead of ``logits``; any N
 segmentation  logits ``[B, T, C + 1, h, w]``, any h×w (bilinearly    miou, pixel_accuracy
               upsampled to the label size); or labels ``[B, T, H, W]``
-pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck_0.05, pck_0.1 (of the
-                                                                     frame side, visible only)
+pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck_box_0.1, pck_box_0.2 (of
+                                                                     the figure's box side);
+                                                                     pck_0.05, pck_0.1 (of the
+                                                                     frame side); visible only
 caption       token logits ``[B, L, V]`` or ids ``[B, L]``           token_f1, bleu (BLEU-4)
 qa            logits ``[B, Q, len(ANSWERS)]`` or ids ``[B, Q]``      accuracy
 summary       importance ``[B, T]``                                  mae, spearman (per clip)
@@ -54,6 +56,7 @@ from veilfed.metrics.functional import (
     detection_map50,
     miou,
     pck,
+    pck_box,
     psnr,
     qa_accuracy,
     regression,
@@ -78,6 +81,7 @@ __all__ = [
     "higher_is_better",
     "miou",
     "pck",
+    "pck_box",
     "primary_metric",
     "psnr",
     "qa_accuracy",

@@ -109,12 +109,15 @@ class SegmentationMetric(TaskMetric):
 
 @TASK_METRICS.register("pose")
 class PoseMetric(TaskMetric):
-    """PCK at 0.05 and 0.1 of the frame side over visible keypoints (``pck_0.05``, ``pck_0.1``;
-    no "@": MLflow metric names allow only letters, digits and _ - . / : and space)."""
+    """PCK over visible keypoints: within 0.1 and 0.2 of the figure's box side (``pck_box_0.1``,
+    ``pck_box_0.2``, the primary) and within 0.05 and 0.1 of the frame side (``pck_0.05``,
+    ``pck_0.1``). The synthetic figure spans about a quarter of the frame, so frame-relative PCK
+    at 0.1 is already met by the mean pose; the box-relative one is the usual pose benchmark's.
+    No "@": MLflow metric names allow only letters, digits and _ - . / : and space."""
 
     task, target_keys = "pose", ("keypoints", "keypoint_visible")
-    primary = "pck_0.1"
-    higher_is_better = better("pck_0.05", "pck_0.1")
+    primary = "pck_box_0.2"
+    higher_is_better = better("pck_0.05", "pck_0.1", "pck_box_0.1", "pck_box_0.2")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
@@ -124,9 +127,9 @@ class PoseMetric(TaskMetric):
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {
-            f"pck_{th}": M.pck(parts["pred"], parts["gt"], parts["vis"], th) for th in (0.05, 0.1)
-        }
+        args = (parts["pred"], parts["gt"], parts["vis"])
+        frame = {f"pck_{th}": M.pck(*args, th) for th in (0.05, 0.1)}
+        return frame | {f"pck_box_{a}": M.pck_box(*args, a) for a in (0.1, 0.2)}
 
 
 class _Pixels(TaskMetric):

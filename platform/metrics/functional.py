@@ -116,6 +116,28 @@ def pck(
     return float((dist[vis] <= threshold).float().mean())
 
 
+def pck_box(
+    pred_kp: torch.Tensor, gt_kp: torch.Tensor, visible: torch.Tensor, alpha: float = 0.2
+) -> float:
+    """PCK relative to the figure: a visible keypoint counts when it lies within ``alpha`` times
+    the longer side of the box around that frame's visible true keypoints (the person-box PCK of
+    Yang and Ramanan). Unlike frame-relative PCK it does not reward a constant pose for a figure
+    that is small in the frame. Shapes ``[..., P, 2]`` and ``[..., P]``; NaN when nothing is
+    visible.
+    """
+    vis = visible.bool().cpu()
+    if not vis.any():
+        return math.nan
+    gt = gt_kp.float().cpu()
+    inf = torch.tensor(math.inf)
+    lo = torch.where(vis[..., None], gt, inf).amin(dim=-2)
+    hi = torch.where(vis[..., None], gt, -inf).amax(dim=-2)
+    side = (hi - lo).amax(dim=-1).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # [...]
+    dist = (pred_kp.float().cpu() - gt).norm(dim=-1)
+    ok = dist <= alpha * side[..., None]
+    return float(ok[vis].float().mean())
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean per-frame PSNR in dB over ``[..., C, H, W]``; identical frames are capped at 100 dB."""
     pred = pred.detach().float().cpu().reshape(-1, *pred.shape[-3:])

@@ -35,7 +35,7 @@ def test_train_tiny_dp_writes_summary_and_mlflow(tmp_path: Path) -> None:
     assert "per-task metrics" in res.stdout and "segmentation" in res.stdout
     # every task beside its label-only baseline, with the margin's interval over held-out clips
     assert set(summary["baselines"]) == set(schema.TASKS)
-    assert summary["primary"]["moderation"] == "f1" and summary["primary"]["pose"] == "pck_0.1"
+    assert summary["primary"]["moderation"] == "f1" and summary["primary"]["pose"] == "pck_box_0.2"
     assert summary["baselines"]["quality"]["spearman"] == 0.0  # a constant has no ranking
     entry = summary["margins"]["action"]["accuracy"]
     assert entry["margin"] == pytest.approx(entry["value"] - entry["baseline"])

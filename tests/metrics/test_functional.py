@@ -84,6 +84,19 @@ def test_pck() -> None:
     assert math.isnan(M.pck(pred, gt, torch.zeros_like(vis), 0.1))
 
 
+def test_pck_box_is_relative_to_the_figure() -> None:
+    # One frame, a figure 0.5 wide and 0.2 tall: the threshold is alpha x 0.5.
+    gt = torch.tensor([[[0.0, 0.0], [0.5, 0.2], [0.25, 0.1]]])
+    vis = torch.tensor([[True, True, True]])
+    pred = gt + torch.tensor([[[0.09, 0.0], [0.0, 0.11], [0.0, 0.0]]])
+    assert M.pck_box(pred, gt, vis, 0.2) == pytest.approx(2 / 3)  # 0.09, 0 in; 0.11 out
+    assert M.pck_box(pred, gt, vis, 0.1) == pytest.approx(1 / 3)
+    assert M.pck(pred, gt, vis, 0.1) == pytest.approx(2 / 3)  # frame-relative differs
+    half = torch.tensor([[True, True, False]])
+    assert M.pck_box(pred, gt, half, 0.2) == pytest.approx(1 / 2)  # box of visible points only
+    assert math.isnan(M.pck_box(pred, gt, torch.zeros_like(vis), 0.2))
+
+
 def test_psnr_known_mse_and_ssim_order() -> None:
     target = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8
     assert M.psnr(target + 0.1, target) == pytest.approx(20.0, abs=1e-3)

@@ -113,9 +113,9 @@ def test_compute_keeps_the_dataset_level_definitions() -> None:
     assert res["caption"]["bleu"] == pytest.approx(
         M.bleu(outs["caption"], tgts["caption"], **kw), abs=1e-6
     )
-    assert res["pose"]["pck_0.1"] == M.pck(
-        outs["pose"], tgts["keypoints"], tgts["keypoint_visible"], 0.1
-    )
+    kps = (outs["pose"], tgts["keypoints"], tgts["keypoint_visible"])
+    assert res["pose"]["pck_0.1"] == M.pck(*kps, 0.1)
+    assert res["pose"]["pck_box_0.2"] == M.pck_box(*kps, 0.2)
 
 
 @pytest.mark.parametrize("task", schema.TASKS)

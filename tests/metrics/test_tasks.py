@@ -7,7 +7,7 @@ import torch
 
 from veilfed.data.schema import ACTIONS, ANSWERS, OBJECT_CLASSES, TASKS
 from veilfed.errors import UsageError
-from veilfed.metrics import TASK_METRICS, compute_task_metrics
+from veilfed.metrics import TASK_METRICS, compute_task_metrics, pck_box
 
 C = len(OBJECT_CLASSES)
 
@@ -89,6 +89,7 @@ def test_scalar_pixel_and_sequence_tasks() -> None:
     kp = torch.rand(1, 2, 7, 2)
     pose = compute_task_metrics("pose", kp + 0.07, {"keypoints": kp, "keypoint_visible": vis})
     assert pose["pck_0.05"] == 0.0 and pose["pck_0.1"] == 1.0
+    assert pose["pck_box_0.2"] == pck_box(kp + 0.07, kp, vis, 0.2)
 
 
 def test_bad_output_shape_is_one_line_usage_error() -> None:

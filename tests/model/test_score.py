@@ -22,7 +22,7 @@ def test_score_is_evaluate_plus_baselines_and_margins() -> None:
     assert scores.metrics == evaluate(model, held)  # the model's figures are evaluate's
     assert set(scores.baselines) == set(model.tasks) == set(schema.TASKS)
     assert scores.baselines["quality"]["spearman"] == 0.0  # a constant: reported as 0
-    assert scores.primary["segmentation"] == "miou" and scores.primary["pose"] == "pck_0.1"
+    assert scores.primary["segmentation"] == "miou" and scores.primary["pose"] == "pck_box_0.2"
     for task, metrics in scores.margins.items():
         assert "loss" not in metrics  # a baseline has no loss
         for metric, e in metrics.items():
