@@ -32,8 +32,9 @@ pose          keypoints ``[B, T, P, 2]`` normalised (x, y)           pck_box_0.1
 caption       token logits ``[B, L, V]`` or ids ``[B, L]``           token_f1, bleu (BLEU-4)
 qa            logits ``[B, Q, len(ANSWERS)]`` or ids ``[B, Q]``      accuracy
 summary       importance ``[B, T]``                                  mae, spearman (per clip)
-restoration   pixels ``[B, T, 3, H, W]`` in [0, 1]                   psnr, ssim
-next_frame    pixels ``[B, K, 3, H, W]`` in [0, 1]                   psnr, ssim
+restoration   pixels ``[B, T, 3, H, W]`` in [0, 1]                   psnr_set (pooled MSE),
+                                                                     psnr, ssim (per frame)
+next_frame    pixels ``[B, K, 3, H, W]`` in [0, 1]                   same
 ============  =====================================================  ==========================
 
 Every task's label-only baseline (fitted on training targets, predicting in the head's format)

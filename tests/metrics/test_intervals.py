@@ -3,6 +3,8 @@ resample equals a dataset of the drawn clips, intervals behave as intervals shou
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -107,6 +109,8 @@ def test_compute_keeps_the_dataset_level_definitions() -> None:
     )
     for task, key in (("restoration", "clean"), ("next_frame", "next_frames")):
         assert res[task]["psnr"] == pytest.approx(M.psnr(outs[task], tgts[key]), rel=1e-6)
+        mse = float(((outs[task] - tgts[key]) ** 2).mean())
+        assert res[task]["psnr_set"] == pytest.approx(-10 * math.log10(mse), rel=1e-6)
         assert res[task]["ssim"] == pytest.approx(M.ssim(outs[task], tgts[key]), rel=1e-6)
     kw = {"ignore_ids": (0, 1, 2), "eos_id": 2}
     assert res["caption"]["token_f1"] == M.token_f1(outs["caption"], tgts["caption"], **kw)

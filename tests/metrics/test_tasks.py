@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -69,6 +71,7 @@ def test_scalar_pixel_and_sequence_tasks() -> None:
     clean = torch.rand(2, 3, 3, 16, 16) * 0.8
     r = compute_task_metrics("restoration", clean + 0.1, {"clean": clean})
     assert r["psnr"] == pytest.approx(20.0, abs=1e-3) and r["ssim"] < 1.0
+    assert r["psnr_set"] == pytest.approx(20.0, abs=1e-3)  # one error everywhere: the same
     s = compute_task_metrics(
         "summary",
         torch.tensor([[0.1, 0.5, 0.9], [0.9, 0.5, 0.1]]),
@@ -90,6 +93,19 @@ def test_scalar_pixel_and_sequence_tasks() -> None:
     pose = compute_task_metrics("pose", kp + 0.07, {"keypoints": kp, "keypoint_visible": vis})
     assert pose["pck_0.05"] == 0.0 and pose["pck_0.1"] == 1.0
     assert pose["pck_box_0.2"] == pck_box(kp + 0.07, kp, vis, 0.2)
+
+
+def test_pooled_psnr_is_not_dominated_by_exact_copies() -> None:
+    """Half the clips copied bit-exactly (a clean input returned as is) and half off by 0.1: the
+    per-frame mean counts the copies 100 dB each, the pooled PSNR is 10 log10(1 / (0.01 / 2))."""
+    clean = torch.rand(4, 2, 3, 8, 8) * 0.8
+    out = clean.clone()
+    out[2:] += 0.1
+    r = compute_task_metrics("restoration", out, {"clean": clean})
+    assert r["psnr"] == pytest.approx((100 + 20) / 2, abs=1e-3)
+    assert r["psnr_set"] == pytest.approx(10 * math.log10(2 / 0.01), abs=1e-3)
+    assert TASK_METRICS.get("restoration").primary == "psnr_set"
+    assert TASK_METRICS.get("next_frame").primary == "psnr_set"
 
 
 def test_bad_output_shape_is_one_line_usage_error() -> None:
