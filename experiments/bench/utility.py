@@ -20,7 +20,9 @@ The last line printed is one JSON object: ``{"bench": "utility", "settings": {SE
 {"metric", "higher_is_better", "value", "baseline", "ci95"}}}, "ratios": {...}, "goals": {...}}``
 where ``ratios`` are each setting's value over ``centralized``'s on the classification tasks and
 ``goals`` the utility goals (federated ≥ 0.95, dp_eps8 ≥ 0.9, pretrained_dp_eps1 ≥ 0.9 of
-centralized) with whether each holds.
+centralized) with whether each holds. With a pretrained setting, ``reference`` adds
+``public_pretrained``: the public model scored before any private fine-tuning, which separates
+what pretraining brings from what the private rounds add.
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ def main() -> None:
     s = sizes(args.quick, args.smoke)
     base = ROOT / "experiments" / "utility.toml"
     results: dict[str, dict[str, Any]] = {}
+    reference: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-utility-") as tmp:
         work = Path(tmp)
         configs = {p: work / f"utility-{p}.toml" for p in ("iid", "dirichlet")}
@@ -221,6 +224,14 @@ def main() -> None:
             public = work / "public.toml"
             public.write_text(config_text(base, s, args.seed + PRETRAIN_SEED_OFFSET))
             pretrained = veilfed(work, ["train", "--config", str(public)])["model"]["final"]
+            # The public model alone, before any private fine-tuning: what pretraining brings.
+            reference["public_pretrained"] = score_model(work, pretrained, configs["iid"])
+            print(
+                json.dumps(
+                    {"reference": "public_pretrained"} | {"tasks": reference["public_pretrained"]}
+                ),
+                flush=True,
+            )
         for name in chosen:
             start = time.perf_counter()
             uri = run_setting(name, work, configs, s, pretrained)
@@ -233,7 +244,8 @@ def main() -> None:
         for name, goal in GOALS.items()
         if name in r
     }
-    print(json.dumps({"bench": "utility", "settings": results, "ratios": r, "goals": goals}))
+    out = {"bench": "utility", "settings": results, "ratios": r, "goals": goals}
+    print(json.dumps(out | ({"reference": reference} if reference else {})))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def fmt(x: float) -> str:
 
 
 def tables(result: dict) -> str:
-    settings = result["settings"]
+    # Reference rows (the public model before fine-tuning) print in parentheses.
+    settings = result["settings"] | {f"({k})": v for k, v in result.get("reference", {}).items()}
     tasks = [t for t in TASKS if any(t in s for s in settings.values())]
     head = "| setting | " + " | ".join(tasks) + " |\n|---" + "|---" * len(tasks) + "|\n"
     values, margins = head, head
