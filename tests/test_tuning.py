@@ -95,6 +95,7 @@ def test_direction_follows_the_metric(metric: str, goal: str) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two simulations on Ray, ~40 s: make test-slow
 def test_federated_trials_are_simulations_of_the_public_world(tmp_path: Path) -> None:
     """``--federated``: each trial is a Flower simulation on Ray (a child run of the study) and
     the search tunes local epochs, which the written config carries."""

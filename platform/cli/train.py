@@ -33,7 +33,6 @@ def train_cmd(
     ),
 ) -> None:
     """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
-    from veilfed.centralized import run
     from veilfed.config import load_config
     from veilfed.errors import UsageError
     from veilfed.io import check_new_output
@@ -52,6 +51,10 @@ def train_cmd(
         local_source(init_from)  # a bad file is one line before anything trains
     if summary_json is not None:
         check_new_output(summary_json, force, "--summary-json", (config,))
+    # Imported once the inputs are checked: MLflow and the training stack take seconds to load,
+    # which a one-line refusal should not wait for.
+    from veilfed.centralized import run
+
     with progress() as bar:
         task = bar.add_task("training", total=None)
 

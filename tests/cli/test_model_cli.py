@@ -56,6 +56,7 @@ def test_model_check_bad_mode_exits_2() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # every combination, ~35 s; the tiny config's check stays in make test
 def test_model_check_all_passes() -> None:
     res = run("model", "check", "--all", "--config", TINY, "--json", timeout=900)
     assert res.returncode == 0, res.stderr

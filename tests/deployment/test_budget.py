@@ -16,6 +16,9 @@ pytestmark = pytest.mark.deployment
 CLIENTS = ("client-0000", "client-0001")
 
 
+# Real processes, about 2 minutes: `make test-slow`. The same refusal through the real
+# ServerApp and ClientApp in process: coordinator/test_server_app.py (spent client declines).
+@pytest.mark.slow
 def test_spent_budget_declines_with_a_clear_log_line(
     cluster: Cluster, trust: certs.CertBundle, shards, tmp_path: Path
 ) -> None:
