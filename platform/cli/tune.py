@@ -32,7 +32,7 @@ def tune_cmd(
     federated: bool = typer.Option(
         False,
         "--federated",
-        help="Each trial a federated simulation of the config's [federated] on the public "
+        help="Each trial a federated simulation of the config's federated section on the public "
         "world (tunes local epochs instead of epochs; not pruned).",
     ),
     runs_dir: Path = typer.Option(
