@@ -15,7 +15,7 @@ from veilfed.centralized import run
 from veilfed.config import load_config
 from veilfed.metrics import TASK_METRICS
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~15 min: `make test-slow`
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~10 min idle: `make test-slow`
 
 CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "utility.toml"
 
