@@ -225,13 +225,9 @@ def main() -> None:
             public.write_text(config_text(base, s, args.seed + PRETRAIN_SEED_OFFSET))
             pretrained = veilfed(work, ["train", "--config", str(public)])["model"]["final"]
             # The public model alone, before any private fine-tuning: what pretraining brings.
-            reference["public_pretrained"] = score_model(work, pretrained, configs["iid"])
-            print(
-                json.dumps(
-                    {"reference": "public_pretrained"} | {"tasks": reference["public_pretrained"]}
-                ),
-                flush=True,
-            )
+            scores = score_model(work, pretrained, configs["iid"])
+            reference["public_pretrained"] = scores
+            print(json.dumps({"reference": "public_pretrained", "tasks": scores}), flush=True)
         for name in chosen:
             start = time.perf_counter()
             uri = run_setting(name, work, configs, s, pretrained)

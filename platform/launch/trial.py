@@ -42,8 +42,6 @@ def federated_trial(runs_dir: Path) -> Callable[..., dict[str, Any]]:
             with tracker.failing_on_error():
                 named = {"mlflow.runName": run_name} if run_name else {}
                 tracker.set_tags({**(tags or {}), **named})
-                summary = run_engine(settings, None)
-        summary.setdefault("run_id", settings.run_id)
-        return summary
+                return run_engine(settings, None)  # the summary names its run_id
 
     return run
