@@ -172,7 +172,7 @@ def tune(
         )
         trial.set_user_attr("run_id", summary["run_id"])
         value = summary["model"]["best_value"]
-        if summary.get("stopped_early") and trial.should_prune():
+        if summary["model"].get("stopped_early") and trial.should_prune():
             raise optuna.TrialPruned()
         return float(value)
 
