@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.metrics.baselines import Baseline, fit_baselines
 from veilfed.model import score
+from veilfed.tasks import TaskSpec
 
 _FITTED: dict[str, dict[str, Baseline]] = {}
 _MAX_FITTED = 64  # shards whose baselines a process keeps (a Ray worker serves many clients)
@@ -37,7 +38,7 @@ def evaluate_round(
     use_client_threads()
     train_ids, eval_ids = split_shard(settings, inputs)
     model = round_model(settings, arrays)
-    baselines = client_baselines(settings, inputs, model.tasks, train_ids)
+    baselines = client_baselines(settings, inputs, model.task_specs, train_ids)
     exp = experiment(settings)
     loader = DataLoader(
         client_dataset(settings, inputs, eval_ids),
@@ -50,7 +51,10 @@ def evaluate_round(
 
 
 def client_baselines(
-    settings: RunSettings, inputs: ClientInputs, tasks: Sequence[str], train_ids: list[str]
+    settings: RunSettings,
+    inputs: ClientInputs,
+    tasks: Mapping[str, TaskSpec],
+    train_ids: list[str],
 ) -> dict[str, Baseline]:
     """The baselines of the client's training split, fitted once per (config, client, split)."""
     key = hashlib.sha256(

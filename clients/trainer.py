@@ -38,6 +38,7 @@ from veilfed.clients.sample_cache import CACHE, CachedClips, store_digest
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
+from veilfed.data.windowed import OneWindowPerClip, window_ids
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
@@ -100,12 +101,16 @@ def client_dataset(
     specs = exp.train.augmentations if train else []
     root = str(Path(inputs.store).resolve())
     digest = store_digest(root)
-    clips = ClipDataset(
-        _store(root, inputs.key_file, digest), world, ids=ids, drop_modalities=inputs.missing
-    )
+    tasks = exp.model.task_specs()
+    store = _store(root, inputs.key_file, digest)
+    items = window_ids(store, ids)
+    clips = ClipDataset(store, world, ids=items, drop_modalities=inputs.missing, tasks=tasks)
     CACHE.resize(settings.federated.client_cache_mb << 20)
-    key = (root, digest, repr(world), tuple(sorted(inputs.missing)))
-    return CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
+    key = (root, digest, repr(world), tuple(sorted(inputs.missing)), repr(tasks))
+    cached = CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
+    if train and len(items) > len(ids):  # windows: the clip (file) stays the unit DP-SGD samples
+        return OneWindowPerClip(cached, items, settings.seed)
+    return cached
 
 
 def round_model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from veilfed.coordinator.admission import reply_info
 from veilfed.coordinator.round_record import RoundLog, weighted
+from veilfed.data.schema import SYNTHETIC_TASKS
 from veilfed.federation.keys import (
     BASELINE_PREFIX,
     DECRYPT_MS,
@@ -44,8 +45,9 @@ from veilfed.federation.keys import (
     STATUS_DECLINED,
     WEIGHT_KEY,
 )
-from veilfed.metrics import TASK_METRICS, higher_is_better, primary_metric
+from veilfed.metrics import higher_is_better, primary_metric
 from veilfed.metrics.intervals import client_bootstrap
+from veilfed.tasks import TaskSpec, as_spec
 
 log = logging.getLogger("veilfed.coordinator")
 
@@ -65,13 +67,14 @@ class Evaluation:
     errors: list[float] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # clients that refused the global model
     accepted_model: int = 0  # replies whose client accepted the global model
+    specs: dict[str, TaskSpec] = field(default_factory=dict)  # the run's declared tasks
 
     def into(self, rlog: RoundLog) -> None:
         for key, value in weighted(self.results).items():
             kind, task, metric = key.split("/", 2)
             if kind == EVAL_PREFIX:
                 rlog.eval.setdefault(task, {})[metric] = value
-        rlog.scores.update(round_scores(self.results, seed=rlog.round))
+        rlog.scores.update(round_scores(self.results, seed=rlog.round, specs=self.specs))
         if self.decrypt_ms:
             rlog.he["he/decrypt_ms"] = float(np.mean(self.decrypt_ms))
         if self.errors:
@@ -84,10 +87,16 @@ class Evaluation:
 
 
 def evaluate(
-    grid: Grid, rnd: int, messages: list[Message], cid_of: dict[int, str], timeout: float
+    grid: Grid,
+    rnd: int,
+    messages: list[Message],
+    cid_of: dict[int, str],
+    timeout: float,
+    specs: dict[str, TaskSpec] | None = None,
 ) -> Evaluation:
-    """Send the evaluate ``messages`` (node id -> client id in ``cid_of``), collect replies."""
-    out = Evaluation()
+    """Send the evaluate ``messages`` (node id -> client id in ``cid_of``), collect replies;
+    ``specs``: the run's declared tasks (default: the synthetic preset's, by name)."""
+    out = Evaluation(specs=dict(specs or {}))
     for reply in grid.send_and_receive(messages, timeout=timeout):
         cid = cid_of.get(reply.metadata.src_node_id)
         if cid is None:
@@ -138,7 +147,11 @@ def eval_metrics(reply: Message) -> tuple[float, dict[str, float]] | str:
     return float(weight), out
 
 
-def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -> dict[str, float]:
+def round_scores(
+    results: list[tuple[float, dict[str, float]]],
+    seed: int = 0,
+    specs: dict[str, TaskSpec] | None = None,
+) -> dict[str, float]:
     """``baseline/``, ``margin/``, ``eval_ci95/``, ``margin_ci95/`` and ``eval_clients/`` metrics
     of one round's replies ``(weight, {"eval/<task>/<metric>": v, "baseline/...": b})``."""
     means = weighted(results)
@@ -152,8 +165,9 @@ def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -
         if model is not None:
             out[f"{MARGIN_PREFIX}/{task}/{metric}"] = model - value
     tasks = {k.split("/", 2)[1] for k in means if k.startswith(EVAL_PREFIX + "/")}
-    for task in sorted(t for t in tasks if t in TASK_METRICS):
-        metric = primary_metric(task)
+    specs = specs or {t: as_spec(t) for t in tasks if t in SYNTHETIC_TASKS}
+    for task in sorted(t for t in tasks if t in specs):
+        metric = primary_metric(specs[task])
         name = f"{task}/{metric}"
         per_client = [
             (w, m[f"{EVAL_PREFIX}/{name}"], m.get(f"{BASELINE_PREFIX}/{name}"))
@@ -162,7 +176,8 @@ def round_scores(results: list[tuple[float, dict[str, float]]], seed: int = 0) -
         ]
         if not per_client:
             continue
-        out |= client_spread(name, [v for _, v, _ in per_client], higher_is_better(task, metric))
+        better = higher_is_better(specs[task], metric)
+        out |= client_spread(name, [v for _, v, _ in per_client], better)
         value_ci, margin_ci = client_bootstrap(per_client, seed=seed)
         for prefix, ci in ((VALUE_CI, value_ci), (MARGIN_CI, margin_ci)):
             if ci is not None:

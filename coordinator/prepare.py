@@ -141,7 +141,9 @@ def prepare(
     opened = EncryptedStore.open(store, read_key_file(key_file))
     seed = cfg.train.seed
     missing = {m: f for m, f in (("audio", fed.missing_audio), ("text", fed.missing_text)) if f}
-    shards, lacking = make_shards(opened, fed.clients, fed.partition, fed.alpha, seed, missing)
+    shards, lacking = make_shards(
+        opened, fed.clients, fed.partition, fed.alpha, seed, missing, cfg.model.task_specs()
+    )
     smallest = min(len(s) - max(1, round(fed.holdout * len(s))) for s in shards.values())
     privacy.validate(max(1, smallest), "privacy")
     he_params = None

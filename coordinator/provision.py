@@ -21,13 +21,14 @@ from veilfed.crypto.he_params import HEParams
 from veilfed.crypto.keys import write_key_file
 from veilfed.data import synth
 from veilfed.data.files import encode_clip
-from veilfed.data.partition import partition
+from veilfed.data.partition import partition, skew_labels
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import SIGNING_KEY_FILE, client_dir
 from veilfed.federation.sections import HEConfig
 from veilfed.privacy.report_signing import KeyRegistry
 from veilfed.privacy.signing import generate_signing_key, public_key_path
+from veilfed.tasks import TaskSpec
 
 
 def world_store(cfg: Any, runs_dir: Path) -> tuple[Path, Path]:
@@ -56,13 +57,15 @@ def make_shards(
     alpha: float,
     seed: int,
     missing: dict[str, float] | None = None,
+    specs: dict[str, TaskSpec] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Partition the store's clip ids among clients (Dirichlet skew over the action label);
-    also which modalities each client lacks (``missing``: modality -> fraction of clients)."""
+    """Partition the store's clip ids among clients (Dirichlet skew over the first declared
+    classification task, :func:`veilfed.data.partition.skew_labels`); also which modalities each
+    client lacks (``missing``: modality -> fraction of clients)."""
     ids = sorted(store.ids())
     labels = [0] * len(ids)
     if scheme == "dirichlet":
-        labels = [int(store.read(i)[1].get("action", 0)) for i in ids]
+        labels = skew_labels(store.labels, ids, specs)
     parts = partition(labels, num_clients, scheme=scheme, alpha=alpha, seed=seed, missing=missing)
     shards = {p.client_id: [ids[i] for i in p.indices] for p in parts}
     for cid, share in shards.items():

@@ -66,7 +66,7 @@ from veilfed.federation.keys import (
     WEIGHT_KEY,
 )
 from veilfed.federation.settings import RunSettings
-from veilfed.federation.weights import initial_arrays
+from veilfed.federation.weights import experiment, initial_arrays
 from veilfed.privacy.report_signing import KeyRegistry
 
 log = logging.getLogger("veilfed.coordinator")
@@ -97,6 +97,7 @@ class Coordinator:
         self.grid = grid
         self.s = settings
         self.fed = settings.federated
+        self.specs = experiment(settings).model.task_specs()
         self.run_dir = Path(settings.run_dir)
         self.settings_json = settings.to_json()
         self.node_clients = dict(node_clients or {})
@@ -293,7 +294,7 @@ class Coordinator:
             for c in chosen
         ]
         cid_of = {node_of[c]: c for c in chosen}
-        outcome = evaluate(self.grid, rnd, msgs, cid_of, self.fed.round_timeout_s)
+        outcome = evaluate(self.grid, rnd, msgs, cid_of, self.fed.round_timeout_s, self.specs)
         outcome.into(rlog)
         if self.secure is not None and rlog.aggregated and outcome.model_refused:
             self.secure.discard(rnd, rlog)

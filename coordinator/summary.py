@@ -23,8 +23,10 @@ from veilfed.coordinator.evaluation import MARGIN_CI, SPREAD_PREFIX, VALUE_CI
 from veilfed.errors import CheckFailed, UsageError
 from veilfed.federation.keys import BASELINE_PREFIX, EVAL_PREFIX
 from veilfed.federation.settings import RunSettings
+from veilfed.federation.weights import experiment
 from veilfed.io import write_text_atomic
 from veilfed.metrics.scores import margins, primaries
+from veilfed.tasks import TaskSpec
 
 SUMMARY_FILE = "summary.json"  # in the run directory and among the MLflow artifacts
 
@@ -32,7 +34,7 @@ SUMMARY_FILE = "summary.json"  # in the run directory and among the MLflow artif
 def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
     """The run's summary (``summary.json``; its keys are in docs/contracts.md)."""
     last = ckpt.history[-1] if ckpt.history else {"metrics": {}}
-    scores = scores_of(last["metrics"])
+    scores = scores_of(last["metrics"], experiment(settings).model.task_specs())
     clients = {}
     for cid, c in sorted(ckpt.clients.items()):
         clients[cid] = {
@@ -61,7 +63,9 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
     }
 
 
-def scores_of(metrics: dict[str, float]) -> dict[str, Any]:
+def scores_of(
+    metrics: dict[str, float], specs: dict[str, TaskSpec] | None = None
+) -> dict[str, Any]:
     """The summary's ``metrics``, ``baselines``, ``margins``, ``primary`` and ``clients_spread``
     from one round's logged metrics (:func:`veilfed.coordinator.evaluation.round_scores`).
 
@@ -85,8 +89,8 @@ def scores_of(metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "metrics": values[EVAL_PREFIX],
         "baselines": values[BASELINE_PREFIX],
-        "margins": margins(values[EVAL_PREFIX], values[BASELINE_PREFIX], intervals),
-        "primary": primaries(values[EVAL_PREFIX]),
+        "margins": margins(values[EVAL_PREFIX], values[BASELINE_PREFIX], intervals, specs),
+        "primary": primaries(specs.values() if specs else values[EVAL_PREFIX]),
         "clients_spread": spread,
     }
 

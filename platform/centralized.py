@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader
 from veilfed import tracking
 from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate, in_order
+from veilfed.data.splits import StoreSplit
+from veilfed.data.windowed import OneWindowPerClip, window_ids
 from veilfed.epochs import EpochRun, OnEpoch, metric_name, train_epochs
 from veilfed.metrics import fit_baselines
 from veilfed.model import create_model, saved, score
@@ -43,25 +45,46 @@ VAL_SEED_OFFSET = 2_000_006  # validation world: a third seed, neither training'
 TEST_SEED_OFFSET = 1_000_003
 
 
-def loaders(cfg: Any) -> tuple[Any, Any]:
-    """The training loader and the held-out test loader (a world seed training never saw)."""
+def loaders(cfg: Any, store: StoreSplit | None = None) -> tuple[Any, Any, Any]:
+    """(training, held-out test, validation) loaders: of the synthetic world (the test and the
+    validation clips from world seeds training never saw), or of the clips of ``store``."""
     w = cfg.world
-    train_world = w.world_config()
+    specs = cfg.model.task_specs()
     augment = build_augmentations(cfg.train.augmentations) if cfg.train.augmentations else None
-    train_ds = CachedDataset(
-        ClipDataset(MemorySource.world(train_world, w.clips), train_world), augment
-    )
+    if store is None:
+        train_world = w.world_config()
+        source: Any = MemorySource.world(train_world, w.clips)
+        train_ds = ClipDataset(source, train_world, tasks=specs)
+        test = held_out_loader(cfg, w.seed + TEST_SEED_OFFSET, w.eval_clips)
+        validation = val_loader(cfg)
+    else:
+        world = w.world_config()
+        items = window_ids(store.source, store.train)
+        train_ds = ClipDataset(store.source, world, ids=items, tasks=specs)
+        test, validation = (
+            DataLoader(
+                CachedDataset(
+                    ClipDataset(store.source, world, ids=window_ids(store.source, ids), tasks=specs)
+                ),
+                batch_size=cfg.train.batch_size,
+                collate_fn=collate,
+            )
+            for ids in (store.test, store.validation)
+        )
+    cached: Any = CachedDataset(train_ds, augment)
+    if store is not None and len(items) > len(store.train):  # windows: the file is the unit
+        cached = OneWindowPerClip(cached, items, cfg.train.seed)
     train = DataLoader(
-        train_ds, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=train_collate
+        cached, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=train_collate
     )
-    return train, held_out_loader(cfg, w.seed + TEST_SEED_OFFSET, w.eval_clips)
+    return train, test, validation
 
 
 def held_out_loader(cfg: Any, seed: int, clips: int) -> DataLoader:
     """``clips`` clips of the config's world under ``seed`` (same distribution, disjoint clips)."""
     world = cfg.world.world_config(seed=seed)
-    ds = CachedDataset(ClipDataset(MemorySource.world(world, clips), world))
-    return DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=collate)
+    ds = ClipDataset(MemorySource.world(world, clips), world, tasks=cfg.model.task_specs())
+    return DataLoader(CachedDataset(ds), batch_size=cfg.train.batch_size, collate_fn=collate)
 
 
 def val_loader(cfg: Any) -> DataLoader:
@@ -77,8 +100,12 @@ def run(
     on_epoch: OnEpoch | None = None,
     tags: dict[str, str] | None = None,
     run_name: str | None = None,
+    store: StoreSplit | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``cfg``; returns the run summary (docs/contracts.md).
+
+    Without ``store`` the data is the config's synthetic world; with it, the store's clips split
+    into training, validation and test (:func:`veilfed.data.splits.split_store`).
 
     ``on_step(step, total, loss)`` follows training; ``phase(name)`` wraps the slow phases
     ("synthesizing the world", "validating", "evaluating") so a console can show them;
@@ -97,16 +124,15 @@ def run(
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     start = time.perf_counter()
-    with phase("synthesizing the world"):
-        train_loader, eval_loader = loaders(cfg)
-        validation = val_loader(cfg)
+    with phase("synthesizing the world" if store is None else "reading the store"):
+        train_loader, eval_loader, validation = loaders(cfg, store)
     model = create_model(cfg)
     loaded = None
     if init is not None:
         state, dropped = read_weights(init)
         loaded = init_from(model, state, str(init), dropped)
     freeze(model, cfg.model.freeze)
-    baselines = fit_baselines(model.tasks, baseline_batches(train_loader))
+    baselines = fit_baselines(model.task_specs, baseline_batches(train_loader))
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(train_loader)
     total = t.steps or t.epochs * steps_per_epoch
@@ -132,6 +158,8 @@ def run(
         "privacy": vars(p),
         "world": vars(cfg.world),
     }
+    if store is not None:
+        params["data"] = store.describe()
     tracker = tracking.start_run(
         cfg.tracking.experiment or cfg.name,
         params=params,
@@ -196,7 +224,7 @@ def baseline_batches(train_loader: DataLoader) -> Iterator[dict[str, Any]]:
     """The training clips once each, un-augmented, in the training batch size: what the
     baselines are fitted on (before DP-SGD replaces the loader with Poisson sampling)."""
     data = train_loader.dataset
-    samples = data.samples if isinstance(data, CachedDataset) else data
+    samples = getattr(data, "samples", data)
     return in_order(samples, train_loader.batch_size or 1)
 
 

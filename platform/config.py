@@ -28,6 +28,7 @@ from veilfed.privacy.canary import CanarySettings
 from veilfed.privacy.targets import check_dp_target
 from veilfed.selection import check_select_metric
 from veilfed.tables import build
+from veilfed.tasks import TaskSpec, task_specs
 
 ACCOUNTANTS = ("rdp", "prv")  # rigorous bounds; Opacus' gdp is a CLT approximation
 
@@ -81,7 +82,11 @@ class ModelSection:
     encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion: str = "concat"
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
-    tasks: dict[str, float] = field(default_factory=lambda: dict.fromkeys(schema.TASKS, 1.0))
+    # {name: weight} for the synthetic preset's tasks, or {name: table} declaring a task's kind,
+    # classes and weight (veilfed.tasks); task_specs() resolves both.
+    tasks: dict[str, float | dict[str, Any]] = field(
+        default_factory=lambda: dict.fromkeys(schema.TASKS, 1.0)
+    )
     head_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss_weighting: str = "fixed"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +94,10 @@ class ModelSection:
     # Module-name prefixes of MultiTaskModel kept fixed (e.g. "encoders.video"): no gradient, no
     # per-sample gradient under DP, not in the optimizer (veilfed.model.init.freeze).
     freeze: list[str] = field(default_factory=list)
+
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """The declared tasks, ``{name: TaskSpec}`` in config order (``veilfed.tasks``)."""
+        return task_specs(self.tasks)
 
 
 @dataclass
@@ -229,21 +238,13 @@ def validate(cfg: ExperimentConfig) -> None:
             reg.get(getattr(m, key))
         except UsageError as exc:
             raise UsageError(f"model.{key}: {exc}") from None
-    if not m.tasks:
-        raise UsageError(f"model.tasks: configure at least one task; valid: {', '.join(HEADS)}")
-    for task, weight in m.tasks.items():
-        try:
-            head = HEADS.get(task)
-        except UsageError as exc:
-            raise UsageError(f"model.tasks.{task}: {exc}") from None
-        missing = [r for r in head.requires if r not in used]
+    for spec in m.task_specs().values():
+        missing = [r for r in HEADS.get(spec.kind).requires if r not in used]
         if missing:
             raise UsageError(
-                f"model.tasks.{task}: needs the {', '.join(missing)} encoder; "
-                f"set model.encoders.{missing[0]}"
+                f"model.tasks.{spec.name}: a {spec.kind} task needs the {', '.join(missing)} "
+                f"encoder; set model.encoders.{missing[0]}"
             )
-        if weight < 0:
-            raise UsageError(f"model.tasks.{task}: weight must be >= 0, got {weight}")
     fusion_requires = FUSIONS.get(m.fusion).requires
     missing = [r for r in fusion_requires if r not in used]
     if missing:

@@ -45,7 +45,7 @@ def test_train_logs_both_models_and_final_reproduces_logged_metrics():
     assert entry["final"] != entry["best"] and entry["select_metric"] == "loss"
     assert summary["rounds"] == 2 and summary["steps"] == 3 and not entry["stopped_early"]
     torch.manual_seed(0)
-    _, held_out = loaders(cfg)
+    _, held_out, _ = loaders(cfg)
     again = evaluate(load(entry["final"]), held_out)
     logged = _history(summary, "eval/")[summary["rounds"]]
     for task, metrics in summary["metrics"].items():

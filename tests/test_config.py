@@ -86,11 +86,32 @@ def test_table_round_trips(tmp_path: Path) -> None:
         ("[model]\nfusion = 'late'\n", r"model.fusion: unknown fusion 'late'; valid: concat, "),
         (
             "[model.tasks]\ntracking = 1.0\n",
-            r"model.tasks.tracking: unknown head 'tracking'; valid: ",
+            r"model.tasks.tracking: give kind \(classification, .*\) and classes; 'tracking' is "
+            r"not a task of the synthetic preset",
+        ),
+        (
+            "[model.tasks.scene]\nkind = 'classification'\nclasses = ['a']\n",
+            r"model.tasks.scene.classes: a classification task needs at least 2 classes",
+        ),
+        (
+            "[model.tasks.scene]\nkind = 'tracking'\n",
+            r"model.tasks.scene.kind: unknown kind 'tracking'; valid: classification, ",
+        ),
+        (
+            "[model.tasks.scene]\nkind = 'classification'\nclasses = ['a', 'a']\n",
+            r"model.tasks.scene.classes: 'a' is listed twice",
+        ),
+        (
+            "[model.tasks.mos]\nkind = 'regression'\nrange = [5, 1]\n",
+            r"model.tasks.mos.range: expected \[low, high\] with low < high",
+        ),
+        (
+            "[model.tasks.mos]\nkind = 'regression'\nslots = 3\n",
+            r"model.tasks.mos: unknown field 'slots' for a regression task; valid: kind, ",
         ),
         (
             "[model.encoders]\nvideo = ''\ntext = 'text_transformer'\n[model.tasks]\npose = 1.0\n",
-            r"model.tasks.pose: needs the video encoder; set model.encoders.video",
+            r"model.tasks.pose: a keypoints task needs the video encoder; set model.encoders.video",
         ),
         ("[model.encoders]\nvideo = 'text_transformer'\n", r"encodes text, not video"),
         ("[train]\naugmentations = ['nope']\n", r"train.augmentations: .*'nope'"),

@@ -149,9 +149,9 @@ def score_model(work: Path, uri: str, config: Path) -> dict[str, dict[str, Any]]
     from veilfed.model import load, score
 
     cfg = load_config(config)
-    train, test = loaders(cfg)
+    train, test, _ = loaders(cfg)
     model = load(uri)
-    baselines = fit_baselines(model.tasks, baseline_batches(train))
+    baselines = fit_baselines(model.task_specs, baseline_batches(train))
     scores = score(model, test, baselines, bootstrap=1000, seed=0)
     out = {}
     for task, metric in scores.primary.items():

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from veilfed.cli.common import fail, handle_errors, print_json, progress
+from veilfed.config import load_config
 from veilfed.crypto.keys import read_key_file
 from veilfed.data import synth
 from veilfed.data.bundle import export_bundle, import_bundle, partition_ids, read_clip_list
+from veilfed.data.example_videos import write_example
 from veilfed.data.files import encode_clip, write_world
-from veilfed.data.ingest import ingest_to, load_labels
+from veilfed.data.ingest import WindowPlan, ingest_to
+from veilfed.data.labels import LabelSource
 from veilfed.data.store import EncryptedStore
 from veilfed.io import check_new_output
 from veilfed.privacy.ids import check_client_id
@@ -77,6 +81,25 @@ def synth_cmd(
         )
 
 
+@app.command("example")
+@handle_errors
+def example_cmd(
+    out: Path = typer.Option(..., "--out", help="New directory for the example videos."),
+    per_scene: int = typer.Option(10, "--per-scene", min=2, help="Clips of each scene."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write example videos with labels.csv, COCO boxes.json and WebVTT subtitles, to try the
+    own-videos walkthrough (README, "Your own videos")."""
+    summary = write_example(out, per_scene)
+    if as_json:
+        print_json(summary)
+    else:
+        print(
+            f"wrote {summary['videos']} MP4s to {out}/videos with labels.csv, boxes.json "
+            f"({summary['annotated_frames']} annotated frames) and subtitles/"
+        )
+
+
 def _open_store(store: Path, key_file: Path) -> EncryptedStore:
     return EncryptedStore.open(store, read_key_file(key_file))
 
@@ -87,17 +110,37 @@ def ingest_cmd(
     sources: list[Path] = typer.Argument(..., help="Video files or directories (searched deeply)."),
     store: Path = typer.Option(..., "--store", help="Encrypted store (created if missing)."),
     key_file: Path = typer.Option(..., "--key-file", help="Fernet key file of the store."),
-    labels: Path | None = typer.Option(None, "--labels", help="Per-file labels, CSV or JSON."),
+    labels: list[str] = typer.Option(
+        [],
+        "--labels",
+        help="[TASK=]FILE, repeatable: a per-file CSV/JSON table, COCO JSON, WebVTT/SRT "
+        "(file or folder), QA or frame-score JSON (docs/data.md).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Experiment TOML whose [model.tasks] the labels are checked against."
+    ),
+    window: float | None = typer.Option(
+        None, "--window", help="Cut each file into windows of this many seconds."
+    ),
+    stride: float | None = typer.Option(
+        None, "--stride", help="Seconds between window starts (default: --window)."
+    ),
+    scenes: str | None = typer.Option(
+        None, "--scenes", help="MIN:MAX seconds: windows at scene cuts (PySceneDetect)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Encrypt real videos (MP4/MOV/MKV/WebM) into a store; exit 2 if no video was usable.
+    """Encrypt real videos (MP4/MOV/MKV/WebM) and their labels into a store; exit 2 if no video
+    was usable or a label or window is bad (then the store is as it was).
 
     Files whose content is already in the store are skipped (a rerun adds nothing and exits 0);
     a concurrent writer of the same store is waited for.
     """
     key = read_key_file(key_file)
-    table = load_labels(labels) if labels is not None else None  # before any store exists
-    summary = ingest_to(store, key, sources, table).to_json()
+    specs = load_config(config).model.task_specs() if config is not None else None
+    plan = _window_plan(window, stride, scenes)
+    label_sources = [LabelSource.parse(text) for text in labels] or None
+    summary = ingest_to(store, key, sources, label_sources, specs, plan).to_json()
     if as_json:
         print_json(summary)
     else:
@@ -106,6 +149,23 @@ def ingest_cmd(
         print(f"ingested {summary['ingested']} videos into {store}, skipped {summary['skipped']}")
     if not summary["ingested"] and not summary["already_in_store"]:
         raise fail(f"{store}: no video was ingested; check the SRC paths and the skip reasons")
+
+
+def _window_plan(window: float | None, stride: float | None, scenes: str | None) -> Any:
+    if scenes is not None:
+        if window is not None or stride is not None:
+            raise fail("give --scenes MIN:MAX or --window/--stride, not both")
+        lo, sep, hi = scenes.partition(":")
+        try:
+            bounds = (float(lo), float(hi))
+        except ValueError:
+            bounds = (0.0, -1.0)
+        if not sep or not 0 < bounds[0] <= bounds[1]:
+            raise fail(f"--scenes {scenes!r}: give MIN:MAX seconds with 0 < MIN <= MAX")
+        return WindowPlan(scenes=bounds)
+    if stride is not None and window is None:
+        raise fail("--stride needs --window SECONDS")
+    return WindowPlan(length=window, stride=stride) if window is not None else None
 
 
 @app.command("verify")

@@ -31,9 +31,18 @@ def train_cmd(
         help="Start from these weights: a veilfed state dict (.pt) or torchvision's "
         "r2plus1d_18 state dict.",
     ),
+    store: Path | None = typer.Option(
+        None,
+        "--store",
+        help="Train on this encrypted store's clips (default: the config's synthetic world); "
+        "[federated] holdout of them is the test set, as much again of the rest validation.",
+    ),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
 ) -> None:
-    """Centralized training on the synthetic world; DP-SGD when [privacy] enabled."""
+    """Centralized training on the synthetic world or an encrypted store; DP-SGD when [privacy]
+    enabled."""
     from veilfed.config import load_config
+    from veilfed.data.splits import split_store
     from veilfed.errors import UsageError
     from veilfed.io import check_new_output
     from veilfed.model.init import is_saved_model, local_source
@@ -41,10 +50,18 @@ def train_cmd(
     from veilfed.privacy.targets import check_delta_for
 
     cfg = load_config(config)
-    if cfg.privacy.enabled:  # n: the training set, every clip of the config's world
-        check_delta_for(
-            cfg.privacy.delta, cfg.world.clips, f"{config}: privacy", "the world.clips examples"
+    if (store is None) != (key_file is None):
+        raise UsageError("--store and --key-file go together: give both or neither")
+    split = None
+    if store is not None and key_file is not None:
+        split = split_store(store, key_file, cfg.federated.holdout, cfg.train.seed)
+    if cfg.privacy.enabled:  # n: the training set
+        n, what = (
+            (cfg.world.clips, "the world.clips examples")
+            if split is None
+            else (len(split.train), f"the {len(split.train)} training clips of {store}")
         )
+        check_delta_for(cfg.privacy.delta, n, f"{config}: privacy", what)
         if why := dp_refusal(cfg.model.loss_weighting):
             raise UsageError(f"{config}: model.{why}")
     if init_from is not None and not is_saved_model(init_from):
@@ -64,7 +81,7 @@ def train_cmd(
         def phase(name: str) -> Any:
             return Console(stderr=True).status(name)
 
-        summary = run(cfg, on_step=on_step, phase=phase, init=init_from)
+        summary = run(cfg, on_step=on_step, phase=phase, init=init_from, store=split)
     emit_summary(summary, summary_json, force, as_json, print_metrics)
 
 

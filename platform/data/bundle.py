@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from veilfed.crypto.keys import FernetKey, InvalidToken
-from veilfed.data.partition import client_name, partition
+from veilfed.data.partition import client_name, partition, skew_labels
 from veilfed.data.records import ClipEntry, join_records, open_clip, seal_record, split_records
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import CheckFailed, UsageError
@@ -70,13 +70,9 @@ def partition_ids(
             f"--client {client}: with --num-clients {num_clients} use one of "
             f"{names[0]} .. {names[-1]}"
         )
-    actions = (
-        [int(store.read(c)[1].get("action", 0)) for c in ids]
-        if scheme == "dirichlet"
-        else [0] * len(ids)
-    )
+    labels = skew_labels(store.labels, ids) if scheme == "dirichlet" else [0] * len(ids)
     share = next(
-        p for p in partition(actions, num_clients, scheme, alpha, seed) if p.client_id == client
+        p for p in partition(labels, num_clients, scheme, alpha, seed) if p.client_id == client
     )
     return [ids[i] for i in share.indices]
 

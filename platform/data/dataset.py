@@ -8,7 +8,7 @@ resolution, so restoration, segmentation and next-frame targets are exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,17 +17,15 @@ from torch.utils.data import Dataset
 
 from veilfed.data import schema, synth, synth_render
 from veilfed.data.files import encode_clip
+from veilfed.data.items import split_window_id
+from veilfed.data.targets import cue_text, placeholder, real_targets, restoration_pair
 from veilfed.data.text import Tokenizer
 from veilfed.data.video import DecodedClip, decode
+from veilfed.data.windowed import window_of
+from veilfed.data.windows import decode_window
+from veilfed.tasks import TaskSpec, task_spec, task_specs
 
 Sample = dict[str, Any]
-# Tasks whose labels a real (non-synthetic) clip can carry, by label key.
-_SCALAR_TASKS = {
-    "action": torch.long,
-    "sentiment": torch.long,
-    "moderation": torch.float32,
-    "quality": torch.float32,
-}
 
 
 class ClipSource(Protocol):
@@ -133,34 +131,16 @@ def synthetic_targets(
     }
 
 
-def empty_targets(frames: int, height: int, width: int, next_frames: int) -> dict[str, Any]:
-    """Placeholder-shaped targets for clips without labels (masked out by ``target_mask``)."""
-    p = len(schema.KEYPOINTS)
-    q = len(schema.QA_TYPES)
-    return {
-        "action": torch.tensor(0),
-        "sentiment": torch.tensor(0),
-        "moderation": torch.tensor(0.0),
-        "quality": torch.tensor(0.0),
-        "boxes": torch.zeros(frames, schema.MAX_OBJECTS, 4),
-        "box_classes": torch.full((frames, schema.MAX_OBJECTS), -1, dtype=torch.long),
-        "segmentation": torch.zeros(frames, height, width, dtype=torch.long),
-        "keypoints": torch.zeros(frames, p, 2),
-        "keypoint_visible": torch.zeros(frames, p, dtype=torch.bool),
-        "caption": torch.zeros(schema.MAX_CAPTION_TOKENS, dtype=torch.long),
-        "questions": torch.zeros(q, schema.MAX_QUESTION_TOKENS, dtype=torch.long),
-        "answers": torch.zeros(q, dtype=torch.long),
-        "keyframes": torch.zeros(frames),
-        "clean": torch.zeros(frames, 3, height, width),
-        "next_frames": torch.zeros(next_frames, 3, height, width),
-    }
-
-
 class ClipDataset(Dataset[Sample]):
-    """Samples (docs/contracts.md) from a ClipSource at the geometry of ``world``.
+    """Samples (docs/contracts.md) from a ClipSource at the geometry of ``world``, with targets
+    for the declared ``tasks`` (default: the synthetic preset's twelve).
 
-    ``drop_modalities`` simulates a client that lacks a modality (zeros + mask off);
-    ``augment`` is applied per sample (see :mod:`veilfed.augment`).
+    A synthetic clip carries every preset task's targets; a real clip the targets its labels give
+    (:mod:`veilfed.data.targets`) and the self-supervised ones it gives itself: restoration (a
+    degraded copy as input) and next frame (the frames after the clip: ``frames + K`` frames are
+    decoded at one step and the last K become the target). ``drop_modalities`` simulates a
+    client that lacks a modality (zeros + mask off); ``augment`` is applied per sample (see
+    :mod:`veilfed.augment`).
     """
 
     def __init__(
@@ -171,9 +151,20 @@ class ClipDataset(Dataset[Sample]):
         augment: Callable[[Sample], Sample] | None = None,
         drop_modalities: Iterable[str] = (),
         tokenizer: Tokenizer | None = None,
+        tasks: Mapping[str, TaskSpec] | None = None,
     ) -> None:
         self.source = source
         self.world = world
+        self.specs = dict(tasks) if tasks is not None else task_specs(PRESET_WEIGHTS)
+        # Tasks a synthetic clip has labels for: the preset's, declared as the preset declares.
+        self.synthetic_tasks = frozenset(
+            t
+            for t, sp in self.specs.items()
+            if t in schema.SYNTHETIC_TASKS and _same_task(sp, task_spec(t, 1.0))
+        )
+        self.next_frames = next(
+            (sp.options["frames"] for sp in self.specs.values() if sp.kind == "next_frame"), 0
+        )
         self.ids = list(ids) if ids is not None else source.ids()
         self.augment = augment
         self.drop = frozenset(drop_modalities)
@@ -190,30 +181,49 @@ class ClipDataset(Dataset[Sample]):
     def labels(self, index: int) -> dict[str, Any]:
         return self.source.read(self.ids[index])[1]
 
-    def __getitem__(self, index: int) -> Sample:
+    def _decode(
+        self, cid: str
+    ) -> tuple[DecodedClip, np.ndarray, dict[str, Any], np.ndarray, tuple[float, float] | None]:
+        """(clip, frames [T(+K), H, W, 3] uint8, labels, frame times in the source file, the
+        window's span) of ``cid``: a stored clip, or window k of one (``parent#k``)."""
         w = self.world
-        cid = self.ids[index]
-        payload, labels = self.source.read(cid)
+        parent, k = split_window_id(cid)
+        payload, labels = self.source.read(parent)
+        future = 0 if labels.get("synthetic") else self.next_frames
+        n = w.frames + future
         if isinstance(payload, DecodedClip):
             clip = payload
             frames = _resize_frames(clip.video, w.height, w.width)
+        elif k is not None:
+            window = window_of(labels, k, parent)
+            size = (w.height, w.width)
+            clip = decode_window(payload, window, n, size, w.sample_rate, w.audio_samples, cid)
+            return clip, clip.video, labels, clip.times, (window.start, window.end)
         else:
-            clip = decode(
-                payload, w.frames, (w.height, w.width), w.sample_rate, w.audio_samples, name=cid
-            )
+            clip = decode(payload, n, (w.height, w.width), w.sample_rate, w.audio_samples, cid)
             frames = clip.video
+        picked = np.linspace(0, max(clip.source_frames - 1, 0), n).round()
+        return clip, frames, labels, picked / max(clip.source_fps, 1e-6), None
+
+    def __getitem__(self, index: int) -> Sample:
+        w = self.world
+        cid = self.ids[index]
+        clip, frames, labels, times, span = self._decode(cid)
+        synthetic = bool(labels.get("synthetic"))
+        future = 0 if synthetic else self.next_frames
         modalities = labels.get("modalities", {})
+        transcript = cue_text(labels.get("transcript_cues", labels.get("transcript", "")), span)
         present = {
             "video": "video" not in self.drop,
             "audio": clip.has_audio and "audio" not in self.drop,
-            "text": bool(labels.get("transcript"))
+            "text": bool(transcript.strip())
             and modalities.get("text", True)
             and "text" not in self.drop,
         }
         video = (
             _to_video_tensor(frames)
             if present["video"]
-            else torch.zeros(w.frames, 3, w.height, w.width)
+            else torch.zeros(w.frames + future, 3, w.height, w.width)
         )
         audio = (
             torch.from_numpy(clip.audio[: w.audio_samples].copy())
@@ -221,24 +231,16 @@ class ClipDataset(Dataset[Sample]):
             else torch.zeros(w.audio_samples)
         )
         text = (
-            torch.tensor(
-                self.tokenizer.encode(labels.get("transcript", ""), schema.MAX_TEXT_TOKENS)
-            )
+            torch.tensor(self.tokenizer.encode(transcript, schema.MAX_TEXT_TOKENS))
             if present["text"]
             else torch.zeros(schema.MAX_TEXT_TOKENS, dtype=torch.long)
         )
-        if labels.get("synthetic"):
-            targets = synthetic_targets(
-                labels, w.frames, w.height, w.width, w.next_frames, self.tokenizer
-            )
-            target_mask = dict.fromkeys(schema.TASKS, True)
+        if synthetic:
+            targets, target_mask = self._synthetic_targets(labels)
         else:
-            targets = empty_targets(w.frames, w.height, w.width, w.next_frames)
-            target_mask = dict.fromkeys(schema.TASKS, False)
-            for key, dtype in _SCALAR_TASKS.items():
-                if key in labels:
-                    targets[key] = torch.tensor(labels[key], dtype=dtype)
-                    target_mask[key] = True
+            video, targets, target_mask = self._real_targets(
+                cid, labels, clip.source_fps, times, span, video
+            )
         sample: Sample = {
             "clip_id": cid,
             "video": video,
@@ -249,6 +251,57 @@ class ClipDataset(Dataset[Sample]):
             "target_mask": {k: torch.tensor(v) for k, v in target_mask.items()},
         }
         return self.augment(sample) if self.augment else sample
+
+    def _synthetic_targets(self, labels: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
+        w = self.world
+        targets = synthetic_targets(
+            labels, w.frames, w.height, w.width, w.next_frames, self.tokenizer
+        )
+        for name, spec in self.specs.items():
+            if name not in self.synthetic_tasks:
+                targets |= placeholder(spec, w.frames, w.height, w.width)
+        return targets, {t: t in self.synthetic_tasks for t in self.specs}
+
+    def _real_targets(
+        self,
+        cid: str,
+        labels: dict[str, Any],
+        fps: float,
+        times: np.ndarray,
+        span: tuple[float, float] | None,
+        video: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, Any], dict[str, bool]]:
+        """(input video, targets, labelled) of a real clip; see the class docstring."""
+        w = self.world
+        targets, labelled = real_targets(
+            self.specs,
+            labels,
+            times[: w.frames],
+            fps,
+            w.height,
+            w.width,
+            self.tokenizer,
+            span=span,
+            where=cid,
+        )
+        future, video = video[w.frames :], video[: w.frames]
+        has_video = bool(video.abs().sum() > 0)
+        for spec in self.specs.values():
+            if spec.kind == "next_frame" and has_video and len(future) >= spec.options["frames"]:
+                targets[spec.key()] = future[: spec.options["frames"]]
+                labelled[spec.name] = True
+            elif spec.kind == "restoration" and has_video:
+                video, targets[spec.key()] = restoration_pair(spec, cid, video)
+                labelled[spec.name] = True
+        return video, targets, labelled
+
+
+PRESET_WEIGHTS = dict.fromkeys(schema.TASKS, 1.0)
+
+
+def _same_task(a: TaskSpec, b: TaskSpec) -> bool:
+    """Whether ``a`` reads the same targets as ``b`` (weights may differ)."""
+    return (a.kind, a.classes, a.targets, a.options) == (b.kind, b.classes, b.targets, b.options)
 
 
 def collate(samples: Sequence[Sample]) -> dict[str, Any]:

@@ -14,30 +14,30 @@ not detected. A clip's id is its file stem, or the first free ``stem-<digest>`` 
 (:func:`free_id`): ingest never replaces a stored clip. The whole ingest holds the store's writer
 lock.
 
-Labels (``--labels FILE``): CSV with a ``file`` column (or ``path``/``clip_id``) or JSON
-(``{"name.mp4": {...}}`` or a list of objects with ``file``), matched by path, file name or stem.
-``action``/``sentiment`` may be a class name or index, ``moderation`` 0/1/true/false, ``quality`` a
-float in [0, 1], ``transcript`` text; other fields are kept as given.
+Labels (``--labels [TASK=]FILE``, :mod:`veilfed.data.labels`) are read, checked against the
+declared tasks (``[model.tasks]`` of ``--config``; the synthetic preset's when none is given)
+and matched to the input videos *before* anything is written, as are the windows of long files
+(:class:`WindowPlan`): a bad label or window is one line and the store stays as it was. A video's
+labels and windows are encrypted with it in its labels record.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
-import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veilfed.crypto.keys import FernetKey
 from veilfed.data import schema, video
+from veilfed.data.labels import LabelSource, keys_of, match, read_sources
 from veilfed.data.store import EncryptedStore
-from veilfed.errors import UsageError
+from veilfed.data.windows import Window, plan_windows, scene_windows
+from veilfed.tasks import TaskSpec, task_specs
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
-_KEY_COLUMNS = ("file", "path", "clip_id")
 
 
 @dataclass
@@ -69,84 +69,6 @@ def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """Labels the dataset reads as targets, in the types it expects."""
-    classes = {"action": schema.ACTIONS, "sentiment": schema.SENTIMENTS}.get(name)
-    text = str(value).strip()
-    try:
-        if classes is not None:
-            if text in classes:
-                return classes.index(text)
-            index = int(text)
-            if not 0 <= index < len(classes):
-                raise ValueError
-            return index
-        if name == "moderation":
-            return {"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0}[text.lower()]
-        if name == "quality":
-            q = float(text)
-            if not 0.0 <= q <= 1.0:
-                raise ValueError
-            return q
-    except (ValueError, KeyError):
-        valid = (
-            ", ".join(classes)
-            if classes
-            else {"moderation": "0/1/true/false", "quality": "a number in [0, 1]"}[name]
-        )
-        raise UsageError(
-            f"{where}: field {name!r} = {text[:40]!r} is invalid; use {valid}"
-        ) from None
-    return value
-
-
-def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Labels file -> {key (path, name or stem): labels}."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read labels file ({exc}); check --labels") from None
-    rows: list[tuple[str, dict[str, Any]]] = []
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        if isinstance(data, dict):
-            rows = [(str(k), v) for k, v in data.items()]
-        elif isinstance(data, list):
-            rows = [
-                (str(next((r[c] for c in _KEY_COLUMNS if c in r), "")), r)
-                for r in data
-                if isinstance(r, dict)
-            ]
-    else:
-        reader = csv.DictReader(text.splitlines())
-        key = next((c for c in _KEY_COLUMNS if c in (reader.fieldnames or [])), None)
-        if key is None:
-            raise UsageError(f"{path}: labels CSV needs a 'file' column naming each video")
-        rows = [(row[key], row) for row in reader]
-    out: dict[str, dict[str, Any]] = {}
-    for n, (name, row) in enumerate(rows, start=1):
-        if not name or not isinstance(row, dict):
-            raise UsageError(f"{path}: entry {n} has no file name; add a 'file' field")
-        where = f"{path}: entry {n} ({name})"
-        out[name] = {
-            k: _coerce(k, v, where) if k in {"action", "sentiment", "moderation", "quality"} else v
-            for k, v in row.items()
-            if k not in _KEY_COLUMNS and v not in ("", None)
-        }
-    return out
-
-
-def _match(labels: Mapping[str, dict[str, Any]], path: Path) -> dict[str, Any]:
-    for key in (str(path), path.name, path.stem):
-        if key in labels:
-            return labels[key]
-    return {}
-
-
 @dataclass(frozen=True)
 class _Candidate:
     path: Path
@@ -156,9 +78,9 @@ class _Candidate:
     info: dict[str, Any]
 
 
-def _candidates(paths: Iterable[str | Path], summary: IngestSummary) -> Iterator[_Candidate]:
+def _candidates(paths: Iterable[Path], summary: IngestSummary) -> Iterator[_Candidate]:
     """Readable, decodable videos among ``paths``; the rest go to ``summary.skipped``."""
-    for path in iter_sources(paths):
+    for path in paths:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -177,7 +99,9 @@ def _candidates(paths: Iterable[str | Path], summary: IngestSummary) -> Iterator
 def free_id(store: EncryptedStore, stem: str, digest: str) -> str:
     """The first id not yet in ``store``: the stem, then ``stem-<digest[:8]>``, longer digest
     prefixes, then the full digest with a counter. A file named after another file's id only moves
-    that later file on to the next free id; no stored clip is ever replaced."""
+    that later file on to the next free id; no stored clip is ever replaced. ``#`` becomes ``_``:
+    ``<id>#<k>`` names window k of a clip (:mod:`veilfed.data.windowed`)."""
+    stem = stem.replace("#", "_")
     tried = [stem, *(f"{stem}-{digest[:n]}" for n in (8, 16, 64))]
     counted = (f"{stem}-{digest}-{i}" for i in itertools.count(2))
     return next(cid for cid in itertools.chain(tried, counted) if cid not in store)
@@ -186,7 +110,7 @@ def free_id(store: EncryptedStore, stem: str, digest: str) -> str:
 def _add(
     store: EncryptedStore,
     candidates: Iterable[_Candidate],
-    labels: Mapping[str, dict[str, Any]],
+    plan: Prepared,
     summary: IngestSummary,
 ) -> None:
     """Encrypt each candidate into ``store`` (inside its batch, so under its writer lock).
@@ -206,9 +130,11 @@ def _add(
             summary.skipped.append({"file": str(c.path), "reason": f"{what} {known[same]}"})
             continue
         clip_id = free_id(store, c.path.stem, c.digest)
-        matched = _match(labels, c.path)
+        matched = plan.labels.get(c.path, {})
         source = {"name": c.path.name, "sha256": c.digest, "content_sha256": c.content, **c.info}
         record = {"synthetic": False, "source": source, **matched}
+        if c.path in plan.windows:
+            record["windows"] = [[w.start, w.end] for w in plan.windows[c.path]]
         store.put(clip_id, c.data, record)  # never replaces: free_id picked an unused id
         known[c.digest] = known[c.content] = str(c.path)
         summary.ingested.append(
@@ -221,29 +147,96 @@ def _add(
                 "fps": c.info["fps"],
                 "has_audio": c.info["has_audio"],
                 "labels": sorted(matched),
+                "windows": len(record.get("windows", ())),
             }
         )
 
 
-def _labels(labels: Mapping[str, dict[str, Any]] | str | Path | None) -> Mapping[str, Any]:
+@dataclass(frozen=True)
+class WindowPlan:
+    """How ingest cuts long files: fixed windows of ``length`` s every ``stride`` s, or windows
+    at scene cuts of ``scenes = (min, max)`` seconds (:mod:`veilfed.data.windows`)."""
+
+    length: float | None = None
+    stride: float | None = None
+    scenes: tuple[float, float] | None = None
+
+    def windows(self, path: Path, duration: float) -> list[Window]:
+        if self.scenes is not None:
+            return scene_windows(path, self.scenes[0], self.scenes[1], name=str(path))
+        return plan_windows(duration, self.length or duration, self.stride, name=str(path))
+
+
+@dataclass
+class Prepared:
+    """What ingest will store with each file, checked before the store is touched."""
+
+    labels: dict[Path, dict[str, Any]] = field(default_factory=dict)
+    windows: dict[Path, list[Window]] = field(default_factory=dict)
+
+
+Labels = Mapping[str, dict[str, Any]] | str | Path | Sequence[LabelSource] | None
+
+
+def prepare(
+    files: Sequence[Path],
+    labels: Labels = None,
+    specs: Mapping[str, TaskSpec] | None = None,
+    windows: WindowPlan | None = None,
+) -> Prepared:
+    """Read and check every label source and window plan against ``files`` (module docstring).
+
+    ``labels``: ``--labels`` sources, one labels file, or a table ``{video key: {task: value}}``
+    already in stored form; ``specs``: the declared tasks (default: the synthetic preset's).
+    """
+    specs = dict(specs) if specs is not None else task_specs(dict.fromkeys(schema.TASKS, 1.0))
+    facts: dict[Path, dict[str, Any]] = {}
+    for path in files:
+        try:
+            facts[path] = video.probe(path)
+        except (video.VideoError, OSError):
+            continue  # reported with its reason when the file is ingested
     if labels is None:
-        return {}
-    return load_labels(labels) if isinstance(labels, str | Path) else labels
+        table, origin = {}, {}
+    elif isinstance(labels, Mapping):
+        table, origin = dict(labels), {}
+    else:
+        sources = [LabelSource(Path(labels))] if isinstance(labels, str | Path) else labels
+        fps = {k: float(f["fps"]) for p, f in facts.items() for k in keys_of(p) if f["fps"]}
+        lengths = {k: d for p, f in facts.items() for k in keys_of(p) if (d := _duration(f))}
+        table, origin = read_sources(sources, specs, fps, lengths)
+    prepared = Prepared(labels=match(table, origin, files))
+    if windows is not None:
+        for path, f in facts.items():
+            prepared.windows[path] = windows.windows(path, _duration(f) or 0.0)
+    return prepared
+
+
+def _duration(facts: Mapping[str, Any]) -> float | None:
+    """Seconds of a probed file: the container's duration, else frames / fps."""
+    if facts.get("duration_s"):
+        return float(facts["duration_s"])
+    if facts.get("frames") and facts.get("fps"):
+        return float(facts["frames"]) / float(facts["fps"])
+    return None
 
 
 def ingest(
     paths: Iterable[str | Path],
     store: EncryptedStore,
-    labels: Mapping[str, dict[str, Any]] | str | Path | None = None,
+    labels: Labels = None,
+    specs: Mapping[str, TaskSpec] | None = None,
+    windows: WindowPlan | None = None,
 ) -> IngestSummary:
     """Probe, validate and encrypt each file into ``store``; unreadable files are skipped.
 
-    ``labels``: what :func:`load_labels` returns, or the labels file to load.
+    ``labels``, ``specs`` and ``windows``: see :func:`prepare`.
     """
-    table = _labels(labels)
+    files = list(iter_sources(paths))
+    plan = prepare(files, labels, specs, windows)
     summary = IngestSummary(str(store.root))
     with store.batch():
-        _add(store, _candidates(paths, summary), table, summary)
+        _add(store, _candidates(files, summary), plan, summary)
     return summary
 
 
@@ -251,19 +244,23 @@ def ingest_to(
     root: str | Path,
     key: FernetKey,
     paths: Iterable[str | Path],
-    labels: Mapping[str, dict[str, Any]] | str | Path | None = None,
+    labels: Labels = None,
+    specs: Mapping[str, TaskSpec] | None = None,
+    windows: WindowPlan | None = None,
 ) -> IngestSummary:
     """Like :func:`ingest` into the store at ``root``, creating it at the first good video.
 
-    When no file is a usable video, nothing is created: a failed first ingest leaves no store.
+    When no file is a usable video, or a label or window is bad, nothing is created: a failed
+    first ingest leaves no store.
     """
-    table = _labels(labels)
+    files = list(iter_sources(paths))
+    plan = prepare(files, labels, specs, windows)
     summary = IngestSummary(str(root))
-    candidates = _candidates(paths, summary)
+    candidates = _candidates(files, summary)
     first = next(candidates, None)
     if first is None:
         return summary
     store = EncryptedStore.create(root, key, exist_ok=True)
     with store.batch():
-        _add(store, itertools.chain([first], candidates), table, summary)
+        _add(store, itertools.chain([first], candidates), plan, summary)
     return summary

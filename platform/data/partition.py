@@ -7,13 +7,15 @@ FL papers using flwr-datasets get. Missing modalities are a per-client property 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from veilfed.data import schema
 from veilfed.errors import UsageError
+from veilfed.tasks import TaskSpec, as_spec
 
 SCHEMES = ("iid", "dirichlet", "quantity")
 
@@ -128,3 +130,25 @@ def label_skew(parts: Sequence[ClientPartition], labels: Sequence[int], num_clas
         h = np.bincount(labels[p.indices], minlength=num_classes) / len(p.indices)
         dists.append(0.5 * np.abs(h - overall).sum())
     return float(np.mean(dists))
+
+
+def skew_labels(
+    labels_of: Callable[[str], Mapping[str, Any]],
+    ids: Sequence[str],
+    specs: Mapping[str, TaskSpec] | None = None,
+) -> list[int]:
+    """The class index of each clip that Dirichlet label skew partitions by: of the first
+    classification task declared (the synthetic preset's ``action`` by default); a clip without
+    that label counts as class 0. ``labels_of(clip_id)`` gives a clip's stored labels."""
+    specs = specs if specs is not None else {"action": as_spec("action")}
+    spec = next((s for s in specs.values() if s.kind == "classification"), None)
+    if spec is None:
+        raise UsageError(
+            "partition 'dirichlet' skews a classification task's labels; declare one in "
+            "[model.tasks] or use partition 'iid' or 'quantity'"
+        )
+    out = []
+    for cid in ids:
+        value = labels_of(cid).get(spec.name)
+        out.append(0 if value is None else spec.index(value, f"clip {cid!r}"))
+    return out

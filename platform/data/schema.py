@@ -29,6 +29,17 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "purple": (160, 60, 200),
     "white": (240, 240, 240),
 }
+# Default world geometry (configurable through WorldConfig).
+DEFAULT_FRAMES = 16
+DEFAULT_SIZE = 64
+DEFAULT_FPS = 8
+SAMPLE_RATE = 16_000
+NEXT_FRAMES = 4  # held-out future frames for generation
+MAX_OBJECTS = 3  # main object + up to 2 distractors
+MAX_TEXT_TOKENS = 24
+MAX_CAPTION_TOKENS = 16
+MAX_QUESTION_TOKENS = 10
+
 SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 DEGRADATIONS: tuple[str, ...] = ("none", "blur", "noise", "blocking")
 # Articulated stick figure: pose keypoints, in this order, and the bones drawn between them.
@@ -110,28 +121,36 @@ WORDS: tuple[str, ...] = tuple(
     )
 )
 
-TASKS: tuple[str, ...] = (
-    "action",
-    "sentiment",
-    "moderation",
-    "quality",
-    "detection",
-    "segmentation",
-    "pose",
-    "caption",
-    "qa",
-    "summary",
-    "restoration",
-    "next_frame",
-)
-
-# Default world geometry (configurable through WorldConfig).
-DEFAULT_FRAMES = 16
-DEFAULT_SIZE = 64
-DEFAULT_FPS = 8
-SAMPLE_RATE = 16_000
-NEXT_FRAMES = 4  # held-out future frames for generation
-MAX_OBJECTS = 3  # main object + up to 2 distractors
-MAX_TEXT_TOKENS = 24
-MAX_CAPTION_TOKENS = 16
-MAX_QUESTION_TOKENS = 10
+# The synthetic world's twelve tasks as a preset of declared tasks (veilfed.tasks): a bare weight
+# in [model.tasks] (``action = 1.0``) names one of these. Target keys are the world's own
+# (docs/contracts.md) where they differ from the defaults.
+SYNTHETIC_TASKS: dict[str, dict[str, object]] = {
+    "action": {"kind": "classification", "classes": ACTIONS},
+    "sentiment": {"kind": "classification", "classes": SENTIMENTS},
+    "moderation": {"kind": "binary", "classes": ("flagged",)},
+    "quality": {"kind": "regression"},
+    "detection": {
+        "kind": "detection",
+        "classes": OBJECT_CLASSES,
+        "targets": {"boxes": "boxes", "classes": "box_classes"},
+        "slots": MAX_OBJECTS,
+    },
+    "segmentation": {"kind": "segmentation", "classes": OBJECT_CLASSES},
+    "pose": {
+        "kind": "keypoints",
+        "classes": KEYPOINTS,
+        "targets": {"points": "keypoints", "visible": "keypoint_visible"},
+    },
+    "caption": {"kind": "caption"},
+    "qa": {
+        "kind": "qa",
+        "classes": ANSWERS,
+        "targets": {"questions": "questions", "answers": "answers"},
+        "question_types": len(QA_TYPES),
+        "questions": len(QA_TYPES),
+    },
+    "summary": {"kind": "frame_scores", "targets": {"target": "keyframes"}},
+    "restoration": {"kind": "restoration", "targets": {"target": "clean"}},
+    "next_frame": {"kind": "next_frame", "targets": {"target": "next_frames"}},
+}
+TASKS: tuple[str, ...] = tuple(SYNTHETIC_TASKS)

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -103,6 +103,23 @@ def probe(source: Source, name: str | None = None) -> dict[str, object]:
         return info
 
 
+def check_sample_rate(sample_rate: int, label: str) -> None:
+    """A one-line :class:`VideoError` for an audio rate outside what decoding supports."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise VideoError(
+            f"{label}: sample rate {sample_rate} Hz is outside "
+            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; use e.g. 16000"
+        )
+
+
+def av_streams(container: av.container.InputContainer, label: str) -> tuple[Any, Any]:
+    """(the first video stream, the first audio stream or None); no video is a VideoError."""
+    if not container.streams.video:
+        raise VideoError(f"{label}: no video stream; supply a file with video")
+    audio = container.streams.audio[0] if container.streams.audio else None
+    return container.streams.video[0], audio
+
+
 def decode(
     source: Source,
     frames: int,
@@ -117,17 +134,10 @@ def decode(
     trimmed to ``audio_samples`` when given. A file without audio yields zeros, ``has_audio=False``.
     """
     label = describe(source, name)
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise VideoError(
-            f"{label}: sample rate {sample_rate} Hz is outside "
-            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; use e.g. 16000"
-        )
+    check_sample_rate(sample_rate, label)
     height, width = size
     with _open_input(source, label) as container:
-        if not container.streams.video:
-            raise VideoError(f"{label}: no video stream; supply a file with video")
-        vstream = container.streams.video[0]
-        astream = container.streams.audio[0] if container.streams.audio else None
+        vstream, astream = av_streams(container, label)
         streams = [vstream] + ([astream] if astream is not None else [])
         images: list[np.ndarray] = []
         chunks: list[np.ndarray] = []

@@ -10,28 +10,32 @@ model scores the baseline on the same clips::
     meter.update(baselines[t].predict(batch), batch["targets"], batch["target_mask"][t])
 
 At prediction a baseline reads only what the task's head reads besides the fused features: the
-QA questions' positions (``targets["questions"]``: the head's question type is the position
-modulo ``len(QA_TYPES)``), the input clip for restoration and next-frame (``batch["video"]``,
+QA questions' positions (the head's question type is the position modulo the task's
+``question_types``), the input clip for restoration and next-frame (``batch["video"]``,
 zeroed where the video is missing, as the heads do) and the batch geometry.
 
-============ ===========================================================================
-task         baseline
-============ ===========================================================================
-action       majority class of the training labels
-sentiment    majority class
-moderation   majority: never flag or always flag, whichever the training set has more of
-qa           majority answer per question type
-caption      the most common training caption (token ids), for every clip
-quality      constant training mean; its Spearman is undefined and reported as 0.0
-summary      constant training mean frame importance; Spearman reported as 0.0
-detection    in every frame one box, the mean training box of the majority class, score 1. The
-             other trivial predictor (no boxes) scores mAP 0 on any set with a box; this one
-             scores at least that, so it is the stronger baseline
-segmentation every pixel the majority class of the training pixels (background, usually)
-pose         mean training position of each keypoint (visible ones), in every frame
-restoration  identity: the degraded input clip
-next_frame   the last input frame, repeated for every future frame
-============ ===========================================================================
+Baselines are registered per head kind (``veilfed.tasks.KINDS``) and built for one declared
+task (:func:`build_baseline`), whose label space and target keys they read.
+
+============== =========================================================================
+kind           baseline
+============== =========================================================================
+classification majority class of the training labels
+binary         majority: never flag or always flag, whichever the training set has more of
+multilabel     every class seen in training switched on (for each class, the constant with
+               the higher F1: "never" scores 0 on a class that occurs)
+qa             majority answer per question type
+caption        the most common training caption (token ids), for every clip
+regression     constant training mean; its Spearman is undefined and reported as 0.0
+frame_scores   constant training mean of the known frame scores; Spearman reported as 0.0
+detection      in every frame one box, the mean training box of the majority class, score 1.
+               The other trivial predictor (no boxes) scores mAP 0 on any set with a box;
+               this one scores at least that, so it is the stronger baseline
+segmentation   every pixel the majority class of the training pixels (background, usually)
+keypoints      mean training position of each keypoint (visible ones), in every frame
+restoration    identity: the degraded input clip
+next_frame     the last input frame, repeated for every future frame
+============== =========================================================================
 
 The dense tasks' baselines are in :mod:`veilfed.metrics.dense_baselines`. Ties go to the lowest
 class index (deterministic). An unfitted task (no labelled training clip)
@@ -41,14 +45,14 @@ raises :class:`~veilfed.errors.UsageError` at predict.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
-from veilfed.data import schema
 from veilfed.errors import UsageError
 from veilfed.registry import Registry
+from veilfed.tasks import TaskSpec, as_spec
 
 
 class Baseline:
@@ -58,11 +62,15 @@ class Baseline:
     the given value instead (Spearman of a constant: 0.0, no rank information).
     """
 
-    task = ""
     fill: dict[str, float] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.task = spec.name
         self.fitted = False
+
+    def target(self, targets: dict[str, torch.Tensor], name: str = "target") -> torch.Tensor:
+        return targets[self.spec.key(name)]
 
     def fit(self, batches: Iterable[dict[str, Any]]) -> Baseline:
         """Fit on ``batch["targets"]`` of the labelled clips (``batch["target_mask"][task]``)."""
@@ -112,66 +120,74 @@ def _batch_size(batch: dict[str, Any]) -> int:
 BASELINES: Registry[Baseline] = Registry("baseline")
 
 
-class _Majority(Baseline):
+@BASELINES.register("classification")
+class MajorityBaseline(Baseline):
     """Majority class; predicts one-hot logits ``[B, C]``."""
 
-    key = ""
-    num_classes = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts = torch.zeros(self.num_classes, dtype=torch.long)
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.counts = torch.zeros(self.num_classes(), dtype=torch.long)
         self.majority = 0
 
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        labels = targets[self.key].long().reshape(-1)
+        labels = self.target(targets).long().reshape(-1)
         self.counts += torch.bincount(labels, minlength=len(self.counts))
 
     def _finish(self) -> None:
         self.majority = int(self.counts.argmax())
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
-        logits = torch.zeros(_batch_size(batch), self.num_classes)
+        logits = torch.zeros(_batch_size(batch), self.num_classes())
         logits[:, self.majority] = 1.0
         return logits
 
 
-@BASELINES.register("action")
-class ActionBaseline(_Majority):
-    task, key, num_classes = "action", "action", len(schema.ACTIONS)
-
-
-@BASELINES.register("sentiment")
-class SentimentBaseline(_Majority):
-    task, key, num_classes = "sentiment", "sentiment", len(schema.SENTIMENTS)
-
-
-@BASELINES.register("moderation")
-class ModerationBaseline(_Majority):
+@BASELINES.register("binary")
+class FlagBaseline(MajorityBaseline):
     """Never flag or always flag; one logit ``[B]`` (``+1`` flags)."""
 
-    task, key, num_classes = "moderation", "moderation", 2
+    def num_classes(self) -> int:
+        return 2
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        flagged = (targets["moderation"].reshape(-1) > 0.5).long()
+        flagged = (self.target(targets).reshape(-1) > 0.5).long()
         self.counts += torch.bincount(flagged, minlength=2)
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
         return torch.full((_batch_size(batch),), 1.0 if self.majority else -1.0)
 
 
-class _Mean(Baseline):
-    """Constant mean of the training values; Spearman of a constant is undefined: 0.0."""
+@BASELINES.register("multilabel")
+class SeenLabelsBaseline(Baseline):
+    """Every class that occurs in training switched on; logits ``[B, C]`` (+1 on, -1 off)."""
 
-    key = ""
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.seen = torch.zeros(len(spec.classes), dtype=torch.bool)
+
+    def _observe(self, targets: dict[str, torch.Tensor]) -> None:
+        self.seen |= (self.target(targets) > 0.5).reshape(-1, len(self.seen)).any(0)
+
+    def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
+        on = torch.where(self.seen, 1.0, -1.0)
+        return on.expand(_batch_size(batch), -1).clone()
+
+
+class _Mean(Baseline):
+    """Constant mean of the known training values (>= 0 for frame scores); Spearman of a
+    constant is undefined: 0.0."""
+
     fill = {"spearman": 0.0}
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
         self.total, self.count, self.mean = 0.0, 0, 0.0
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        values = targets[self.key].double()
+        values = self.target(targets).double()
         self.total += float(values.sum())
         self.count += values.numel()
 
@@ -179,21 +195,23 @@ class _Mean(Baseline):
         self.mean = self.total / max(self.count, 1)
 
 
-@BASELINES.register("quality")
-class QualityBaseline(_Mean):
-    """The training mean quality score for every clip, ``[B]``."""
-
-    task, key = "quality", "quality"
+@BASELINES.register("regression")
+class MeanBaseline(_Mean):
+    """The training mean value for every clip, ``[B]``."""
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
         return torch.full((_batch_size(batch),), self.mean)
 
 
-@BASELINES.register("summary")
-class SummaryBaseline(_Mean):
-    """The training mean frame importance for every frame, ``[B, T]``."""
+@BASELINES.register("frame_scores")
+class MeanFrameScoreBaseline(_Mean):
+    """The training mean of the known frame scores for every frame, ``[B, T]``."""
 
-    task, key = "summary", "keyframes"
+    def _observe(self, targets: dict[str, torch.Tensor]) -> None:
+        values = self.target(targets).double()
+        values = values[values >= 0]
+        self.total += float(values.sum())
+        self.count += values.numel()
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
         return torch.full(tuple(batch["video"].shape[:2]), self.mean)
@@ -201,31 +219,29 @@ class SummaryBaseline(_Mean):
 
 @BASELINES.register("qa")
 class QABaseline(Baseline):
-    """Majority answer per question type (type = question position modulo ``len(QA_TYPES)``,
-    what the QA head embeds); answer ids ``[B, Q]``."""
+    """Majority answer per question type (type = question position modulo the task's
+    ``question_types``, what the QA head embeds); answer ids ``[B, Q]``."""
 
-    task = "qa"
-
-    def __init__(self) -> None:
-        super().__init__()
-        types = len(schema.QA_TYPES)
-        self.counts = torch.zeros(types, len(schema.ANSWERS), dtype=torch.long)
-        self.answer = torch.zeros(types, dtype=torch.long)
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.types = spec.options["question_types"]
+        self.counts = torch.zeros(self.types, len(spec.classes), dtype=torch.long)
+        self.answer = torch.zeros(self.types, dtype=torch.long)
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        answers = targets["answers"].long()
-        qtype = torch.arange(answers.shape[1]) % len(schema.QA_TYPES)
+        answers = self.target(targets, "answers").long()
+        qtype = torch.arange(answers.shape[1]) % self.types
         qtype = qtype.expand_as(answers)
         valid = answers >= 0
-        idx = qtype[valid] * len(schema.ANSWERS) + answers[valid]
+        idx = qtype[valid] * len(self.spec.classes) + answers[valid]
         self.counts += torch.bincount(idx, minlength=self.counts.numel()).reshape(self.counts.shape)
 
     def _finish(self) -> None:
         self.answer = self.counts.argmax(1)
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
-        b, q = batch["targets"]["questions"].shape[:2]
-        qtype = torch.arange(q) % len(schema.QA_TYPES)
+        b, q = self.target(batch["targets"], "questions").shape[:2]
+        qtype = torch.arange(q) % self.types
         return self.answer[qtype].expand(b, q).clone()
 
 
@@ -233,15 +249,13 @@ class QABaseline(Baseline):
 class CaptionBaseline(Baseline):
     """The most common training caption (its token ids, first seen wins a tie), ``[B, L]``."""
 
-    task = "caption"
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
         self.counts: Counter[tuple[int, ...]] = Counter()
         self.caption = torch.zeros(0, dtype=torch.long)
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        self.counts.update(tuple(row) for row in targets["caption"].long().tolist())
+        self.counts.update(tuple(row) for row in self.target(targets).long().tolist())
 
     def _finish(self) -> None:
         self.caption = torch.tensor(self.counts.most_common(1)[0][0], dtype=torch.long)
@@ -250,9 +264,19 @@ class CaptionBaseline(Baseline):
         return self.caption.expand(_batch_size(batch), -1).clone()
 
 
-def fit_baselines(tasks: Iterable[str], batches: Iterable[dict[str, Any]]) -> dict[str, Baseline]:
-    """Every task's baseline fitted in one pass over ``batches`` (training batches)."""
-    out = {t: BASELINES.build(t) for t in tasks}
+def build_baseline(task: str | TaskSpec) -> Baseline:
+    """An unfitted baseline of ``task`` (a :class:`TaskSpec` or a synthetic preset task's name)."""
+    spec = as_spec(task)
+    return BASELINES.build(spec.kind, spec=spec)
+
+
+def fit_baselines(
+    tasks: Iterable[str | TaskSpec] | Mapping[str, TaskSpec], batches: Iterable[dict[str, Any]]
+) -> dict[str, Baseline]:
+    """Every task's baseline fitted in one pass over ``batches`` (training batches); ``tasks``:
+    specs (or a ``{name: spec}`` mapping such as ``model.task_specs``) or preset task names."""
+    specs = tasks.values() if isinstance(tasks, Mapping) else tasks
+    out = {b.task: b for b in map(build_baseline, specs)}
     for batch in batches:
         for baseline in out.values():
             baseline.observe(batch)

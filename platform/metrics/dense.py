@@ -1,5 +1,5 @@
-"""Meters of the dense tasks: detection (boxes), segmentation (masks), pose (keypoints) and the
-pixel tasks (restoration, next frame).
+"""Meters of the dense kinds: detection (boxes), segmentation (masks), keypoints and the pixel
+kinds (restoration, next frame).
 
 See :mod:`veilfed.metrics.meter` for what a meter keeps and computes.
 """
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from veilfed.data.schema import OBJECT_CLASSES
 from veilfed.errors import UsageError
 from veilfed.metrics import functional as M
 from veilfed.metrics.meter import TASK_METRICS, Resampler, TaskMetric, better, finite
+from veilfed.tasks import UNKNOWN_BOX
 
 
 @TASK_METRICS.register("detection")
@@ -24,35 +24,39 @@ class DetectionMetric(TaskMetric):
     """mAP@0.5 with every frame an image; output dict, see the package docstring. Kept per clip
     (``[B, T, N, ...]``), flattened to images at compute."""
 
-    task, target_keys = "detection", ("boxes", "box_classes")
     primary = "map50"
     higher_is_better = better("map50")
 
     def _update(self, output: Any, targets: dict[str, torch.Tensor]) -> None:
         if not isinstance(output, dict) or "boxes" not in output:
             raise UsageError(
-                "metrics for task 'detection': expected a dict with 'boxes' and "
+                f"metrics for task {self.task!r}: expected a dict with 'boxes' and "
                 "'logits' (or 'scores' and 'classes')"
             )
         boxes = output["boxes"]
         if "logits" in output:
             logits = output["logits"]
-            if logits.shape[-1] != len(OBJECT_CLASSES) + 1:
+            n = len(self.spec.classes) + 1
+            if logits.shape[-1] != n:
                 raise UsageError(
-                    f"metrics for task 'detection': logits need "
-                    f"{len(OBJECT_CLASSES) + 1} classes (last = no object), got "
-                    f"{logits.shape[-1]}"
+                    f"metrics for task {self.task!r}: logits need {n} classes (last = no "
+                    f"object), got {logits.shape[-1]}"
                 )
             scores, classes = logits.float().softmax(-1)[..., :-1].max(-1)
         else:
             scores, classes = output["scores"], output["classes"]
         b, t = boxes.shape[:2]
+        gt_classes = self.target(targets, "classes").long().reshape(b, t, -1)
+        pred_scores = scores.float().reshape(b, t, -1)
+        pred_classes = classes.long().reshape(b, t, -1)
+        # A frame nobody annotated is scored as an image with no boxes and no detections.
+        unknown = (gt_classes == UNKNOWN_BOX).all(-1, keepdim=True).to(gt_classes.device)
         self._keep(
             pred_boxes=boxes.float().reshape(b, t, -1, 4),
-            pred_scores=scores.float().reshape(b, t, -1),
-            pred_classes=classes.long().reshape(b, t, -1),
-            gt_boxes=targets["boxes"].float().reshape(b, t, -1, 4),
-            gt_classes=targets["box_classes"].long().reshape(b, t, -1),
+            pred_scores=pred_scores.masked_fill(unknown.to(pred_scores.device), 0.0),
+            pred_classes=pred_classes.masked_fill(unknown.to(pred_classes.device), -1),
+            gt_boxes=self.target(targets, "boxes").float().reshape(b, t, -1, 4),
+            gt_classes=gt_classes.masked_fill(unknown, -1),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -78,15 +82,14 @@ def _images(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @TASK_METRICS.register("segmentation")
 class SegmentationMetric(TaskMetric):
-    """mIoU and pixel accuracy; logits are upsampled to the label resolution first."""
+    """mIoU and pixel accuracy over background + the task's classes; logits are upsampled to the
+    label resolution first. Pixels labelled -1 (frames without a mask) are not scored."""
 
-    task, target_keys = "segmentation", ("segmentation",)
-    num_classes = len(OBJECT_CLASSES) + 1
     primary = "miou"
     higher_is_better = better("miou", "pixel_accuracy")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        gt = targets["segmentation"]
+        gt = self.target(targets)
         if output.is_floating_point():
             b, t, c, h, w = output.shape
             logits = output.reshape(b * t, c, h, w).float()
@@ -97,7 +100,8 @@ class SegmentationMetric(TaskMetric):
             pred = logits.argmax(1).reshape(gt.shape)
         else:
             pred = output
-        conf = [M.confusion_matrix(p, g, self.num_classes) for p, g in zip(pred, gt, strict=True)]
+        n = len(self.spec.classes) + 1
+        conf = [M.confusion_matrix(p, g, n) for p, g in zip(pred, gt, strict=True)]
         self._keep(conf=torch.stack(conf))
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -108,23 +112,22 @@ class SegmentationMetric(TaskMetric):
         }
 
 
-@TASK_METRICS.register("pose")
-class PoseMetric(TaskMetric):
+@TASK_METRICS.register("keypoints")
+class KeypointsMetric(TaskMetric):
     """PCK over visible keypoints: within 0.1 and 0.2 of the figure's box side (``pck_box_0.1``,
     ``pck_box_0.2``, the primary) and within 0.05 and 0.1 of the frame side (``pck_0.05``,
     ``pck_0.1``). The synthetic figure spans about a quarter of the frame, so frame-relative PCK
     at 0.1 is already met by the mean pose; the box-relative one is the usual pose benchmark's.
     No "@": MLflow metric names allow only letters, digits and _ - . / : and space."""
 
-    task, target_keys = "pose", ("keypoints", "keypoint_visible")
     primary = "pck_box_0.2"
     higher_is_better = better("pck_0.05", "pck_0.1", "pck_box_0.1", "pck_box_0.2")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
             pred=output.float(),
-            gt=targets["keypoints"].float(),
-            vis=targets["keypoint_visible"].bool(),
+            gt=self.target(targets, "points").float(),
+            vis=self.target(targets, "visible").bool(),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -148,7 +151,7 @@ class _Pixels(TaskMetric):
     higher_is_better = better("psnr", "psnr_set", "ssim")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        target = targets[self.target_keys[0]]
+        target = self.target(targets)
         if output.shape != target.shape:
             raise UsageError(
                 f"metrics for task {self.task!r}: output {list(output.shape)} != "
@@ -179,9 +182,9 @@ class _Pixels(TaskMetric):
 
 @TASK_METRICS.register("restoration")
 class RestorationMetric(_Pixels):
-    task, target_keys = "restoration", ("clean",)
+    """The restored clip against the clip before degradation."""
 
 
 @TASK_METRICS.register("next_frame")
 class NextFrameMetric(_Pixels):
-    task, target_keys = "next_frame", ("next_frames",)
+    """The predicted frames against the frames after the clip."""

@@ -1,5 +1,5 @@
-"""Label-only baselines of the dense tasks: detection, segmentation, pose, restoration, next
-frame (the table and the interface are in :mod:`veilfed.metrics.baselines`)."""
+"""Label-only baselines of the dense kinds: detection, segmentation, keypoints, restoration,
+next frame (the table and the interface are in :mod:`veilfed.metrics.baselines`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from veilfed.data import schema
 from veilfed.metrics.baselines import BASELINES, Baseline
+from veilfed.tasks import TaskSpec
 
 
 @BASELINES.register("detection")
@@ -16,17 +16,15 @@ class DetectionBaseline(Baseline):
     """One box per frame: the mean training box of the majority class, score 1 (see the module
     docstring for why not "no boxes"); ``boxes [B, T, 1, 4]``, ``scores``, ``classes``."""
 
-    task = "detection"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts = torch.zeros(len(schema.OBJECT_CLASSES), dtype=torch.long)
-        self.box_sums = torch.zeros(len(schema.OBJECT_CLASSES), 4, dtype=torch.float64)
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.counts = torch.zeros(len(spec.classes), dtype=torch.long)
+        self.box_sums = torch.zeros(len(spec.classes), 4, dtype=torch.float64)
         self.cls, self.box = -1, torch.zeros(4)
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        classes = targets["box_classes"].long().reshape(-1)
-        boxes = targets["boxes"].double().reshape(-1, 4)
+        classes = self.target(targets, "classes").long().reshape(-1)
+        boxes = self.target(targets, "boxes").double().reshape(-1, 4)
         real = classes >= 0
         self.counts += torch.bincount(classes[real], minlength=len(self.counts))
         self.box_sums.index_add_(0, classes[real], boxes[real])
@@ -49,15 +47,13 @@ class DetectionBaseline(Baseline):
 class SegmentationBaseline(Baseline):
     """Every pixel the majority class of the training pixels; labels ``[B, T, H, W]``."""
 
-    task = "segmentation"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts = torch.zeros(len(schema.OBJECT_CLASSES) + 1, dtype=torch.long)
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.counts = torch.zeros(len(spec.classes) + 1, dtype=torch.long)
         self.majority = 0
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        labels = targets["segmentation"].long().reshape(-1)
+        labels = self.target(targets).long().reshape(-1)
         labels = labels[(labels >= 0) & (labels < len(self.counts))]
         self.counts += torch.bincount(labels, minlength=len(self.counts))
 
@@ -69,22 +65,20 @@ class SegmentationBaseline(Baseline):
         return torch.full((b, t, h, w), self.majority, dtype=torch.long)
 
 
-@BASELINES.register("pose")
-class PoseBaseline(Baseline):
+@BASELINES.register("keypoints")
+class MeanKeypointsBaseline(Baseline):
     """Each keypoint at its mean visible training position, in every frame; ``[B, T, P, 2]``."""
 
-    task = "pose"
-
-    def __init__(self) -> None:
-        super().__init__()
-        p = len(schema.KEYPOINTS)
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        p = len(spec.classes)
         self.sums = torch.zeros(p, 2, dtype=torch.float64)
         self.counts = torch.zeros(p, dtype=torch.float64)
         self.mean = torch.full((p, 2), 0.5)
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        kp = targets["keypoints"].double()  # [B, T, P, 2]
-        vis = targets["keypoint_visible"].double()  # [B, T, P]
+        kp = self.target(targets, "points").double()  # [B, T, P, 2]
+        vis = self.target(targets, "visible").double()  # [B, T, P]
         self.sums += (kp * vis[..., None]).sum((0, 1))
         self.counts += vis.sum((0, 1))
 
@@ -107,8 +101,6 @@ def _input_video(batch: dict[str, Any]) -> torch.Tensor:
 class RestorationBaseline(Baseline):
     """Identity: the degraded input clip itself, ``[B, T, 3, H, W]``."""
 
-    task = "restoration"
-
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
         pass
 
@@ -121,14 +113,12 @@ class NextFrameBaseline(Baseline):
     """The last input frame, repeated for each of the K future frames the training targets
     have; ``[B, K, 3, H, W]``."""
 
-    task = "next_frame"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames = schema.NEXT_FRAMES
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        self.frames = int(spec.options["frames"])
 
     def _observe(self, targets: dict[str, torch.Tensor]) -> None:
-        self.frames = int(targets["next_frames"].shape[1])
+        self.frames = int(self.target(targets).shape[1])
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
         last = _input_video(batch)[:, -1:].float().clamp(0.0, 1.0)

@@ -24,24 +24,33 @@ import torch
 
 from veilfed.errors import UsageError
 from veilfed.registry import Registry
+from veilfed.tasks import TaskSpec, as_spec
 
 Resampler = Callable[[torch.Tensor], dict[str, float]]
 
 
 class TaskMetric:
-    """Accumulates one task over batches; ``update`` per batch, ``compute`` once at the end.
+    """Accumulates one declared task over batches; ``update`` per batch, ``compute`` once at the
+    end. Registered per head kind; an instance scores the task ``spec`` (its name, label space
+    and target keys).
 
     ``primary``: the one metric a task is judged by; ``higher_is_better``: per metric (``loss``,
     which evaluation adds, included).
     """
 
-    task = ""
-    target_keys: tuple[str, ...] = ()
     primary = ""
     higher_is_better: dict[str, bool] = {}
+    reads: tuple[str, ...] | None = None  # the target fields it scores (None: all its kind's)
 
-    def __init__(self) -> None:
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.task = spec.name
+        self.target_keys = tuple(spec.key(f) for f in self.reads) if self.reads else spec.keys
         self._parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def target(self, targets: dict[str, torch.Tensor], name: str = "target") -> torch.Tensor:
+        """This task's target field ``name`` among the batch's ``targets``."""
+        return targets[self.spec.key(name)]
 
     def update(
         self, output: Any, targets: dict[str, torch.Tensor], mask: torch.Tensor | None = None
@@ -125,14 +134,20 @@ def flat_scalar(x: torch.Tensor, name: str) -> torch.Tensor:
 TASK_METRICS: Registry[TaskMetric] = Registry("task metric")
 
 
+def build_metric(task: str | TaskSpec, **kwargs: Any) -> TaskMetric:
+    """A fresh meter of ``task`` (a :class:`TaskSpec`, or a synthetic preset task's name)."""
+    spec = as_spec(task)
+    return TASK_METRICS.build(spec.kind, spec=spec, **kwargs)
+
+
 def compute_task_metrics(
-    task: str,
+    task: str | TaskSpec,
     output: Any,
     targets: dict[str, torch.Tensor],
     mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
     """One-shot metrics of a single batch (evaluation loops should accumulate instead)."""
-    meter = TASK_METRICS.build(task, **kwargs)
+    meter = build_metric(task, **kwargs)
     meter.update(output, targets, mask)
     return meter.compute()

@@ -1,4 +1,5 @@
-"""Meters of the clip-level tasks: classification, moderation, quality, caption, QA, summary.
+"""Meters of the clip-level kinds: classification, binary, multilabel, regression, caption, QA,
+frame scores.
 
 See :mod:`veilfed.metrics.meter` for what a meter keeps and computes.
 """
@@ -9,7 +10,6 @@ import math
 
 import torch
 
-from veilfed.data.schema import ACTIONS, ANSWERS, SENTIMENTS
 from veilfed.data.text import BOS, EOS, PAD
 from veilfed.errors import UsageError
 from veilfed.metrics import functional as M
@@ -22,65 +22,88 @@ from veilfed.metrics.meter import (
     finite,
     flat_scalar,
 )
+from veilfed.tasks import TaskSpec
 
 __all__ = ["TASK_METRICS", "TaskMetric", "compute_task_metrics"]
 
 
-class _Classification(TaskMetric):
-    num_classes = 0
+def _logits(meter: TaskMetric, output: torch.Tensor) -> torch.Tensor:
+    """``output`` if it is ``[B, C]`` over the task's classes, else a one-line error."""
+    n = len(meter.spec.classes)
+    if output.dim() != 2 or output.shape[1] != n:
+        raise UsageError(
+            f"metrics for task {meter.task!r}: expected logits [B, {n}], got {list(output.shape)}"
+        )
+    return output
+
+
+@TASK_METRICS.register("classification")
+class ClassificationMetric(TaskMetric):
+    """Logits ``[B, C]`` over the task's classes: accuracy and macro precision, recall, F1."""
+
     primary = "accuracy"
     higher_is_better = better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        if output.dim() != 2 or output.shape[1] != self.num_classes:
-            raise UsageError(
-                f"metrics for task {self.task!r}: expected logits "
-                f"[B, {self.num_classes}], got {list(output.shape)}"
-            )
-        self._keep(pred=output.argmax(-1), target=targets[self.target_keys[0]].long())
+        self._keep(pred=_logits(self, output).argmax(-1), target=self.target(targets).long())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return M.classification(parts["pred"], parts["target"], self.num_classes)
+        return M.classification(parts["pred"], parts["target"], len(self.spec.classes))
 
 
-@TASK_METRICS.register("action")
-class ActionMetric(_Classification):
-    task, target_keys, num_classes = "action", ("action",), len(ACTIONS)
+@TASK_METRICS.register("binary")
+class BinaryMetric(TaskMetric):
+    """One logit per clip (``> 0`` = flagged); macro over {not flagged, flagged}."""
 
-
-@TASK_METRICS.register("sentiment")
-class SentimentMetric(_Classification):
-    task, target_keys, num_classes = "sentiment", ("sentiment",), len(SENTIMENTS)
-
-
-@TASK_METRICS.register("moderation")
-class ModerationMetric(TaskMetric):
-    """Binary: one logit per clip (``> 0`` = flagged); macro over {ok, flagged}."""
-
-    task, target_keys = "moderation", ("moderation",)
     primary = "f1"
     higher_is_better = better("accuracy", "precision", "recall", "f1")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         self._keep(
             pred=(flat_scalar(output, self.task) > 0).long(),
-            target=(targets["moderation"] > 0.5).long(),
+            target=(self.target(targets) > 0.5).long(),
         )
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return M.classification(parts["pred"], parts["target"], 2)
 
 
-@TASK_METRICS.register("quality")
-class QualityMetric(TaskMetric):
-    """Regression of the clean-ness score in [0, 1]."""
+@TASK_METRICS.register("multilabel")
+class MultilabelMetric(TaskMetric):
+    """One logit per class ``[B, C]`` (``> 0`` = the label applies): ``f1`` the mean over classes
+    of each class's F1 (the primary), ``micro_f1`` over every (clip, class) decision, ``accuracy``
+    the share of right decisions."""
 
-    task, target_keys = "quality", ("quality",)
+    primary = "f1"
+    higher_is_better = better("f1", "micro_f1", "accuracy")
+
+    def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        pred = (_logits(self, output) > 0).long()
+        self._keep(pred=pred, target=(self.target(targets) > 0.5).long())
+
+    def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        pred, target = parts["pred"].bool(), parts["target"].bool()
+        tp = (pred & target).sum(0).double()
+        fp = (pred & ~target).sum(0).double()
+        fn = (~pred & target).sum(0).double()
+        per_class = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+        micro = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1)
+        return {
+            "f1": float(per_class.mean()),
+            "micro_f1": float(micro),
+            "accuracy": float((pred == target).double().mean()),
+        }
+
+
+@TASK_METRICS.register("regression")
+class RegressionMetric(TaskMetric):
+    """A score per clip ``[B]``: MAE and Spearman (the primary) against the labelled value."""
+
     primary = "spearman"
     higher_is_better = better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(pred=flat_scalar(output, self.task).float(), target=targets["quality"].float())
+        self._keep(pred=flat_scalar(output, self.task).float(), target=self.target(targets).float())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return M.regression(parts["pred"], parts["target"])
@@ -93,19 +116,21 @@ class CaptionMetric(TaskMetric):
     The tokenizer's PAD/BOS/EOS never count and tokens after EOS are dropped.
     """
 
-    task, target_keys = "caption", ("caption",)
     primary = "token_f1"
     higher_is_better = better("token_f1", "bleu")
 
     def __init__(
-        self, ignore_ids: tuple[int, ...] = (PAD, BOS, EOS), eos_id: int | None = EOS
+        self,
+        spec: TaskSpec,
+        ignore_ids: tuple[int, ...] = (PAD, BOS, EOS),
+        eos_id: int | None = EOS,
     ) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.ignore_ids, self.eos_id = tuple(ignore_ids), eos_id
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         pred = output.argmax(-1) if output.is_floating_point() else output
-        self._keep(pred=pred.long(), ref=targets["caption"].long())
+        self._keep(pred=pred.long(), ref=self.target(targets).long())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         kw = {"ignore_ids": self.ignore_ids, "eos_id": self.eos_id}
@@ -137,59 +162,67 @@ class CaptionMetric(TaskMetric):
 class QAMetric(TaskMetric):
     """Exact-match answer accuracy over all questions (answers < 0 are unlabelled)."""
 
-    task, target_keys = "qa", ("answers",)
+    reads = ("answers",)
     primary = "accuracy"
     higher_is_better = better("accuracy")
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        if output.is_floating_point() and output.shape[-1] != len(ANSWERS):
+        n = len(self.spec.classes)
+        if output.is_floating_point() and output.shape[-1] != n:
             raise UsageError(
-                f"metrics for task 'qa': expected logits [B, Q, {len(ANSWERS)}], "
+                f"metrics for task {self.task!r}: expected logits [B, Q, {n}], "
                 f"got {list(output.shape)}"
             )
         pred = output.argmax(-1) if output.is_floating_point() else output
-        self._keep(pred=pred.long(), answers=targets["answers"].long())
+        self._keep(pred=pred.long(), answers=self.target(targets, "answers").long())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"accuracy": M.qa_accuracy(parts["pred"], parts["answers"])}
 
 
-@TASK_METRICS.register("summary")
-class SummaryMetric(TaskMetric):
-    """Keyframe importance: MAE and the mean per-clip Spearman (ranking frames within a clip)."""
+@TASK_METRICS.register("frame_scores")
+class FrameScoresMetric(TaskMetric):
+    """Per-frame scores (keyframe importance): MAE and the mean per-clip Spearman (ranking frames
+    within a clip), over the frames whose score is known (target >= 0)."""
 
-    task, target_keys = "summary", ("keyframes",)
     primary = "spearman"
     higher_is_better = better("spearman", lower=("mae",))
 
     def _update(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        self._keep(pred=output.float(), target=targets["keyframes"].float())
+        self._keep(pred=output.float(), target=self.target(targets).float())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        rhos = [M.spearman(p, t) for p, t in zip(parts["pred"], parts["target"], strict=True)]
-        rhos = [r for r in rhos if not math.isnan(r)]
+        rhos, err = _per_clip(parts)
+        rhos = rhos[~rhos.isnan()]
+        err = err[~err.isnan()]
         return {
-            "mae": float((parts["pred"] - parts["target"]).abs().mean()),
-            "spearman": sum(rhos) / len(rhos) if rhos else math.nan,
+            "mae": float(err.mean()) if len(err) else math.nan,
+            "spearman": float(rhos.mean()) if len(rhos) else math.nan,
         }
 
     def resampler(self) -> Resampler:
         """Per-clip Spearman and absolute error, computed once."""
-        parts = self.parts()
-        rho = torch.tensor(
-            [M.spearman(p, t) for p, t in zip(parts["pred"], parts["target"], strict=True)],
-            dtype=torch.float64,
-        )
-        err = (parts["pred"] - parts["target"]).abs().double().mean(1)
+        rho, err = _per_clip(self.parts())
 
         def at(idx: torch.Tensor) -> dict[str, float]:
-            r = rho[idx]
-            r = r[~r.isnan()]
+            r, e = rho[idx], err[idx]
+            r, e = r[~r.isnan()], e[~e.isnan()]
             return finite(
                 {
-                    "mae": float(err[idx].mean()) if len(idx) else math.nan,
+                    "mae": float(e.mean()) if len(e) else math.nan,
                     "spearman": float(r.mean()) if len(r) else math.nan,
                 }
             )
 
         return at
+
+
+def _per_clip(parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip: Spearman of the known frames' scores, and their mean absolute error (NaN when a
+    clip has no known frame)."""
+    rhos, errs = [], []
+    for p, t in zip(parts["pred"], parts["target"], strict=True):
+        known = t >= 0
+        rhos.append(M.spearman(p[known], t[known]) if known.sum() > 1 else math.nan)
+        errs.append(float((p[known] - t[known]).abs().double().mean()) if known.any() else math.nan)
+    return torch.tensor(rhos, dtype=torch.float64), torch.tensor(errs, dtype=torch.float64)

@@ -6,7 +6,7 @@ Public API (the federated layer uses only these and ``state_dict``)::
     outputs = model(batch)                 # {task: output}; batch from veilfed.data.dataset.collate
     total, per_task = model.loss(outputs, batch)
     metrics = evaluate(model, loader)      # {task: {metric: value}}
-    scores = score(model, loader, fit_baselines(model.tasks, train_loader))  # + baselines, margins
+    scores = score(model, loader, fit_baselines(model.task_specs, train_loader))  # + margins
     uri = log_model(tracker, model, cfg, "model")  # MLflow PyTorch model (veilfed.model.saved)
     model = load(uri)                      # rebuilt from its weights and [model] config
     arrays = initial_state(cfg, seed)      # {name: np.ndarray}: the weights seed initialises

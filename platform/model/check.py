@@ -7,7 +7,7 @@ the check needs no dataset and runs anywhere in seconds.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,12 +18,21 @@ from veilfed.data import schema
 from veilfed.data.text import BOS, EOS, PAD, Tokenizer
 from veilfed.model.core import create_model
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS
+from veilfed.tasks import TaskSpec
 
 
 def example_batch(
-    b: int = 4, t: int = 4, h: int = 32, w: int = 32, seed: int = 0, vocab: int | None = None
+    b: int = 4,
+    t: int = 4,
+    h: int = 32,
+    w: int = 32,
+    seed: int = 0,
+    vocab: int | None = None,
+    tasks: Mapping[str, TaskSpec] | None = None,
 ) -> dict[str, Any]:
-    """A random batch with the exact keys, dtypes and shapes of ``veilfed.data.dataset.collate``."""
+    """A random batch with the exact keys, dtypes and shapes of ``veilfed.data.dataset.collate``:
+    every synthetic preset task's targets, plus those of the declared ``tasks`` the preset does
+    not have (every task labelled)."""
     g = torch.Generator().manual_seed(seed)
     vocab = vocab or Tokenizer().vocab_size
     s = t * schema.SAMPLE_RATE // schema.DEFAULT_FPS
@@ -54,6 +63,10 @@ def example_batch(
         "clean": clean,
         "next_frames": torch.rand(b, schema.NEXT_FRAMES, 3, h, w, generator=g),
     }
+    for spec in (tasks or {}).values():
+        if not all(k in targets for k in spec.keys):
+            targets |= example_targets(spec, b, t, h, w, g, vocab)
+    names = [*schema.TASKS, *(tasks or {})]
     return {
         "clip_id": [f"example{i}" for i in range(b)],
         "video": (clean + 0.1 * torch.randn(b, t, 3, h, w, generator=g)).clamp(0, 1),
@@ -61,8 +74,53 @@ def example_batch(
         "text": text,
         "modality_mask": torch.ones(b, 3, dtype=torch.bool),
         "targets": targets,
-        "target_mask": {task: torch.ones(b, dtype=torch.bool) for task in schema.TASKS},
+        "target_mask": {task: torch.ones(b, dtype=torch.bool) for task in names},
     }
+
+
+def example_targets(
+    spec: TaskSpec, b: int, t: int, h: int, w: int, g: torch.Generator, vocab: int
+) -> dict[str, torch.Tensor]:
+    """Random targets of one declared task in its kind's shapes (docs/contracts.md)."""
+    n, o = len(spec.classes), spec.options
+    if spec.kind == "classification":
+        made = {"target": torch.randint(0, n, (b,), generator=g)}
+    elif spec.kind in ("binary", "regression"):
+        lo, hi = o.get("range", [0.0, 1.0])
+        value = torch.rand(b, generator=g)
+        made = {"target": value.round() if spec.kind == "binary" else lo + (hi - lo) * value}
+    elif spec.kind == "multilabel":
+        made = {"target": (torch.rand(b, n, generator=g) > 0.5).float()}
+    elif spec.kind == "detection":
+        xy = torch.rand(b, t, o["slots"], 2, generator=g) * 0.6
+        made = {
+            "boxes": torch.cat([xy, xy + 0.2], dim=-1),
+            "classes": torch.randint(-1, n, (b, t, o["slots"]), generator=g),
+        }
+    elif spec.kind == "segmentation":
+        made = {"target": torch.randint(0, n + 1, (b, t, h, w), generator=g)}
+    elif spec.kind == "keypoints":
+        made = {
+            "points": torch.rand(b, t, n, 2, generator=g),
+            "visible": torch.rand(b, t, n, generator=g) > 0.2,
+        }
+    elif spec.kind == "caption":
+        caption = torch.randint(4, vocab, (b, o["max_len"]), generator=g)
+        caption[:, 0], caption[:, -1] = BOS, EOS
+        made = {"target": caption}
+    elif spec.kind == "qa":
+        q = o["questions"]
+        made = {
+            "questions": torch.randint(4, vocab, (b, q, schema.MAX_QUESTION_TOKENS), generator=g),
+            "answers": torch.randint(0, n, (b, q), generator=g),
+        }
+    elif spec.kind == "frame_scores":
+        made = {"target": torch.rand(b, t, generator=g)}
+    elif spec.kind == "restoration":
+        made = {"target": torch.rand(b, t, 3, h, w, generator=g)}
+    else:
+        made = {"target": torch.rand(b, o["frames"], 3, h, w, generator=g)}
+    return {spec.key(f): v for f, v in made.items()}
 
 
 class OneBatchDataset(torch.utils.data.Dataset):
@@ -121,7 +179,9 @@ def combinations(base: ModelSection, everything: bool) -> Iterator[tuple[str, Mo
         if not all(encoders.get(r) for r in FUSIONS.get(fusion).requires):
             continue
         tasks = {
-            t: 1.0 for t in schema.TASKS if all(encoders.get(r) for r in HEADS.get(t).requires)
+            name: base.tasks[name]
+            for name, spec in base.task_specs().items()
+            if all(encoders.get(r) for r in HEADS.get(spec.kind).requires)
         }
         label = "+".join(e for e in encs if e) + f"/{fusion}"
         yield label, replace(base, encoders=encoders, fusion=fusion, tasks=tasks)
@@ -137,7 +197,7 @@ def check_one(cfg: ModelSection, mode: str = "hooks", frames: int = 8, size: int
     model = create_model(cfg)
     model.train()
     ModuleValidator.validate(model, strict=True)
-    batch = example_batch(2, frames, size, size)
+    batch = example_batch(2, frames, size, size, tasks=cfg.task_specs())
     loader = torch.utils.data.DataLoader(
         OneBatchDataset(batch), batch_size=2, collate_fn=stack_samples
     )

@@ -18,6 +18,7 @@ from veilfed.model.fusion.base import FusionOutput, View
 from veilfed.model.heads.base import Head, HeadInput
 from veilfed.model.heads.pixels import PixelDecoder
 from veilfed.model.registry import ENCODERS, FUSIONS, HEADS, LOSSES
+from veilfed.tasks import TaskSpec
 
 
 class HeadSet(nn.Module):
@@ -25,7 +26,7 @@ class HeadSet(nn.Module):
 
     def __init__(
         self,
-        tasks: tuple[str, ...],
+        tasks: dict[str, TaskSpec],
         dim: int,
         pixel_dim: int,
         strides: tuple[int, int, int] | None,
@@ -37,10 +38,14 @@ class HeadSet(nn.Module):
         if strides is not None:
             geometry |= {"tp": strides[0], "patch": strides[1]}
         self.heads = nn.ModuleDict(
-            {t: HEADS.build(t, dim=dim, **(geometry | head_kwargs.get(t, {}))) for t in tasks}
+            {
+                t: HEADS.build(spec.kind, dim=dim, spec=spec, **(geometry | head_kwargs.get(t, {})))
+                for t, spec in tasks.items()
+            }
         )
-        self.cond = nn.Linear(dim, dim) if strides is not None else None
         uses_pixels = any(h.uses_pixels for h in self.heads.values())
+        uses_grid = uses_pixels or any(h.uses_grid for h in self.heads.values())
+        self.cond = nn.Linear(dim, dim) if strides is not None and uses_grid else None
         self.decoder = PixelDecoder(dim, pixel_dim) if uses_pixels else None
 
     def forward(self, view: View, batch: dict[str, Any]) -> tuple[dict[str, Any], HeadInput]:
@@ -86,12 +91,13 @@ class MultiTaskModel(nn.Module):
             if m == "text":
                 kwargs.setdefault("vocab_size", cfg.vocab_size)
             self.encoders[m] = ENCODERS.build(cfg.encoders[m], **kwargs)
-        self.tasks = tuple(cfg.tasks)
-        for task in self.tasks:
-            missing = [r for r in HEADS.get(task).requires if r not in self.modalities]
+        self.task_specs = cfg.task_specs()
+        self.tasks = tuple(self.task_specs)
+        for spec in self.task_specs.values():
+            missing = [r for r in HEADS.get(spec.kind).requires if r not in self.modalities]
             if missing:
                 raise UsageError(
-                    f"task {task!r} needs the {', '.join(missing)} encoder; "
+                    f"task {spec.name!r} ({spec.kind}) needs the {', '.join(missing)} encoder; "
                     f"set model.encoders.{missing[0]}"
                 )
         self.fusion = FUSIONS.build(
@@ -104,10 +110,10 @@ class MultiTaskModel(nn.Module):
         views = len(self.modalities) if self.fusion.num_views_per_modality else 1
         vocab = cfg.vocab_size or Tokenizer().vocab_size
         self.head_sets = nn.ModuleList(
-            HeadSet(self.tasks, dim, cfg.pixel_dim, strides, cfg.head_kwargs, vocab)
+            HeadSet(self.task_specs, dim, cfg.pixel_dim, strides, cfg.head_kwargs, vocab)
             for _ in range(views)
         )
-        weights = tuple(float(cfg.tasks[t]) for t in self.tasks)
+        weights = tuple(spec.weight for spec in self.task_specs.values())
         self.weighting = LOSSES.build(
             cfg.loss_weighting, tasks=self.tasks, weights=weights, **cfg.loss_kwargs
         )

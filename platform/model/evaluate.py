@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from veilfed.metrics import TaskMetric
 from veilfed.metrics.baselines import Baseline
 from veilfed.metrics.intervals import DEFAULT_RESAMPLES, paired_bootstrap
 from veilfed.metrics.scores import Scores
+from veilfed.metrics.videos import pools
 
 
 def _unwrap(model: Any) -> Any:
@@ -26,8 +26,7 @@ def _unwrap(model: Any) -> Any:
 def evaluate(model: Any, loader: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per-task metrics ``{task: {metric: value}}`` of ``model`` over ``loader``; also reports each
     task's mean loss as ``loss``."""
-    _, _, results = _accumulate(model, loader, {})
-    return results
+    return _accumulate(model, loader, {})[2]
 
 
 def score(
@@ -46,8 +45,12 @@ def score(
     training clip) or absent has no baseline and no margin.
     """
     fitted = {t: b for t, b in baselines.items() if b.fitted}
-    meters, base_meters, metrics = _accumulate(model, loader, fitted)
-    base = {t: dict(fitted[t].fill) | m.compute() for t, m in base_meters.items() if m.clips()}
+    meters, base_meters, metrics, base_videos = _accumulate(model, loader, fitted)
+    base = {
+        t: dict(fitted[t].fill) | m.compute() | base_videos.get(t, {})
+        for t, m in base_meters.items()
+        if m.clips()
+    }
     intervals = {
         t: paired_bootstrap(
             meter,
@@ -58,19 +61,20 @@ def score(
         )
         for t, meter in meters.items()
     }
-    return Scores.build(metrics, base, intervals)
+    return Scores.build(metrics, base, intervals, _unwrap(model).task_specs)
 
 
-def _accumulate(
-    model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping[str, Baseline]
-) -> tuple[dict[str, TaskMetric], dict[str, TaskMetric], dict[str, dict[str, float]]]:
-    """(model meters, baseline meters, model metrics with ``loss``) over ``loader``."""
+def _accumulate(model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping[str, Baseline]):
+    """(model meters, baseline meters, model metrics with ``loss``, baselines' video-level
+    metrics) over ``loader``; windows of a video also give ``video_<metric>`` figures
+    (:mod:`veilfed.metrics.videos`)."""
     core = _unwrap(model)
     was_training = core.training
     core.eval()
     heads = core.task_heads()
     meters = {t: head.metric() for t, head in heads.items()}
     base_meters = {t: heads[t].metric() for t in baselines if t in heads}
+    videos, base_videos = pools(heads, list(heads)), pools(heads, list(base_meters))
     loss_sums = dict.fromkeys(core.tasks, 0.0)
     batches = 0
     try:
@@ -79,17 +83,25 @@ def _accumulate(
                 outputs = core(batch)
                 _, per_task = core.loss(outputs, batch)
                 preds = core.predict(batch, outputs)
+                ids = batch["clip_id"]
                 for task, meter in meters.items():
                     mask = batch["target_mask"].get(task)
                     meter.update(preds[task], batch["targets"], mask)
                     loss_sums[task] += float(per_task[task])
+                    if task in videos:
+                        videos[task].add(ids, preds[task], batch["targets"], mask)
                     if task in base_meters:
                         guess = baselines[task].predict(batch)
                         base_meters[task].update(guess, batch["targets"], mask)
+                        if task in base_videos:
+                            base_videos[task].add(ids, guess, batch["targets"], mask)
                 batches += 1
     finally:
         core.train(was_training)
-    results = {t: m.compute() for t, m in meters.items()}
+    results = {
+        t: m.compute() | videos[t].compute() if t in videos else m.compute()
+        for t, m in meters.items()
+    }
     for task in results:
         results[task]["loss"] = loss_sums[task] / max(batches, 1)
-    return meters, base_meters, results
+    return meters, base_meters, results, {t: p.compute() for t, p in base_videos.items()}

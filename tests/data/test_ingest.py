@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from veilfed.crypto.keys import FernetKey
-from veilfed.data import video
-from veilfed.data.ingest import free_id, ingest, ingest_to, load_labels
+from veilfed.data import schema, video
+from veilfed.data.ingest import free_id, ingest, ingest_to
+from veilfed.data.labels import load_labels
 from veilfed.data.scan import scan
 from veilfed.data.store import EncryptedStore
 from veilfed.errors import UsageError
+from veilfed.tasks import task_specs
 
 
 def make_video(
@@ -79,9 +81,11 @@ def test_ingest_any_container(sources, tmp_path) -> None:
     reopened = EncryptedStore.open(store.root, key)
     data, record = reopened.read("talk")
     assert data == sources["mp4"].read_bytes()  # original bytes, losslessly
-    assert record["action"] == 1 and record["sentiment"] == 2 and record["moderation"] == 1.0
+    # Class names are stored (an index is read as one), so a reordered class list still reads
+    assert record["action"] == "left" and record["sentiment"] == "positive"
+    assert record["moderation"] == 1.0
     assert record["transcript"] == "hello there" and record["synthetic"] is False
-    assert reopened.read("walk")[1]["action"] == 3
+    assert reopened.read("walk")[1]["action"] == "up"
     decoded = video.decode(reopened.read("wave")[0], 4, (16, 16))
     assert decoded.video.shape == (4, 16, 16, 3)
     assert scan([tmp_path / "store"], [p.read_bytes() for p in sources.values()]) == []
@@ -115,17 +119,22 @@ def test_same_stem_gets_distinct_ids(sources, tmp_path) -> None:
 
 
 def test_labels_json_and_bad_labels(tmp_path) -> None:
+    preset = task_specs(dict.fromkeys(schema.TASKS, 1.0))
     good = tmp_path / "l.json"
-    good.write_text(json.dumps([{"file": "a.mp4", "quality": 0.5, "note": "x"}]))
-    assert load_labels(good) == {"a.mp4": {"quality": 0.5, "note": "x"}}
+    good.write_text(json.dumps([{"file": "a.mp4", "quality": 0.5, "transcript": "hi"}]))
+    assert load_labels(good, preset) == {"a.mp4": {"quality": 0.5, "transcript": "hi"}}
     bad = tmp_path / "bad.csv"
     bad.write_text("file,action\na.mp4,flying\n")
-    with pytest.raises(UsageError, match=r"entry 1 \(a.mp4\): field 'action' = 'flying'"):
-        load_labels(bad)
+    with pytest.raises(UsageError, match=r"line 2 \(a.mp4\): field 'action': 'flying' is not"):
+        load_labels(bad, preset)
     nocol = tmp_path / "nocol.csv"
     nocol.write_text("name,action\na.mp4,left\n")
     with pytest.raises(UsageError, match="needs a 'file' column"):
-        load_labels(nocol)
+        load_labels(nocol, preset)
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("file,note\na.mp4,x\n")
+    with pytest.raises(UsageError, match=r"field 'note' is not a declared task"):
+        load_labels(unknown, preset)
 
 
 def test_reingest_is_deduplicated_across_invocations(sources, tmp_path) -> None:

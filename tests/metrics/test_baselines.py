@@ -8,7 +8,8 @@ import torch
 
 from veilfed.data import schema
 from veilfed.errors import UsageError
-from veilfed.metrics import BASELINES, TASK_METRICS, fit_baselines
+from veilfed.metrics import BASELINES, build_baseline, build_metric, fit_baselines
+from veilfed.tasks import KINDS
 
 A, Q = len(schema.ACTIONS), len(schema.QA_TYPES)
 
@@ -27,18 +28,18 @@ def _batch(b: int, t: int = 2, h: int = 4, w: int = 4, mask=None, **targets):  #
 
 
 def _score(task: str, output, batch):  # type: ignore[no-untyped-def]
-    meter = TASK_METRICS.build(task)
+    meter = build_metric(task)
     meter.update(output, batch["targets"], batch["target_mask"][task])
     return meter.compute()
 
 
 def test_every_task_has_a_baseline() -> None:
-    assert set(BASELINES.names()) == set(schema.TASKS)
+    assert set(BASELINES.names()) == set(KINDS)
 
 
 def test_majority_class_scores_the_majority_share() -> None:
     train = _batch(5, action=torch.tensor([3, 3, 1, 3, 0]))
-    base = BASELINES.build("action").fit([train])
+    base = build_baseline("action").fit([train])
     held = _batch(8, action=torch.tensor([3, 3, 3, 1, 2, 0, 0, 3]))
     out = base.predict(held)
     assert out.shape == (8, A) and (out.argmax(-1) == 3).all()
@@ -48,14 +49,14 @@ def test_majority_class_scores_the_majority_share() -> None:
 def test_unlabelled_training_clips_do_not_vote() -> None:
     mask = {"sentiment": torch.tensor([True, False, False, True])}
     train = _batch(4, mask=mask, sentiment=torch.tensor([2, 0, 0, 2]))
-    pred = BASELINES.build("sentiment").fit([train]).predict(_batch(2))
+    pred = build_baseline("sentiment").fit([train]).predict(_batch(2))
     assert pred.argmax(-1).tolist() == [2, 2]
 
 
 @pytest.mark.parametrize(("labels", "flag"), [([0, 0, 1], False), ([1, 1, 0], True)])
 def test_moderation_never_or_always_flags(labels: list[int], flag: bool) -> None:
     train = _batch(3, moderation=torch.tensor(labels, dtype=torch.float))
-    out = BASELINES.build("moderation").fit([train]).predict(_batch(4))
+    out = build_baseline("moderation").fit([train]).predict(_batch(4))
     assert out.shape == (4,) and ((out > 0) == flag).all()
 
 
@@ -65,7 +66,7 @@ def test_qa_majority_answer_per_question_type() -> None:
         [[0, 5, 9, 14] * 2, [0, 6, 9, 14] * 2, [1, 6, 10, -1] * 2], dtype=torch.long
     )
     train = _batch(3, answers=answers, questions=torch.ones(3, 2 * Q, 3, dtype=torch.long))
-    base = BASELINES.build("qa").fit([train])
+    base = build_baseline("qa").fit([train])
     held = _batch(2, answers=answers[:2], questions=torch.ones(2, 2 * Q, 3, dtype=torch.long))
     pred = base.predict(held)
     assert pred.tolist() == [[0, 6, 9, 14] * 2] * 2
@@ -75,17 +76,17 @@ def test_qa_majority_answer_per_question_type() -> None:
 def test_caption_is_the_most_common_training_caption() -> None:
     common, other = [1, 5, 6, 2, 0], [1, 7, 8, 2, 0]
     train = _batch(3, caption=torch.tensor([other, common, common]))
-    pred = BASELINES.build("caption").fit([train]).predict(_batch(2))
+    pred = build_baseline("caption").fit([train]).predict(_batch(2))
     assert pred.tolist() == [common, common]
 
 
 def test_constant_means_report_spearman_zero() -> None:
     train = _batch(4, quality=torch.tensor([0.2, 0.4, 0.6, 0.8]))
-    base = BASELINES.build("quality").fit([train])
+    base = build_baseline("quality").fit([train])
     assert base.predict(_batch(3)).tolist() == pytest.approx([0.5] * 3)
     assert base.fill == {"spearman": 0.0}
     frames = _batch(2, t=3, keyframes=torch.tensor([[0.0, 1.0, 0.5], [0.5, 0.5, 0.5]]))
-    summary = BASELINES.build("summary").fit([frames])
+    summary = build_baseline("summary").fit([frames])
     assert summary.predict(_batch(1, t=3)).tolist() == [[0.5, 0.5, 0.5]]
     assert summary.fill == {"spearman": 0.0}
 
@@ -95,7 +96,7 @@ def test_detection_predicts_the_mean_box_of_the_majority_class() -> None:
     boxes[..., 0, :] = torch.tensor([0.1, 0.1, 0.5, 0.5])
     boxes[0, :, 1] = torch.tensor([0.5, 0.5, 0.9, 0.9])
     classes = torch.tensor([[[1, 2], [1, 2]], [[1, -1], [1, -1]]])
-    base = BASELINES.build("detection").fit([_batch(2, boxes=boxes, box_classes=classes)])
+    base = build_baseline("detection").fit([_batch(2, boxes=boxes, box_classes=classes)])
     out = base.predict(_batch(3))
     assert out["boxes"].shape == (3, 2, 1, 4)
     assert out["boxes"][0, 0, 0].tolist() == pytest.approx([0.1, 0.1, 0.5, 0.5])
@@ -108,7 +109,7 @@ def test_detection_predicts_the_mean_box_of_the_majority_class() -> None:
 def test_segmentation_is_the_majority_pixel_class() -> None:
     seg = torch.zeros(1, 2, 4, 4, dtype=torch.long)
     seg[..., :1, :] = 3  # a quarter of the pixels
-    base = BASELINES.build("segmentation").fit([_batch(1, segmentation=seg)])
+    base = build_baseline("segmentation").fit([_batch(1, segmentation=seg)])
     pred = base.predict(_batch(2))
     assert pred.shape == (2, 2, 4, 4) and (pred == 0).all()
     held = _batch(1, segmentation=seg)
@@ -124,7 +125,7 @@ def test_pose_is_the_mean_visible_position_per_keypoint() -> None:
     kp[1, 0, 1] = torch.tensor([0.9, 0.9])
     vis = torch.ones(2, 1, p, dtype=torch.bool)
     vis[0, 0, 1] = False  # keypoint 1 only seen in clip 1
-    base = BASELINES.build("pose").fit([_batch(2, t=1, keypoints=kp, keypoint_visible=vis)])
+    base = build_baseline("pose").fit([_batch(2, t=1, keypoints=kp, keypoint_visible=vis)])
     out = base.predict(_batch(3, t=2))
     assert out.shape == (3, 2, p, 2)
     assert out[0, 0, 0].tolist() == pytest.approx([0.3, 0.5])
@@ -146,7 +147,7 @@ def test_restoration_is_identity_and_next_frame_copies_the_last_frame() -> None:
 
 def test_a_baseline_without_labelled_training_clips_refuses_to_predict() -> None:
     mask = {"action": torch.zeros(2, dtype=torch.bool)}
-    base = BASELINES.build("action").fit([_batch(2, mask=mask, action=torch.tensor([1, 1]))])
+    base = build_baseline("action").fit([_batch(2, mask=mask, action=torch.tensor([1, 1]))])
     assert not base.fitted
     with pytest.raises(UsageError, match="baseline for task 'action'"):
         base.predict(_batch(1))

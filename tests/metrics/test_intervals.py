@@ -10,7 +10,7 @@ import torch
 
 from veilfed.data import schema
 from veilfed.errors import UsageError
-from veilfed.metrics import TASK_METRICS
+from veilfed.metrics import build_metric
 from veilfed.metrics import functional as M
 from veilfed.metrics.intervals import client_bootstrap, paired_bootstrap
 
@@ -79,7 +79,7 @@ def _cat(xs: list) -> object:  # type: ignore[type-arg]
 
 
 def _meter(task: str, batches) -> object:  # type: ignore[no-untyped-def]
-    meter = TASK_METRICS.build(task)
+    meter = build_metric(task)
     for out, tgt in batches:
         meter.update(out[task], tgt)
     return meter
@@ -136,7 +136,7 @@ def test_a_resample_is_a_dataset_of_the_drawn_clips(task: str) -> None:
     idx = torch.tensor([0, 0, 4, 5, 5, 5])
     outs, tgts = _cat([o for o, _ in batches]), _cat([t for _, t in batches])
     pick = lambda x: {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]  # noqa: E731
-    copy = TASK_METRICS.build(task)
+    copy = build_metric(task)
     copy.update(pick(outs[task]), pick(tgts))
     assert at(idx) == pytest.approx(copy.compute(), rel=1e-6, abs=1e-9)
 
@@ -146,7 +146,7 @@ def test_the_bootstrap_interval_holds_the_estimate_and_shrinks_with_more_clips()
         target = torch.zeros(n, dtype=torch.long)
         pred = torch.zeros(n, len(schema.ACTIONS))
         pred[torch.arange(n) % 10 >= 7, 1] = 1.0  # 70 % right
-        m = TASK_METRICS.build("action")
+        m = build_metric("action")
         m.update(pred, {"action": target})
         return m
 
@@ -167,7 +167,7 @@ def test_a_model_equal_to_its_baseline_has_margin_zero() -> None:
             assert ci["margin_ci95"] == (0.0, 0.0), (task, metric)
     # a better model: the margin's interval is of the paired difference, above 0
     target = torch.arange(40) % 2
-    good, base = TASK_METRICS.build("moderation"), TASK_METRICS.build("moderation")
+    good, base = build_metric("moderation"), build_metric("moderation")
     good.update(target.float() * 2 - 1, {"moderation": target.float()})
     base.update(-torch.ones(40), {"moderation": target.float()})
     lo, hi = paired_bootstrap(good, base, resamples=200)["accuracy"]["margin_ci95"]
@@ -175,13 +175,13 @@ def test_a_model_equal_to_its_baseline_has_margin_zero() -> None:
 
 
 def test_baseline_fill_and_mismatched_clips() -> None:
-    model, base = TASK_METRICS.build("quality"), TASK_METRICS.build("quality")
+    model, base = build_metric("quality"), build_metric("quality")
     q = torch.linspace(0, 1, 10)
     model.update(q, {"quality": q})
     base.update(torch.full((10,), 0.5), {"quality": q})
     res = paired_bootstrap(model, base, fill={"spearman": 0.0}, resamples=50)
     assert res["spearman"]["margin_ci95"] == pytest.approx((1.0, 1.0))  # ranking vs none
-    short = TASK_METRICS.build("quality")
+    short = build_metric("quality")
     short.update(q[:3], {"quality": q[:3]})
     with pytest.raises(UsageError, match="the model saw 10 clips, its baseline 3"):
         paired_bootstrap(model, short)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from testkit.model import tiny
+import pytest
+from testkit.model import KIND_TASKS, tiny
 
-from veilfed.model.check import combinations, run_checks
+from veilfed.model.check import check_one, combinations, run_checks
 
 
 def test_default_combinations_cover_every_fusion() -> None:
@@ -27,3 +28,11 @@ def test_check_passes_and_reports_failures() -> None:
     assert ok and all(r.ok for r in ok), [r.error for r in ok if not r.ok]
     bad = run_checks(tiny(encoder_kwargs={"video": {"dim": 33}}), everything=False)
     assert bad and not any(r.ok for r in bad)
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_TASKS))
+def test_one_task_of_each_kind_takes_a_dp_step(kind: str) -> None:
+    """A model of one declared task builds no module that task leaves without a gradient
+    (Opacus refuses one): a classification-only model has no grid conditioning, no decoder."""
+    name, value = KIND_TASKS[kind]
+    assert check_one(tiny(tasks={name: value}, pixel_dim=8), frames=4, size=16) > 0

@@ -16,11 +16,14 @@ from torch import Tensor, nn
 
 import veilfed.model.core
 import veilfed.model.evaluate
+import veilfed.tasks
 from veilfed.config import parse_config
+from veilfed.data import schema
 from veilfed.data.text import BOS, PAD, Tokenizer
-from veilfed.metrics import TASK_METRICS, TaskMetric
+from veilfed.metrics import TaskMetric, build_metric
 from veilfed.model import HEADS, create_model, evaluate
 from veilfed.model.heads.base import Head, HeadInput
+from veilfed.tasks import TaskSpec
 
 TOY = "toy_story"
 
@@ -29,12 +32,11 @@ class ToyStoryHead(Head):
     """Next token from the pooled view and the previous token; decoded greedily, one view's
     log-probabilities weighted by the fusion's vote. Scored as a caption."""
 
-    task = TOY
     generative = True
     calls: list[tuple[int, tuple[int, ...] | None]] = []
 
-    def __init__(self, dim: int, vocab_size: int | None = None, **_: Any) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, spec: TaskSpec, vocab_size: int | None = None, **_: Any) -> None:
+        super().__init__(dim, spec)
         vocab = vocab_size or Tokenizer().vocab_size
         self.embed = nn.Embedding(vocab, dim)
         self.out = nn.Linear(dim, vocab)
@@ -63,12 +65,13 @@ class ToyStoryHead(Head):
         return ids
 
     def metric(self) -> TaskMetric:
-        return TASK_METRICS.build("caption")
+        return build_metric("caption")
 
 
 @pytest.fixture
 def toy_head(monkeypatch: pytest.MonkeyPatch) -> type[ToyStoryHead]:
-    monkeypatch.setitem(HEADS._items, TOY, ToyStoryHead)  # registered for this test only
+    monkeypatch.setitem(HEADS._items, TOY, ToyStoryHead)  # a head kind for this test only
+    monkeypatch.setitem(veilfed.tasks.KINDS, TOY, ("target",))
     monkeypatch.setattr(ToyStoryHead, "calls", [])
     return ToyStoryHead
 
@@ -77,10 +80,11 @@ def toy_head(monkeypatch: pytest.MonkeyPatch) -> type[ToyStoryHead]:
 def test_a_new_generative_head_needs_no_core_edit(
     toy_head: type[ToyStoryHead], batch: dict[str, Any], fusion: str, views: int
 ) -> None:
-    cfg = parse_config({"model": {"tasks": {TOY: 1.0, "action": 1.0}, "fusion": fusion}}, "t")
+    tasks = {TOY: {"kind": TOY, "targets": {"target": "caption"}}, "action": 1.0}
+    cfg = parse_config({"model": {"tasks": tasks, "fusion": fusion}}, "t")
     assert list(cfg.model.tasks) == [TOY, "action"]
     torch.manual_seed(0)
-    model = create_model(tiny(tasks={TOY: 1.0, "action": 1.0}, fusion=fusion))
+    model = create_model(tiny(tasks=tasks, fusion=fusion))
     total, per_task = model.loss(model(batch), batch)
     total.backward()
     assert per_task[TOY] > 0 and model.task_heads()[TOY].out.weight.grad is not None
@@ -105,7 +109,8 @@ def _string_constants(module: Any) -> set[str]:
 
 
 def test_the_model_core_names_no_head() -> None:
-    """Task-specific evaluation lives in the heads: the core and the loop name none of them."""
+    """Task-specific evaluation lives in the heads: the core and the loop name no head kind and
+    no task."""
     for module in (veilfed.model.core, veilfed.model.evaluate):
-        named = _string_constants(module) & set(HEADS.names())
+        named = _string_constants(module) & (set(HEADS.names()) | set(schema.TASKS))
         assert not named, f"{module.__name__} special-cases {sorted(named)}"

@@ -24,7 +24,7 @@ def test_unknown_fusion_lists_valid_choices() -> None:
 
 
 def test_task_needing_video_without_video_encoder() -> None:
-    with pytest.raises(UsageError, match="task 'detection' needs the video encoder"):
+    with pytest.raises(UsageError, match=r"task 'detection' \(detection\) needs the video encoder"):
         create_model(tiny(encoders={"text": "text_transformer"}, tasks={"detection": 1.0}))
 
 

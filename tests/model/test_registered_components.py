@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from testkit.model import make_batch, tiny
+from testkit.model import KIND_TASKS, make_batch, tiny
 from torch import nn
 
 from veilfed.data import schema
@@ -112,16 +112,18 @@ def test_fusion_contract(name: str) -> None:
     _restores(build, lambda m: m(encoded, present))
 
 
-@pytest.mark.parametrize("name", HEADS.names())
-def test_head_contract(name: str) -> None:
-    """Registered under its task; per-sample loss [B]; its evaluation output (``predict`` or
-    ``generate``) is what its own ``metric`` scores; restored exactly from its state_dict."""
-    batch = make_batch(B)
-    cfg = tiny(dim=DIM, pixel_dim=8, tasks={name: 1.0})
+@pytest.mark.parametrize("kind", HEADS.names())
+def test_head_contract(kind: str) -> None:
+    """Built for a declared task of its kind; per-sample loss [B]; its evaluation output
+    (``predict`` or ``generate``) is what its own ``metric`` scores; restored exactly from its
+    state_dict."""
+    name, value = KIND_TASKS[kind]
+    cfg = tiny(dim=DIM, pixel_dim=8, tasks={name: value})
+    batch = make_batch(B, tasks=cfg.task_specs())
     torch.manual_seed(0)
     model = create_model(cfg)
     head = model.task_heads()[name]
-    assert head.task == name
+    assert head.task == name and head.spec.kind == kind
     assert set(head.requires) <= set(schema.MODALITIES)
     per_sample, _ = model.per_sample_loss(model(batch), batch)
     assert per_sample.shape == (B,) and torch.isfinite(per_sample).all()

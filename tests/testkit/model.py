@@ -14,8 +14,16 @@ from veilfed.model.check import example_batch
 B, T, H, W = 4, 4, 32, 32
 
 
-def make_batch(b: int = B, t: int = T, h: int = H, w: int = W, seed: int = 0) -> dict[str, Any]:
-    return example_batch(b, t, h, w, seed=seed)
+def make_batch(
+    b: int = B, t: int = T, h: int = H, w: int = W, seed: int = 0, tasks: Any = None
+) -> dict[str, Any]:
+    return example_batch(b, t, h, w, seed=seed, tasks=tasks)
+
+
+# A declared task per head kind: the synthetic preset's where it has one.
+KIND_TASKS: dict[str, tuple[str, Any]] = {
+    str(p["kind"]): (name, 1.0) for name, p in reversed(schema.SYNTHETIC_TASKS.items())
+} | {"multilabel": ("tags", {"kind": "multilabel", "classes": ["day", "night", "indoor"]})}
 
 
 def learnable_batch() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Task heads, one per task of the synthetic world; every module here registers in ``HEADS``."""
+"""Task heads, one per head kind (``veilfed.tasks.KINDS``); each module here registers in HEADS."""
 
 from veilfed.model.heads.base import Head, HeadInput
 from veilfed.model.heads.pixels import PixelDecoder

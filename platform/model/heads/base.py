@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from veilfed.metrics import TASK_METRICS, TaskMetric
+from veilfed.metrics import TaskMetric, build_metric
 from veilfed.model.fusion.base import View
 from veilfed.model.layers import flat_apply
+from veilfed.tasks import TaskSpec
 
 
 @dataclass
@@ -43,18 +44,30 @@ class HeadInput:
 
 
 class Head(nn.Module):
-    """Base head. ``requires``: encoders it needs; ``uses_pixels``: needs the pixel decoder;
-    ``generative``: its evaluation output is decoded step by step (:meth:`generate`) instead of
-    read off the forward output (:meth:`predict`)."""
+    """Base head of one kind (registered in ``HEADS`` under a key of ``veilfed.tasks.KINDS``),
+    built for one declared task: ``spec`` gives its name, label space, options and target keys.
 
-    task: str = ""
+    ``requires``: encoders it needs; ``uses_grid`` / ``uses_pixels``: reads the video grid / the
+    pixel decoder (a head set builds them only for heads that read them: a module no head reads
+    gets no gradient, which Opacus refuses); ``generative``: its
+    evaluation output is decoded step by step (:meth:`generate`) instead of read off the forward
+    output (:meth:`predict`)."""
+
     requires: tuple[str, ...] = ()
-    uses_pixels = False
+    uses_grid = False  # reads the conditioned video grid (HeadInput.grid)
+    uses_pixels = False  # reads the shared pixel decoder's features (implies the grid)
     generative = False
+    clip_level = False  # one output per clip: windows of a video are averaged (metrics.videos)
 
-    def __init__(self, dim: int, **_: Any) -> None:
+    def __init__(self, dim: int, spec: TaskSpec, **_: Any) -> None:
         super().__init__()
         self.dim = dim
+        self.spec = spec
+        self.task = spec.name
+
+    def target(self, targets: dict[str, Tensor], name: str = "target") -> Tensor:
+        """This task's target field ``name`` of a batch's ``targets``."""
+        return targets[self.spec.key(name)]
 
     def forward(self, inp: HeadInput) -> Any:
         raise NotImplementedError
@@ -74,8 +87,8 @@ class Head(nn.Module):
         raise NotImplementedError
 
     def metric(self) -> TaskMetric:
-        """A fresh accumulator of this head's evaluation metrics (its task's by default)."""
-        return TASK_METRICS.build(self.task)
+        """A fresh accumulator of this head's evaluation metrics (its kind's by default)."""
+        return build_metric(self.spec)
 
 
 def per_sample_mean(x: Tensor) -> Tensor:

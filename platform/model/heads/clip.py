@@ -1,73 +1,80 @@
-"""Clip-level heads on the pooled vector: action, sentiment, moderation, quality."""
+"""Clip-level heads on the pooled vector: classification, binary flag, multi-label, regression."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from veilfed.data import schema
 from veilfed.model.heads.base import Head, HeadInput
 from veilfed.model.registry import HEADS
+from veilfed.tasks import TaskSpec
 
 
 class _PooledHead(Head):
-    outputs = 1
+    clip_level = True
 
-    def __init__(self, dim: int, hidden: int | None = None, **kw: object) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, spec: TaskSpec, hidden: int | None = None, **_: object) -> None:
+        super().__init__(dim, spec)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, self.outputs)
+            nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, self.outputs())
         )
+
+    def outputs(self) -> int:
+        return 1
 
     def forward(self, inp: HeadInput) -> Tensor:
         return self.mlp(inp.view.pooled)
 
 
-@HEADS.register("action")
-class ActionHead(_PooledHead):
-    """Logits over ``ACTIONS``; cross-entropy."""
+@HEADS.register("classification")
+class ClassificationHead(_PooledHead):
+    """Logits over the task's classes [B, C]; cross-entropy."""
 
-    task, outputs = "action", len(schema.ACTIONS)
-
-    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(output, targets["action"].clamp(min=0), reduction="none")
-
-
-@HEADS.register("sentiment")
-class SentimentHead(_PooledHead):
-    """Logits over ``SENTIMENTS``; cross-entropy."""
-
-    task, outputs = "sentiment", len(schema.SENTIMENTS)
+    def outputs(self) -> int:
+        return len(self.spec.classes)
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(output, targets["sentiment"].clamp(min=0), reduction="none")
+        return F.cross_entropy(output, self.target(targets).clamp(min=0), reduction="none")
 
 
-@HEADS.register("moderation")
-class ModerationHead(_PooledHead):
-    """One logit per clip (> 0 = flagged); binary cross-entropy."""
-
-    task = "moderation"
+@HEADS.register("binary")
+class BinaryHead(_PooledHead):
+    """One logit per clip [B] (> 0 = flagged); binary cross-entropy."""
 
     def forward(self, inp: HeadInput) -> Tensor:
         return super().forward(inp)[:, 0]
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
         return F.binary_cross_entropy_with_logits(
-            output, targets["moderation"].float(), reduction="none"
+            output, self.target(targets).float(), reduction="none"
         )
 
 
-@HEADS.register("quality")
-class QualityHead(_PooledHead):
-    """Clean-ness score in [0, 1] (sigmoid); squared error times 10 (the error of a [0, 1] score is
-    an order of magnitude below the other heads' losses, which would otherwise drown it)."""
+@HEADS.register("multilabel")
+class MultilabelHead(_PooledHead):
+    """One logit per class [B, C] (> 0 = the label applies); binary cross-entropy per class."""
 
-    task = "quality"
-    requires = ("video",)
-
-    def forward(self, inp: HeadInput) -> Tensor:
-        return super().forward(inp)[:, 0].sigmoid()
+    def outputs(self) -> int:
+        return len(self.spec.classes)
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        return (output - targets["quality"].float()).pow(2) * 10.0
+        bce = F.binary_cross_entropy_with_logits(
+            output, self.target(targets).float(), reduction="none"
+        )
+        return bce.mean(dim=1)
+
+
+@HEADS.register("regression")
+class RegressionHead(_PooledHead):
+    """A score in the task's ``range`` [B] (a scaled sigmoid); squared error on the [0, 1] scale
+    times 10 (a [0, 1] error is an order of magnitude below the other heads' losses, which would
+    otherwise drown it)."""
+
+    def forward(self, inp: HeadInput) -> Tensor:
+        lo, hi = self.spec.options["range"]
+        return lo + (hi - lo) * super().forward(inp)[:, 0].sigmoid()
+
+    def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        lo, hi = self.spec.options["range"]
+        err = (output - self.target(targets).float()) / (hi - lo)
+        return err.pow(2) * 10.0

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from veilfed.data import schema
 from veilfed.data.text import BOS, EOS, PAD, Tokenizer
 from veilfed.model.heads.base import Head, HeadInput
 from veilfed.model.layers import Attention, Block, positions
 from veilfed.model.registry import HEADS
+from veilfed.tasks import TaskSpec
 
 
 @HEADS.register("caption")
@@ -27,21 +27,20 @@ class CaptionHead(Head):
     :meth:`generate` decodes greedily for evaluation, to the length of the reference captions.
     """
 
-    task = "caption"
     generative = True
 
     def __init__(
         self,
         dim: int,
+        spec: TaskSpec,
         layers: int = 1,
         heads: int = 4,
         vocab_size: int | None = None,
-        max_len: int = schema.MAX_CAPTION_TOKENS,
         **_: object,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, spec)
         self.vocab = vocab_size or Tokenizer().vocab_size
-        self.max_len = max_len
+        self.max_len = max_len = int(spec.options["max_len"])
         self.embed = nn.Embedding(self.vocab, dim)
         self.pos = nn.Embedding(max_len, dim)
         self.cond = nn.Linear(dim, dim)
@@ -61,16 +60,16 @@ class CaptionHead(Head):
         return self.out(self.norm(x))
 
     def forward(self, inp: HeadInput) -> Tensor:
-        caption = inp.batch["targets"]["caption"]
+        caption = self.target(inp.batch["targets"])
         return self.decode(inp, caption[:, :-1].contiguous())
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        target = targets["caption"][:, 1:]
+        target = self.target(targets)[:, 1:]
         ce = F.cross_entropy(output.transpose(1, 2), target, ignore_index=PAD, reduction="none")
         return ce.sum(dim=1) / (target != PAD).sum(dim=1).clamp(min=1)
 
     def generate(self, views: Sequence[tuple[Head, HeadInput]], weights: Tensor | None) -> Tensor:
-        max_len = views[0][1].batch["targets"]["caption"].shape[1]
+        max_len = self.target(views[0][1].batch["targets"]).shape[1]
         return greedy_captions(views, weights, max_len)
 
 
@@ -99,36 +98,41 @@ def greedy_captions(
 
 @HEADS.register("qa")
 class QAHead(Head):
-    """Each question (bag of word embeddings + its type) attends to the view's tokens; logits over
-    ``ANSWERS`` per question [B, Q, len(ANSWERS)]."""
-
-    task = "qa"
+    """Each question (bag of word embeddings + its type: the question's position modulo the
+    task's ``question_types``) attends to the view's tokens; logits over the task's answers
+    (its classes) per question [B, Q, C]."""
 
     def __init__(
-        self, dim: int, heads: int = 4, vocab_size: int | None = None, **_: object
+        self,
+        dim: int,
+        spec: TaskSpec,
+        heads: int = 4,
+        vocab_size: int | None = None,
+        **_: object,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, spec)
+        self.types = spec.options["question_types"]
         self.embed = nn.Embedding(vocab_size or Tokenizer().vocab_size, dim)
-        self.qtype = nn.Embedding(len(schema.QA_TYPES), dim)
+        self.qtype = nn.Embedding(self.types, dim)
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, len(schema.ANSWERS))
+            nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, len(spec.classes))
         )
 
     def forward(self, inp: HeadInput) -> Tensor:
-        questions = inp.batch["targets"]["questions"]  # [B, Q, Lq]
+        questions = self.target(inp.batch["targets"], "questions")  # [B, Q, Lq]
         b, q, _ = questions.shape
         words = self.embed(questions)  # [B, Q, Lq, D]
         mask = (questions != PAD).unsqueeze(-1).to(words.dtype)
         query = (words * mask).sum(2) / mask.sum(2).clamp(min=1.0)
-        query = query + self.qtype(positions(b, q, questions.device) % len(schema.QA_TYPES))
+        query = query + self.qtype(positions(b, q, questions.device) % self.types)
         attended, _ = self.attn(self.norm(query), inp.view.tokens, inp.view.token_mask)
         context = inp.view.pooled.unsqueeze(1).expand(b, q, self.dim)
         return self.mlp(torch.cat([query + attended, context], dim=-1))
 
     def loss(self, output: Tensor, targets: dict[str, Tensor]) -> Tensor:
-        answers = targets["answers"]
+        answers = self.target(targets, "answers")
         ce = F.cross_entropy(output.transpose(1, 2), answers.clamp(min=0), reduction="none")
         labelled = (answers >= 0).float()
         return (ce * labelled).sum(1) / labelled.sum(1).clamp(min=1.0)

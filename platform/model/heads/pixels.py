@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from veilfed.data import schema
 from veilfed.model.heads.base import Head, HeadInput, per_sample_mean, unpatchify
 from veilfed.model.layers import flat_apply
 from veilfed.model.registry import HEADS
+from veilfed.tasks import TaskSpec
 
 
 class PixelDecoder(nn.Module):
@@ -76,14 +76,19 @@ class RestorationHead(Head):
     Output ``{"frames", "paint", "gate" [B], "input"}``; :meth:`predict` gives the frames.
     """
 
-    task = "restoration"
     requires = ("video",)
     uses_pixels = True
 
     def __init__(
-        self, dim: int, pixel_dim: int = 64, tp: int = 2, patch: int = 8, **_: object
+        self,
+        dim: int,
+        spec: TaskSpec,
+        pixel_dim: int = 64,
+        tp: int = 2,
+        patch: int = 8,
+        **_: object,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, spec)
         self.tp, self.patch = tp, patch
         self.out = _paint_layer(pixel_dim, tp * patch * patch)
         self.gate = nn.Linear(dim, 1)
@@ -101,7 +106,7 @@ class RestorationHead(Head):
         }
 
     def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
-        clean = targets["clean"]
+        clean = self.target(targets)
         err = (output["frames"] - clean).abs() + (output["paint"] - clean).abs()
         return per_sample_mean(err) * 10.0
 
@@ -113,26 +118,20 @@ class RestorationHead(Head):
 
 @HEADS.register("next_frame")
 class NextFrameHead(Head):
-    """The ``NEXT_FRAMES`` frames after the clip, painted from the last temporal token slice and
+    """The task's ``frames`` frames after the clip, painted from the last temporal token slice and
     blended into the last input frame (:func:`blend`); L1 on the result plus L1 on the painted
     frames (their own loss, for the reason given in :class:`RestorationHead`). Output
     ``{"frames", "paint"}``; :meth:`predict` gives the frames."""
 
-    task = "next_frame"
     requires = ("video",)
     uses_pixels = True
 
     def __init__(
-        self,
-        dim: int,
-        pixel_dim: int = 64,
-        patch: int = 8,
-        frames: int = schema.NEXT_FRAMES,
-        **_: object,
+        self, dim: int, spec: TaskSpec, pixel_dim: int = 64, patch: int = 8, **_: object
     ) -> None:
-        super().__init__(dim)
-        self.patch, self.frames = patch, frames
-        self.out = _paint_layer(pixel_dim, frames * patch * patch)
+        super().__init__(dim, spec)
+        self.patch, self.frames = patch, spec.options["frames"]
+        self.out = _paint_layer(pixel_dim, self.frames * patch * patch)
 
     def forward(self, inp: HeadInput) -> Tensor:
         raw = flat_apply(self.out, inp.pixels[:, -1:])  # [B, 1, H', W', K*p*p*4]
@@ -141,7 +140,7 @@ class NextFrameHead(Head):
         return {"frames": blend(last, raw), "paint": torch.sigmoid(raw[:, :, :3])}
 
     def loss(self, output: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
-        future = targets["next_frames"]
+        future = self.target(targets)
         err = (output["frames"] - future).abs() + (output["paint"] - future).abs()
         return per_sample_mean(err) * 10.0
 

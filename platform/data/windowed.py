@@ -1,0 +1,89 @@
+"""Windowed clips as dataset items, with the stored clip (the file) as the privacy unit.
+
+A clip ingested with windows (``labels["windows"] = [[start, end], ...]``, see
+:class:`veilfed.data.ingest.WindowPlan`) is one item per window in evaluation: item id
+``"<clip id>#<k>"`` (:mod:`veilfed.data.items`, :func:`window_ids`), decoded by seeking to the
+window (:func:`veilfed.data.windows.decode_window`).
+
+Training keeps the *file* as the unit DP-SGD samples and clips, not the window: a file cut into
+ten windows would otherwise enter a batch ten times as often as a short one, and ε would hold per
+window, not per person's video. :class:`OneWindowPerClip` therefore presents one item per file
+and hands out that file's windows in turn, one per draw, in an order fixed by the clip id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from veilfed.data.items import split_window_id, window_item
+from veilfed.data.windows import Window
+from veilfed.errors import UsageError
+
+
+def window_of(labels: Mapping[str, Any], k: int, clip_id: str) -> Window:
+    """Window ``k`` of a clip's stored windows; a one-line error when there is none."""
+    spans = labels.get("windows") or []
+    if not 0 <= k < len(spans):
+        raise UsageError(
+            f"{clip_id}: window {k} does not exist (the clip has {len(spans)} windows); "
+            "re-ingest with --window or use the clip id alone"
+        )
+    return Window.from_json(spans[k], k)
+
+
+def window_ids(source: Any, ids: Iterable[str]) -> list[str]:
+    """Each clip id of ``ids``, or its window items when it was ingested with windows."""
+    out: list[str] = []
+    for cid in ids:
+        labels = _labels(source, cid)
+        spans = labels.get("windows") or []
+        out += [window_item(cid, k) for k in range(len(spans))] if spans else [cid]
+    return out
+
+
+def _labels(source: Any, cid: str) -> Mapping[str, Any]:
+    """A clip's labels without its video when the source can (the encrypted store can)."""
+    reader = getattr(source, "labels", None)
+    return reader(cid) if callable(reader) else source.read(cid)[1]
+
+
+class OneWindowPerClip(Dataset):
+    """One item per clip over ``windows`` (a dataset of window items, e.g. a cached
+    ``ClipDataset`` over :func:`window_ids`): item ``i`` is clip ``i``'s next window, cycling
+    through its windows in an order fixed by ``seed`` and the clip id."""
+
+    def __init__(self, windows: Any, item_ids: Sequence[str], seed: int = 0) -> None:
+        self.windows = windows
+        groups: dict[str, list[int]] = {}
+        for pos, item in enumerate(item_ids):
+            groups.setdefault(split_window_id(item)[0], []).append(pos)
+        self.clips = list(groups)
+        self.order = [
+            [group[j] for j in _permutation(len(group), seed, cid)] for cid, group in groups.items()
+        ]
+        self.draws = [0] * len(self.clips)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> Any:
+        order = self.order[index]
+        pos = order[self.draws[index] % len(order)]
+        self.draws[index] += 1
+        return self.windows[pos]
+
+    @property
+    def samples(self) -> list[Any]:
+        """Every window once, un-augmented (what label-only baselines are fitted on)."""
+        base = getattr(self.windows, "samples", self.windows)
+        return [base[pos] for order in self.order for pos in order]
+
+
+def _permutation(n: int, seed: int, cid: str) -> np.ndarray:
+    salt = int.from_bytes(hashlib.sha256(cid.encode()).digest()[:4], "big")
+    return np.random.default_rng([seed, salt]).permutation(n)
