@@ -91,11 +91,12 @@ def split_shard(settings: RunSettings, inputs: ClientInputs) -> tuple[list[str],
 
 
 def client_dataset(
-    settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False
+    settings: RunSettings, inputs: ClientInputs, ids: list[str], train: bool = False, rnd: int = 1
 ) -> Any:
     """The client's clips, without the modalities its partition lacks, decoded once per process
     and store version (:mod:`veilfed.clients.sample_cache`); the config's augmentations apply per
-    use to its training split only."""
+    use to its training split only. Windowed files train one window per draw, round ``rnd``
+    continuing where the earlier rounds' local epochs left off."""
     exp = experiment(settings)
     world = exp.world.world_config()
     specs = exp.train.augmentations if train else []
@@ -109,7 +110,8 @@ def client_dataset(
     key = (root, digest, repr(world), tuple(sorted(inputs.missing)), repr(tasks))
     cached = CachedClips(clips, key, augment=build_augmentations(specs) if specs else None)
     if train and len(items) > len(ids):  # windows: the clip (file) stays the unit DP-SGD samples
-        return OneWindowPerClip(cached, items, settings.seed)
+        offset = (rnd - 1) * settings.federated.local_epochs
+        return OneWindowPerClip(cached, items, settings.seed, offset, ids)
     return cached
 
 
@@ -259,7 +261,7 @@ def _train(
 
     model = round_model(settings, arrays)
     freeze(model, exp.model.freeze)  # the run's frozen modules keep the global model's weights
-    dataset = client_dataset(settings, inputs, train_ids, train=True)
+    dataset = client_dataset(settings, inputs, train_ids, train=True, rnd=rnd)
     _freeze_unused(settings, model, dataset)
     optimizer = build_optimizer([q for q in model.parameters() if q.requires_grad], exp.train)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=train_collate)

@@ -38,8 +38,9 @@ class BestRound:
     """The best round so far by the run's selection metric, and its global model."""
 
     def __init__(self, settings: RunSettings, state: dict[str, Any] | None) -> None:
-        train = experiment(settings).train
-        self.selector = Selector.from_state(train.select_metric, train.patience, state)
+        cfg = experiment(settings)
+        train, specs = cfg.train, cfg.model.task_specs()
+        self.selector = Selector.from_state(train.select_metric, train.patience, state, specs)
         self.arrays: dict[str, np.ndarray] | None = (state or {}).get("arrays")
         self.he_global: bytes | None = (state or {}).get("he_global")
 

@@ -73,7 +73,7 @@ def loaders(cfg: Any, store: StoreSplit | None = None) -> tuple[Any, Any, Any]:
         )
     cached: Any = CachedDataset(train_ds, augment)
     if store is not None and len(items) > len(store.train):  # windows: the file is the unit
-        cached = OneWindowPerClip(cached, items, cfg.train.seed)
+        cached = OneWindowPerClip(cached, items, cfg.train.seed, clip_ids=store.train)
     train = DataLoader(
         cached, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=train_collate
     )

@@ -72,7 +72,7 @@ def train_epochs(
     per_epoch = max(len(train_loader), 1)
     epochs = math.ceil(train.steps / per_epoch) if train.steps else train.epochs
     total = train.steps or epochs * per_epoch  # the lr schedule runs over the planned steps
-    out = EpochRun(TrainStats(), 0, Selector(train.select_metric, train.patience))
+    out = EpochRun(TrainStats(), 0, Selector(train.select_metric, train.patience, model.task_specs))
     sums: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
         offset = out.stats.steps

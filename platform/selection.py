@@ -13,11 +13,13 @@ resumed federated run keeps its best round and its patience count.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from veilfed.errors import UsageError
 from veilfed.metrics import scores
+from veilfed.tasks import TaskSpec
 
 LOSS = "loss"
 
@@ -36,13 +38,14 @@ def check_select_metric(name: str, tasks: Any, where: str = "train.select_metric
         raise UsageError(f"{where}: task {task!r} is not in model.tasks ({', '.join(tasks)})")
 
 
-def higher_is_better(name: str) -> bool:
+def higher_is_better(name: str, specs: Mapping[str, TaskSpec] | None = None) -> bool:
     """The direction of ``select_metric`` ``name``: "loss" is lower-is-better, a task metric
-    goes the way its task's meter says."""
+    goes the way its task's kind says (``specs``: the declared tasks; default the synthetic
+    preset's)."""
     if name == LOSS:
         return False
     task, _, metric = name.partition("/")
-    return scores.higher_is_better(task, metric)
+    return scores.higher_is_better((specs or {}).get(task, task), metric)
 
 
 def metric_value(name: str, metrics: dict[str, dict[str, float]]) -> float | None:
@@ -66,10 +69,12 @@ def metric_value(name: str, metrics: dict[str, dict[str, float]]) -> float | Non
 
 @dataclass
 class Selector:
-    """Tracks the best evaluation so far and the evaluations since it (for ``patience``)."""
+    """Tracks the best evaluation so far and the evaluations since it (for ``patience``);
+    ``specs`` are the declared tasks, which give a task metric its direction."""
 
     metric: str = LOSS
     patience: int = 0
+    specs: Mapping[str, TaskSpec] = field(default_factory=dict)
     best_round: int | None = None
     best_value: float | None = None
     since_best: int = 0
@@ -87,7 +92,7 @@ class Selector:
         return False
 
     def _better(self, value: float, best: float) -> bool:
-        return value > best if higher_is_better(self.metric) else value < best
+        return value > best if higher_is_better(self.metric, self.specs) else value < best
 
     @property
     def should_stop(self) -> bool:
@@ -97,8 +102,14 @@ class Selector:
         return {"round": self.best_round, "value": self.best_value, "since": self.since_best}
 
     @classmethod
-    def from_state(cls, metric: str, patience: int, state: dict[str, Any] | None) -> Selector:
-        sel = cls(metric, patience)
+    def from_state(
+        cls,
+        metric: str,
+        patience: int,
+        state: dict[str, Any] | None,
+        specs: Mapping[str, TaskSpec] | None = None,
+    ) -> Selector:
+        sel = cls(metric, patience, dict(specs or {}))
         if state:
             sel.best_round, sel.best_value = state.get("round"), state.get("value")
             sel.since_best = int(state.get("since", 0))

@@ -23,12 +23,16 @@ that breaks one):
 * ``options`` holds every option of the kind (:data:`KIND_OPTIONS`, defaults filled) and no other;
 * ``weight`` is finite and >= 0.
 
+* ``name`` matches :data:`NAME` (it becomes a labels column, an MLflow metric prefix and a target
+  key) and is none of :data:`RESERVED` (the labels files' own columns).
+
 Two tasks may share a kind; their target keys must then differ (checked by :func:`task_specs`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +70,8 @@ KIND_OPTIONS: dict[str, dict[str, Any]] = {
     "next_frame": {"frames": schema.NEXT_FRAMES},
 }
 _TABLE_KEYS = ("kind", "classes", "weight", "targets")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+RESERVED = frozenset({"file", "path", "clip_id", "transcript"})
 
 
 @dataclass
@@ -89,11 +95,16 @@ class TaskSpec:
         return tuple(self.targets[f] for f in KINDS[self.kind])
 
     def index(self, label: Any, where: str) -> int:
-        """A class name (or its index, as int or text) -> its index; one-line error otherwise."""
+        """A class name (or its index, as int or text) -> its index; one-line error otherwise.
+
+        An index is accepted only when no class name is itself a number, so ``"1"`` can never mean
+        both the class named ``"1"`` and the second class.
+        """
         text = str(label).strip()
         if text in self.classes:
             return self.classes.index(text)
-        if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.classes):
+        numeric_names = any(c.isdecimal() for c in self.classes)
+        if text.isdecimal() and not numeric_names and int(text) < len(self.classes):
             return int(text)
         shown = ", ".join(self.classes[:12]) + (", ..." if len(self.classes) > 12 else "")
         raise UsageError(
@@ -110,6 +121,16 @@ def _default_targets(name: str, kind: str) -> dict[str, str]:
 def task_spec(name: str, value: float | Mapping[str, Any], where: str = "") -> TaskSpec:
     """The :class:`TaskSpec` of ``[model.tasks] name = value`` (a weight or a table)."""
     where = where or f"model.tasks.{name}"
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UsageError(
+            f"{where}: task name {name!r} must start with a letter and hold only letters, "
+            "digits, '_' and '-' (at most 64)"
+        )
+    if name in RESERVED:
+        raise UsageError(
+            f"{where}: {name!r} is a labels column of its own ({', '.join(sorted(RESERVED))}); "
+            "name the task otherwise"
+        )
     table: dict[str, Any] = (
         {"weight": value}
         if isinstance(value, int | float) and not isinstance(value, bool)
@@ -128,10 +149,10 @@ def task_spec(name: str, value: float | Mapping[str, Any], where: str = "") -> T
             )
         table = dict(preset) | table
     kind = table.pop("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise UsageError(f"{where}.kind: unknown kind {kind!r}; valid: {', '.join(KINDS)}")
     classes = table.pop("classes", ())
-    if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) and c for c in classes):
         raise UsageError(f"{where}.classes: expected a list of non-empty class names")
     classes = tuple(classes)
     if len(set(classes)) != len(classes):
@@ -147,7 +168,10 @@ def task_spec(name: str, value: float | Mapping[str, Any], where: str = "") -> T
         raise UsageError(f"{where}.weight: expected a number, got {weight!r}")
     if not math.isfinite(weight) or weight < 0:
         raise UsageError(f"{where}.weight: must be a finite number >= 0, got {weight}")
-    targets = _default_targets(name, kind) | dict(table.pop("targets", {}))
+    given = table.pop("targets", {})
+    if not isinstance(given, Mapping) or not all(isinstance(v, str) and v for v in given.values()):
+        raise UsageError(f'{where}.targets: expected a table of field = "batch key"')
+    targets = _default_targets(name, kind) | dict(given)
     if set(targets) != set(KINDS[kind]):
         raise UsageError(f"{where}.targets: a {kind} task's fields are {', '.join(KINDS[kind])}")
     allowed = KIND_OPTIONS.get(kind, {})

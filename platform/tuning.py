@@ -111,9 +111,9 @@ def suggest(
 SPACE = suggest  # the search space is the code of :func:`suggest`, documented there
 
 
-def direction(metric: str) -> str:
-    """Optuna's direction for ``[train] select_metric`` ``metric``."""
-    return "maximize" if selection.higher_is_better(metric) else "minimize"
+def direction(metric: str, specs: Any = None) -> str:
+    """Optuna's direction for ``[train] select_metric`` ``metric`` of the declared tasks."""
+    return "maximize" if selection.higher_is_better(metric, specs) else "minimize"
 
 
 def apply(cfg: ExperimentConfig, overrides: dict[str, dict[str, Any]], source: str) -> Any:
@@ -139,7 +139,7 @@ def tune(
     if trials < 1:
         raise UsageError("--trials: give at least 1")
     metric = cfg.train.select_metric
-    goal = direction(metric)
+    goal = direction(metric, cfg.model.task_specs())
     sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=WARMUP_EPOCHS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -9,6 +9,7 @@ import pytest
 from veilfed.config import load_config
 from veilfed.errors import UsageError
 from veilfed.selection import Selector, higher_is_better, metric_value
+from veilfed.tasks import task_specs
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.toml"
 EVALS = [
@@ -69,3 +70,21 @@ def test_config_rejects_bad_selection_fields(train, message):
 def test_config_rejects_no_validation_clips():
     with pytest.raises(UsageError, match="world.val_clips: must be >= 1"):
         load_config(TINY, overrides={"world": {"val_clips": 0}})
+
+
+def test_a_declared_task_metric_goes_its_kind_s_way():
+    """A task outside the synthetic preset takes its direction from its declared kind: a
+    regression's mae is lower-is-better, a classification's accuracy higher."""
+    specs = task_specs(
+        {
+            "mos": {"kind": "regression", "range": [1.0, 5.0]},
+            "scene": {"kind": "classification", "classes": ["a", "b"]},
+        }
+    )
+    assert not higher_is_better("mos/mae", specs) and higher_is_better("scene/accuracy", specs)
+    sel = Selector("mos/mae", 0, specs)
+    for rnd, mae in enumerate([0.9, 0.4, 0.6], 1):
+        sel.update(rnd, {"mos": {"mae": mae}})
+    assert (sel.best_round, sel.best_value) == (2, 0.4)
+    resumed = Selector.from_state("mos/mae", 0, sel.state(), specs)
+    assert not resumed.update(4, {"mos": {"mae": 0.5}})

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -103,13 +104,16 @@ def read_coco(
     frames: dict[tuple[str, float], _Frame] = {}
     images: dict[Any, _Image] = {}
     for n, img in enumerate(raw_images, start=1):
-        iid, video, t, width, height = _image(path, n, img, durations, fps)
-        frame = frames.setdefault((video, t), _Frame(t))
-        images[iid] = _Image(video, width, height, frame)
+        with _malformed(path, "image", n):
+            iid, video, t, width, height = _image(path, n, img, durations, fps)
+            frame = frames.setdefault((video, t), _Frame(t))
+            images[iid] = _Image(video, width, height, frame)
     for n, ann in enumerate(anns, start=1):
-        _annotation(path, n, ann, images, categories, targets)
+        with _malformed(path, "annotation", n):
+            _annotation(path, n, ann, images, categories, targets)
     out: dict[str, dict[str, Any]] = {}
-    for (video, _), frame in sorted(frames.items()):
+    for (video, t), frame in sorted(frames.items()):
+        _check_slots(path, video, t, frame, targets.get("detection"))
         tasks = out.setdefault(video, {s.name: {"frames": []} for s in targets.values()})
         for kind, spec in targets.items():
             value = _frame_value(kind, frame)
@@ -119,6 +123,19 @@ def read_coco(
 
 
 _SECTIONS = ("images", "annotations", "categories")
+
+
+@contextmanager
+def _malformed(path: Path, what: str, n: int) -> Iterator[None]:
+    """A field of the wrong JSON type (a list as an id, text as a number) -> one line naming
+    the entry, not a traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise UsageError(
+            f"{path}: {what} entry {n} has a field of the wrong type ({exc!r:.60}); "
+            "fix it to the COCO format (docs/data.md)"
+        ) from None
 
 
 def _present(anns: list[Any]) -> list[str]:
@@ -285,6 +302,15 @@ def _annotation(
         frame.masks.append({"class": name, "rle": rle(where, ann, image), "crowd": crowd})
     if "keypoints" in targets and not crowd and frame.points is None and ann.get("keypoints"):
         frame.points = points(where, ann, cat, image, targets["keypoints"])
+
+
+def _check_slots(path: Path, video: str, t: float, frame: _Frame, spec: TaskSpec | None) -> None:
+    """A frame with more boxes than the detection head has slots would lose boxes silently."""
+    if spec is not None and len(frame.boxes) > spec.options["slots"]:
+        raise UsageError(
+            f"{path}: {video} at {t:.2f} s has {len(frame.boxes)} boxes, task {spec.name!r} "
+            f"keeps {spec.options['slots']}; raise [model.tasks.{spec.name}] slots"
+        )
 
 
 def _frame_value(kind: str, frame: _Frame) -> dict[str, Any] | None:

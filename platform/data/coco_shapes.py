@@ -65,11 +65,46 @@ def rle_bytes(where: str, ann: dict[str, Any], image: Any) -> dict[str, Any]:
             f"{[h, w]}; fix one of them"
         )
     counts = seg["counts"]
-    if isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts):
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    if isinstance(counts, str):
+        runs = string_counts(counts)
+    elif isinstance(counts, list) and all(is_number(c) and c == int(c) for c in counts):
+        runs = [int(c) for c in counts]
+    else:
+        runs = None
+    if runs is None or any(c < 0 for c in runs) or sum(runs) != h * w:
+        # pycocotools' decoder writes past its buffer on runs that overfill the image
+        raise UsageError(
+            f"{where}: RLE counts must be run lengths (a list or a compressed string) that "
+            f"cover the {h}x{w} image exactly; fix or remove the mask"
+        )
     if isinstance(counts, str):
         return {"size": [h, w], "counts": counts.encode("ascii")}
-    raise UsageError(f"{where}: RLE counts must be a list of run lengths or a compressed string")
+    return mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+
+
+def string_counts(text: str) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``: 5 bits a
+    character from ``'0'``, bit 6 continues, sign-extended, runs after the second delta-coded),
+    or None when the string is not one."""
+    runs: list[int] = []
+    x = k = 0
+    more = False
+    for ch in text:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        x |= (c & 0x1F) << (5 * k)
+        more = bool(c & 0x20)
+        k += 1
+        if more:
+            continue
+        if c & 0x10:
+            x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+        x = k = 0
+    return None if more else runs
 
 
 def rle(where: str, ann: dict[str, Any], image: Any) -> dict[str, Any]:

@@ -31,6 +31,8 @@ Sample = dict[str, Any]
 class ClipSource(Protocol):
     def ids(self) -> list[str]: ...
 
+    def __contains__(self, clip_id: object) -> bool: ...
+
     def read(self, clip_id: str) -> tuple[bytes | DecodedClip, dict[str, Any]]: ...
 
 
@@ -65,6 +67,9 @@ class MemorySource:
 
     def ids(self) -> list[str]:
         return list(self._items)
+
+    def __contains__(self, clip_id: object) -> bool:
+        return clip_id in self._items
 
     def read(self, clip_id: str) -> tuple[bytes | DecodedClip, dict[str, Any]]:
         return self._items[clip_id]
@@ -185,9 +190,11 @@ class ClipDataset(Dataset[Sample]):
         self, cid: str
     ) -> tuple[DecodedClip, np.ndarray, dict[str, Any], np.ndarray, tuple[float, float] | None]:
         """(clip, frames [T(+K), H, W, 3] uint8, labels, frame times in the source file, the
-        window's span) of ``cid``: a stored clip, or window k of one (``parent#k``)."""
+        window's span) of ``cid``: a stored clip, or window k of one (``parent#k``). A stored id
+        that itself ends in ``#<digits>`` (ingested before ids were kept free of ``#``) is that
+        whole clip."""
         w = self.world
-        parent, k = split_window_id(cid)
+        parent, k = (cid, None) if cid in self.source else split_window_id(cid)
         payload, labels = self.source.read(parent)
         future = 0 if labels.get("synthetic") else self.next_frames
         n = w.frames + future

@@ -100,6 +100,9 @@ class DirectorySource:
     def ids(self) -> list[str]:
         return list(self._entries)
 
+    def __contains__(self, clip_id: object) -> bool:
+        return clip_id in self._entries
+
     def read(self, clip_id: str) -> tuple[bytes, dict[str, Any]]:
         entry = self._entries[clip_id]
         data = (self.root / entry["video"]).read_bytes()

@@ -32,7 +32,7 @@ from typing import Any
 
 from veilfed.crypto.keys import FernetKey
 from veilfed.data import schema, video
-from veilfed.data.labels import LabelSource, keys_of, match, read_sources
+from veilfed.data.labels import LabelSource, match, read_sources, video_keys
 from veilfed.data.store import EncryptedStore
 from veilfed.data.windows import Window, plan_windows, scene_windows
 from veilfed.tasks import TaskSpec, task_specs
@@ -202,8 +202,9 @@ def prepare(
         table, origin = dict(labels), {}
     else:
         sources = [LabelSource(Path(labels))] if isinstance(labels, str | Path) else labels
-        fps = {k: float(f["fps"]) for p, f in facts.items() for k in keys_of(p) if f["fps"]}
-        lengths = {k: d for p, f in facts.items() for k in keys_of(p) if (d := _duration(f))}
+        by_key = {k: ps[0] for k, ps in video_keys(facts).items() if len(ps) == 1}
+        fps = {k: float(facts[p]["fps"]) for k, p in by_key.items() if facts[p]["fps"]}
+        lengths = {k: d for k, p in by_key.items() if (d := _duration(facts[p]))}
         table, origin = read_sources(sources, specs, fps, lengths)
     prepared = Prepared(labels=match(table, origin, files))
     if windows is not None:

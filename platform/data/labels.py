@@ -206,22 +206,37 @@ def keys_of(path: Path) -> tuple[str, ...]:
     return (str(path), path.name, path.stem)
 
 
-def match(table: Table, origin: Mapping[str, str], paths: Iterable[Path]) -> dict[Path, dict]:
-    """``{video path: labels}``; an entry that names none of ``paths`` is an error, so a typo
-    cannot silently leave a video unlabelled."""
-    by_key: dict[str, Path] = {}
+def video_keys(paths: Iterable[Path]) -> dict[str, list[Path]]:
+    """Each key of :func:`keys_of` -> the distinct videos it names (more than one: ambiguous)."""
+    out: dict[str, list[Path]] = {}
     for p in paths:
-        for k in keys_of(p):
-            by_key.setdefault(k, p)
+        for k in dict.fromkeys(keys_of(p)):
+            if p not in out.setdefault(k, []):
+                out[k].append(p)
+    return out
+
+
+def match(table: Table, origin: Mapping[str, str], paths: Iterable[Path]) -> dict[Path, dict]:
+    """``{video path: labels}``; an entry that names none of ``paths``, or several (two inputs
+    ``a/clip.mp4`` and ``b/clip.mp4`` named ``clip``), is an error, so a typo or a shared name
+    cannot silently label the wrong video or leave one unlabelled."""
+    by_key = video_keys(paths)
     out: dict[Path, dict[str, Any]] = {}
     for key, labels in table.items():
-        path = by_key.get(key)
+        found = by_key.get(key, [])
         where = origin.get(key, "labels")
-        if path is None:
+        if not found:
             raise UsageError(
                 f"{where}: entry {key!r} names no video among the inputs; "
                 "check the file name or remove the entry"
             )
+        if len(found) > 1:
+            shown = ", ".join(str(p) for p in found[:3])
+            raise UsageError(
+                f"{where}: entry {key!r} names {len(found)} videos ({shown}); "
+                "name each by its path as given to ingest"
+            )
+        path = found[0]
         mine = out.setdefault(path, {})
         clash = sorted(set(mine) & set(labels))
         if clash:

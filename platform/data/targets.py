@@ -191,6 +191,8 @@ def _scalar(spec: TaskSpec, value: Any, where: str) -> torch.Tensor:
             raise UsageError(f"{where}: {text[:40]!r} is not a flag; use 0/1/true/false")
         return torch.tensor(flags[text])
     if spec.kind == "multilabel":
+        if not isinstance(value, str | list | tuple):
+            raise UsageError(f"{where}: expected class names as a list or 'a;b', got {value!r}")
         names = value.split(";") if isinstance(value, str) else list(value)
         hot = torch.zeros(len(spec.classes))
         for name in (str(n).strip() for n in names):
@@ -246,23 +248,15 @@ def real_targets(
         if value is None or spec.kind in ("restoration", "next_frame"):
             continue
         at = f"{where}: task {name!r}"
-        if spec.kind in ("classification", "binary", "multilabel", "regression"):
-            made = {"target": _scalar(spec, value, at)}
-        elif spec.kind == "detection":
-            made = _detection(spec, value, times_arr, tol, at)
-        elif spec.kind == "segmentation":
-            made = _segmentation(spec, value, times_arr, tol, at, height, width)
-        elif spec.kind == "keypoints":
-            made = _keypoints(spec, value, times_arr, tol, at)
-        elif spec.kind == "caption":
-            text = cue_text(value, span)
-            if not text.strip():
-                continue
-            made = {"target": torch.tensor(tokenizer.encode(text, spec.options["max_len"], True))}
-        elif spec.kind == "qa":
-            made = _qa(spec, value, tokenizer, at)
-        else:
-            made = _frame_scores(value, times_arr, tol)
+        if spec.kind == "caption" and not cue_text(value, span).strip():
+            continue
+        try:
+            made = _made(spec, value, times_arr, tol, at, (height, width), tokenizer, span)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise UsageError(
+                f"{at}: the stored label is not in the {spec.kind} format ({exc!r:.60}); "
+                "re-ingest the clip with --labels"
+            ) from None
         targets |= {spec.key(f): v for f, v in made.items()}
         labelled[name] = True
     return targets, labelled
@@ -312,3 +306,21 @@ def restoration_pair(
         return video, video
     kind = spec.options["degradations"][int(rng.integers(len(spec.options["degradations"])))]
     return degrade(video, kind, rng), video
+
+
+def _made(spec, value, times, tol, where, size, tokenizer, span) -> dict[str, torch.Tensor]:
+    """``{field: tensor}`` of one stored label of a non-self-supervised task."""
+    if spec.kind in ("classification", "binary", "multilabel", "regression"):
+        return {"target": _scalar(spec, value, where)}
+    if spec.kind == "detection":
+        return _detection(spec, value, times, tol, where)
+    if spec.kind == "segmentation":
+        return _segmentation(spec, value, times, tol, where, *size)
+    if spec.kind == "keypoints":
+        return _keypoints(spec, value, times, tol, where)
+    if spec.kind == "caption":
+        text = cue_text(value, span)
+        return {"target": torch.tensor(tokenizer.encode(text, spec.options["max_len"], True))}
+    if spec.kind == "qa":
+        return _qa(spec, value, tokenizer, where)
+    return _frame_scores(value, times, tol)

@@ -14,7 +14,7 @@ and hands out that file's windows in turn, one per draw, in an order fixed by th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,18 +55,30 @@ def _labels(source: Any, cid: str) -> Mapping[str, Any]:
 class OneWindowPerClip(Dataset):
     """One item per clip over ``windows`` (a dataset of window items, e.g. a cached
     ``ClipDataset`` over :func:`window_ids`): item ``i`` is clip ``i``'s next window, cycling
-    through its windows in an order fixed by ``seed`` and the clip id."""
+    through its windows in an order fixed by ``seed`` and the clip id, starting ``offset`` draws
+    in (a federated client builds the dataset anew each round and passes the draws earlier rounds
+    made, so later rounds see later windows). An item id among ``clip_ids`` (the stored ids) is a
+    whole clip even when it ends in ``#<digits>``."""
 
-    def __init__(self, windows: Any, item_ids: Sequence[str], seed: int = 0) -> None:
+    def __init__(
+        self,
+        windows: Any,
+        item_ids: Sequence[str],
+        seed: int = 0,
+        offset: int = 0,
+        clip_ids: Collection[str] = (),
+    ) -> None:
         self.windows = windows
+        stored = set(clip_ids)
         groups: dict[str, list[int]] = {}
         for pos, item in enumerate(item_ids):
-            groups.setdefault(split_window_id(item)[0], []).append(pos)
+            clip = item if item in stored else split_window_id(item)[0]
+            groups.setdefault(clip, []).append(pos)
         self.clips = list(groups)
         self.order = [
             [group[j] for j in _permutation(len(group), seed, cid)] for cid, group in groups.items()
         ]
-        self.draws = [0] * len(self.clips)
+        self.draws = [offset] * len(self.clips)
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -10,7 +10,7 @@ heads whose output is one value or vector per clip (``Head.clip_level``) are poo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,10 +22,12 @@ VIDEO_PREFIX = "video_"
 
 
 class VideoPool:
-    """Window outputs of one clip-level task, averaged per video (module docstring)."""
+    """Window outputs of one clip-level task, averaged per video (module docstring); ``keys``
+    are the task's target keys, the only targets kept (copied, so no batch stays alive)."""
 
-    def __init__(self, new_meter: Callable[[], TaskMetric]) -> None:
+    def __init__(self, new_meter: Callable[[], TaskMetric], keys: Iterable[str]) -> None:
         self.new_meter = new_meter
+        self.keys = tuple(keys)
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.targets: dict[str, dict[str, torch.Tensor]] = {}
@@ -45,7 +47,8 @@ class VideoPool:
             value = output[i].detach().float().cpu()
             self.sums[video] = self.sums.get(video, torch.zeros_like(value)) + value
             self.counts[video] = self.counts.get(video, 0) + 1
-            self.targets.setdefault(video, {k: v[i].cpu() for k, v in targets.items()})
+            if video not in self.targets:
+                self.targets[video] = {k: targets[k][i].detach().cpu().clone() for k in self.keys}
 
     def compute(self) -> dict[str, float]:
         """The task's metrics over videos, named ``video_<metric>``; empty without windows."""
@@ -62,4 +65,8 @@ class VideoPool:
 
 def pools(heads: dict[str, Any], tasks: Sequence[str]) -> dict[str, VideoPool]:
     """A pool per clip-level head among ``tasks``."""
-    return {t: VideoPool(heads[t].metric) for t in tasks if getattr(heads[t], "clip_level", False)}
+    return {
+        t: VideoPool(heads[t].metric, heads[t].spec.keys)
+        for t in tasks
+        if getattr(heads[t], "clip_level", False)
+    }

@@ -17,6 +17,7 @@ from veilfed.data.annotations import (
     read_subtitles,
     subtitles_dir,
 )
+from veilfed.data.coco_shapes import string_counts
 from veilfed.errors import UsageError
 from veilfed.tasks import task_spec
 
@@ -290,3 +291,84 @@ def test_frame_scores(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.json", json.dumps({"a.mp4": {"fps": 2, "scores": [0.5, 1.5]}}))
     with pytest.raises(UsageError, match=r"a.mp4 entry 2: score 1.5 is outside \[0, 1\]"):
         read_frame_scores(path, spec)
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE of ``mask``: column-major run lengths, starting with zeros."""
+    flat = mask.flatten(order="F")
+    runs, value, n = [], 0, 0
+    for pixel in flat:
+        if pixel != value:
+            runs.append(n)
+            value, n = pixel, 0
+        n += 1
+    return runs + [n]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compressed_rle_strings_read_as_pycocotools_writes_them(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = np.asfortranarray((rng.random((37, 53)) < rng.uniform(0.05, 0.95)).astype(np.uint8))
+    text = mask_utils.encode(mask)["counts"].decode()
+    assert string_counts(text) == _runs(mask)
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [400, 30, 9999],  # runs past the image: pycocotools would write past its buffer
+        [400, 30],  # runs that stop short
+        [-5, 4005],
+        "!!!",  # not the RLE alphabet
+        "Q",  # a run left unfinished (continuation bit set)
+        {"a": 1},
+    ],
+)
+def test_rle_counts_must_cover_the_image_exactly(tmp_path: Path, counts) -> None:
+    data = coco()
+    data["annotations"][3]["segmentation"] = {"size": [40, 100], "counts": counts}
+    path = write(tmp_path / "coco.json", json.dumps(data))
+    with pytest.raises(UsageError, match="annotation id 14: RLE counts must be run lengths"):
+        read_coco(path, specs(), fps={"a": 4, "b": 8})
+
+
+def test_an_overfilling_compressed_string_is_refused(tmp_path: Path) -> None:
+    wide = np.asfortranarray(np.ones((40, 200), np.uint8))
+    data = coco()
+    text = mask_utils.encode(wide)["counts"].decode()
+    data["annotations"][3]["segmentation"] = {"size": [40, 100], "counts": text}
+    path = write(tmp_path / "coco.json", json.dumps(data))
+    with pytest.raises(UsageError, match="cover the 40x100 image exactly"):
+        read_coco(path, specs(), fps={"a": 4, "b": 8})
+
+
+@pytest.mark.parametrize(
+    ("section", "entry", "field", "value"),
+    [
+        ("images", 0, "id", [1]),
+        ("annotations", 0, "image_id", {"id": 1}),
+        ("annotations", 1, "category_id", [1]),
+    ],
+)
+def test_a_field_of_the_wrong_json_type_names_its_entry(
+    tmp_path: Path, section: str, entry: int, field: str, value
+) -> None:
+    data = coco()
+    data[section][entry][field] = value
+    path = write(tmp_path / "coco.json", json.dumps(data))
+    with pytest.raises(UsageError) as err:
+        read_coco(path, specs(), fps={"a": 4, "b": 8})
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert f"entry {entry + 1}" in message or "is not in" in message
+
+
+def test_more_boxes_than_slots_is_refused_not_cut(tmp_path: Path) -> None:
+    tasks = specs() | {
+        "objects": task_spec(
+            "objects", {"kind": "detection", "classes": ["person", "car"], "slots": 2}
+        )
+    }
+    path = write(tmp_path / "coco.json", json.dumps(coco()))
+    with pytest.raises(UsageError, match=r"a.mp4 at 0.50 s has 3 boxes, task 'objects' keeps 2"):
+        read_coco(path, tasks, fps={"a": 4, "b": 8})

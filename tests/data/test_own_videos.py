@@ -15,13 +15,15 @@ from testkit.videos import FPS, RATE, class_clip, tone_clip, tree_digest, write_
 
 from veilfed.crypto.keys import FernetKey
 from veilfed.data import synth
-from veilfed.data.dataset import ClipDataset, collate
+from veilfed.data.dataset import ClipDataset, collate, in_order
 from veilfed.data.ingest import WindowPlan, ingest_to
 from veilfed.data.labels import LabelSource
 from veilfed.data.store import EncryptedStore
+from veilfed.data.targets import degrade
 from veilfed.data.windowed import OneWindowPerClip, window_ids
 from veilfed.errors import UsageError
-from veilfed.model import create_model
+from veilfed.metrics import fit_baselines
+from veilfed.model import create_model, score
 from veilfed.tasks import UNKNOWN_BOX, task_specs
 
 TASKS = {
@@ -157,7 +159,6 @@ def test_self_supervised_targets_and_missing_audio_need_no_labels(tmp_path, key)
 
 
 def test_x2_super_resolution_input_keeps_only_half_resolution_detail() -> None:
-    from veilfed.data.targets import degrade
 
     checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float()
     fine = checker.expand(2, 3, 16, 16).clone()  # detail at the full resolution only
@@ -218,10 +219,6 @@ def test_window_plan_items_never_collide_with_clip_ids(tmp_path, key) -> None:
 
 
 def test_windows_of_a_video_are_also_scored_as_one_video(tmp_path, key) -> None:
-    from veilfed.data.dataset import in_order
-    from veilfed.metrics import fit_baselines
-    from veilfed.model import score
-
     folder = tmp_path / "in"
     write_class_videos(folder, per_class=2, frames=24)  # 3 s each: 3 windows of 1 s
     rows = [f"{p.name},{p.stem.split('-')[0]}" for p in sorted(folder.iterdir())]
@@ -300,3 +297,14 @@ def test_every_annotated_kind_reaches_its_targets(tmp_path, key) -> None:
     model = create_model(tiny(tasks=tasks))
     total, per_task = model.loss(model(batch), batch)
     assert torch.isfinite(total) and set(per_task) == set(tasks)
+
+
+def test_a_stored_id_ending_in_hash_digits_is_a_whole_clip(tmp_path, key) -> None:
+    """Stores written before ids were kept free of '#' hold ids like 'clip#1': they read as the
+    whole clip, not as window 1 of a clip 'clip' that does not exist."""
+    store = EncryptedStore.create(tmp_path / "s", key)
+    store.put("old#1", class_clip("street", 2), {"scene": "street"})
+    specs = task_specs({"scene": TASKS["scene"]})
+    assert window_ids(store, store.ids()) == ["old#1"]
+    sample = ClipDataset(store, WORLD, tasks=specs)[0]
+    assert sample["clip_id"] == "old#1" and int(sample["targets"]["scene"]) == 1

@@ -9,6 +9,7 @@ import pytest
 
 from veilfed.data import video
 from veilfed.data.video import VideoError
+from veilfed.data.windowed import OneWindowPerClip
 from veilfed.data.windows import (
     AUDIO_PREROLL_S,
     Window,
@@ -201,3 +202,15 @@ def test_scene_windows_find_the_cut(two_scenes, tmp_path):
         scene_windows(two_scenes, 2.0, 1.0)
     with pytest.raises(VideoError, match="scene detection failed"):
         scene_windows(b"junk", 0.5, 1.0, name="junk.mp4")
+
+
+def test_each_round_continues_through_a_file_s_windows() -> None:
+    """A client builds its dataset anew each round: with ``offset`` the draws continue, so round
+    two does not replay round one's windows; a stored id ending in #<k> stays a whole clip."""
+    items = ["a#0", "a#1", "a#2", "old#1"]
+    first = OneWindowPerClip(items, items, seed=3, clip_ids=["a", "old#1"])
+    assert len(first) == 2 and first.clips == ["a", "old#1"]
+    seen = [first[0] for _ in range(3)]
+    assert sorted(seen) == ["a#0", "a#1", "a#2"]
+    later = OneWindowPerClip(items, items, seed=3, offset=1, clip_ids=["a", "old#1"])
+    assert later[0] == seen[1] and later[1] == "old#1"
