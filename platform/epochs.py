@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from veilfed.model import evaluate
+from veilfed.model.evaluate import unwrap
 from veilfed.model.saved import cpu_state
 from veilfed.schedule import schedule_for
 from veilfed.selection import Selector
@@ -72,7 +73,8 @@ def train_epochs(
     per_epoch = max(len(train_loader), 1)
     epochs = math.ceil(train.steps / per_epoch) if train.steps else train.epochs
     total = train.steps or epochs * per_epoch  # the lr schedule runs over the planned steps
-    out = EpochRun(TrainStats(), 0, Selector(train.select_metric, train.patience, model.task_specs))
+    selector = Selector(train.select_metric, train.patience, unwrap(model).task_specs)
+    out = EpochRun(TrainStats(), 0, selector)
     sums: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
         offset = out.stats.steps

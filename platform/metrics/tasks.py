@@ -7,6 +7,8 @@ See :mod:`veilfed.metrics.meter` for what a meter keeps and computes.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import torch
 
@@ -37,9 +39,30 @@ def _logits(meter: TaskMetric, output: torch.Tensor) -> torch.Tensor:
     return output
 
 
+PER_CLASS_MAX = 32  # tasks with more classes report only the macro averages
+_UNSAFE = re.compile(r"[^\w.-]")
+
+
+def class_keys(prefix: str, classes: Sequence[str]) -> list[str]:
+    """Metric names ``<prefix>_<class>`` of a task's classes (characters an MLflow key or a
+    ``<task>/<metric>`` name cannot hold become ``_``; names that then collide use the index)."""
+    keys = [f"{prefix}_{_UNSAFE.sub('_', c)}" for c in classes]
+    return keys if len(set(keys)) == len(keys) else [f"{prefix}_{k}" for k in range(len(keys))]
+
+
+def _per_class(prefix: str, classes: Sequence[str], values: torch.Tensor, present: torch.Tensor):
+    """``{<prefix>_<class>: value}`` for the classes ``present`` in the labels."""
+    if len(classes) > PER_CLASS_MAX:
+        return {}
+    keys = class_keys(prefix, classes)
+    return {keys[c]: float(values[c]) for c in range(len(classes)) if bool(present[c])}
+
+
 @TASK_METRICS.register("classification")
 class ClassificationMetric(TaskMetric):
-    """Logits ``[B, C]`` over the task's classes: accuracy and macro precision, recall, F1."""
+    """Logits ``[B, C]`` over the task's classes: accuracy and macro precision, recall, F1, and
+    each labelled class's recall as ``recall_<class>`` (:func:`class_keys`), so a model that
+    only ever names the majority class shows it class by class."""
 
     primary = "accuracy"
     higher_is_better = better("accuracy", "precision", "recall", "f1")
@@ -48,7 +71,14 @@ class ClassificationMetric(TaskMetric):
         self._keep(pred=_logits(self, output).argmax(-1), target=self.target(targets).long())
 
     def _compute(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return M.classification(parts["pred"], parts["target"], len(self.spec.classes))
+        pred, target, n = parts["pred"], parts["target"], len(self.spec.classes)
+        out = M.classification(pred, target, n)
+        if not out:
+            return out
+        support = torch.bincount(target, minlength=n).double()
+        hits = torch.bincount(target[pred == target], minlength=n).double()
+        recall = hits / support.clamp(min=1)
+        return out | _per_class("recall", self.spec.classes, recall, support > 0)
 
 
 @TASK_METRICS.register("binary")
@@ -72,7 +102,7 @@ class BinaryMetric(TaskMetric):
 class MultilabelMetric(TaskMetric):
     """One logit per class ``[B, C]`` (``> 0`` = the label applies): ``f1`` the mean over classes
     of each class's F1 (the primary), ``micro_f1`` over every (clip, class) decision, ``accuracy``
-    the share of right decisions."""
+    the share of right decisions, and ``f1_<class>`` for each class some clip carries."""
 
     primary = "f1"
     higher_is_better = better("f1", "micro_f1", "accuracy")
@@ -92,7 +122,7 @@ class MultilabelMetric(TaskMetric):
             "f1": float(per_class.mean()),
             "micro_f1": float(micro),
             "accuracy": float((pred == target).double().mean()),
-        }
+        } | _per_class("f1", self.spec.classes, per_class, target.any(0))
 
 
 @TASK_METRICS.register("regression")

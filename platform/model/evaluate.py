@@ -18,7 +18,7 @@ from veilfed.metrics.scores import Scores
 from veilfed.metrics.videos import pools
 
 
-def _unwrap(model: Any) -> Any:
+def unwrap(model: Any) -> Any:
     """The MultiTaskModel inside an Opacus GradSampleModule (or the model itself)."""
     return getattr(model, "_module", model)
 
@@ -61,14 +61,14 @@ def score(
         )
         for t, meter in meters.items()
     }
-    return Scores.build(metrics, base, intervals, _unwrap(model).task_specs)
+    return Scores.build(metrics, base, intervals, unwrap(model).task_specs)
 
 
 def _accumulate(model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping[str, Baseline]):
     """(model meters, baseline meters, model metrics with ``loss``, baselines' video-level
     metrics) over ``loader``; windows of a video also give ``video_<metric>`` figures
     (:mod:`veilfed.metrics.videos`)."""
-    core = _unwrap(model)
+    core = unwrap(model)
     was_training = core.training
     core.eval()
     heads = core.task_heads()

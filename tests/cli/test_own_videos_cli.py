@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from testkit.videos import tree_digest, write_class_videos
 
 from veilfed.crypto.keys import write_key_file
+from veilfed.model import load
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 
@@ -91,13 +93,12 @@ def test_own_classes_from_labels_csv_to_a_logged_model(owner: Path) -> None:
     assert summary["clients"]["centralized"]["epsilon"] > 0
     assert "scene" in train.stdout
 
-    from mlflow.tracking import MlflowClient
-
-    from veilfed.model import load
-
     mlflow_run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
     assert "eval/scene/accuracy" in mlflow_run.data.metrics
     assert "baseline/scene/accuracy" in mlflow_run.data.metrics
+    for name in ("cartoon", "street"):  # the owner's classes name their own metrics
+        assert f"eval/scene/recall_{name}" in mlflow_run.data.metrics
+        assert f"baseline/scene/recall_{name}" in mlflow_run.data.metrics
     params = mlflow_run.data.params
     assert int(params["data.train_clips"]) + int(params["data.test_clips"]) < 10  # no clip ids
     assert json.loads(params["model.tasks.scene.classes"]) == ["cartoon", "street"]

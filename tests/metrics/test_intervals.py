@@ -90,7 +90,13 @@ def test_compute_keeps_the_dataset_level_definitions() -> None:
     batches = _batches()
     outs, tgts = _cat([o for o, _ in batches]), _cat([t for _, t in batches])
     res = {t: _meter(t, batches).compute() for t in schema.TASKS}
-    assert res["action"] == M.classification(outs["action"], tgts["action"], len(schema.ACTIONS))
+    macro = M.classification(outs["action"], tgts["action"], len(schema.ACTIONS))
+    assert {k: res["action"][k] for k in macro} == macro
+    labels = tgts["action"]
+    for k, name in enumerate(schema.ACTIONS):  # recall of each class the clips carry
+        if (labels == k).any():
+            hits = (outs["action"].argmax(-1)[labels == k] == k).double().mean()
+            assert res["action"][f"recall_{name}"] == pytest.approx(float(hits))
     det = outs["detection"]
     scores, classes = det["logits"].softmax(-1)[..., :-1].max(-1)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731

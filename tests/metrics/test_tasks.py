@@ -10,7 +10,8 @@ import torch
 from veilfed.data.schema import ACTIONS, ANSWERS, OBJECT_CLASSES
 from veilfed.errors import UsageError
 from veilfed.metrics import TASK_METRICS, build_metric, compute_task_metrics, pck_box
-from veilfed.tasks import KINDS
+from veilfed.metrics.tasks import class_keys
+from veilfed.tasks import KINDS, task_spec
 
 C = len(OBJECT_CLASSES)
 
@@ -116,3 +117,26 @@ def test_bad_output_shape_is_one_line_usage_error() -> None:
         compute_task_metrics("action", torch.zeros(2, len(ACTIONS)), {})
     with pytest.raises(UsageError, match="not a task of the synthetic preset"):
         build_metric("nope")
+
+
+def test_a_declared_task_reports_each_class_by_name() -> None:
+    """A constant predictor's macro accuracy can look fine; per-class recall shows it names one
+    class only. Class names an MLflow key cannot hold are made safe, collisions fall back to the
+    index, and a task with too many classes reports only the averages."""
+    scene = task_spec("scene", {"kind": "classification", "classes": ["car toon", "street"]})
+    meter = build_metric(scene)
+    meter.update(torch.tensor([[2.0, 0.0]] * 4), {"scene": torch.tensor([0, 0, 0, 1])})
+    out = meter.compute()
+    assert out["accuracy"] == 0.75
+    assert (out["recall_car_toon"], out["recall_street"]) == (1.0, 0.0)
+    assert class_keys("recall", ["a b", "a_b"]) == ["recall_0", "recall_1"]
+    tags = task_spec("tags", {"kind": "multilabel", "classes": ["indoor", "night"]})
+    meter = build_metric(tags)
+    meter.update(
+        torch.tensor([[1.0, -1.0], [1.0, 1.0]]), {"tags": torch.tensor([[1.0, 0], [1, 0]])}
+    )
+    assert meter.compute()["f1_indoor"] == 1.0 and "f1_night" not in meter.compute()
+    many = task_spec("many", {"kind": "classification", "classes": [f"c{i}" for i in range(40)]})
+    meter = build_metric(many)
+    meter.update(torch.zeros(3, 40), {"many": torch.tensor([0, 1, 2])})
+    assert not any(k.startswith("recall_") for k in meter.compute())
