@@ -90,7 +90,7 @@ def export_model(
     settings, models = decrypt_models(run_dir, secret_path, min_contributors)
     uri = tracking_uri or settings.tracking_uri
     tracker = Tracker(MlflowClient(tracking_uri=uri), settings.run_id, uri)
-    model_config = experiment(settings).model
+    model_config = experiment(settings)  # its [model] and the [world] clip geometry
     return {
         which: log_model(tracker, arrays, model_config, LOGGED[which], step=rnd)
         for which, (rnd, arrays) in models.items()

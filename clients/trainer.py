@@ -104,7 +104,7 @@ def client_dataset(
     digest = store_digest(root)
     tasks = exp.model.task_specs()
     store = _store(root, inputs.key_file, digest)
-    items = window_ids(store, ids)
+    items = window_ids(store, ids, world.clip_seconds)
     clips = ClipDataset(store, world, ids=items, drop_modalities=inputs.missing, tasks=tasks)
     CACHE.resize(settings.federated.client_cache_mb << 20)
     key = (root, digest, repr(world), tuple(sorted(inputs.missing)), repr(tasks))

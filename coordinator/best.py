@@ -108,7 +108,7 @@ def log_models(settings: RunSettings, ckpt: Any, tracker: Any) -> dict[str, Any]
     if settings.he.enabled:
         entry["encrypted_dir"] = str(write_encrypted(settings.run_dir, ckpt, best))
         return entry
-    model_config = experiment(settings).model
+    model_config = experiment(settings)  # its [model] and the [world] clip geometry
     entry["final"] = saved.log_model(
         tracker, ckpt.arrays, model_config, FINAL_MODEL, step=ckpt.round
     )

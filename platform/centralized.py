@@ -59,12 +59,17 @@ def loaders(cfg: Any, store: StoreSplit | None = None) -> tuple[Any, Any, Any]:
         validation = val_loader(cfg)
     else:
         world = w.world_config()
-        items = window_ids(store.source, store.train)
+        items = window_ids(store.source, store.train, world.clip_seconds)
         train_ds = ClipDataset(store.source, world, ids=items, tasks=specs)
         test, validation = (
             DataLoader(
                 CachedDataset(
-                    ClipDataset(store.source, world, ids=window_ids(store.source, ids), tasks=specs)
+                    ClipDataset(
+                        store.source,
+                        world,
+                        ids=window_ids(store.source, ids, world.clip_seconds),
+                        tasks=specs,
+                    )
                 ),
                 batch_size=cfg.train.batch_size,
                 collate_fn=collate,

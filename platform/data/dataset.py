@@ -202,7 +202,7 @@ class ClipDataset(Dataset[Sample]):
             clip = payload
             frames = _resize_frames(clip.video, w.height, w.width)
         elif k is not None:
-            window = window_of(labels, k, parent)
+            window = window_of(labels, k, parent, w.clip_seconds)
             size = (w.height, w.width)
             clip = decode_window(payload, window, n, size, w.sample_rate, w.audio_samples, cid)
             return clip, clip.video, labels, clip.times, (window.start, window.end)
@@ -256,6 +256,7 @@ class ClipDataset(Dataset[Sample]):
             "modality_mask": torch.tensor([present[m] for m in schema.MODALITIES]),
             "targets": targets,
             "target_mask": {k: torch.tensor(v) for k, v in target_mask.items()},
+            "times": torch.from_numpy(np.asarray(times[: w.frames], dtype=np.float64)),
         }
         return self.augment(sample) if self.augment else sample
 

@@ -91,6 +91,11 @@ class WorldConfig:
     def audio_samples(self) -> int:
         return self.frames * self.sample_rate // self.fps
 
+    @property
+    def clip_seconds(self) -> float:
+        """The time one clip spans: ``frames`` at ``fps`` (its audio is that long too)."""
+        return self.frames / self.fps
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "world") -> WorldConfig:
         known = {f.name: f.type for f in fields(cls)}

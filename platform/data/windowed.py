@@ -3,7 +3,10 @@
 A clip ingested with windows (``labels["windows"] = [[start, end], ...]``, see
 :class:`veilfed.data.ingest.WindowPlan`) is one item per window in evaluation: item id
 ``"<clip id>#<k>"`` (:mod:`veilfed.data.items`, :func:`window_ids`), decoded by seeking to the
-window (:func:`veilfed.data.windows.decode_window`).
+window (:func:`veilfed.data.windows.decode_window`). A real file stored without windows that lasts
+more than :data:`AUTO_LONGER` clip spans (``clip_s``, the world's ``frames / fps``) is cut by the
+loader into consecutive windows of one clip span (:func:`spans`), so its frames, audio and
+transcript always cover the same seconds; a shorter one is read whole.
 
 Training keeps the *file* as the unit DP-SGD samples and clips, not the window: a file cut into
 ten windows would otherwise enter a batch ten times as often as a short one, and ε would hold per
@@ -21,28 +24,52 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from veilfed.data.items import split_window_id, window_item
-from veilfed.data.windows import Window
+from veilfed.data.windows import Window, plan_windows
 from veilfed.errors import UsageError
 
+AUTO_LONGER = 2.0  # clip spans a file stored without windows may last before the loader cuts it
 
-def window_of(labels: Mapping[str, Any], k: int, clip_id: str) -> Window:
-    """Window ``k`` of a clip's stored windows; a one-line error when there is none."""
-    spans = labels.get("windows") or []
-    if not 0 <= k < len(spans):
+
+def spans(labels: Mapping[str, Any], clip_s: float | None = None) -> list[list[float]]:
+    """``[[start, end], ...]`` a stored clip is read in: its stored windows; else, with
+    ``clip_s`` and a real file longer than :data:`AUTO_LONGER` × ``clip_s`` (by its probed
+    duration), consecutive ``clip_s`` windows; else none (the clip is read whole)."""
+    stored = labels.get("windows") or []
+    if stored or not clip_s or labels.get("synthetic", True):
+        return list(stored)
+    duration = _duration(labels.get("source") or {})
+    if duration is None or duration <= AUTO_LONGER * clip_s:
+        return []
+    return [[w.start, w.end] for w in plan_windows(duration, clip_s)]
+
+
+def _duration(source: Mapping[str, Any]) -> float | None:
+    if source.get("duration_s"):
+        return float(source["duration_s"])
+    if source.get("frames") and source.get("fps"):
+        return float(source["frames"]) / float(source["fps"])
+    return None
+
+
+def window_of(
+    labels: Mapping[str, Any], k: int, clip_id: str, clip_s: float | None = None
+) -> Window:
+    """Window ``k`` of a clip's windows (:func:`spans`); a one-line error when there is none."""
+    spans_ = spans(labels, clip_s)
+    if not 0 <= k < len(spans_):
         raise UsageError(
-            f"{clip_id}: window {k} does not exist (the clip has {len(spans)} windows); "
+            f"{clip_id}: window {k} does not exist (the clip has {len(spans_)} windows); "
             "re-ingest with --window or use the clip id alone"
         )
-    return Window.from_json(spans[k], k)
+    return Window.from_json(spans_[k], k)
 
 
-def window_ids(source: Any, ids: Iterable[str]) -> list[str]:
-    """Each clip id of ``ids``, or its window items when it was ingested with windows."""
+def window_ids(source: Any, ids: Iterable[str], clip_s: float | None = None) -> list[str]:
+    """Each clip id of ``ids``, or its window items when it is read in windows (:func:`spans`)."""
     out: list[str] = []
     for cid in ids:
-        labels = _labels(source, cid)
-        spans = labels.get("windows") or []
-        out += [window_item(cid, k) for k in range(len(spans))] if spans else [cid]
+        n = len(spans(_labels(source, cid), clip_s))
+        out += [window_item(cid, k) for k in range(n)] if n else [cid]
     return out
 
 

@@ -5,7 +5,10 @@ Contract. A saved veilfed model is a directory holding
 - ``state_dict.pt``: the weights, ``torch.save`` of ``{name: Tensor}`` (read back with
   ``weights_only=True``: loading runs no pickled code);
 - ``model_config.json``: the resolved ``[model]`` section it was built from, which
-  :func:`veilfed.config.parse_config` types and validates again before ``create_model``.
+  :func:`veilfed.config.parse_config` types and validates again before ``create_model``;
+- ``input.json`` (when it was saved from an experiment config): the clip geometry it was trained
+  on, ``{"frames", "height", "width", "fps", "sample_rate"}``, which prediction decodes any video
+  to (:func:`read_input`; a model without it reads the synthetic world's defaults).
 
 :func:`log_model` puts that directory into an MLflow *logged model* of the run (MLflow 3), next
 to the ``pytorch`` flavor's own files (``MLmodel``, ``data/model.pth``), so MLflow shows it as a
@@ -30,11 +33,14 @@ import numpy as np
 import torch
 
 from veilfed import tracking
+from veilfed.data.synth import WorldConfig
 from veilfed.errors import UsageError
 from veilfed.model.core import MultiTaskModel, create_model
 
 STATE_FILE = "state_dict.pt"
 CONFIG_FILE = "model_config.json"
+INPUT_FILE = "input.json"
+INPUT_FIELDS = ("frames", "height", "width", "fps", "sample_rate")
 MODEL_TYPE = "veilfed-multitask"
 _HINT = (
     "pass a models:/<id> or runs:/<run id>/<name> URI from a run summary's `model` entry, "
@@ -64,13 +70,26 @@ def cpu_state(model: Any) -> dict[str, torch.Tensor]:
     }
 
 
+def input_table(model_config: Any) -> dict[str, Any] | None:
+    """The clip geometry of an ``ExperimentConfig`` (its ``[world]``); None for a bare section."""
+    world = getattr(model_config, "world", None)
+    if world is None or not hasattr(world, "world_config"):
+        return None
+    w = world.world_config()
+    return {f: getattr(w, f) for f in INPUT_FIELDS}
+
+
 def save_dir(path: str | Path, state: Any, model_config: Any) -> Path:
-    """Write ``state_dict.pt`` and ``model_config.json`` into ``path`` (created); returns it."""
+    """Write ``state_dict.pt``, ``model_config.json`` and, for an experiment config,
+    ``input.json`` into ``path`` (created); returns it."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(cpu_state(state), out / STATE_FILE)
     text = json.dumps(model_table(model_config), indent=1)  # key order: task and head order
     (out / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+    geometry = input_table(model_config)
+    if geometry is not None:
+        (out / INPUT_FILE).write_text(json.dumps(geometry) + "\n", encoding="utf-8")
     return out
 
 
@@ -89,6 +108,7 @@ def log_model(
     step: int = 0,
 ) -> str:
     """Log ``model`` (a module, or its state as tensors or arrays) built from ``model_config``
+    (an ``ExperimentConfig``, which also records the clip geometry, or its ``[model]`` section)
     to the run as the PyTorch logged model ``name``; returns its ``models:/<id>`` URI.
 
     ``tracker_or_run_id``: a :class:`veilfed.tracking.Tracker`, or a run id in the store
@@ -203,9 +223,39 @@ def _config(table: dict[str, Any], where: str) -> Any:
 def load(source: str | Path) -> MultiTaskModel:
     """The model a URI (``models:/<id>``, ``runs:/<run id>/<name>``) or a directory holds,
     rebuilt with ``create_model`` and its weights loaded; in eval mode."""
+    return load_with_input(source)[0]
+
+
+def load_with_input(source: str | Path) -> tuple[MultiTaskModel, Any]:
+    """(:func:`load`'s model, the ``WorldConfig`` geometry it was trained on: ``input.json``, or
+    the synthetic world's defaults for a model saved without it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        table, state = _read(_files(source, tmp), str(source))
+        folder = _files(source, tmp)
+        table, state = _read(folder, str(source))
+        geometry = _input(folder, str(source))
     model_config = _config(table, str(source))
+    try:
+        world = WorldConfig(**geometry)
+    except (TypeError, UsageError) as exc:
+        reason = f"{INPUT_FILE} is not a clip geometry ({exc})"
+        raise UsageError(f"{source}: {reason}; {_HINT}") from None
+    return _build(source, model_config, state), world
+
+
+def _input(folder: Path, where: str) -> dict[str, Any]:
+    path = folder / INPUT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UsageError(f"{where}: {INPUT_FILE} is not JSON; {_HINT}") from None
+    if not isinstance(table, dict) or set(table) - set(INPUT_FIELDS):
+        raise UsageError(f"{where}: {INPUT_FILE} holds only {', '.join(INPUT_FIELDS)}; {_HINT}")
+    return table
+
+
+def _build(source: str | Path, model_config: Any, state: dict[str, torch.Tensor]) -> Any:
     try:
         return build(model_config, state)
     except RuntimeError as exc:  # load_state_dict: names or shapes differ from the config's model

@@ -139,6 +139,24 @@ def test_a_tone_at_a_known_time_lands_in_its_window(tmp_path, key) -> None:
     assert seen == set(items)
 
 
+def test_a_long_file_stored_whole_is_read_in_aligned_windows(tmp_path, key) -> None:
+    """Without --window, a file lasting more than two clip spans is cut by the loader into clip
+    spans, so the tone and the bright frames land in the same item; a short file stays whole."""
+    (tmp_path / "long.mp4").write_bytes(tone_clip(6.0, (4.0, 4.5)))
+    (tmp_path / "short.mp4").write_bytes(tone_clip(1.5, (0.0, 0.5)))
+    ingest_to(tmp_path / "s", key, [tmp_path / "long.mp4", tmp_path / "short.mp4"])
+    store = EncryptedStore.open(tmp_path / "s", key)
+    assert "windows" not in store.labels("long")
+    assert window_ids(store, store.ids()) == ["long", "short"]  # no clip span: read whole
+    items = window_ids(store, store.ids(), WORLD.clip_seconds)
+    assert items == [f"long#{k}" for k in range(6)] + ["short"]
+    ds = ClipDataset(store, WORLD, ids=items, tasks=task_specs({"restoration": 1.0}))
+    loud = [float(ds[k]["audio"].pow(2).mean().sqrt()) for k in range(6)]
+    bright = [float(ds[k]["video"].mean()) for k in range(6)]
+    assert max(range(6), key=loud.__getitem__) == 4 == max(range(6), key=bright.__getitem__)
+    assert loud[4] > 10 * max(loud[:4] + loud[5:])
+
+
 def test_self_supervised_targets_and_missing_audio_need_no_labels(tmp_path, key) -> None:
     (tmp_path / "quiet.mp4").write_bytes(class_clip("street", 3, frames=16, audio=False))
     specs = task_specs({"restoration": 1.0, "next_frame": 1.0})
