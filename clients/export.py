@@ -22,11 +22,11 @@ from veilfed.clients.secure import decrypt_global
 from veilfed.errors import UsageError
 from veilfed.federation.settings import SETTINGS_FILE, RunSettings
 from veilfed.federation.weights import experiment, initial_arrays
-from veilfed.model.saved import log_model
+from veilfed.model.saved import BEST_MODEL, FINAL_MODEL, log_model
 from veilfed.tracking import Tracker
 
 ENCRYPTED_DIR, INDEX_FILE = "model-encrypted", "index.json"  # as the coordinator writes them
-LOGGED = {"final": "model", "best": "model-best"}
+LOGGED = {"final": FINAL_MODEL, "best": BEST_MODEL}
 
 
 def _index(run: Path) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,7 @@ from veilfed.clients.sample_cache import CACHE, CachedClips, store_digest
 from veilfed.crypto.keys import read_key_file
 from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
-from veilfed.data.windowed import OneWindowPerClip, window_ids
+from veilfed.data.windowed import OneWindowPerClip, read_span, window_ids
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
@@ -104,7 +104,7 @@ def client_dataset(
     digest = store_digest(root)
     tasks = exp.model.task_specs()
     store = _store(root, inputs.key_file, digest)
-    items = window_ids(store, ids, world.clip_seconds)
+    items = window_ids(store, ids, read_span(world, tasks))
     clips = ClipDataset(store, world, ids=items, drop_modalities=inputs.missing, tasks=tasks)
     CACHE.resize(settings.federated.client_cache_mb << 20)
     key = (root, digest, repr(world), tuple(sorted(inputs.missing)), repr(tasks))

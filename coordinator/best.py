@@ -29,7 +29,6 @@ from veilfed.io import write_bytes_atomic, write_text_atomic
 from veilfed.model import saved
 from veilfed.selection import Selector
 
-FINAL_MODEL, BEST_MODEL = "model", "model-best"  # logged model names
 ENCRYPTED_DIR, INDEX_FILE = "model-encrypted", "index.json"  # under HE, in the run directory
 log = logging.getLogger("veilfed.coordinator")
 
@@ -110,9 +109,11 @@ def log_models(settings: RunSettings, ckpt: Any, tracker: Any) -> dict[str, Any]
         return entry
     model_config = experiment(settings)  # its [model] and the [world] clip geometry
     entry["final"] = saved.log_model(
-        tracker, ckpt.arrays, model_config, FINAL_MODEL, step=ckpt.round
+        tracker, ckpt.arrays, model_config, saved.FINAL_MODEL, step=ckpt.round
     )
     best_arrays = best.arrays if best.arrays is not None else ckpt.arrays
     best_round = best.selector.best_round or ckpt.round
-    entry["best"] = saved.log_model(tracker, best_arrays, model_config, BEST_MODEL, step=best_round)
+    entry["best"] = saved.log_model(
+        tracker, best_arrays, model_config, saved.BEST_MODEL, step=best_round
+    )
     return entry

@@ -29,7 +29,7 @@ from veilfed import tracking
 from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate, in_order
 from veilfed.data.splits import StoreSplit
-from veilfed.data.windowed import OneWindowPerClip, window_ids
+from veilfed.data.windowed import OneWindowPerClip, read_span, window_ids
 from veilfed.epochs import EpochRun, OnEpoch, metric_name, train_epochs
 from veilfed.metrics import fit_baselines
 from veilfed.model import create_model, saved, score
@@ -38,7 +38,6 @@ from veilfed.privacy.calibration import noise_for
 from veilfed.train import CachedDataset, build_optimizer, make_private, train_collate
 
 CLIENT_ID = "centralized"
-FINAL_MODEL, BEST_MODEL = "model", "model-best"  # logged model names (summary ``model`` entry)
 
 
 VAL_SEED_OFFSET = 2_000_006  # validation world: a third seed, neither training's nor the test's
@@ -59,7 +58,7 @@ def loaders(cfg: Any, store: StoreSplit | None = None) -> tuple[Any, Any, Any]:
         validation = val_loader(cfg)
     else:
         world = w.world_config()
-        items = window_ids(store.source, store.train, world.clip_seconds)
+        items = window_ids(store.source, store.train, read_span(world, specs))
         train_ds = ClipDataset(store.source, world, ids=items, tasks=specs)
         test, validation = (
             DataLoader(
@@ -67,7 +66,7 @@ def loaders(cfg: Any, store: StoreSplit | None = None) -> tuple[Any, Any, Any]:
                     ClipDataset(
                         store.source,
                         world,
-                        ids=window_ids(store.source, ids, world.clip_seconds),
+                        ids=window_ids(store.source, ids, read_span(world, specs)),
                         tasks=specs,
                     )
                 ),
@@ -251,9 +250,9 @@ def score_metrics(summary: dict[str, Any]) -> dict[str, float]:
 def log_models(tracker: Any, model: Any, trained: EpochRun, cfg: Any) -> dict[str, Any]:
     """Log the final and the best epoch's model; the summary's ``model`` entry (epochs are its
     rounds: ``best_round`` is the best epoch)."""
-    final = saved.log_model(tracker, model, cfg, FINAL_MODEL, step=trained.epochs)
+    final = saved.log_model(tracker, model, cfg, saved.FINAL_MODEL, step=trained.epochs)
     best_epoch = trained.selector.best_round or trained.epochs
-    best = saved.log_model(tracker, trained.best_state, cfg, BEST_MODEL, step=best_epoch)
+    best = saved.log_model(tracker, trained.best_state, cfg, saved.BEST_MODEL, step=best_epoch)
     entry = {"final": final, "best": best, **trained.selector.entry()}
     entry["stopped_early"] = trained.stopped_early
     return entry

@@ -27,6 +27,7 @@ _GROUPS: list[tuple[str, str | None, str]] = [
     ("model", "model", "Model registries; Opacus check of every model combination."),
     ("train", None, "Centralized training (DP-SGD optional)."),
     ("tune", None, "Hyperparameter search (Optuna) on the public synthetic world."),
+    ("predict", None, "Run a trained model on videos: per-window and per-video results."),
 ]
 
 for _module, _name, _help in _GROUPS:

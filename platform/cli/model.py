@@ -75,3 +75,32 @@ def check_cmd(
             f"model check: {len(failed)} of {len(results)} failed: {names} "
             f"(first: {failed[0].error})"
         )
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    model: str = typer.Argument(
+        ..., help="A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
+    ),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, torchscript or pt2."),
+    out: Path = typer.Option(..., "--out", help="The file to write (and FILE.json beside it)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export's metadata as JSON."),
+) -> None:
+    """Export a trained model for serving; kept only if every output matches the eager model
+    to 1e-4 on a fixed clip."""
+    from veilfed.inference import model_source
+    from veilfed.inference.export import export
+    from veilfed.model.saved import load_with_input
+
+    net, world = load_with_input(model_source(model))
+    with console.status(f"exporting to {fmt}"):
+        meta = export(net, world, fmt, out, force)
+    if as_json:
+        print_json(meta)
+        return
+    worst = max(meta["max_abs_diff"].values(), default=0.0)
+    _stdout.print(f"wrote {out} ({fmt}, {len(meta['outputs'])} outputs, max |diff| {worst:.1e})")
+    if meta["left_out"]:
+        _stdout.print(f"left out (generative, run eagerly): {', '.join(meta['left_out'])}")

@@ -134,12 +134,19 @@ def print_report(summary: dict[str, Any]) -> None:
         typer.echo(line)
 
 
-def print_models(entry: dict[str, Any], unit: str) -> None:
+def print_models(entry: dict[str, Any], unit: str, registry: dict[str, Any] | None = None) -> None:
     """One line per logged model: ``final model: URI`` and ``best model: URI (<unit> N, ...)``
-    (``unit``: "round" for a federated run, "epoch" for ``veilfed train``)."""
+    (``unit``: "round" for a federated run, "epoch" for ``veilfed train``), then the registry
+    version the best model became (``--register``)."""
     if entry.get("final"):
         typer.echo(f"final model: {entry['final']}")
     if entry.get("best"):
         value = entry.get("best_value")
         how = f"{entry.get('select_metric')} = {value:.4g}" if value is not None else "no score"
         typer.echo(f"best model: {entry['best']} ({unit} {entry.get('best_round')}, {how})")
+    if registry:
+        name, version = registry["name"], registry["version"]
+        typer.echo(
+            f"registered: models:/{name}/{version} as {registry['alias']} "
+            f"(champion: version {registry['champion']}, models:/{name}@champion)"
+        )

@@ -60,6 +60,12 @@ def simulate(
         help="Initial global model: a veilfed state dict (.pt) or torchvision's r2plus1d_18 "
         "state dict.",
     ),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        help="Register the best model in MLflow's registry under this name (champion / "
+        "challenger by the held-out selection metric).",
+    ),
 ) -> None:
     """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
     if summary_json is not None:
@@ -114,9 +120,15 @@ def simulate(
         summary = engine.run_engine(settings, ray_address)
     if settings.he.enabled:
         summary["model"] |= export_as_first_client(settings)
+    if register:
+        from veilfed.federation.weights import experiment
+        from veilfed.model.registered import register as register_model
+
+        specs = experiment(settings).model.task_specs()
+        summary["registry"] = register_model(summary, register, specs)
     emit_summary(summary, summary_json, force, json_out, print_report)
     if not json_out:
-        print_models(summary.get("model") or {}, "round")
+        print_models(summary.get("model") or {}, "round", summary.get("registry"))
 
 
 def export_as_first_client(settings: Any) -> dict[str, Any]:

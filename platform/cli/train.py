@@ -38,6 +38,12 @@ def train_cmd(
         "[federated] holdout of them is the test set, as much again of the rest validation.",
     ),
     key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        help="Register the best model in MLflow's registry under this name (champion / "
+        "challenger by the held-out selection metric).",
+    ),
 ) -> None:
     """Centralized training on the synthetic world or an encrypted store; DP-SGD when [privacy]
     enabled."""
@@ -82,6 +88,10 @@ def train_cmd(
             return Console(stderr=True).status(name)
 
         summary = run(cfg, on_step=on_step, phase=phase, init=init_from, store=split)
+    if register:
+        from veilfed.model.registered import register as register_model
+
+        summary["registry"] = register_model(summary, register, cfg.model.task_specs())
     emit_summary(summary, summary_json, force, as_json, print_metrics)
 
 
@@ -113,4 +123,4 @@ def print_metrics(summary: dict[str, Any]) -> None:
             f"{c['steps']} steps"
         )
     console.print(f"wall {summary['wall_s']:.1f}s, tracking {summary['tracking_uri']}")
-    print_models(summary.get("model") or {}, "epoch")
+    print_models(summary.get("model") or {}, "epoch", summary.get("registry"))

@@ -21,7 +21,7 @@ from veilfed.data.items import split_window_id
 from veilfed.data.targets import cue_text, placeholder, real_targets, restoration_pair
 from veilfed.data.text import Tokenizer
 from veilfed.data.video import DecodedClip, decode
-from veilfed.data.windowed import window_of
+from veilfed.data.windowed import next_frames, window_of
 from veilfed.data.windows import decode_window
 from veilfed.tasks import TaskSpec, task_spec, task_specs
 
@@ -157,6 +157,7 @@ class ClipDataset(Dataset[Sample]):
         drop_modalities: Iterable[str] = (),
         tokenizer: Tokenizer | None = None,
         tasks: Mapping[str, TaskSpec] | None = None,
+        future: bool = True,
     ) -> None:
         self.source = source
         self.world = world
@@ -167,9 +168,8 @@ class ClipDataset(Dataset[Sample]):
             for t, sp in self.specs.items()
             if t in schema.SYNTHETIC_TASKS and _same_task(sp, task_spec(t, 1.0))
         )
-        self.next_frames = next(
-            (sp.options["frames"] for sp in self.specs.values() if sp.kind == "next_frame"), 0
-        )
+        self.next_frames = next_frames(self.specs) if future else 0
+        self.span = (world.frames + self.next_frames) / world.fps  # seconds a loader window spans
         self.ids = list(ids) if ids is not None else source.ids()
         self.augment = augment
         self.drop = frozenset(drop_modalities)
@@ -202,7 +202,7 @@ class ClipDataset(Dataset[Sample]):
             clip = payload
             frames = _resize_frames(clip.video, w.height, w.width)
         elif k is not None:
-            window = window_of(labels, k, parent, w.clip_seconds)
+            window = window_of(labels, k, parent, self.span)
             size = (w.height, w.width)
             clip = decode_window(payload, window, n, size, w.sample_rate, w.audio_samples, cid)
             return clip, clip.video, labels, clip.times, (window.start, window.end)

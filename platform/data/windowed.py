@@ -4,9 +4,10 @@ A clip ingested with windows (``labels["windows"] = [[start, end], ...]``, see
 :class:`veilfed.data.ingest.WindowPlan`) is one item per window in evaluation: item id
 ``"<clip id>#<k>"`` (:mod:`veilfed.data.items`, :func:`window_ids`), decoded by seeking to the
 window (:func:`veilfed.data.windows.decode_window`). A real file stored without windows that lasts
-more than :data:`AUTO_LONGER` clip spans (``clip_s``, the world's ``frames / fps``) is cut by the
-loader into consecutive windows of one clip span (:func:`spans`), so its frames, audio and
-transcript always cover the same seconds; a shorter one is read whole.
+more than :data:`AUTO_LONGER` clip spans (``clip_s``, :func:`read_span`: the world's frames plus
+a next-frame task's target frames, at its fps) is cut by the loader into consecutive windows of
+one clip span (:func:`spans`), so its frames, audio and transcript always cover the same
+seconds; a shorter one is read whole.
 
 Training keeps the *file* as the unit DP-SGD samples and clips, not the window: a file cut into
 ten windows would otherwise enter a batch ten times as often as a short one, and ε would hold per
@@ -28,6 +29,16 @@ from veilfed.data.windows import Window, plan_windows
 from veilfed.errors import UsageError
 
 AUTO_LONGER = 2.0  # clip spans a file stored without windows may last before the loader cuts it
+
+
+def next_frames(specs: Mapping[str, Any]) -> int:
+    """Frames decoded after each clip as a next-frame task's target (0 without one)."""
+    return max((s.options["frames"] for s in specs.values() if s.kind == "next_frame"), default=0)
+
+
+def read_span(world: Any, specs: Mapping[str, Any]) -> float:
+    """Seconds one clip is read over: the world's frames and the next-frame targets at its fps."""
+    return (world.frames + next_frames(specs)) / world.fps
 
 
 def spans(labels: Mapping[str, Any], clip_s: float | None = None) -> list[list[float]]:

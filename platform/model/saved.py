@@ -40,6 +40,7 @@ from veilfed.model.core import MultiTaskModel, create_model
 STATE_FILE = "state_dict.pt"
 CONFIG_FILE = "model_config.json"
 INPUT_FILE = "input.json"
+FINAL_MODEL, BEST_MODEL = "model", "model-best"  # the logged model names of every run
 INPUT_FIELDS = ("frames", "height", "width", "fps", "sample_rate")
 MODEL_TYPE = "veilfed-multitask"
 _HINT = (

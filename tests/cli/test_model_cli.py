@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit.model import save_every_kind_model
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.toml"
@@ -62,3 +63,16 @@ def test_model_check_all_passes() -> None:
     assert res.returncode == 0, res.stderr
     results = json.loads(res.stdout)
     assert len(results) == 20 and all(r["ok"] for r in results)
+
+
+def test_model_export_writes_the_file_and_its_parity(tmp_path: Path) -> None:
+    save_every_kind_model(tmp_path / "model")
+    res = run("model", "export", tmp_path / "model", "--format", "torchscript",
+              "--out", tmp_path / "m.ts", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = json.loads(res.stdout)
+    assert meta["format"] == "torchscript" and (tmp_path / "m.ts").is_file()
+    assert max(meta["max_abs_diff"].values()) <= 1e-4
+    again = run("model", "export", tmp_path / "model", "--format", "torchscript",
+                "--out", tmp_path / "m.ts")  # fmt: skip
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr

@@ -51,8 +51,10 @@ delta = 1e-5
 """
 
 
-def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
     return subprocess.run(
         [VEILFED, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
     )
@@ -82,7 +84,7 @@ def test_own_classes_from_labels_csv_to_a_logged_model(owner: Path) -> None:
     assert json.loads(ingested.stdout)["ingested"] == 10
     train = run(
         "train", "--config", "scenes.toml", "--store", "store", "--key-file", "store.key",
-        "--summary-json", "summary.json",
+        "--summary-json", "summary.json", "--register", "scenes",
         cwd=owner,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr
@@ -104,6 +106,21 @@ def test_own_classes_from_labels_csv_to_a_logged_model(owner: Path) -> None:
     assert json.loads(params["model.tasks.scene.classes"]) == ["cartoon", "street"]
     model = load(summary["model"]["final"])
     assert model.task_specs["scene"].classes == ("cartoon", "street")
+    # Registered as the first version, the champion; a prediction through the alias names one
+    # of the owner's classes for a video of the folder.
+    assert summary["registry"] == {
+        "name": "scenes",
+        "version": 1,
+        "alias": "champion",
+        "champion": 1,
+    }
+    assert "models:/scenes@champion" in train.stdout
+    env = {"MLFLOW_TRACKING_URI": summary["tracking_uri"]}
+    predicted = run("predict", "models:/scenes@champion", "videos/street-00.mp4", "--json",
+                    "--tasks", "scene", cwd=owner, env=env)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    result = json.loads(predicted.stdout)
+    assert result["video"]["scene"]["class"] in ("cartoon", "street")
 
 
 def test_an_undeclared_class_is_one_line_exit_2_and_the_store_unchanged(owner: Path) -> None:

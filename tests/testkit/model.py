@@ -7,9 +7,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from veilfed.config import ModelSection
+from veilfed.config import ModelSection, parse_config
 from veilfed.data import schema
+from veilfed.model import create_model
 from veilfed.model.check import example_batch
+from veilfed.model.saved import save_dir
 
 B, T, H, W = 4, 4, 32, 32
 
@@ -48,3 +50,18 @@ def learnable_batch() -> dict[str, Any]:
 def tiny(**overrides: Any) -> ModelSection:
     """A small model config for tests (dim 32)."""
     return ModelSection(**({"dim": 32, "pixel_dim": 32} | overrides))
+
+
+# One task of every head kind, plus a declared classification task of the owner's own classes.
+EVERY_KIND: dict[str, Any] = {name: value for name, value in KIND_TASKS.values()} | {
+    "scene": {"kind": "classification", "classes": ["cartoon", "street"]}
+}
+
+
+def save_every_kind_model(folder: Any) -> Any:
+    """An untrained model of :data:`EVERY_KIND` saved as ``log_model`` saves one (8 frames of
+    32x32 at 8 fps); its directory."""
+    table = {"world": {"frames": 8, "size": 32}, "model": {"dim": 32, "pixel_dim": 32}}
+    table["model"]["tasks"] = EVERY_KIND
+    cfg = parse_config(table, "every-kind")
+    return save_dir(folder, create_model(cfg), cfg)

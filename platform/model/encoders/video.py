@@ -87,6 +87,18 @@ def degradation_stats(video: Tensor, period: int = 8) -> Tensor:
     return torch.log(torch.cat(feats, dim=1) + 1e-3)
 
 
+def _pool_to(x: Tensor, side: tuple[int, int, int]) -> Tensor:
+    """``adaptive_avg_pool3d(x, side)``, as a plain average pool where ``side`` divides the
+    input (the same numbers, and an op every exporter and runtime has)."""
+    size = tuple(x.shape[2:])
+    if size == side:
+        return x
+    if all(n % s == 0 for n, s in zip(size, side, strict=True)):
+        kernel = tuple(n // s for n, s in zip(size, side, strict=True))
+        return F.avg_pool3d(x, kernel_size=kernel, stride=kernel)
+    return F.adaptive_avg_pool3d(x, side)
+
+
 class _GridEncoder(Encoder):
     """Shared tail: coordinates embedding, token pooling and the pooled vector from a conv grid.
 
@@ -109,7 +121,7 @@ class _GridEncoder(Encoder):
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [t, h, w, 3]
         grid = feat.permute(0, 2, 3, 4, 1) + flat_apply(self.coords, coords.expand(b, t, h, w, 3))
         side = (t, min(h, self.max_tokens_side), min(w, self.max_tokens_side))
-        pooled_grid = F.adaptive_avg_pool3d(grid.permute(0, 4, 1, 2, 3), side)
+        pooled_grid = _pool_to(grid.permute(0, 4, 1, 2, 3), side)
         tokens = pooled_grid.flatten(2).transpose(1, 2)
         pooled = grid.mean(dim=(1, 2, 3)) + self.temporal_pool(grid)
         if extra is not None:

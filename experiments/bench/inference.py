@@ -1,0 +1,117 @@
+"""Inference benchmark: the same model run eagerly, as TorchScript and as ONNX in onnxruntime,
+side by side in one process on the same inputs.
+
+Per runtime: latency of one window (batch 1) p50 / p95, throughput in windows/s at batch 8, the
+real-time factor (seconds of video per second of compute at batch 1: above 1 keeps up with a live
+source), the file size of the exported model, and the largest output difference from eager. The
+model is the config's (default: experiments/federated.toml, the `make demo` model) with its
+initial weights: speed does not depend on training.
+
+    python experiments/bench/inference.py [--config FILE] [--quick]
+
+Prints a table and, last, one JSON line of headline figures (ratios are eager / runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from veilfed.config import load_config
+from veilfed.inference.export import Exported, export, onnx_session
+from veilfed.model import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def timings(fn, inputs, reps: int) -> np.ndarray:
+    fn(*inputs)  # warm-up: first-call allocations and graph optimisation
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn(*inputs)
+        out.append(time.perf_counter() - start)
+    return np.array(out)
+
+
+def runners(wrapper: Exported, folder: Path) -> dict[str, tuple[object, int]]:
+    """{name: (callable on torch inputs, file bytes)}."""
+    out: dict[str, tuple[object, int]] = {}
+    with torch.no_grad():
+        out["eager"] = (lambda *x: wrapper(*x), 0)
+        for fmt in ("torchscript", "onnx"):
+            path = folder / f"model.{fmt}"
+            export(wrapper.model, wrapper.world, fmt, path)
+            if fmt == "torchscript":
+                module = torch.jit.load(str(path))
+                out[fmt] = (lambda *x, m=module: m(*x), path.stat().st_size)
+            else:
+                session = onnx_session(path)
+                names = [i.name for i in session.get_inputs()]
+
+                def run(*x, s=session, n=names):
+                    return s.run(None, {k: t.numpy() for k, t in zip(n, x, strict=True)})
+
+                out["onnxruntime"] = (run, path.stat().st_size)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "federated.toml")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = load_config(args.config)
+    world = cfg.world.world_config()
+    wrapper = Exported(create_model(cfg), world)
+    reps = 10 if args.quick else 50
+    one, eight = wrapper.example(batch=1), wrapper.example(batch=8, seed=1)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for name, (fn, size) in runners(wrapper, Path(tmp)).items():
+            single = timings(fn, one, reps)
+            batch = timings(fn, eight, max(3, reps // 5))
+            rows[name] = {
+                "p50_ms": 1000 * float(np.median(single)),
+                "p95_ms": 1000 * float(np.percentile(single, 95)),
+                "windows_per_s": 8 / float(np.median(batch)),
+                "realtime_factor": world.clip_seconds / float(np.median(single)),
+                "file_mb": size / 2**20,
+            }
+    print(
+        f"model: {args.config.name} ({sum(p.numel() for p in wrapper.parameters()):,} params), "
+        f"window {world.frames} frames {world.height}x{world.width} = {world.clip_seconds:g} s, "
+        f"{torch.get_num_threads()} threads"
+    )
+    header = ("runtime", "p50 ms", "p95 ms", "win/s @8", "x realtime", "MB")
+    print("{:<12} {:>8} {:>8} {:>9} {:>10} {:>6}".format(*header))
+    for name, r in rows.items():
+        print(
+            f"{name:<12} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['windows_per_s']:9.1f} "
+            f"{r['realtime_factor']:10.1f} {r['file_mb']:6.2f}"
+        )
+    eager = rows["eager"]
+    headline = {
+        "config": args.config.name,
+        "threads": torch.get_num_threads(),
+        **{f"{n}_p50_ms": round(r["p50_ms"], 2) for n, r in rows.items()},
+        **{f"{n}_p95_ms": round(r["p95_ms"], 2) for n, r in rows.items()},
+        **{f"{n}_realtime_factor": round(r["realtime_factor"], 1) for n, r in rows.items()},
+        **{
+            f"speedup_{n}": round(eager["p50_ms"] / r["p50_ms"], 2)
+            for n, r in rows.items()
+            if n != "eager"
+        },
+    }
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()

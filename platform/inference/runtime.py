@@ -1,0 +1,69 @@
+"""Where a prediction's forward pass runs: the eager model, or its ONNX export in onnxruntime.
+
+A runner is ``predict(batch) -> {task: evaluation output}``, what ``MultiTaskModel.predict``
+gives. :class:`OnnxRunner` exports the model once (:func:`veilfed.inference.export.export`, with
+its parity check) into a temporary folder, runs each batch's network in onnxruntime and finishes
+the outputs with the eager heads' ``predict``; a task the export leaves out (a generative head)
+runs in the eager model on the same batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from veilfed.data.synth import WorldConfig
+from veilfed.errors import UsageError
+from veilfed.inference.export import INPUTS, export, onnx_session, unflatten
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+class EagerRunner:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.model.predict(batch)
+
+
+class OnnxRunner:
+    """The model's ONNX export in onnxruntime (module docstring)."""
+
+    def __init__(self, model: Any, world: WorldConfig) -> None:
+        self.model = model
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            meta = export(model, world, "onnx", path)
+            self.session = onnx_session(path)  # onnxruntime has read the file; it may go
+        self.outputs: list[str] = meta["outputs"]
+        self.left_out: list[str] = meta["left_out"]
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> dict[str, Any]:
+        feed = {n: batch[n].numpy() for n in INPUTS}
+        if "questions" in self.inputs:
+            qa = next(s for s in self.model.task_specs.values() if s.kind == "qa")
+            feed["questions"] = batch["targets"][qa.key("questions")].numpy()
+        values = [torch.from_numpy(v) for v in self.session.run(None, feed)]
+        raw = unflatten(self.outputs, values)
+        heads = self.model.task_heads()
+        preds = {t: heads[t].predict(v) for t, v in raw.items()}
+        if self.left_out:
+            eager = self.model.predict(batch)
+            preds |= {t: eager[t] for t in self.left_out}
+        return preds
+
+
+def runner(name: str, model: Any, world: WorldConfig) -> EagerRunner | OnnxRunner:
+    """The runner ``--runtime name`` names."""
+    if name == "torch":
+        return EagerRunner(model)
+    if name == "onnxruntime":
+        return OnnxRunner(model, world)
+    raise UsageError(f"--runtime {name!r}; valid: {', '.join(RUNTIMES)}")

@@ -1,0 +1,152 @@
+"""Prediction on real encoded videos (veilfed.inference): windows of one clip span with their
+times, a result for every head kind, video-level results that are the windows' mean, the same
+answer from a file and from its encrypted store clip, files under --out, and bad options refused
+with one line."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from testkit.model import EVERY_KIND
+
+from veilfed.crypto.keys import FernetKey
+from veilfed.data import video
+from veilfed.data.ingest import ingest_to
+from veilfed.data.store import EncryptedStore
+from veilfed.errors import UsageError
+from veilfed.inference import Predictor, model_source, read_file, store_input
+from veilfed.inference.readers import CLIP_KINDS, READERS
+from veilfed.model.saved import load_with_input
+from veilfed.tasks import KINDS
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model: Path):
+    return load_with_input(saved_model)
+
+
+def test_the_saved_geometry_is_what_prediction_decodes_to(loaded) -> None:
+    _, world = loaded
+    assert (world.frames, world.height, world.width, world.fps) == (8, 32, 32, 8)
+    assert world.clip_seconds == 1.0
+
+
+def test_every_kind_has_a_reader() -> None:
+    assert set(READERS) == set(KINDS)
+
+
+def test_a_long_video_runs_in_windows_with_a_result_per_task(loaded, videos) -> None:
+    model, world = loaded
+    result = Predictor(model, world, questions=["what moves?"]).run(read_file(videos["long"]))
+    spans = [(w["start"], w["end"]) for w in result["windows"]]
+    assert spans == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (2.5, 3.5)]  # last shifted to the end
+    for window in result["windows"]:
+        assert set(window["tasks"]) == set(EVERY_KIND)
+        for frame in window["tasks"]["detection"]["frames"]:
+            assert window["start"] <= frame["t"] < window["end"]
+        assert len(window["tasks"]["pose"]["frames"]) == world.frames
+        scene = window["tasks"]["scene"]
+        assert scene["class"] in ("cartoon", "street")
+        assert sum(c["probability"] for c in scene["top"]) == pytest.approx(1.0, abs=1e-3)
+        (answer,) = window["tasks"]["qa"]["answers"]
+        assert answer["question"] == "what moves?"
+    # The video-level class probabilities are the mean of the windows'.
+    street = [
+        next(c["probability"] for c in w["tasks"]["scene"]["top"] if c["class"] == "street")
+        for w in result["windows"]
+    ]
+    video_street = next(
+        c["probability"] for c in result["video"]["scene"]["top"] if c["class"] == "street"
+    )
+    assert video_street == pytest.approx(sum(street) / len(street), abs=1e-3)
+    clip_level = {t for t, s in model.task_specs.items() if s.kind in CLIP_KINDS}
+    assert clip_level | {"summary"} == set(result["video"])
+    assert result["video"]["summary"]["keyframes"]
+
+
+def test_a_store_clip_gives_the_result_its_file_gives(loaded, videos, tmp_path) -> None:
+    model, world = loaded
+    key = FernetKey.generate()
+    ingest_to(tmp_path / "s", key, [videos["long"]])
+    store = EncryptedStore.open(tmp_path / "s", key)
+    predictor = Predictor(model, world, tasks=["scene", "moderation"])
+    from_store = predictor.run(store_input(store, "long"))
+    from_file = predictor.run(read_file(videos["long"]))
+    assert from_store["windows"] == from_file["windows"]
+    assert from_store["video"] == from_file["video"]
+    with pytest.raises(UsageError, match="no clip 'nobody' in this store"):
+        store_input(store, "nobody")
+
+
+def test_out_holds_overlays_and_movies_and_is_never_overwritten(loaded, videos, tmp_path) -> None:
+    model, world = loaded
+    predictor = Predictor(model, world, out=tmp_path / "out")
+    result = predictor.run(read_file(videos["short"]))
+    assert len(result["windows"]) == 1
+    files = {Path(f).name: Path(f) for f in result["files"]}
+    for task in ("detection", "segmentation", "pose"):
+        image = Image.open(io.BytesIO(files[f"window000-{task}.png"].read_bytes()))
+        assert min(image.size) >= 256
+    restored = video.probe(files["window000-restoration.mp4"])
+    assert restored["frames"] == world.frames
+    assert video.probe(files["window000-next_frame.mp4"])["frames"] == 4
+    assert "summary-summary.mp4" in files
+    before = {n: p.read_bytes() for n, p in files.items()}
+    with pytest.raises(UsageError, match="already exists"):
+        predictor.run(read_file(videos["short"]))
+    assert {n: p.read_bytes() for n, p in files.items()} == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tasks": ["nope"]}, "--tasks: the model has no task 'nope'; its tasks: "),
+        ({"tasks": ["scene"], "questions": ["why?"]}, "--question: the model .* has no qa task"),
+        ({"stride": 0.0}, "--stride 0: give a positive number"),
+    ],
+)
+def test_bad_options_are_one_line(loaded, kwargs, message) -> None:
+    model, world = loaded
+    with pytest.raises(UsageError, match=message) as err:
+        Predictor(model, world, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_more_questions_than_the_head_answers_is_refused(loaded, videos) -> None:
+    model, world = loaded
+    many = [f"question {i}?" for i in range(9)]
+    with pytest.raises(UsageError, match="answers 4 questions per clip; ask at most 4"):
+        Predictor(model, world, questions=many).run(read_file(videos["short"]))
+
+
+def test_a_run_id_names_its_final_model(tmp_path) -> None:
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert model_source(run_id) == f"runs:/{run_id}/model"
+    assert model_source("models:/m-1") == "models:/m-1"
+    (tmp_path / run_id).mkdir()
+    assert model_source(str(tmp_path / run_id)) == str(tmp_path / run_id)
+
+
+def test_onnxruntime_gives_the_eager_results(loaded, videos) -> None:
+    """The ONNX export run by onnxruntime, finished by the same heads, answers as the eager
+    model does (caption, left out of the export, runs eagerly)."""
+    model, world = loaded
+    item = read_file(videos["long"])
+    eager = Predictor(model, world, questions=["what moves?"]).run(item)
+    onnx = Predictor(model, world, questions=["what moves?"], runtime="onnxruntime").run(item)
+    assert _close(onnx["video"], eager["video"])
+    assert _close(onnx["windows"], eager["windows"])
+
+
+def _close(a, b, tol: float = 2e-3) -> bool:
+    """Equal JSON, numbers to ``tol``."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_close, a, b))
+    if isinstance(a, float) and not isinstance(b, bool):
+        return abs(a - b) <= tol
+    return a == b
