@@ -104,3 +104,99 @@ def export_cmd(
     _stdout.print(f"wrote {out} ({fmt}, {len(meta['outputs'])} outputs, max |diff| {worst:.1e})")
     if meta["left_out"]:
         _stdout.print(f"left out (generative, run eagerly): {', '.join(meta['left_out'])}")
+
+
+@app.command("compress")
+@handle_errors
+def compress_cmd(
+    model: str = typer.Argument(
+        ..., help="A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
+    ),
+    method: str = typer.Option("int8", "--method", help="int8 (onnxruntime dynamic int8)."),
+    config: Path = typer.Option(
+        ..., "--config", help="The experiment the model was trained with: its data and tasks."
+    ),
+    store: Path | None = typer.Option(None, "--store", help="Held-out clips of this store."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
+    out: Path = typer.Option(..., "--out", help="New folder for the compressed model and report."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Compress a trained model and report held-out metrics before and after (beside the
+    baseline), size and CPU latency, measured side by side; logged as an MLflow run."""
+    import json
+
+    from veilfed import tracking
+    from veilfed.centralized import baseline_batches, loaders
+    from veilfed.config import load_config
+    from veilfed.data.splits import split_store
+    from veilfed.errors import UsageError
+    from veilfed.inference import model_source
+    from veilfed.inference.quantize import compress_int8
+    from veilfed.io import write_text_atomic
+    from veilfed.metrics import fit_baselines
+    from veilfed.model.saved import load_with_input
+
+    if method != "int8":
+        raise UsageError(f"--method {method!r}; valid: int8 (pruning and distillation: not built)")
+    if out.exists():
+        raise UsageError(f"{out}: already exists; give --out a new folder")
+    if (store is None) != (key_file is None):
+        raise UsageError("--store and --key-file go together: give both or neither")
+    cfg = load_config(config)
+    net, world = load_with_input(model_source(model))
+    declared = {n: s.kind for n, s in cfg.model.task_specs().items()}
+    if declared != {n: s.kind for n, s in net.task_specs.items()}:
+        raise UsageError(
+            f"{config}: its tasks ({', '.join(declared)}) are not the model's "
+            f"({', '.join(net.task_specs)}); give the config the model was trained with"
+        )
+    split = None
+    if store is not None and key_file is not None:
+        split = split_store(store, key_file, cfg.federated.holdout, cfg.train.seed)
+    with console.status("reading the held-out clips"):
+        train, test, _ = loaders(cfg, split)
+        baselines = fit_baselines(net.task_specs, baseline_batches(train))
+    with console.status("exporting, quantizing and measuring"):
+        report = compress_int8(net, world, test, baselines, out, seed=cfg.train.seed)
+    report["source_model"] = model
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n", overwrite=False)
+    tracker = tracking.start_run(
+        cfg.tracking.experiment or cfg.name,
+        params={"compress": {"method": method, "source_model": model}},
+        run_name=f"compress-{cfg.name}",
+        tags={"veilfed.kind": "compress"},
+    )
+    metrics = {f"latency_p50_ms/{k}": v for k, v in report["latency_p50_ms"].items()}
+    metrics |= {f"bytes/{k}": float(v) for k, v in report["bytes"].items()}
+    for task, row in report["tasks"].items():
+        for key in ("before", "after", "baseline"):
+            if row[key] is not None:
+                metrics[f"{key}/{task}/{row['metric']}"] = row[key]
+    tracker.log_metrics(metrics, step=0)
+    tracker.client.log_artifacts(tracker.run_id, str(out), "compressed")
+    tracker.finish()
+    report["run_id"] = tracker.run_id
+    if as_json:
+        print_json(report)
+        return
+    _show_compression(report)
+
+
+def _show_compression(report: dict) -> None:
+    table = Table(title=f"int8 vs the trained model (held-out clips; run {report['run_id']})")
+    for col in ("task", "metric", "before", "int8", "baseline", "int8 margin (95 % CI)"):
+        table.add_column(col)
+    for task, r in report["tasks"].items():
+        ci = r["margin_ci95_after"]
+        margin = "-" if r["margin_after"] is None else f"{r['margin_after']:+.3f}"
+        margin += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+        base = "-" if r["baseline"] is None else f"{r['baseline']:.3f}"
+        table.add_row(task, r["metric"], f"{r['before']:.3f}", f"{r['after']:.3f}", base, margin)
+    _stdout.print(table)
+    b, lat = report["bytes"], report["latency_p50_ms"]
+    _stdout.print(
+        f"ONNX {b['onnx_fp32'] / 2**20:.2f} MB -> int8 {b['onnx_int8'] / 2**20:.2f} MB; "
+        f"p50 per window: eager {lat['eager']:.2f} ms, fp32 {lat['onnx_fp32']:.2f} ms, "
+        f"int8 {lat['onnx_int8']:.2f} ms ({report['speedup_int8_vs_eager']}x eager)"
+    )
+    _stdout.print(f"files: {report['files']['int8']} (veilfed predict MODEL --onnx FILE)")

@@ -48,6 +48,9 @@ def predict_cmd(
     runtime: str = typer.Option(
         "torch", "--runtime", help="torch (eager) or onnxruntime (the model exported to ONNX)."
     ),
+    onnx: Path | None = typer.Option(
+        None, "--onnx", help="Run this exported ONNX file of MODEL (e.g. its int8 compression)."
+    ),
     store: Path | None = typer.Option(None, "--store", help="SOURCEs are clip ids of this store."),
     key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per source per line."),
@@ -73,7 +76,7 @@ def predict_cmd(
         raise UsageError("--store and --key-file go together: give both or neither")
     opened = EncryptedStore.open(store, read_key_file(key_file)) if store and key_file else None
     net, world = load_with_input(model_source(model))
-    predictor = Predictor(net, world, tasks, question, stride, out, runtime)
+    predictor = Predictor(net, world, tasks, question, stride, out, runtime, onnx)
     if live:
         _stream(predictor, sources, max_windows)
         return

@@ -69,6 +69,7 @@ class Predictor:
     stride: float | None = None
     out: Path | None = None
     runtime: str = "torch"
+    onnx: Path | None = None
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
 
     def __post_init__(self) -> None:
@@ -80,7 +81,7 @@ class Predictor:
         qa = [t for t in self.tasks if self.specs[t].kind == "qa"]
         if self.questions and not qa:
             raise UsageError("--question: the model (or --tasks) has no qa task to answer it")
-        self.runner = runner(self.runtime, self.model, self.world)
+        self.runner = runner(self.runtime, self.model, self.world, self.onnx)
 
     def run(self, item: VideoInput) -> dict[str, Any]:
         """The result object of one video (module docstring)."""

@@ -9,6 +9,7 @@ runs in the eager model on the same batch.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,16 @@ class EagerRunner:
 class OnnxRunner:
     """The model's ONNX export in onnxruntime (module docstring)."""
 
-    def __init__(self, model: Any, world: WorldConfig) -> None:
+    def __init__(self, model: Any, world: WorldConfig, path: str | Path | None = None) -> None:
         self.model = model
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            meta = export(model, world, "onnx", path)
-            self.session = onnx_session(path)  # onnxruntime has read the file; it may go
+        if path is not None:  # an export made before (e.g. int8): FILE and FILE.json
+            meta = _meta(Path(path))
+            self.session = onnx_session(path)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                made = Path(tmp) / "model.onnx"
+                meta = export(model, world, "onnx", made)
+                self.session = onnx_session(made)  # onnxruntime has read the file; it may go
         self.outputs: list[str] = meta["outputs"]
         self.left_out: list[str] = meta["left_out"]
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -60,8 +65,24 @@ class OnnxRunner:
         return preds
 
 
-def runner(name: str, model: Any, world: WorldConfig) -> EagerRunner | OnnxRunner:
-    """The runner ``--runtime name`` names."""
+def _meta(path: Path) -> dict[str, Any]:
+    """The metadata ``veilfed model export`` wrote beside an ONNX file."""
+    try:
+        meta = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
+        return meta if isinstance(meta, dict) and "outputs" in meta else {}
+    except (OSError, ValueError):
+        raise UsageError(
+            f"--onnx {path}: no readable {path.name}.json beside it; use a file written by "
+            "`veilfed model export` or `veilfed model compress`"
+        ) from None
+
+
+def runner(
+    name: str, model: Any, world: WorldConfig, onnx: str | Path | None = None
+) -> EagerRunner | OnnxRunner:
+    """The runner ``--runtime name`` names (``onnx``: an exported file to run instead)."""
+    if onnx is not None:
+        return OnnxRunner(model, world, onnx)
     if name == "torch":
         return EagerRunner(model)
     if name == "onnxruntime":

@@ -43,6 +43,9 @@ def test_the_own_videos_walkthrough_runs_as_written(tmp_path: Path) -> None:
     # The owner's classes and boxes are learned: held-out margins clear of the baselines.
     assert train["margins"]["scene"]["accuracy"]["margin_ci95"][0] > 0
     assert boxes["margins"]["objects"]["map50"]["margin_ci95"][0] > 0
+    assert train["registry"]["alias"] == "champion"
+    predicted = json.loads((tmp_path / "own" / "predict.json").read_text())
+    assert predicted["video"]["scene"]["class"] in ("cartoon", "street")
 
 
 def test_the_walkthrough_uses_only_shipped_configs() -> None:
