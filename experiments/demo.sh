@@ -44,3 +44,11 @@ rm -rf unseen
 CLIP=$(ls unseen/*.mp4 | head -n 1)
 echo "== predict with $MODEL on $CLIP (a clip from outside the federation)"
 "$VEILFED" predict "$MODEL" "$CLIP"
+"$ROOT/.venv/bin/python" - "${CLIP%.mp4}.json" <<'PY'
+import json, sys
+from veilfed.data import schema
+truth = json.load(open(sys.argv[1]))
+print(f"truth (its sidecar): action={schema.ACTIONS[truth['action']]}, "
+      f"sentiment={schema.SENTIMENTS[truth['sentiment']]}, "
+      f"moderation={'yes' if truth['moderation'] else 'no'}, quality={truth['quality']:.3f}")
+PY

@@ -19,6 +19,8 @@ from veilfed.io import write_text_atomic
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console(stderr=True)
+# The MODEL argument of every command that uses a trained model (veilfed.inference.model_source).
+MODEL_HELP = "A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

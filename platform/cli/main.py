@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
+
+# MLflow draws a progress bar on stderr for each model it downloads; a command's output is its own.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(
     name="veilfed",

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veilfed.cli.common import console, handle_errors, print_json
+from veilfed.cli.common import MODEL_HELP, console, handle_errors, print_json
 from veilfed.errors import CheckFailed
 
 app = typer.Typer(no_args_is_help=True)
@@ -80,9 +80,7 @@ def check_cmd(
 @app.command("export")
 @handle_errors
 def export_cmd(
-    model: str = typer.Argument(
-        ..., help="A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
-    ),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     fmt: str = typer.Option("onnx", "--format", help="onnx, torchscript or pt2."),
     out: Path = typer.Option(..., "--out", help="The file to write (and FILE.json beside it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
@@ -109,9 +107,7 @@ def export_cmd(
 @app.command("compress")
 @handle_errors
 def compress_cmd(
-    model: str = typer.Argument(
-        ..., help="A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
-    ),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     method: str = typer.Option("int8", "--method", help="int8 (onnxruntime dynamic int8)."),
     config: Path = typer.Option(
         ..., "--config", help="The experiment the model was trained with: its data and tasks."
@@ -190,8 +186,10 @@ def _show_compression(report: dict) -> None:
         ci = r["margin_ci95_after"]
         margin = "-" if r["margin_after"] is None else f"{r['margin_after']:+.3f}"
         margin += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-        base = "-" if r["baseline"] is None else f"{r['baseline']:.3f}"
-        table.add_row(task, r["metric"], f"{r['before']:.3f}", f"{r['after']:.3f}", base, margin)
+        before, after, base = (
+            "-" if r[k] is None else f"{r[k]:.3f}" for k in ("before", "after", "baseline")
+        )
+        table.add_row(task, r["metric"], before, after, base, margin)
     _stdout.print(table)
     b, lat = report["bytes"], report["latency_p50_ms"]
     _stdout.print(

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veilfed.cli.common import fail, handle_errors
+from veilfed.cli.common import MODEL_HELP, fail, handle_errors
 
 _stdout = Console()
 
@@ -27,9 +27,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict_cmd(
-    model: str = typer.Argument(
-        ..., help="A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
-    ),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     sources: list[str] = typer.Argument(
         ..., help="Video files (any container PyAV opens), or clip ids with --store."
     ),
@@ -74,6 +72,11 @@ def predict_cmd(
 
     if (store is None) != (key_file is None):
         raise UsageError("--store and --key-file go together: give both or neither")
+    if store is not None and out is not None:
+        raise UsageError(
+            "--out writes frames of the video in the clear; store clips stay in memory, so "
+            "drop --out (or predict on a file you may keep in the clear)"
+        )
     opened = EncryptedStore.open(store, read_key_file(key_file)) if store and key_file else None
     net, world = load_with_input(model_source(model))
     predictor = Predictor(net, world, tasks, question, stride, out, runtime, onnx)

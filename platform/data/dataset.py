@@ -145,7 +145,8 @@ class ClipDataset(Dataset[Sample]):
     degraded copy as input) and next frame (the frames after the clip: ``frames + K`` frames are
     decoded at one step and the last K become the target). ``drop_modalities`` simulates a
     client that lacks a modality (zeros + mask off); ``augment`` is applied per sample (see
-    :mod:`veilfed.augment`).
+    :mod:`veilfed.augment`). Prediction reads with ``future=False`` (no next-frame targets to
+    decode) and ``by_time=True`` (a window's frames at even time steps of the model's rate).
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class ClipDataset(Dataset[Sample]):
         tokenizer: Tokenizer | None = None,
         tasks: Mapping[str, TaskSpec] | None = None,
         future: bool = True,
+        by_time: bool = False,
     ) -> None:
         self.source = source
         self.world = world
@@ -170,6 +172,7 @@ class ClipDataset(Dataset[Sample]):
         )
         self.next_frames = next_frames(self.specs) if future else 0
         self.span = (world.frames + self.next_frames) / world.fps  # seconds a loader window spans
+        self.by_time = by_time  # windows: frames at even time steps (decode_window's by_time)
         self.ids = list(ids) if ids is not None else source.ids()
         self.augment = augment
         self.drop = frozenset(drop_modalities)
@@ -204,7 +207,9 @@ class ClipDataset(Dataset[Sample]):
         elif k is not None:
             window = window_of(labels, k, parent, self.span)
             size = (w.height, w.width)
-            clip = decode_window(payload, window, n, size, w.sample_rate, w.audio_samples, cid)
+            clip = decode_window(
+                payload, window, n, size, w.sample_rate, w.audio_samples, cid, self.by_time
+            )
             return clip, clip.video, labels, clip.times, (window.start, window.end)
         else:
             clip = decode(payload, n, (w.height, w.width), w.sample_rate, w.audio_samples, cid)

@@ -184,17 +184,20 @@ def decode_window(
     sample_rate: int = 16_000,
     audio_samples: int | None = None,
     name: str | None = None,
+    by_time: bool = False,
 ) -> WindowClip:
     """Decode only ``window`` of ``source``: ``frames`` frames of ``size`` (H, W) and its audio.
 
     Seeks back to the keyframe before the window (less :data:`AUDIO_PREROLL_S`, so the audio
     decoder has warmed up by ``start``) and stops demuxing once past ``end``. Frames whose time
     lies in ``[start, end)`` are picked uniformly, as :func:`veilfed.data.video.decode` does over a
-    whole clip. Audio is mono float32 at ``sample_rate`` covering exactly ``[start, end)``
-    (``round(length * sample_rate)`` samples, zero-padded past the end of the audio, assumed
-    gap-free), then padded or trimmed to ``audio_samples`` when given. A file without audio, or a
-    window its audio does not reach, gives zeros and ``has_audio=False``. Every failure is a
-    one-line :class:`VideoError`.
+    whole clip; with ``by_time``, the frame showing at each of ``frames`` even time steps is
+    taken (a source slower than that repeats frames; one decodable frame suffices). Audio is mono
+    float32 at ``sample_rate`` covering exactly ``[start, end)`` (``round(length *
+    sample_rate)`` samples, zero-padded past the end of the audio, assumed gap-free), then padded
+    or trimmed to ``audio_samples`` when given. A file without audio, or a window its audio does
+    not reach, gives zeros and ``has_audio=False``. Every failure is a one-line
+    :class:`VideoError`.
     """
     label = describe(source, name)
     where = f"window {window.index} [{window.start:.2f}, {window.end:.2f}) s"
@@ -258,12 +261,16 @@ def decode_window(
                 f"{label}: corrupt, truncated or unseekable video at {where} ({_reason(exc)}); "
                 "re-encode or re-copy it"
             ) from None
-    if len(images) < frames:
+    if len(images) < (1 if by_time else frames):
         raise VideoError(
             f"{label}: {where} has {len(images)} decodable frames, fewer than the {frames} "
             "required; use a longer window or lower the frame count"
         )
-    pick = np.linspace(0, len(images) - 1, frames).round().astype(int)
+    if by_time:  # the frame showing at each of `frames` even steps (a slow source repeats)
+        due = start + (end - start) * np.arange(frames) / frames
+        pick = np.clip(np.searchsorted(np.asarray(times), due + EPS, side="right") - 1, 0, None)
+    else:
+        pick = np.linspace(0, len(images) - 1, frames).round().astype(int)
     video = np.stack([images[i] for i in pick])
     span = round((end - start) * sample_rate)
     audio = np.zeros(span, np.float32)

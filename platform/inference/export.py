@@ -143,7 +143,8 @@ def export(model: nn.Module, world: WorldConfig, fmt: str, out: str | Path, forc
     example = wrapper.example(batch=2)  # a batch of 1 would let the exporters fix the batch size
     with torch.no_grad():
         eager = [t.float().numpy() for t in wrapper(*example)]
-    tmp = out.with_name(f".{out.name}.export")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.export{out.suffix}")  # torch.export wants its suffix
     try:
         _write(wrapper, example, fmt, tmp)
         check = wrapper.example(batch=3, seed=1)

@@ -46,9 +46,9 @@ def probe_record(name: str, data: bytes) -> dict[str, Any]:
     """The record a store would keep for ``data`` (probe facts, no labels); a one-line
     :class:`veilfed.data.video.VideoError` when it is not a video with frames."""
     info = video.probe(data, name)
-    duration = info.get("duration_s") or (
-        float(info["frames"]) / float(info["fps"]) if info.get("frames") and info.get("fps") else 0
-    )
+    duration = info.get("duration_s") or 0.0
+    if info.get("frames") and info.get("fps"):  # the video's own length: audio may run on
+        duration = float(info["frames"]) / float(info["fps"])
     if not info.get("fps") or not duration or duration <= 0:
         raise video.VideoError(f"{name}: no frames to read; supply a video with frames")
     return {"synthetic": False, "source": {"name": name, **info, "duration_s": float(duration)}}
@@ -122,7 +122,8 @@ def windows_dataset(
     item = with_windows(item, world.clip_seconds, stride)
     source = FileSource([item])
     ids = window_ids(source, source.ids())
-    return ClipDataset(source, world, ids=ids, tasks=inference_specs(specs), future=False)
+    specs = inference_specs(specs)
+    return ClipDataset(source, world, ids=ids, tasks=specs, future=False, by_time=True)
 
 
 def store_input(store: Any, clip_id: str) -> VideoInput:

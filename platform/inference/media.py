@@ -1,6 +1,7 @@
 """Files a prediction writes under ``--out``: overlays, restored and predicted frames, summaries.
 
-Layout: ``OUT/<video stem>/window<k>-<task>.png`` (boxes, masks and keypoints drawn on the
+Layout: ``OUT/<video stem>/window<k>-<task>.png`` (``<stem>-2``, ... for a second source of that
+stem, or when the folder exists) (boxes, masks and keypoints drawn on the
 window's middle frame, scaled up to at least :data:`MIN_SIDE` pixels), ``window<k>-<task>.mp4``
 (a restoration task's restored frames, a next-frame task's predicted frames) and
 ``summary-<task>.mp4`` (a frame-scores task's keyframes over the whole video). Every file is
@@ -28,10 +29,6 @@ DRAWN = ("detection", "segmentation", "keypoints")
 MOVIES = ("restoration", "next_frame")
 
 
-def _folder(out: Path, name: str) -> Path:
-    return out / Path(name).stem.replace("#", "_")
-
-
 def _uint8(frames: torch.Tensor) -> np.ndarray:
     """[T, 3, H, W] in [0, 1] -> uint8 [T, H, W, 3]."""
     return (frames.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -43,10 +40,9 @@ def _write(path: Path, data: bytes) -> str:
 
 
 def window_files(
-    out: Path, name: str, k: int, sample: dict[str, Any], preds: dict[str, Any], specs: dict
+    folder: Path, k: int, sample: dict[str, Any], preds: dict[str, Any], specs: dict
 ) -> list[str]:
-    """Write window ``k``'s files (module docstring); their paths."""
-    folder = _folder(out, name)
+    """Write window ``k``'s files into the video's ``folder`` (module docstring); their paths."""
     written = []
     middle = sample["video"].shape[0] // 2
     for task, pred in preds.items():
@@ -64,12 +60,12 @@ def window_files(
     return written
 
 
-def summary_clip(out: Path, name: str, task: str, frames: list[torch.Tensor], fps: int):
-    """The keyframes of a video as one MP4 (its path), or None without keyframes."""
+def summary_clip(folder: Path, task: str, frames: list[torch.Tensor], fps: int) -> str | None:
+    """The keyframes of a video as one MP4 in its ``folder`` (its path); None without any."""
     if not frames:
         return None
     data = encode_mp4(_even(_uint8(torch.stack(frames))), None, max(1, fps // 4))
-    return _write(_folder(out, name) / f"summary-{task}.mp4", data)
+    return _write(folder / f"summary-{task}.mp4", data)
 
 
 def _fps(sample: dict[str, Any]) -> int:

@@ -19,6 +19,7 @@ outside ``out``, and a file is written under a temporary name and renamed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,27 @@ class Predictor:
         self.model.eval()
         self.specs: dict[str, TaskSpec] = dict(self.model.task_specs)
         self.tasks = select_tasks(self.specs, self.tasks)
-        if self.stride is not None and not self.stride > 0:
+        if self.stride is not None and not (math.isfinite(self.stride) and self.stride > 0):
             raise UsageError(f"--stride {self.stride:g}: give a positive number of seconds")
-        qa = [t for t in self.tasks if self.specs[t].kind == "qa"]
+        qa = [self.specs[t] for t in self.tasks if self.specs[t].kind == "qa"]
         if self.questions and not qa:
             raise UsageError("--question: the model (or --tasks) has no qa task to answer it")
-        self.runner = runner(self.runtime, self.model, self.world, self.onnx)
+        for text in self.questions:
+            used = sum(1 for i in self.tokenizer.encode(text, 4 * schema.MAX_QUESTION_TOKENS) if i)
+            if used > schema.MAX_QUESTION_TOKENS:
+                raise UsageError(
+                    f"--question {text[:40]!r}: {used} tokens, the model reads "
+                    f"{schema.MAX_QUESTION_TOKENS}; shorten it (unknown words cost one per byte)"
+                )
+        for spec in qa:
+            slots = spec.options["questions"]
+            if len(self.questions) > slots:
+                raise UsageError(
+                    f"--question: the model's qa task {spec.name!r} answers {slots} questions "
+                    f"per clip; ask at most {slots}"
+                )
+        self.runner = runner(self.runtime, self.model, self.world, self.onnx, self.tasks)
+        self.folders: dict[str, Path] = {}  # source -> its folder under --out (never shared)
 
     def run(self, item: VideoInput) -> dict[str, Any]:
         """The result object of one video (module docstring)."""
@@ -103,10 +119,12 @@ class Predictor:
                 for t in self.tasks:
                     if self.specs[t].kind in CLIP_KINDS:
                         pooled.setdefault(t, []).append(clip_scores(self.specs[t], one[t]))
-                times = sample["times"].tolist()
-                frames += list(zip(times, sample["video"], strict=False))
                 if self.out is not None:
-                    files += media.window_files(self.out, item.name, k, sample, one, self.specs)
+                    folder = self._folder(item.name)
+                    files += media.window_files(folder, k, sample, one, self.specs)
+                    if any(self.specs[t].kind == "frame_scores" for t in self.tasks):
+                        times = sample["times"].tolist()
+                        frames += list(zip(times, sample["video"], strict=False))
                 entry = {"index": k, "start": round(start, 3), "end": round(end, 3)}
                 windows.append(entry | {"tasks": results})
         video = {
@@ -138,11 +156,6 @@ class Predictor:
 
     def _questions(self, spec: TaskSpec, n: int) -> torch.Tensor:
         slots = spec.options["questions"]
-        if len(self.questions) > slots:
-            raise UsageError(
-                f"--question: the model's qa task {spec.name!r} answers {slots} questions per "
-                f"clip; ask at most {slots}"
-            )
         ids = torch.zeros(slots, schema.MAX_QUESTION_TOKENS, dtype=torch.long)
         for q, text in enumerate(self.questions):
             ids[q] = torch.tensor(self.tokenizer.encode(text, schema.MAX_QUESTION_TOKENS))
@@ -163,6 +176,13 @@ class Predictor:
             )
         return out
 
+    def _folder(self, name: str) -> Path:
+        """This source's folder under ``--out``: a new one, shared with no other source."""
+        if name not in self.folders:
+            assert self.out is not None
+            self.folders[name] = _unique_folder(self.out, name, set(self.folders.values()))
+        return self.folders[name]
+
     def _video_keyframes(
         self,
         item: VideoInput,
@@ -175,16 +195,31 @@ class Predictor:
         for t in self.tasks:
             if self.specs[t].kind != "frame_scores":
                 continue
-            scores = [s for w in windows for s in w["tasks"][t]["scores"]]
-            times = keyframes(scores)
+            # overlapping windows score some frames twice: each time once, its first score
+            once = {s["t"]: s for w in windows for s in reversed(w["tasks"][t]["scores"])}
+            times = keyframes(sorted(once.values(), key=lambda s: s["t"]))
             out[t] = {"keyframes": times}
             if self.out is not None:
-                picked = [f for ts, f in frames if round(ts, 4) in set(times)]
-                path = media.summary_clip(self.out, item.name, t, picked, self.world.fps)
+                wanted, seen, picked = set(times), set(), []
+                for ts, f in frames:
+                    if round(ts, 4) in wanted and round(ts, 4) not in seen:
+                        seen.add(round(ts, 4))
+                        picked.append(f)
+                path = media.summary_clip(self._folder(item.name), t, picked, self.world.fps)
                 if path is not None:
                     out[t]["summary_clip"] = path
                     files.append(path)
         return out
+
+
+def _unique_folder(out: Path, name: str, taken: set[Path]) -> Path:
+    """``out/<stem>``, or ``out/<stem>-2``, ... when another source has it or it exists."""
+    stem = Path(name).stem.replace("#", "_") or "video"
+    folder, n = out / stem, 1
+    while folder in taken or folder.exists():
+        n += 1
+        folder = out / f"{stem}-{n}"
+    return folder
 
 
 def _index(pred: Any, j: int) -> Any:

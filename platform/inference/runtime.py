@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,30 @@ class EagerRunner:
 class OnnxRunner:
     """The model's ONNX export in onnxruntime (module docstring)."""
 
-    def __init__(self, model: Any, world: WorldConfig, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        world: WorldConfig,
+        path: str | Path | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> None:
         self.model = model
         if path is not None:  # an export made before (e.g. int8): FILE and FILE.json
-            meta = _meta(Path(path))
-            self.session = onnx_session(path)
+            meta = _meta(Path(path), model)
+            try:
+                self.session = onnx_session(path)
+            except Exception as exc:  # onnxruntime raises its own types for a bad file
+                reason = str(exc).splitlines()[0][:120]
+                what = f"not an ONNX model onnxruntime runs ({reason})"
+                raise UsageError(f"--onnx {path}: {what}") from None
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 made = Path(tmp) / "model.onnx"
                 meta = export(model, world, "onnx", made)
                 self.session = onnx_session(made)  # onnxruntime has read the file; it may go
         self.outputs: list[str] = meta["outputs"]
-        self.left_out: list[str] = meta["left_out"]
+        wanted = set(tasks) if tasks is not None else set(model.tasks)
+        self.left_out: list[str] = [t for t in meta["left_out"] if t in wanted]
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     @torch.no_grad()
@@ -65,26 +78,39 @@ class OnnxRunner:
         return preds
 
 
-def _meta(path: Path) -> dict[str, Any]:
-    """The metadata ``veilfed model export`` wrote beside an ONNX file."""
+def _meta(path: Path, model: Any) -> dict[str, Any]:
+    """The metadata ``veilfed model export`` wrote beside an ONNX file, checked against
+    ``model``: the file must be an ONNX export of a model with the same tasks."""
+    hint = "use a file `veilfed model export --format onnx` or `model compress` wrote for MODEL"
     try:
         meta = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
-        return meta if isinstance(meta, dict) and "outputs" in meta else {}
     except (OSError, ValueError):
+        raise UsageError(f"--onnx {path}: no readable {path.name}.json beside it; {hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "onnx" or "outputs" not in meta:
+        what = "does not describe an ONNX export"
+        raise UsageError(f"--onnx {path}: {path.name}.json {what}; {hint}")
+    tasks = {name.partition(".")[0] for name in meta["outputs"]} | set(meta.get("left_out", []))
+    if tasks != set(model.tasks):
         raise UsageError(
-            f"--onnx {path}: no readable {path.name}.json beside it; use a file written by "
-            "`veilfed model export` or `veilfed model compress`"
-        ) from None
+            f"--onnx {path}: exported from a model with tasks {', '.join(sorted(tasks))}, not "
+            f"MODEL's {', '.join(model.tasks)}; {hint}"
+        )
+    return meta
 
 
 def runner(
-    name: str, model: Any, world: WorldConfig, onnx: str | Path | None = None
+    name: str,
+    model: Any,
+    world: WorldConfig,
+    onnx: str | Path | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> EagerRunner | OnnxRunner:
-    """The runner ``--runtime name`` names (``onnx``: an exported file to run instead)."""
+    """The runner ``--runtime name`` names (``onnx``: an exported file to run instead) for
+    ``tasks`` (default: all the model's)."""
     if onnx is not None:
-        return OnnxRunner(model, world, onnx)
+        return OnnxRunner(model, world, onnx, tasks)
     if name == "torch":
         return EagerRunner(model)
     if name == "onnxruntime":
-        return OnnxRunner(model, world)
+        return OnnxRunner(model, world, tasks=tasks)
     raise UsageError(f"--runtime {name!r}; valid: {', '.join(RUNTIMES)}")

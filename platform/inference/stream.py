@@ -87,9 +87,25 @@ def stream(
         raise VideoError(f"{label}: no video stream; supply a source with video")
     has_audio = bool(container.streams.audio)
     frames: list[np.ndarray] = []
+    ready: list[tuple[np.ndarray, float]] = []  # complete windows' frames, waiting for audio
     audio = np.zeros(0, np.float32)
     due, index, origin = 0.0, 0, None
+    _warm_up(predictor, specs)
     wall0 = time.perf_counter()
+
+    def emit(final: bool) -> Iterator[dict[str, Any]]:
+        """Windows whose audio has arrived too (every one at the end of the stream)."""
+        nonlocal audio, index
+        while ready and (final or not has_audio or audio.size >= world.audio_samples):
+            window, last = ready.pop(0)
+            live = audio[: world.audio_samples], has_audio
+            result = _window(predictor, specs, window, live, index * span, index, wall0 + last)
+            audio = audio[world.audio_samples :]
+            index += 1
+            yield result
+            if max_windows is not None and index >= max_windows:
+                return
+
     try:
         for t, item in _frames(container, (world.height, world.width), world.sample_rate):
             origin = t if origin is None else origin
@@ -98,22 +114,29 @@ def stream(
                 time.sleep(max(0.0, wall0 + t - time.perf_counter()))
             if item.ndim == 1:
                 audio = np.concatenate([audio, item.astype(np.float32)])
-                continue
-            while t + step / 2 >= due:  # the frame due at `due` (repeated for a slow source)
-                frames.append(item)
-                due += step
-            while len(frames) >= world.frames:
-                start = index * span
-                window = np.stack(frames[: world.frames])
-                del frames[: world.frames]
-                live = audio[: world.audio_samples], has_audio
-                yield _window(predictor, specs, window, live, start, index, wall0 + t)
-                audio = audio[world.audio_samples :]
-                index += 1
-                if max_windows is not None and index >= max_windows:
-                    return
+            else:
+                while t + step / 2 >= due:  # the frame due at `due` (a slow source repeats)
+                    frames.append(item)
+                    due += step
+                while len(frames) >= world.frames:
+                    ready.append((np.stack(frames[: world.frames]), t))
+                    del frames[: world.frames]
+            yield from emit(final=False)
+            if max_windows is not None and index >= max_windows:
+                return
+        yield from emit(final=True)
     finally:
         container.close()
+
+
+def _warm_up(predictor: Any, specs: Any) -> None:
+    """One prediction on a blank window before the clock starts: the first forward pass pays
+    for lazy initialisation, which is no latency of the stream's."""
+    world = predictor.world
+    blank = np.zeros((world.frames, world.height, world.width, 3), np.uint8)
+    silence = np.zeros(world.audio_samples, np.float32)
+    clip = DecodedClip(blank, silence, False, float(world.fps), world.frames)
+    predictor.window_results(ClipDataset(_WindowSource(clip), world, tasks=specs, future=False)[0])
 
 
 def _window(predictor, specs, frames, live, start, index, due) -> dict[str, Any]:

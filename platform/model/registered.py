@@ -8,8 +8,9 @@ version with that metric and its value (``veilfed.select_metric``, ``veilfed.val
 * the first version becomes ``champion``;
 * a later version that beats the champion on the same metric (in the metric's direction) becomes
   ``champion`` and the old champion ``challenger``; otherwise it becomes ``challenger``;
-* a version selected on another metric, or without a value, is only ``challenger``: values of
-  different metrics are not compared.
+* a version selected on another metric, or without a finite value, is only ``challenger``:
+  values of different metrics are not compared; a champion without a value yields to the first
+  version with one on its metric.
 
 ``models:/NAME@champion`` then names the best model so far wherever a model URI is taken
 (``veilfed predict``, ``--init-from``, :func:`veilfed.model.load`).
@@ -74,8 +75,10 @@ def _aliases(
         client.set_registered_model_alias(name, CHAMPION, version)
         return CHAMPION
     best = champion.tags.get(VALUE_TAG)
-    comparable = champion.tags.get(METRIC_TAG) == metric and best is not None and value is not None
-    if comparable and _better(float(value), float(best), metric, specs):
+    valued = value is not None and math.isfinite(float(value))
+    same = champion.tags.get(METRIC_TAG) == metric
+    # A champion without a value (its run had none) yields to the first valued version.
+    if valued and same and (best is None or _better(float(value), float(best), metric, specs)):
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_registered_model_alias(name, CHALLENGER, champion.version)
         return CHAMPION

@@ -118,3 +118,12 @@ def test_stream_prints_a_line_per_window_and_a_summary(folder: Path) -> None:
     assert window["index"] == 0 and "flag" in window["tasks"]["moderation"]
     assert window["latency_ms"] > 0
     assert closing["summary"]["windows"] == 1 and closing["summary"]["dropped"] == 0
+
+
+def test_store_clips_are_never_written_in_the_clear(folder: Path, monkeypatch) -> None:
+    monkeypatch.chdir(folder)
+    res = CliRunner().invoke(
+        app, ["predict", "model", "clip-1", "--store", "s", "--key-file", "k", "--out", "o"]
+    )
+    assert res.exit_code == 2 and "--out writes frames of the video in the clear" in res.stderr
+    assert not (folder / "o").exists()

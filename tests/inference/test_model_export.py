@@ -12,6 +12,7 @@ import torch
 
 from veilfed.errors import UsageError
 from veilfed.inference.export import FORMATS, TOLERANCE, Exported, export, run_exported
+from veilfed.inference.runtime import runner
 from veilfed.model.encoders import video as video_encoders
 from veilfed.model.saved import load_with_input
 
@@ -64,3 +65,20 @@ def test_an_existing_file_is_not_replaced(loaded, tmp_path: Path) -> None:
     assert (tmp_path / "m.pt2").read_text() == "mine"
     with pytest.raises(UsageError, match="--format 'tflite'"):
         export(model, world, "tflite", tmp_path / "m.tflite")
+
+
+def test_an_export_into_a_new_folder_and_a_foreign_onnx_file(loaded, tmp_path: Path) -> None:
+    model, world = loaded
+    meta = export(model, world, "pt2", tmp_path / "new" / "m.pt2")
+    assert (tmp_path / "new" / "m.pt2").is_file() and meta["format"] == "pt2"
+    with pytest.raises(UsageError, match="does not describe an ONNX export") as err:
+        runner("onnxruntime", model, world, onnx=tmp_path / "new" / "m.pt2")
+    assert "\n" not in str(err.value)
+    (tmp_path / "x.onnx").write_bytes(b"not onnx")
+    (tmp_path / "x.onnx.json").write_text(json.dumps(meta | {"format": "onnx"}))
+    with pytest.raises(UsageError, match="not an ONNX model onnxruntime runs"):
+        runner("onnxruntime", model, world, onnx=tmp_path / "x.onnx")
+    other = meta | {"format": "onnx", "outputs": ["mood"], "left_out": []}
+    (tmp_path / "x.onnx.json").write_text(json.dumps(other))
+    with pytest.raises(UsageError, match="exported from a model with tasks mood"):
+        runner("onnxruntime", model, world, onnx=tmp_path / "x.onnx")

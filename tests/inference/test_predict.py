@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from testkit.model import EVERY_KIND
@@ -106,6 +107,12 @@ def test_out_holds_overlays_and_movies_and_is_never_overwritten(loaded, videos, 
         ({"tasks": ["nope"]}, "--tasks: the model has no task 'nope'; its tasks: "),
         ({"tasks": ["scene"], "questions": ["why?"]}, "--question: the model .* has no qa task"),
         ({"stride": 0.0}, "--stride 0: give a positive number"),
+        ({"stride": float("inf")}, "--stride inf: give a positive number"),
+        ({"questions": ["what is the zyzzyva doing?"]}, "tokens, the model reads 10; shorten"),
+        (
+            {"questions": [f"q{i}?" for i in range(9)]},
+            "answers 4 questions per clip; ask at most 4",
+        ),
     ],
 )
 def test_bad_options_are_one_line(loaded, kwargs, message) -> None:
@@ -115,11 +122,34 @@ def test_bad_options_are_one_line(loaded, kwargs, message) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_more_questions_than_the_head_answers_is_refused(loaded, videos) -> None:
+def test_any_frame_rate_and_trailing_audio(loaded, tmp_path) -> None:
+    """A 5 fps source is read at the model's 8 fps (frames repeat at their times); a video
+    whose audio runs past its last frame is as long as its frames."""
     model, world = loaded
-    many = [f"question {i}?" for i in range(9)]
-    with pytest.raises(UsageError, match="answers 4 questions per clip; ask at most 4"):
-        Predictor(model, world, questions=many).run(read_file(videos["short"]))
+    frames = np.full((15, 32, 32, 3), 40, np.uint8)
+    frames[::5] = 200  # a flash at 0, 1 and 2 s
+    (tmp_path / "f5.mp4").write_bytes(video.encode_mp4(frames, None, 5))
+    slow = Predictor(model, world, tasks=["scene"]).run(read_file(tmp_path / "f5.mp4"))
+    assert [(w["start"], w["end"]) for w in slow["windows"]] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    eight = np.full((8, 32, 32, 3), 90, np.uint8)
+    sound = np.zeros(int(1.2 * 16000), np.float32)
+    (tmp_path / "tail.mp4").write_bytes(video.encode_mp4(eight, sound, 8))
+    tail = Predictor(model, world, tasks=["scene"]).run(read_file(tmp_path / "tail.mp4"))
+    assert tail["duration_s"] == 1.0 and len(tail["windows"]) == 1
+
+
+def test_overlapping_windows_give_each_keyframe_once(loaded, videos, tmp_path) -> None:
+    model, world = loaded
+    predictor = Predictor(model, world, tasks=["summary"], stride=0.5, out=tmp_path / "o")
+    result = predictor.run(read_file(videos["long"]))
+    keys = result["video"]["summary"]["keyframes"]
+    assert len(result["windows"]) == 6 and len(keys) == len(set(keys))
+    # A second source of the same name gets a folder of its own, never the first one's.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "long.mp4").write_bytes(videos["long"].read_bytes())
+    again = predictor.run(read_file(tmp_path / "sub" / "long.mp4"))
+    assert {Path(f).parent.name for f in result["files"]} == {"long"}
+    assert {Path(f).parent.name for f in again["files"]} == {"long-2"}
 
 
 def test_a_run_id_names_its_final_model(tmp_path) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from veilfed.data.video import VideoError
 from veilfed.inference import Predictor, read_file
+from veilfed.inference import stream as stream_module
 from veilfed.inference.stream import stream, summary
 from veilfed.model.saved import load_with_input
 
@@ -43,6 +45,25 @@ def test_a_file_plays_at_its_own_rate_window_by_window(predictor, videos) -> Non
         assert a[0]["probability"] == pytest.approx(b[0]["probability"], abs=0.02)
     line = summary(results, predictor.world.clip_seconds)
     assert line["windows"] == 3 and line["dropped"] == 0 and line["realtime_factor"] > 0
+
+
+def test_the_tone_and_the_bright_frames_land_in_the_same_window(
+    predictor, videos, monkeypatch
+) -> None:
+    """long.mp4 sounds and lights up during [1.0, 1.5) s: only window 1 hears and sees it."""
+    seen = []
+    window = stream_module._window
+
+    def spy(predictor, specs, frames, live, start, index, due):
+        seen.append((float(np.sqrt(np.mean(live[0] ** 2))), float(frames.mean())))
+        return window(predictor, specs, frames, live, start, index, due)
+
+    monkeypatch.setattr(stream_module, "_window", spy)
+    list(stream(predictor, videos["long"], realtime=False))
+    loud = [a for a, _ in seen]
+    bright = [v for _, v in seen]
+    assert max(range(3), key=loud.__getitem__) == 1 == max(range(3), key=bright.__getitem__)
+    assert loud[1] > 100 * max(loud[0], loud[2])
 
 
 def test_a_model_slower_than_real_time_drops_windows(predictor, videos, monkeypatch) -> None:

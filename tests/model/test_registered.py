@@ -50,6 +50,12 @@ def test_champion_follows_the_held_out_value(cfg) -> None:
         assert torch.equal(champion.state_dict()[k], v)
 
 
+def test_a_champion_without_a_value_yields_to_the_first_valued_version(cfg) -> None:
+    register(_summary(cfg, 0, "loss", float("nan")), "nan")
+    assert register(_summary(cfg, 1, "loss", 1.0), "nan")["alias"] == "champion"
+    assert register(_summary(cfg, 2, "loss", 0.5), "nan")["champion"] == 3
+
+
 def test_higher_is_better_metrics_and_a_run_without_a_model(cfg) -> None:
     register(_summary(cfg, 0, "action/accuracy", 0.4), "acc")
     assert register(_summary(cfg, 1, "action/accuracy", 0.6), "acc")["alias"] == "champion"
