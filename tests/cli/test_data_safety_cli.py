@@ -213,6 +213,7 @@ def test_reingesting_the_same_files_adds_nothing(videos, tmp_path) -> None:
     assert json.loads(mixed.stdout)["ingested"] == 8 and len(clips_in(store, key)) == 16
 
 
+@pytest.mark.slow  # 33 s; the write path is atomic_writer, unit-tested in tests/test_io.py
 def test_export_never_replaces_an_existing_file(videos, tmp_path) -> None:
     key = tmp_path / "owner.key"
     key.write_bytes(videos["key"].read_bytes())

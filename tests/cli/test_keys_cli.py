@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 
 
@@ -14,6 +16,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([VEILFED, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # 27 s; rotation itself is tested in tests/data/test_store.py, tests/crypto
 def test_keys_new_derive_rotate(tmp_path: Path) -> None:
     k1, k2 = tmp_path / "k1.key", tmp_path / "k2.key"
     assert run("keys", "new", "--out", k1).returncode == 0

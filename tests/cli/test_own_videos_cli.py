@@ -123,6 +123,7 @@ def test_own_classes_from_labels_csv_to_a_logged_model(owner: Path) -> None:
     assert result["video"]["scene"]["class"] in ("cartoon", "street")
 
 
+@pytest.mark.slow  # 18 s; tests/data/test_own_videos.py checks the same refusal in process
 def test_an_undeclared_class_is_one_line_exit_2_and_the_store_unchanged(owner: Path) -> None:
     first = ingest("videos/cartoon-00.mp4", cwd=owner)
     assert first.returncode == 0, first.stderr

@@ -22,7 +22,9 @@ def loaded(saved_model: Path):
     return load_with_input(saved_model)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "fmt", [pytest.param(f, marks=pytest.mark.slow) if f == "pt2" else f for f in FORMATS]
+)
 def test_each_format_matches_the_eager_model(loaded, fmt: str, tmp_path: Path) -> None:
     model, world = loaded
     out = tmp_path / f"model.{fmt}"
@@ -38,6 +40,7 @@ def test_each_format_matches_the_eager_model(loaded, fmt: str, tmp_path: Path) -
         assert got.shape == want.shape and abs(got - want).max() <= TOLERANCE
 
 
+@pytest.mark.slow  # 20 s: a second ONNX export
 def test_an_op_onnx_cannot_express_is_named_and_nothing_written(
     loaded, tmp_path: Path, monkeypatch
 ) -> None:

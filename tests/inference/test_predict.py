@@ -160,6 +160,7 @@ def test_a_run_id_names_its_final_model(tmp_path) -> None:
     assert model_source(str(tmp_path / run_id)) == str(tmp_path / run_id)
 
 
+@pytest.mark.slow  # 16 s: ONNX parity stays in test_model_export
 def test_onnxruntime_gives_the_eager_results(loaded, videos) -> None:
     """The ONNX export run by onnxruntime, finished by the same heads, answers as the eager
     model does (caption, left out of the export, runs eagerly)."""

@@ -33,6 +33,7 @@ def setup():
     return cfg, model, test, fit_baselines(model.task_specs, baseline_batches(train))
 
 
+@pytest.mark.slow  # 10 s: the int8 test scores through the same RuntimeModel
 def test_the_onnx_graph_scores_what_the_eager_model_scores(setup, tmp_path: Path) -> None:
     cfg, model, test, _ = setup
     export(model, cfg.world.world_config(), "onnx", tmp_path / "m.onnx")

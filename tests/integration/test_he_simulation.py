@@ -30,6 +30,7 @@ def _simulate(tmp_path: Path, name: str, *flags: str) -> dict:
     return json.loads(out.read_text()) | {"output": result.output}
 
 
+@pytest.mark.slow  # 49 s; HE on Ray also runs in make demo, real-node DP + HE in tests/deployment
 @pytest.mark.integration
 def test_encrypted_simulation_matches_plaintext_on_ray(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
