@@ -204,22 +204,13 @@ def prepare(
         sources = [LabelSource(Path(labels))] if isinstance(labels, str | Path) else labels
         by_key = {k: ps[0] for k, ps in video_keys(facts).items() if len(ps) == 1}
         fps = {k: float(facts[p]["fps"]) for k, p in by_key.items() if facts[p]["fps"]}
-        lengths = {k: d for k, p in by_key.items() if (d := _duration(facts[p]))}
+        lengths = {k: d for k, p in by_key.items() if (d := video.probed_duration(facts[p]))}
         table, origin = read_sources(sources, specs, fps, lengths)
     prepared = Prepared(labels=match(table, origin, files))
     if windows is not None:
         for path, f in facts.items():
-            prepared.windows[path] = windows.windows(path, _duration(f) or 0.0)
+            prepared.windows[path] = windows.windows(path, video.probed_duration(f) or 0.0)
     return prepared
-
-
-def _duration(facts: Mapping[str, Any]) -> float | None:
-    """Seconds of a probed file: the container's duration, else frames / fps."""
-    if facts.get("duration_s"):
-        return float(facts["duration_s"])
-    if facts.get("frames") and facts.get("fps"):
-        return float(facts["frames"]) / float(facts["fps"])
-    return None
 
 
 def ingest(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -101,6 +102,16 @@ def probe(source: Source, name: str | None = None) -> dict[str, object]:
                 channels=a.codec_context.channels,
             )
         return info
+
+
+def probed_duration(facts: Mapping[str, Any]) -> float | None:
+    """Seconds of a file from its :func:`probe` facts: the container's duration, else frames /
+    fps; None when neither is known."""
+    if facts.get("duration_s"):
+        return float(facts["duration_s"])
+    if facts.get("frames") and facts.get("fps"):
+        return float(facts["frames"]) / float(facts["fps"])
+    return None
 
 
 def check_sample_rate(sample_rate: int, label: str) -> None:

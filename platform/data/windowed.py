@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from veilfed.data.items import split_window_id, window_item
+from veilfed.data.video import probed_duration
 from veilfed.data.windows import Window, plan_windows
 from veilfed.errors import UsageError
 
@@ -48,18 +49,10 @@ def spans(labels: Mapping[str, Any], clip_s: float | None = None) -> list[list[f
     stored = labels.get("windows") or []
     if stored or not clip_s or labels.get("synthetic", True):
         return list(stored)
-    duration = _duration(labels.get("source") or {})
+    duration = probed_duration(labels.get("source") or {})
     if duration is None or duration <= AUTO_LONGER * clip_s:
         return []
     return [[w.start, w.end] for w in plan_windows(duration, clip_s)]
-
-
-def _duration(source: Mapping[str, Any]) -> float | None:
-    if source.get("duration_s"):
-        return float(source["duration_s"])
-    if source.get("frames") and source.get("fps"):
-        return float(source["frames"]) / float(source["fps"])
-    return None
 
 
 def window_of(
