@@ -60,6 +60,7 @@ class Exported(nn.Module):
         for key, value in targets.items():
             self.register_buffer(f"_target_{_safe(key)}", value.unsqueeze(0), persistent=False)
         self._target_keys = list(targets)
+        self._names: list[str] | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -80,13 +81,17 @@ class Exported(nn.Module):
         return tuple(out)
 
     def output_names(self) -> list[str]:
+        """The flat output names (one forward pass on the example, the first time only)."""
+        if self._names is not None:
+            return list(self._names)
         names = []
         with torch.no_grad():
             preds = self._preds(*self.example())
         for task in self.tasks:
             value = preds[task]
             names += [f"{task}.{k}" for k in value] if isinstance(value, dict) else [task]
-        return names
+        self._names = names
+        return list(names)
 
     def _preds(self, *inputs: Tensor | None) -> dict[str, Any]:
         batch: dict[str, Any] = dict(zip(INPUTS, inputs[:4], strict=True))
