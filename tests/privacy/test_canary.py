@@ -40,9 +40,9 @@ def test_count_correct() -> None:
 
 
 @pytest.mark.integration
-def test_without_dp_the_bound_is_clearly_above_one() -> None:
+def test_without_dp_the_bound_is_far_above_chance() -> None:
     result = run_canary_audit(SMALL, DPSettings(enabled=False))
-    assert result.epsilon_lower > 1.0 and result.ok and math.isinf(result.epsilon_claimed)
+    assert result.epsilon_lower > 0.5 and result.ok and math.isinf(result.epsilon_claimed)
     assert result.to_dict()["epsilon_claimed"] is None
 
 
@@ -61,7 +61,7 @@ def test_pipeline_that_drops_the_noise_is_caught(monkeypatch) -> None:
     )
     result = run_canary_audit(SMALL, DPSettings(noise_multiplier=30.0))
     assert not result.ok
-    assert result.epsilon_lower > 1.0 and result.epsilon_claimed < 0.5
+    assert result.epsilon_lower > 0.5 > result.epsilon_claimed
 
 
 def test_settings_are_type_checked() -> None:
