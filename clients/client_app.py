@@ -41,8 +41,10 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from veilfed.clients.inputs import ClientInputs, client_inputs
+from veilfed.clients.inputs import ClientInputs, client_inputs, client_key
+from veilfed.clients.update_wire import ResidualStore, encode_release
 from veilfed.errors import CheckFailed
+from veilfed.federation import update_codec
 from veilfed.federation.digest import model_digest
 from veilfed.federation.keys import (
     ARRAYS_RECORD,
@@ -214,9 +216,12 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({WEIGHT_KEY: result.num_examples, UNIT_WEIGHT_KEY: 1})
     if inputs.simulated:
         metrics[TRAIN_LOSS] = result.loss
-    content = RecordDict(
-        {ARRAYS_RECORD: _record(result.arrays), METRICS_RECORD: metrics, REPLY_KEY: info}
-    )
+    sent = result.arrays
+    codec = update_codec.for_round(settings.federated, settings.seed, rnd)
+    if codec is not None:
+        residuals = ResidualStore(inputs.state.dir, client_key(inputs.key_file))
+        sent = encode_release(codec, residuals, settings.run_id, rnd, arrays, result.arrays)
+    content = RecordDict({ARRAYS_RECORD: _record(sent), METRICS_RECORD: metrics, REPLY_KEY: info})
     return Message(content, reply_to=msg)
 
 

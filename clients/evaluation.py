@@ -19,7 +19,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from veilfed.clients.inputs import ClientInputs
-from veilfed.clients.trainer import client_dataset, round_model, split_shard, use_client_threads
+from veilfed.clients.trainer import (
+    client_dataset,
+    client_device,
+    round_model,
+    split_shard,
+    use_client_threads,
+)
 from veilfed.data.dataset import collate, in_order
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
@@ -37,7 +43,7 @@ def evaluate_round(
     """(held-out examples, the global model's metrics, the baselines' metrics) per task."""
     use_client_threads()
     train_ids, eval_ids = split_shard(settings, inputs)
-    model = round_model(settings, arrays)
+    model = round_model(settings, arrays, client_device(settings, inputs.simulated))
     baselines = client_baselines(settings, inputs, model.task_specs, train_ids)
     exp = experiment(settings)
     loader = DataLoader(

@@ -66,7 +66,7 @@ class ClientInputs:
 
 
 @functools.lru_cache(maxsize=8)
-def _client_key(key_file: str) -> FernetKey:
+def client_key(key_file: str) -> FernetKey:
     """The client's Fernet key: opens its clips and, derived, seals its releases at rest."""
     return read_key_file(key_file)
 
@@ -75,7 +75,7 @@ def _client_key(key_file: str) -> FernetKey:
 def _node_store_ids(store: str, key_file: str) -> tuple[str, ...]:
     from veilfed.data.store import EncryptedStore
 
-    return tuple(sorted(EncryptedStore.open(store, _client_key(key_file)).ids()))
+    return tuple(sorted(EncryptedStore.open(store, client_key(key_file)).ids()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,7 +103,7 @@ def client_inputs(settings: RunSettings, node_config: dict[str, Any]) -> ClientI
         key_file=settings.key_file,
         clip_ids=tuple(ids),
         missing=tuple(missing.get(cid, ())),
-        state=NodeState.in_run(settings.run_dir, cid, _client_key(settings.key_file)),
+        state=NodeState.in_run(settings.run_dir, cid, client_key(settings.key_file)),
         he_secret=settings.he.secret_path,
         simulated=True,
         he_min_contributors=settings.he.min_contributors,
@@ -127,7 +127,7 @@ def _real_node(cfg: dict[str, Any]) -> ClientInputs:
         key_file=key_file,
         clip_ids=ids,
         missing=(),
-        state=NodeState.on_node(Path(str(cfg[NODE_STATE_DIR])), cid, _client_key(key_file)),
+        state=NodeState.on_node(Path(str(cfg[NODE_STATE_DIR])), cid, client_key(key_file)),
         he_secret=str(cfg.get(NODE_HE_CONTEXT) or ""),
         simulated=False,
         policy=NodePolicy.from_node_config(cfg),

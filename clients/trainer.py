@@ -39,6 +39,7 @@ from veilfed.crypto.keys import read_key_file
 from veilfed.data.dataset import ClipDataset, collate
 from veilfed.data.store import EncryptedStore
 from veilfed.data.windowed import OneWindowPerClip, read_span, window_ids
+from veilfed.devices import model_device, resolve, to_device
 from veilfed.federation.settings import RunSettings
 from veilfed.federation.weights import experiment
 from veilfed.model import create_model, load_state, numpy_state
@@ -115,8 +116,20 @@ def client_dataset(
     return cached
 
 
-def round_model(settings: RunSettings, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
-    return load_state(create_model(experiment(settings).model), arrays)
+def client_device(settings: RunSettings, simulated: bool) -> torch.device:
+    """Where this client trains (``veilfed.devices``): a virtual client uses a GPU only with
+    ``[federated] gpus_per_client > 0``; a real node resolves ``[train] device`` on its own
+    hardware."""
+    if simulated and settings.federated.gpus_per_client <= 0:
+        return torch.device("cpu")
+    return resolve(experiment(settings).train.device, "train.device")
+
+
+def round_model(
+    settings: RunSettings, arrays: dict[str, np.ndarray], device: torch.device | None = None
+) -> torch.nn.Module:
+    model = load_state(create_model(experiment(settings).model), arrays)
+    return model.to(device) if device is not None else model
 
 
 def _proximal_step(
@@ -146,7 +159,7 @@ def _freeze_unused(settings: RunSettings, model: torch.nn.Module, dataset: Any) 
     key = json.dumps(settings.config, sort_keys=True)
     if key not in _UNUSED:
         probe = copy.deepcopy(model)
-        batch = collate([dataset[0]])
+        batch = to_device(collate([dataset[0]]), model_device(model))
         loss, _ = probe.loss(probe(batch), batch)
         loss.backward()
         _UNUSED[key] = frozenset(
@@ -259,7 +272,7 @@ def _train(
         if reason is not None:
             return _declined(reason)
 
-    model = round_model(settings, arrays)
+    model = round_model(settings, arrays, client_device(settings, inputs.simulated))
     freeze(model, exp.model.freeze)  # the run's frozen modules keep the global model's weights
     dataset = client_dataset(settings, inputs, train_ids, train=True, rnd=rnd)
     _freeze_unused(settings, model, dataset)

@@ -78,14 +78,30 @@ def _resolve(
     epsilon: float | None,
     delta: float | None,
     he: bool,
+    device: str | None = None,
 ):  # type: ignore[no-untyped-def]
     """The experiment config with overrides: (cfg, its table, [federated], client DP, [he])."""
-    cfg = load_config(config, {"federated": overrides} | ({"he": {"enabled": True}} if he else {}))
+    more = ({"he": {"enabled": True}} if he else {}) | (
+        {"train": {"device": device}} if device is not None else {}
+    )
+    cfg = load_config(config, {"federated": overrides} | more)
+    check_client_devices(cfg, "--device" if device is not None else f"{config}: train.device")
     check_strategy(cfg.federated.strategy, f"{config}: federated")
     privacy = resolve_privacy(cfg, cfg.federated.budget, epsilon, delta)
     if privacy.enabled and (why := dp_refusal(cfg.model.loss_weighting)):
         raise UsageError(f"{config}: model.{why}")
     return cfg, cfg.to_table(), cfg.federated, privacy, cfg.he
+
+
+def check_client_devices(cfg: Any, where: str) -> None:
+    """Virtual clients use a GPU only with ``[federated] gpus_per_client > 0``
+    (``veilfed.devices``): asking for CUDA without a share refuses before the run starts. (Ray
+    checks the shares against the cluster's GPUs, which need not be this machine's.)"""
+    if cfg.train.device == "cuda" and cfg.federated.gpus_per_client <= 0:
+        raise UsageError(
+            f"{where} cuda: virtual clients need a GPU share; set [federated] gpus_per_client "
+            "(--gpus-per-client), e.g. 0.5 puts two clients on one GPU"
+        )
 
 
 def _run_params(
@@ -127,10 +143,12 @@ def prepare(
     he: bool = False,
     he_dir: Path | None = None,
     init: str | Path | None = None,
+    device: str | None = None,
 ):  # type: ignore[no-untyped-def]
     """Validate everything, then open the MLflow run and lay out the run directory. ``init``
-    names local weights the global model starts from (:func:`initial_weights`)."""
-    cfg, raw, fed, privacy, he_cfg = _resolve(config, overrides, epsilon, delta, he)
+    names local weights the global model starts from (:func:`initial_weights`); ``device``
+    overrides ``[train] device`` (``check_client_devices``)."""
+    cfg, raw, fed, privacy, he_cfg = _resolve(config, overrides, epsilon, delta, he, device)
     start = initial_weights(cfg, init) if init is not None else None
     if he_dir is not None and not he_cfg.enabled:
         raise UsageError("--he-dir needs --he (or [he] enabled = true)")

@@ -27,6 +27,8 @@ class RoundLog:
     eps: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     he: dict[str, float] = field(default_factory=dict)  # he/* metrics of this round
+    wire_bytes: list[int] = field(default_factory=list)  # plaintext update arrays received
+    dense_bytes: int = 0  # the whole model's arrays: what an uncompressed update carries
     # baseline/, margin/, eval_ci95/, margin_ci95/ and eval_clients/ metrics of this round
     scores: dict[str, float] = field(default_factory=dict)
 
@@ -51,6 +53,11 @@ class RoundLog:
             out[f"privacy/client/{cid}/eps"] = eps
         if central_eps is not None:
             out["privacy/central_eps"] = central_eps
+        if self.wire_bytes and self.dense_bytes:
+            sent = float(np.mean(self.wire_bytes))
+            out["comm/update_bytes"] = sent
+            out["comm/dense_bytes"] = float(self.dense_bytes)
+            out["comm/ratio"] = sent / self.dense_bytes
         out.update(self.he)
         out.update(self.scores)
         return out

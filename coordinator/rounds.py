@@ -48,6 +48,7 @@ from veilfed.coordinator.strategies import (
 )
 from veilfed.coordinator.tracking import RunTracking
 from veilfed.errors import UsageError, VeilfedError
+from veilfed.federation import update_codec
 from veilfed.federation.digest import model_digest
 from veilfed.federation.keys import (
     ARRAYS_RECORD,
@@ -160,7 +161,7 @@ class Coordinator:
             if self.best.should_stop:
                 break
             start = time.perf_counter()
-            rlog = RoundLog(rnd)
+            rlog = RoundLog(rnd, dense_bytes=sum(a.nbytes for a in self.arrays.values()))
             self._train(rnd, node_of, rlog)
             self._evaluate(rnd, node_of, rlog)
             rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.reported}
@@ -273,11 +274,21 @@ class Coordinator:
             rlog.reported.append(cid)
         if self.secure is not None:
             return payload_problem(reply)
-        arrays = list(reply.content.array_records.values())
+        records = list(reply.content.array_records.values())
+        arrays = records[0] if len(records) == 1 else None
+        if arrays is not None:
+            rlog.wire_bytes.append(sum(a.numpy().nbytes for a in arrays.values()))
+        codec = update_codec.for_round(self.fed, self.s.seed, rnd)
+        if codec is not None and arrays is not None:
+            try:
+                payload = {k: a.numpy() for k, a in arrays.items()}
+                weights = update_codec.decode(codec, payload, self.arrays)
+            except Exception as exc:  # any undecodable payload is the sender's problem
+                return str(exc) if isinstance(exc, VeilfedError) else f"undecodable update ({exc})"
+            arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+            reply.content[ARRAYS_RECORD] = arrays  # what the strategy aggregates
         verdict = screen_update(
-            arrays[0] if len(arrays) == 1 else None,
-            self.arrays,
-            self.fed.norm_bound if self.fed.norm_bound > 0 else None,
+            arrays, self.arrays, self.fed.norm_bound if self.fed.norm_bound > 0 else None
         )
         return verdict.reason
 

@@ -55,6 +55,7 @@ def summary_of(settings: Any, ckpt: Any, wall_s: float) -> dict[str, Any]:
         **scores,
         "clients": clients,
         "he": he_summary(settings, ckpt.history),
+        "comm": comm_summary(settings, ckpt.history),
         "strategy": settings.federated.strategy,
         "private": settings.privacy.enabled,
         "exhausted": dict(ckpt.exhausted),
@@ -108,6 +109,19 @@ def he_summary(settings: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
         "ciphertext_bytes": int(last.get("he/ciphertext_bytes", 0)),
         "plaintext_bytes": int(last.get("he/plaintext_bytes", 0)),
         "max_abs_error": max(errors) if errors else (None if settings.he.enabled else 0.0),
+    }
+
+
+def comm_summary(settings: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``comm`` block: the update compression and the plaintext bytes one client
+    sent per round, averaged over the run's rounds (``null`` under HE: see the ``he`` block)."""
+    rounds = [h["metrics"] for h in history if "comm/update_bytes" in h["metrics"]]
+    mean = (lambda key: sum(r[key] for r in rounds) / len(rounds)) if rounds else None
+    return {
+        "update_compression": settings.federated.update_compression,
+        "update_bytes": mean("comm/update_bytes") if mean else None,
+        "dense_bytes": mean("comm/dense_bytes") if mean else None,
+        "ratio": mean("comm/ratio") if mean else None,
     }
 
 

@@ -30,6 +30,7 @@ from veilfed.augment import build_augmentations
 from veilfed.data.dataset import ClipDataset, MemorySource, collate, in_order
 from veilfed.data.splits import StoreSplit
 from veilfed.data.windowed import OneWindowPerClip, read_span, window_ids
+from veilfed.devices import resolve
 from veilfed.epochs import EpochRun, OnEpoch, metric_name, train_epochs
 from veilfed.metrics import fit_baselines
 from veilfed.model import create_model, saved, score
@@ -136,6 +137,8 @@ def run(
         state, dropped = read_weights(init)
         loaded = init_from(model, state, str(init), dropped)
     freeze(model, cfg.model.freeze)
+    device = resolve(t.device, "train.device")
+    model.to(device)
     baselines = fit_baselines(model.task_specs, baseline_batches(train_loader))
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(train_loader)
@@ -207,6 +210,7 @@ def run(
             "rounds": epochs_done,
             "steps": stats.steps,
             "wall_s": round(time.perf_counter() - start, 3),
+            "device": device.type,
             **scores.to_summary(),
             "clients": clients,
             "he": {

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from veilfed.data import schema
+from veilfed.devices import check_device
 from veilfed.errors import UsageError
 from veilfed.federation.sections import FederatedConfig, HEConfig
 from veilfed.privacy.canary import CanarySettings
@@ -119,6 +120,7 @@ class TrainSection:
     clip_grad_norm: float = 0.0  # > 0: clip the batch gradient's total norm (non-private only)
     select_metric: str = "loss"  # veilfed.selection: "loss" or "<task>/<metric>", held out
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    device: str = "auto"  # veilfed.devices: auto | cpu | cuda (--device overrides)
 
 
 @dataclass
@@ -270,6 +272,7 @@ def validate(cfg: ExperimentConfig) -> None:
     check_schedule(cfg.train)
     check_freeze(m.freeze)
     check_select_metric(cfg.train.select_metric, m.tasks)
+    check_device(cfg.train.device, "train.device")
     for section, key in (
         ("world", "seed"),
         ("train", "seed"),

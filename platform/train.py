@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from veilfed.data.dataset import collate
+from veilfed.devices import model_device, to_device
 from veilfed.errors import UsageError
 from veilfed.privacy.noise import protect
 
@@ -282,6 +283,7 @@ def train_steps(
     if (steps is None) == (epochs is None):
         raise UsageError("train_steps: give exactly one of steps or epochs")
     core = unwrap(model)
+    device = model_device(core)
     criterion = privacy.criterion if privacy is not None else None
     model.train()
     stats = TrainStats()
@@ -303,6 +305,7 @@ def train_steps(
                 continue
             if augment is not None:
                 batch = augment(batch)
+            batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             outputs = model(batch)
             if criterion is not None:

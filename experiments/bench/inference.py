@@ -1,5 +1,6 @@
-"""Inference benchmark: the same model run eagerly, as TorchScript and as ONNX in onnxruntime,
-side by side in one process on the same inputs.
+"""Inference benchmark: the same model run eagerly, as TorchScript, as ONNX in onnxruntime and
+as its dynamic int8 quantization, side by side in one process on the same inputs; with a GPU
+(``--device auto`` on a machine where torch sees one, or ``cuda``) also eagerly on the GPU.
 
 Per runtime: latency of one window (batch 1) p50 / p95, throughput in windows/s at batch 8, the
 real-time factor (seconds of video per second of compute at batch 1: above 1 keeps up with a live
@@ -7,7 +8,7 @@ source), the file size of the exported model, and the largest output difference 
 model is the config's (default: experiments/federated.toml, the `make demo` model) with its
 initial weights: speed does not depend on training.
 
-    python experiments/bench/inference.py [--config FILE] [--quick]
+    python experiments/bench/inference.py [--config FILE] [--quick] [--device auto|cpu|cuda]
 
 Prints a table and, last, one JSON line of headline figures (ratios are eager / runtime).
 """
@@ -15,6 +16,7 @@ Prints a table and, last, one JSON line of headline figures (ratios are eager / 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import tempfile
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 
 from veilfed.config import load_config
+from veilfed.devices import DEVICES, resolve
 from veilfed.inference.export import Exported, export, onnx_session
+from veilfed.inference.quantize import quantize_file
 from veilfed.model import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +45,25 @@ def timings(fn, inputs, reps: int) -> np.ndarray:
     return np.array(out)
 
 
-def runners(wrapper: Exported, folder: Path) -> dict[str, tuple[object, int]]:
+def _session_runner(path: Path):
+    session = onnx_session(path)
+    names = [i.name for i in session.get_inputs()]
+    return lambda *x: session.run(None, {k: t.numpy() for k, t in zip(names, x, strict=True)})
+
+
+def _gpu_runner(wrapper: Exported, device: torch.device):
+    """Eager on ``device``, inputs copied there and the result waited for (what a caller sees)."""
+    gpu = copy.deepcopy(wrapper).to(device)
+
+    def run(*x):
+        out = gpu(*(t.to(device) for t in x))
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+def runners(wrapper: Exported, folder: Path, device: torch.device) -> dict[str, tuple[object, int]]:
     """{name: (callable on torch inputs, bytes of its file: the state dict for eager)}."""
     out: dict[str, tuple[object, int]] = {}
     state = io.BytesIO()
@@ -55,13 +77,12 @@ def runners(wrapper: Exported, folder: Path) -> dict[str, tuple[object, int]]:
                 module = torch.jit.load(str(path))
                 out[fmt] = (lambda *x, m=module: m(*x), path.stat().st_size)
             else:
-                session = onnx_session(path)
-                names = [i.name for i in session.get_inputs()]
-
-                def run(*x, s=session, n=names):
-                    return s.run(None, {k: t.numpy() for k, t in zip(n, x, strict=True)})
-
-                out["onnxruntime"] = (run, path.stat().st_size)
+                out["onnxruntime"] = (_session_runner(path), path.stat().st_size)
+                int8 = folder / "model.int8.onnx"
+                quantize_file(path, int8)
+                out["onnx_int8"] = (_session_runner(int8), int8.stat().st_size)
+        if device.type == "cuda":
+            out["eager_cuda"] = (_gpu_runner(wrapper, device), len(state.getvalue()))
     return out
 
 
@@ -69,7 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "federated.toml")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="adds eager_cuda")
     args = parser.parse_args()
+    device = resolve(args.device)
     torch.manual_seed(0)
     cfg = load_config(args.config)
     world = cfg.world.world_config()
@@ -78,7 +101,7 @@ def main() -> None:
     one, eight = wrapper.example(batch=1), wrapper.example(batch=8, seed=1)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        for name, (fn, size) in runners(wrapper, Path(tmp)).items():
+        for name, (fn, size) in runners(wrapper, Path(tmp), device).items():
             single = timings(fn, one, reps)
             batch = timings(fn, eight, max(3, reps // 5))
             rows[name] = {
@@ -104,6 +127,7 @@ def main() -> None:
     headline = {
         "config": args.config.name,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         **{f"{n}_p50_ms": round(r["p50_ms"], 2) for n, r in rows.items()},
         **{f"{n}_p95_ms": round(r["p95_ms"], 2) for n, r in rows.items()},
         **{f"{n}_realtime_factor": round(r["realtime_factor"], 1) for n, r in rows.items()},

@@ -155,6 +155,6 @@ def canary(
     if not result.ok:
         raise CheckFailed(
             f"{config}: empirical epsilon lower bound {result.epsilon_lower:.3f} exceeds the "
-            f"claimed {result.epsilon_claimed:.3f} at {result.confidence:.4g} confidence; the DP-SGD "
-            "pipeline leaks more than it accounts"
+            f"claimed {result.epsilon_claimed:.3f} at {result.confidence:.4g} confidence; the "
+            "DP-SGD pipeline leaks more than it accounts"
         )

@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True)
 # The MODEL argument of every command that uses a trained model (veilfed.inference.model_source).
 MODEL_HELP = "A models:/ or runs:/ URI, an MLflow run id (its final model) or a directory."
+DEVICE_HELP = "auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda."
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -108,13 +108,28 @@ def export_cmd(
 @handle_errors
 def compress_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    method: str = typer.Option("int8", "--method", help="int8 (onnxruntime dynamic int8)."),
+    method: str = typer.Option(
+        "int8",
+        "--method",
+        help="int8 (onnxruntime dynamic int8 of the ONNX export) or distill (a narrower model "
+        "trained on the config's training clips to match this one).",
+    ),
     config: Path = typer.Option(
         ..., "--config", help="The experiment the model was trained with: its data and tasks."
     ),
     store: Path | None = typer.Option(None, "--store", help="Held-out clips of this store."),
     key_file: Path | None = typer.Option(None, "--key-file", help="Fernet key of --store."),
     out: Path = typer.Option(..., "--out", help="New folder for the compressed model and report."),
+    student_dim: int | None = typer.Option(
+        None, "--student-dim", help="distill: the student's [model] dim (default: half)."
+    ),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="distill: passes over the clips."),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        help="distill: register the student under this name (champion only as its first "
+        "version: its test-clip value is not compared with trained versions').",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Compress a trained model and report held-out metrics before and after (beside the
@@ -127,13 +142,22 @@ def compress_cmd(
     from veilfed.data.splits import split_store
     from veilfed.errors import UsageError
     from veilfed.inference import model_source
+    from veilfed.inference.distill import distill_model, student_config
     from veilfed.inference.quantize import compress_int8
     from veilfed.io import write_text_atomic
     from veilfed.metrics import fit_baselines
+    from veilfed.model import saved
     from veilfed.model.saved import load_with_input
 
-    if method != "int8":
-        raise UsageError(f"--method {method!r}; valid: int8 (pruning and distillation: not built)")
+    if method not in ("int8", "distill"):
+        raise UsageError(
+            f"--method {method!r}; valid: int8, distill (structured pruning: not built)"
+        )
+    if method == "int8" and (register or student_dim is not None):
+        raise UsageError(
+            "--register and --student-dim are distill's: int8 writes ONNX files for "
+            "`predict MODEL --onnx FILE`, not a new model"
+        )
     if out.exists():
         raise UsageError(f"{out}: already exists; give --out a new folder")
     if (store is None) != (key_file is None):
@@ -152,8 +176,18 @@ def compress_cmd(
     with console.status("reading the held-out clips"):
         train, test, _ = loaders(cfg, split)
         baselines = fit_baselines(net.task_specs, baseline_batches(train))
-    with console.status("exporting, quantizing and measuring"):
-        report = compress_int8(net, world, test, baselines, out, seed=cfg.train.seed)
+    student = None
+    if method == "int8":
+        with console.status("exporting, quantizing and measuring"):
+            report = compress_int8(net, world, test, baselines, out, seed=cfg.train.seed)
+    else:
+        dim = student_dim if student_dim is not None else cfg.model.dim // 2
+        student_config(cfg, dim)  # a width that cannot be built is one line before training
+        with console.status(f"distilling into dim {dim} ({epochs} epochs) and measuring"):
+            student, student_cfg, report = distill_model(
+                net, cfg, dim, train, test, baselines, epochs
+            )
+        report["files"] = {"model": str(saved.save_dir(out / "model", student, student_cfg))}
     report["source_model"] = model
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n", overwrite=False)
     tracker = tracking.start_run(
@@ -162,6 +196,8 @@ def compress_cmd(
         run_name=f"compress-{cfg.name}",
         tags={"veilfed.kind": "compress"},
     )
+    if student is not None:
+        report["model"] = saved.log_model(tracker, student, student_cfg, saved.FINAL_MODEL)
     metrics = {f"latency_p50_ms/{k}": v for k, v in report["latency_p50_ms"].items()}
     metrics |= {f"bytes/{k}": float(v) for k, v in report["bytes"].items()}
     for task, row in report["tasks"].items():
@@ -172,6 +208,11 @@ def compress_cmd(
     tracker.client.log_artifacts(tracker.run_id, str(out), "compressed")
     tracker.finish()
     report["run_id"] = tracker.run_id
+    if register and student is not None:
+        from veilfed.model.registered import register as register_model
+
+        entry = {"model": {"final": report["model"]}, "run_id": tracker.run_id}
+        report["registry"] = register_model(entry, register, net.task_specs)
     if as_json:
         print_json(report)
         return
@@ -179,8 +220,9 @@ def compress_cmd(
 
 
 def _show_compression(report: dict) -> None:
-    table = Table(title=f"int8 vs the trained model (held-out clips; run {report['run_id']})")
-    for col in ("task", "metric", "before", "int8", "baseline", "int8 margin (95 % CI)"):
+    new = "int8" if report["method"] == "int8" else "student"
+    table = Table(title=f"{new} vs the trained model (held-out clips; run {report['run_id']})")
+    for col in ("task", "metric", "before", new, "baseline", f"{new} margin (95 % CI)"):
         table.add_column(col)
     for task, r in report["tasks"].items():
         ci = r["margin_ci95_after"]
@@ -192,6 +234,19 @@ def _show_compression(report: dict) -> None:
         table.add_row(task, r["metric"], before, after, base, margin)
     _stdout.print(table)
     b, lat = report["bytes"], report["latency_p50_ms"]
+    if report["method"] == "distill":
+        p, d = report["params"], report["dim"]
+        _stdout.print(
+            f"dim {d['teacher']} -> {d['student']}: {p['teacher']:,} -> {p['student']:,} params, "
+            f"{b['teacher'] / 2**20:.2f} -> {b['student'] / 2**20:.2f} MB; p50 per window "
+            f"{lat['teacher']:.2f} -> {lat['student']:.2f} ms "
+            f"({report['speedup_student_vs_teacher']}x faster)"
+        )
+        _stdout.print(f"model: {report['model']} (also {report['files']['model']})")
+        if "registry" in report:
+            r = report["registry"]
+            _stdout.print(f"registered: models:/{r['name']}/{r['version']} ({r['alias']})")
+        return
     _stdout.print(
         f"ONNX {b['onnx_fp32'] / 2**20:.2f} MB -> int8 {b['onnx_int8'] / 2**20:.2f} MB; "
         f"p50 per window: eager {lat['eager']:.2f} ms, fp32 {lat['onnx_fp32']:.2f} ms, "

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veilfed.cli.common import MODEL_HELP, fail, handle_errors
+from veilfed.cli.common import DEVICE_HELP, MODEL_HELP, fail, handle_errors
 
 _stdout = Console()
 
@@ -61,6 +61,7 @@ def predict_cmd(
     max_windows: int | None = typer.Option(
         None, "--max-windows", min=1, help="With --stream: stop after this many windows."
     ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a trained model on videos: per-window and per-video results for each task."""
     from veilfed.crypto.keys import read_key_file
@@ -79,7 +80,7 @@ def predict_cmd(
         )
     opened = EncryptedStore.open(store, read_key_file(key_file)) if store and key_file else None
     net, world = load_with_input(model_source(model))
-    predictor = Predictor(net, world, tasks, question, stride, out, runtime, onnx)
+    predictor = Predictor(net, world, tasks, question, stride, out, runtime, onnx, device)
     if live:
         _stream(predictor, sources, max_windows)
         return

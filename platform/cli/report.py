@@ -118,6 +118,12 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             f"({ratio:.2f}x fp32)"
             + (f", max abs error vs plaintext FedAvg {err:.3g}" if err is not None else "")
         )
+    comm = summary.get("comm") or {}
+    if comm.get("update_compression", "none") != "none" and comm.get("ratio") is not None:
+        out.append(
+            f"update compression {comm['update_compression']}: {comm['update_bytes']:.0f} bytes "
+            f"per client update ({comm['ratio']:.3f}x the whole model)"
+        )
     uri = summary["tracking_uri"]
     out.append(
         f"MLflow: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000, "

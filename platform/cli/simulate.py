@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from veilfed.cli.common import emit_summary, handle_errors
+from veilfed.cli.common import DEVICE_HELP, emit_summary, handle_errors
 from veilfed.errors import UsageError
 from veilfed.federation.rundir import RUNS_DIR
 from veilfed.io import check_new_output
@@ -66,6 +66,14 @@ def simulate(
         help="Register the best model in MLflow's registry under this name (champion / "
         "challenger by the held-out selection metric).",
     ),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help=DEVICE_HELP + " Where virtual clients train; a GPU needs --gpus-per-client.",
+    ),
+    gpus_per_client: float | None = typer.Option(
+        None, "--gpus-per-client", help="Ray's share of a GPU for each virtual client (0: CPU)."
+    ),
 ) -> None:
     """Run (or resume) a federated simulation and print per-task metrics and per-client ε."""
     if summary_json is not None:
@@ -73,6 +81,10 @@ def simulate(
         check_new_output(summary_json, force, "--summary-json", inputs)
     if ray_address:
         check_ray_address(ray_address)
+    if device is not None:
+        from veilfed.devices import check_device
+
+        check_device(device)
     from veilfed.cli.report import print_models, print_report
     from veilfed.coordinator import prepare as lifecycle
     from veilfed.launch import simulation as engine
@@ -90,6 +102,8 @@ def simulate(
                 ("--he", he or None),
                 ("--he-dir", he_dir),
                 ("--init-from", init_from),
+                ("--device", device),
+                ("--gpus-per-client", gpus_per_client),
             )
             if v is not None
         ]
@@ -101,7 +115,12 @@ def simulate(
     else:
         overrides = {
             k: v
-            for k, v in (("clients", clients), ("rounds", rounds), ("fraction", fraction))
+            for k, v in (
+                ("clients", clients),
+                ("rounds", rounds),
+                ("fraction", fraction),
+                ("gpus_per_client", gpus_per_client),
+            )
             if v is not None
         }
         settings, tracker = lifecycle.prepare(
@@ -115,6 +134,7 @@ def simulate(
             he=he,
             he_dir=he_dir,
             init=init_from,
+            device=device,
         )
     with tracker.failing_on_error():
         summary = engine.run_engine(settings, ray_address)

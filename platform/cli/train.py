@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from veilfed.cli.common import emit_summary, handle_errors, progress
+from veilfed.cli.common import DEVICE_HELP, emit_summary, handle_errors, progress
 from veilfed.cli.report import SCORE_COLUMNS, print_models, score_rows
 
 
@@ -44,18 +44,25 @@ def train_cmd(
         help="Register the best model in MLflow's registry under this name (champion / "
         "challenger by the held-out selection metric).",
     ),
+    device: str | None = typer.Option(
+        None, "--device", help=DEVICE_HELP + " Default: the config's [train] device."
+    ),
 ) -> None:
     """Centralized training on the synthetic world or an encrypted store; DP-SGD when [privacy]
     enabled."""
     from veilfed.config import load_config
     from veilfed.data.splits import split_store
+    from veilfed.devices import resolve
     from veilfed.errors import UsageError
     from veilfed.io import check_new_output
     from veilfed.model.init import is_saved_model, local_source
     from veilfed.model.losses import dp_refusal
     from veilfed.privacy.targets import check_delta_for
 
-    cfg = load_config(config)
+    if device is not None:
+        resolve(device)  # one line naming --device before the config is read
+    cfg = load_config(config, {"train": {"device": device}} if device is not None else None)
+    resolve(cfg.train.device, f"{config}: train.device")
     if (store is None) != (key_file is None):
         raise UsageError("--store and --key-file go together: give both or neither")
     split = None

@@ -42,7 +42,8 @@ def match_outputs(student_out: Any, teacher_out: Any, batch: Any = None) -> Tens
 
 @COMPRESSIONS.register("distill")
 class Distill(ModelCompression):
-    """Train ``build_student()`` on ``loader`` to imitate the model; returns the student."""
+    """Train ``build_student()`` on ``loader`` to imitate the model; returns the student.
+    ``optimizer(params)`` builds its optimizer (default: Adam at ``lr``)."""
 
     name = "distill"
 
@@ -54,16 +55,18 @@ class Distill(ModelCompression):
         epochs: int = 1,
         lr: float = 1e-3,
         forward: Callable[[nn.Module, Any], Any] = lambda model, batch: model(batch),
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     ) -> None:
         if epochs < 1:
             raise UsageError(f"compression distill: epochs={epochs} must be >= 1")
         self.build_student, self.loader, self.loss = build_student, loader, loss
         self.epochs, self.lr, self.forward = epochs, lr, forward
+        self.optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=self.lr))
 
     def compress(self, model: nn.Module) -> nn.Module:
         device = next(model.parameters()).device
         student = self.build_student().to(device).train()
-        opt = torch.optim.Adam(student.parameters(), lr=self.lr)
+        opt = self.optimizer(student.parameters())
         was_training = model.training
         model.eval()
         try:

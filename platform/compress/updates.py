@@ -45,30 +45,34 @@ def _check_fraction(name: str, fraction: float) -> None:
 
 
 class _Sparsifier(UpdateCompressor):
-    """Keeps ``fraction`` of the coordinates; with error feedback the rest is carried over."""
+    """Keeps ``fraction`` of the coordinates; with error feedback the rest is carried over.
+
+    ``residual`` (flat float32, or None) is what error feedback carries into the next call; a
+    caller whose compressor does not live between rounds saves and restores it.
+    """
 
     def __init__(self, fraction: float, error_feedback: bool) -> None:
         _check_fraction(self.name, fraction)
         self.fraction, self.error_feedback = fraction, error_feedback
-        self._residual: np.ndarray | None = None
+        self.residual: np.ndarray | None = None
 
     def _select(self, flat: np.ndarray, k: int) -> np.ndarray:
         raise NotImplementedError
 
     def _sparsify(self, update: Update) -> tuple[np.ndarray, np.ndarray, Payload]:
         flat = _flatten(update)
-        if self.error_feedback and self._residual is not None:
-            if self._residual.shape != flat.shape:
+        if self.error_feedback and self.residual is not None:
+            if self.residual.shape != flat.shape:
                 raise UsageError(
                     f"compression {self.name}: update size changed "
-                    f"({self._residual.size} -> {flat.size}); use a new compressor"
+                    f"({self.residual.size} -> {flat.size}); use a new compressor"
                 )
-            flat = flat + self._residual
+            flat = flat + self.residual
         k = max(1, math.ceil(self.fraction * flat.size))
         idx = np.sort(self._select(flat, k))
         if self.error_feedback:
-            self._residual = flat.copy()
-            self._residual[idx] = 0
+            self.residual = flat.copy()
+            self.residual[idx] = 0
         return idx, flat[idx], {**_layout(update), "size": np.array([flat.size], dtype=np.int64)}
 
     def _densify(self, idx: np.ndarray, values: np.ndarray, payload: Payload) -> Update:

@@ -20,6 +20,8 @@ from veilfed.privacy.targets import check_delta_for, check_dp_target
 from veilfed.tables import typed_fields
 
 CENTRAL_DP = ("off", "fixed", "adaptive")  # client-level DP at the coordinator
+# What a train reply carries (veilfed.federation.update_codec)
+UPDATE_COMPRESSIONS = ("none", "topk", "randk", "int8_update")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class FederatedConfig:
     failure_rate: float = 0.0  # probability a sampled client crashes (fault-injection tests)
     round_timeout_s: float = 900.0
     cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0  # Ray's GPU share per virtual client; 0: clients on the CPU
     central_dp: str = "off"  # off | fixed | adaptive (client-level DP at the coordinator)
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
@@ -53,6 +56,12 @@ class FederatedConfig:
     budget: float = 0.0  # per-client ε budget; 0: the target ε ([privacy].epsilon / --epsilon)
     # Decoded samples a client process keeps in memory across rounds (veilfed.clients.sample_cache)
     client_cache_mb: int = 1024  # 0: decode every round
+    # What a client sends (veilfed.federation.update_codec): none (whole weights) | topk | randk
+    # (update_fraction of the coordinates, error feedback) | int8_update (update_scale; 0: a
+    # scale per tensor)
+    update_compression: str = "none"
+    update_fraction: float = 0.1
+    update_scale: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "[federated]") -> FederatedConfig:
@@ -93,13 +102,27 @@ class FederatedConfig:
             raise UsageError(
                 f"{where}.client_cache_mb must be >= 0, 0 = no cache (got {self.client_cache_mb})"
             )
+        if self.update_compression not in UPDATE_COMPRESSIONS:
+            raise UsageError(
+                f"{where}.update_compression {self.update_compression!r}: use one of "
+                f"{', '.join(UPDATE_COMPRESSIONS)}"
+            )
+        if not 0 < self.update_fraction <= 1:
+            raise UsageError(
+                f"{where}.update_fraction must be in (0, 1] (got {self.update_fraction})"
+            )
+        if not (math.isfinite(self.update_scale) and self.update_scale >= 0):
+            raise UsageError(
+                f"{where}.update_scale must be >= 0, 0 = a scale per tensor "
+                f"(got {self.update_scale})"
+            )
         if (
-            min(self.norm_bound, self.budget) < 0
+            min(self.norm_bound, self.budget, self.gpus_per_client) < 0
             or min(self.cpus_per_client, self.round_timeout_s) <= 0
         ):
             raise UsageError(
-                f"{where}: norm_bound and budget must be >= 0, cpus_per_client and "
-                "round_timeout_s > 0"
+                f"{where}: norm_bound, budget and gpus_per_client must be >= 0, "
+                "cpus_per_client and round_timeout_s > 0"
             )
 
     @property
@@ -206,6 +229,12 @@ class HEConfig:
             raise UsageError(
                 f"{where}: strategy {fed.strategy!r} needs plaintext updates and is incompatible "
                 f"with HE; use {' or '.join(HE_STRATEGIES)} or turn HE off"
+            )
+        if fed.update_compression != "none":
+            raise UsageError(
+                f"{where}: update_compression {fed.update_compression!r} sends plaintext deltas "
+                "and is incompatible with HE (the coordinator sums ciphertexts of whole "
+                'weights); set update_compression = "none" or turn HE off'
             )
         if fed.central_dp != "off":
             raise UsageError(

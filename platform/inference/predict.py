@@ -71,6 +71,7 @@ class Predictor:
     out: Path | None = None
     runtime: str = "torch"
     onnx: Path | None = None
+    device: str = "auto"
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
 
     def __post_init__(self) -> None:
@@ -96,7 +97,9 @@ class Predictor:
                     f"--question: the model's qa task {spec.name!r} answers {slots} questions "
                     f"per clip; ask at most {slots}"
                 )
-        self.runner = runner(self.runtime, self.model, self.world, self.onnx, self.tasks)
+        self.runner = runner(
+            self.runtime, self.model, self.world, self.onnx, self.tasks, self.device
+        )
         self.folders: dict[str, Path] = {}  # source -> its folder under --out (never shared)
 
     def run(self, item: VideoInput) -> dict[str, Any]:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from veilfed.inference.export import INPUTS, Exported, export, onnx_session, unflatten
+from veilfed.inference.measure import p50_ms, session_fn, state_bytes, task_rows
 from veilfed.io import write_text_atomic
 from veilfed.model import score
 
@@ -83,22 +82,6 @@ def quantize_file(src: Path, dst: Path) -> None:
     write_text_atomic(Path(f"{dst}.json"), json.dumps(meta, indent=1) + "\n")
 
 
-def _p50_ms(fn: Any, inputs: tuple[torch.Tensor, ...], reps: int) -> float:
-    fn(*inputs)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn(*inputs)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
-def _session_fn(path: Path) -> Any:
-    session = onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
-    return lambda *x: session.run(None, {n: t.numpy() for n, t in zip(names, x, strict=True)})
-
-
 def compress_int8(
     model: Any, world: Any, test: Any, baselines: Any, out: Path, reps: int = 30, seed: int = 0
 ) -> dict[str, Any]:
@@ -118,24 +101,10 @@ def compress_int8(
     wrapper = Exported(model, world)
     example = wrapper.example(batch=1)
     with torch.no_grad():
-        latency = {
-            "eager": _p50_ms(lambda *x: wrapper(*x), example, reps),
-            "onnx_fp32": _p50_ms(_session_fn(fp32), example, reps),
-            "onnx_int8": _p50_ms(_session_fn(int8), example, reps),
-        }
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    tasks = {}
-    for task, metric in before.primary.items():
-        b, a = before.margins.get(task, {}).get(metric), after.margins.get(task, {}).get(metric)
-        tasks[task] = {
-            "metric": metric,
-            "before": before.metrics[task].get(metric),
-            "after": after.metrics[task].get(metric),
-            "baseline": b["baseline"] if b else None,
-            "margin_before": b["margin"] if b else None,
-            "margin_after": a["margin"] if a else None,
-            "margin_ci95_after": a["margin_ci95"] if a else None,
-        }
+        runs = {"eager": wrapper, "onnx_fp32": session_fn(fp32), "onnx_int8": session_fn(int8)}
+        latency = p50_ms(runs, example, reps)
+    state = state_bytes(model)
+    tasks = task_rows(before, after)
     return {
         "method": "int8",
         "files": {"onnx": str(fp32), "int8": str(int8)},

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from veilfed.data.synth import WorldConfig
+from veilfed.devices import check_device, model_device, resolve, to_device
 from veilfed.errors import UsageError
 from veilfed.inference.export import INPUTS, export, onnx_session, unflatten
 
@@ -25,12 +26,16 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 class EagerRunner:
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    """The model itself, on ``device``; predictions come back as CPU tensors."""
+
+    def __init__(self, model: Any, device: torch.device | None = None) -> None:
+        self.model = model.to(device) if device is not None else model
+        self.device = model_device(self.model)
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.model.predict(batch)
+        preds = self.model.predict(to_device(batch, self.device))
+        return to_device(preds, torch.device("cpu"))
 
 
 class OnnxRunner:
@@ -104,13 +109,23 @@ def runner(
     world: WorldConfig,
     onnx: str | Path | None = None,
     tasks: Sequence[str] | None = None,
+    device: str = "auto",
 ) -> EagerRunner | OnnxRunner:
     """The runner ``--runtime name`` names (``onnx``: an exported file to run instead) for
-    ``tasks`` (default: all the model's)."""
+    ``tasks`` (default: all the model's), on ``--device`` (``veilfed.devices``; ONNX Runtime
+    runs on the CPU: ``auto`` means the CPU there and ``cuda`` is refused)."""
+    check_device(device)
+    if name != "torch" or onnx is not None:
+        if device == "cuda":
+            raise UsageError(
+                "--device cuda: ONNX Runtime runs on the CPU here (its CUDA provider is not "
+                "installed); use --runtime torch for the GPU"
+            )
+        model = model.to("cpu")
     if onnx is not None:
         return OnnxRunner(model, world, onnx, tasks)
     if name == "torch":
-        return EagerRunner(model)
+        return EagerRunner(model, resolve(device))
     if name == "onnxruntime":
         return OnnxRunner(model, world, tasks=tasks)
     raise UsageError(f"--runtime {name!r}; valid: {', '.join(RUNTIMES)}")

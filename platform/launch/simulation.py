@@ -28,8 +28,11 @@ from veilfed.errors import UsageError
 from veilfed.federation.settings import RunSettings
 
 
-def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str, Any]:
-    """Client resources fitted to this machine; or attach to an existing cluster."""
+def backend_config(
+    cpus_per_client: float, ray_address: str | None, gpus_per_client: float = 0.0
+) -> dict[str, Any]:
+    """Client resources fitted to this machine; or attach to an existing cluster. With
+    ``gpus_per_client`` each virtual client holds that share of a GPU (``veilfed.devices``)."""
     init: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True}
     if ray_address:
         init["address"] = ray_address
@@ -38,7 +41,7 @@ def backend_config(cpus_per_client: float, ray_address: str | None) -> dict[str,
         init["num_cpus"] = max(1, os.cpu_count() or 1)
         init["object_store_memory"] = 256 * 1024**2
     return {
-        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
         "init_args": init,
     }
 
@@ -65,7 +68,11 @@ def run_engine(settings: RunSettings, ray_address: str | None) -> dict[str, Any]
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app=client_app,
             server_app=server_app,
-            backend_config=backend_config(settings.federated.cpus_per_client, ray_address),  # type: ignore[arg-type]
+            backend_config=backend_config(  # type: ignore[arg-type]
+                settings.federated.cpus_per_client,
+                ray_address,
+                settings.federated.gpus_per_client,
+            ),
             server_app_context=context,
         )
     except RuntimeError as exc:  # the engine's; the ServerApp's own errors arrive as raised

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from veilfed.devices import model_device, to_device
 from veilfed.metrics.baselines import Baseline
 from veilfed.metrics.intervals import DEFAULT_RESAMPLES, paired_bootstrap
 from veilfed.metrics.scores import Scores
@@ -69,6 +70,7 @@ def _accumulate(model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping
     metrics) over ``loader``; windows of a video also give ``video_<metric>`` figures
     (:mod:`veilfed.metrics.videos`)."""
     core = unwrap(model)
+    device, cpu = model_device(core), torch.device("cpu")
     was_training = core.training
     core.eval()
     heads = core.task_heads()
@@ -80,9 +82,10 @@ def _accumulate(model: Any, loader: Iterable[dict[str, Any]], baselines: Mapping
     try:
         with torch.no_grad():
             for batch in loader:
-                outputs = core(batch)
-                _, per_task = core.loss(outputs, batch)
-                preds = core.predict(batch, outputs)
+                on_device = to_device(batch, device)
+                outputs = core(on_device)
+                _, per_task = core.loss(outputs, on_device)
+                preds = to_device(core.predict(on_device, outputs), cpu)
                 ids = batch["clip_id"]
                 for task, meter in meters.items():
                     mask = batch["target_mask"].get(task)

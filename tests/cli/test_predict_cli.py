@@ -99,6 +99,11 @@ def test_each_bad_source_is_one_line_and_the_others_go_on(folder: Path) -> None:
         (("nowhere", "short.mp4"), "nowhere: no such model directory"),
         (("model", "short.mp4", "--tasks", "mood"), "the model has no task 'mood'"),
         (("model", "short.mp4", "--store", "s"), "--store and --key-file go together"),
+        (("model", "short.mp4", "--device", "gpu"), "--device 'gpu': use one of auto, cpu, cuda"),
+        (
+            ("model", "short.mp4", "--runtime", "onnxruntime", "--device", "cuda"),
+            "--device cuda: ONNX Runtime runs on the CPU here",
+        ),
     ],
 )
 def test_a_bad_call_is_one_line_exit_2(folder: Path, args, what: str, monkeypatch) -> None:

@@ -40,3 +40,8 @@ def test_rows_and_report_lines() -> None:
     text = "\n".join(report_lines(_summary()))
     assert "margin 95% CI" in text and "[+0.300, +0.600]" in text
     assert "action        accuracy: mean 0.6800, worst 10% 0.5000, min 0.5000" in text
+    assert "update compression" not in text
+    comm = {"update_compression": "topk", "update_bytes": 2210.4, "dense_bytes": 1e4,
+            "ratio": 0.221}  # fmt: skip
+    text = "\n".join(report_lines({**_summary(), "comm": comm}))
+    assert "update compression topk: 2210 bytes per client update (0.221x the whole model)" in text

@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from veilfed.cli.main import app
 from veilfed.data import schema
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
@@ -20,6 +24,13 @@ def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [VEILFED, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
     )
+
+
+def invoke(*args: str | Path) -> SimpleNamespace:
+    """The command in process (MLflow at the test's ``tmp_path/mlflow.db``, as ``run`` in
+    ``cwd=tmp_path``), answered like ``run``'s completed process; for the refusals, for speed."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 @pytest.mark.integration
@@ -60,14 +71,22 @@ def test_train_tiny_dp_writes_summary_and_mlflow(tmp_path: Path) -> None:
 def test_train_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nfusion = 'late'\n")
-    res = run("train", "--config", bad, cwd=tmp_path)
+    res = invoke("train", "--config", bad)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "model.fusion: unknown fusion 'late'" in res.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """In process: what a machine without CUDA answers (faked where torch does see a GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(app, ["train", "--config", str(TINY), "--device", "cuda"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("error: --device cuda: torch sees no CUDA device")
+
+
 def test_train_missing_config_exit_2(tmp_path: Path) -> None:
-    res = run("train", "--config", tmp_path / "none.toml", cwd=tmp_path)
+    res = invoke("train", "--config", tmp_path / "none.toml")
     assert res.returncode == 2 and "no such config file" in res.stderr
 
 
@@ -86,7 +105,7 @@ def test_train_rejects_nonsense_dp_targets(tmp_path: Path, privacy: str, message
     rest = tail[tail.index("\n[") :] if "\n[" in tail else ""
     bad = tmp_path / "bad.toml"
     bad.write_text(f"{head}[privacy]\n{privacy}\n{rest}")
-    res = run("train", "--config", bad, cwd=tmp_path)
+    res = invoke("train", "--config", bad)
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
     assert str(bad) in res.stderr
@@ -98,7 +117,7 @@ def test_train_refuses_dwa_under_dp(tmp_path: Path) -> None:
     bad = tmp_path / "dwa.toml"
     bad.write_text(TINY.read_text().replace("[model]\n", '[model]\nloss_weighting = "dwa"\n', 1))
     assert "loss_weighting" not in TINY.read_text() and "[model]\n" in TINY.read_text()
-    res = run("train", "--config", bad, cwd=tmp_path)
+    res = invoke("train", "--config", bad)
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and "model.loss_weighting 'dwa'" in res.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -36,7 +36,7 @@ def test_topk_error_feedback_tracks_the_sum() -> None:
     )
     truth = 40 * np.concatenate([a.ravel() for a in u])
     # error feedback loses nothing: what was sent plus what is still owed is exactly the sum
-    assert np.allclose(sent_ef + ef._residual, truth, atol=1e-3)
+    assert np.allclose(sent_ef + ef.residual, truth, atol=1e-3)
     assert np.linalg.norm(sent_ef - truth) < 0.35 * np.linalg.norm(sent - truth)
 
 
@@ -46,7 +46,7 @@ def test_topk_report_ratio_error_and_shapes() -> None:
     report = topk.report(u)
     assert report.ratio > 4.5  # 10% of values + uint32 indices: 8 bytes for 40
     assert 0 < report.extra["rel_error"] < 1
-    assert topk._residual is None  # report does not disturb the client's residual
+    assert topk.residual is None  # report does not disturb the client's residual
     back = topk.decompress(topk.compress(u))
     assert [a.shape for a in back] == [a.shape for a in u]
     assert [a.dtype for a in back] == [np.float32, np.float32]

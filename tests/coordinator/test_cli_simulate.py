@@ -37,6 +37,11 @@ def _free_port() -> int:
         ([], 'strategy = "fedsgd"\n', "strategy 'fedsgd' is unknown"),
         ([], "min_fit_clients = 5", "min_fit_clients must be in [1, 3]"),
         (["--ray-address", "127.0.0.1:{port}"], "", "no Ray cluster answers"),
+        (["--device", "cuda"], "", "--device cuda: virtual clients need a GPU share"),
+        (["--device", "tpu"], "", "--device 'tpu': use one of auto, cpu, cuda"),
+        (["--gpus-per-client", "-1"], "", "gpus_per_client must be >= 0"),
+        ([], 'update_compression = "zip"\n', "update_compression 'zip': use one of"),
+        (["--he"], 'update_compression = "topk"\n', "incompatible with HE"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_without_a_run(tmp_path, args, extra, needle):
