@@ -1,4 +1,5 @@
-"""`veilfed he` through the real console script: key files, exit codes and one-line errors."""
+"""`veilfed he`: key files, exit codes and one-line errors. The first test goes through the real
+console script; the others call the same command function in process (``invoke``), for speed."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+from typer.testing import CliRunner
+
+from veilfed.cli.main import app
+from veilfed.crypto.he_keys import MAGIC
 
 VEILFED = str(Path(sys.executable).parent / "veilfed")
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([VEILFED, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def invoke(*args: str | Path) -> SimpleNamespace:
+    """The command in process, answered like ``run``'s completed process."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 def test_keygen_writes_secret_and_public_contexts(tmp_path: Path) -> None:
@@ -36,7 +49,7 @@ def test_keygen_writes_secret_and_public_contexts(tmp_path: Path) -> None:
 
 
 def test_wrong_or_missing_context_file_exit_2(tmp_path: Path) -> None:
-    assert run("he", "keygen", "--out", tmp_path).returncode == 0
+    assert invoke("he", "keygen", "--out", tmp_path).returncode == 0
     garbage = tmp_path / "garbage.ctx"
     garbage.write_bytes(b"not a context")
     cases = [
@@ -46,20 +59,20 @@ def test_wrong_or_missing_context_file_exit_2(tmp_path: Path) -> None:
         (("he", "info", garbage), "not a veilfed HE context"),
     ]
     for args, message in cases:
-        done = run(*args)
+        done = invoke(*args)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1
         assert "Traceback" not in done.stderr and done.stdout == ""
 
 
 def test_keygen_bounds_too_wide_exit_2(tmp_path: Path) -> None:
-    done = run("he", "keygen", "--out", tmp_path, "--max-total-weight", str(2**40))
+    done = invoke("he", "keygen", "--out", tmp_path, "--max-total-weight", str(2**40))
     assert done.returncode == 2 and "60-bit prime" in done.stderr
     assert not any(tmp_path.iterdir())  # no partial output
 
 
 def test_keygen_infinite_bound_is_one_line(tmp_path: Path) -> None:
-    done = run("he", "keygen", "--out", tmp_path, "--max-abs-update", "inf")
+    done = invoke("he", "keygen", "--out", tmp_path, "--max-abs-update", "inf")
     assert done.returncode == 2 and "finite max_abs_update" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
@@ -67,9 +80,7 @@ def test_keygen_infinite_bound_is_one_line(tmp_path: Path) -> None:
 
 def test_info_rejects_a_header_that_lies_about_the_moduli(tmp_path: Path) -> None:
     """A public.ctx whose header claims a bigger modulus chain than its context has."""
-    from veilfed.crypto.he_keys import MAGIC
-
-    assert run("he", "keygen", "--out", tmp_path).returncode == 0
+    assert invoke("he", "keygen", "--out", tmp_path).returncode == 0
     blob = (tmp_path / "public.ctx").read_bytes()
     size = int.from_bytes(blob[len(MAGIC) : len(MAGIC) + 4], "big")
     start = len(MAGIC) + 4
@@ -81,7 +92,7 @@ def test_info_rejects_a_header_that_lies_about_the_moduli(tmp_path: Path) -> Non
         forged.write_bytes(
             blob[: len(MAGIC)] + len(raw).to_bytes(4, "big") + raw + blob[start + size :]
         )
-        done = run("he", "info", forged, "--public")
+        done = invoke("he", "info", forged, "--public")
         assert done.returncode == 2, (moduli, done.stdout)
         assert "header parameters do not match the context" in done.stderr
         assert done.stderr.count("\n") == 1 and done.stdout == ""
