@@ -118,11 +118,14 @@ def client_dataset(
 
 def client_device(settings: RunSettings, simulated: bool) -> torch.device:
     """Where this client trains (``veilfed.devices``): a virtual client uses a GPU only with
-    ``[federated] gpus_per_client > 0``; a real node resolves ``[train] device`` on its own
-    hardware."""
-    if simulated and settings.federated.gpus_per_client <= 0:
-        return torch.device("cpu")
-    return resolve(experiment(settings).train.device, "train.device")
+    ``[federated] gpus_per_client > 0``; a real node runs on its own hardware, so there ``cuda``
+    means its GPU when it has one (as ``auto``) and ``cpu`` the CPU."""
+    wanted = experiment(settings).train.device
+    if simulated:
+        if settings.federated.gpus_per_client <= 0:
+            return torch.device("cpu")
+        return resolve(wanted, "train.device")
+    return resolve("cpu" if wanted == "cpu" else "auto", "train.device")
 
 
 def round_model(

@@ -5,19 +5,22 @@ With ``[federated] update_compression`` set, a trained reply carries
 ``randk`` carry what they left out into the next round (error feedback). A client is a fresh
 ClientApp call every round, so that residual lives in the client's state directory::
 
-    residual/<run_id>.enc   Fernet (key derived from the client's key, RESIDUAL_KEY_CONTEXT) of
-                            an .npz: ``round``, ``before`` (the residual that round started
-                            from) and ``after`` (what it leaves for the next round)
+    residual/<sha256(run_id)>.enc   Fernet (key derived from the client's key,
+                            RESIDUAL_KEY_CONTEXT) of an .npz: ``round``, ``before`` (the residual
+                            that round started from) and ``after`` (what it leaves for the next
+                            round). Named by a hash: the run id is the coordinator's to choose.
 
-A replayed round (the same release served again) starts from ``before``, so it sends the same
-payload; a later round starts from ``after``. A residual that is missing, sealed under another
-key or shaped for another model is dropped: error feedback restarts from zero, which costs
-accuracy, never privacy (the residual is post-processing of released updates).
+A replayed round (the same release served again) starts from ``before``, so ``topk`` and
+``randk`` send the same payload again; a later round starts from ``after``; an earlier round than
+the stored one starts from zero and leaves the stored state as it is. A residual that is missing,
+sealed under another key or shaped for another model is dropped: error feedback restarts from
+zero, which costs accuracy, never privacy (the residual is post-processing of released updates).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,21 +43,31 @@ class ResidualStore:
         self._key = client_key.derive(RESIDUAL_KEY_CONTEXT)
 
     def _path(self, run_id: str) -> Path:
-        return self.dir / f"{run_id}.enc"
+        return self.dir / f"{hashlib.sha256(run_id.encode()).hexdigest()}.enc"
 
-    def load(self, run_id: str, rnd: int) -> np.ndarray | None:
-        """The residual round ``rnd`` starts from (None: start from zero)."""
+    def _read(self, run_id: str) -> tuple[int, np.ndarray, np.ndarray] | None:
         try:
             blob = self._key.decrypt(self._path(run_id).read_bytes())
             with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-                stored, before, after = int(data["round"]), data["before"], data["after"]
+                return int(data["round"]), data["before"], data["after"]
         except (OSError, InvalidToken, KeyError, ValueError):
             return None
-        if stored == rnd:
+
+    def load(self, run_id: str, rnd: int) -> np.ndarray | None:
+        """The residual round ``rnd`` starts from (None: start from zero)."""
+        stored = self._read(run_id)
+        if stored is None:
+            return None
+        last, before, after = stored
+        if last == rnd:
             return before if before.size else None
-        return after if stored < rnd else None
+        return after if last < rnd else None
 
     def save(self, run_id: str, rnd: int, before: np.ndarray | None, after: np.ndarray) -> None:
+        """Keep round ``rnd``'s residuals, unless a later round's are stored already."""
+        stored = self._read(run_id)
+        if stored is not None and stored[0] > rnd:
+            return
         buf = io.BytesIO()
         empty = np.zeros(0, np.float32)
         np.savez(buf, round=np.int64(rnd), before=before if before is not None else empty,

@@ -27,8 +27,8 @@ class RoundLog:
     eps: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     he: dict[str, float] = field(default_factory=dict)  # he/* metrics of this round
-    wire_bytes: list[int] = field(default_factory=list)  # plaintext update arrays received
-    dense_bytes: int = 0  # the whole model's arrays: what an uncompressed update carries
+    wire_bytes: list[int] = field(default_factory=list)  # plaintext update arrays, as received
+    dense_bytes: int = 0  # the whole model's arrays as sent: what an uncompressed update carries
     # baseline/, margin/, eval_ci95/, margin_ci95/ and eval_clients/ metrics of this round
     scores: dict[str, float] = field(default_factory=dict)
 

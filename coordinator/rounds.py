@@ -161,7 +161,7 @@ class Coordinator:
             if self.best.should_stop:
                 break
             start = time.perf_counter()
-            rlog = RoundLog(rnd, dense_bytes=sum(a.nbytes for a in self.arrays.values()))
+            rlog = RoundLog(rnd)
             self._train(rnd, node_of, rlog)
             self._evaluate(rnd, node_of, rlog)
             rlog.eps = {c: self.clients[c]["epsilon"] for c in rlog.reported}
@@ -190,6 +190,7 @@ class Coordinator:
             return
         cid_of = {node_of[c]: c for c in rlog.sampled}
         global_rec, config = self._global_message()
+        rlog.dense_bytes = sum(len(a.data) for a in global_rec.values())  # whole weights, sent
         nodes = FixedNodes(sorted(cid_of))
         messages = list(self.strategy.configure_train(rnd, global_rec, config, nodes))  # type: ignore[arg-type]
         replies = list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout_s))
@@ -274,10 +275,12 @@ class Coordinator:
             rlog.reported.append(cid)
         if self.secure is not None:
             return payload_problem(reply)
-        records = list(reply.content.array_records.values())
-        arrays = records[0] if len(records) == 1 else None
-        if arrays is not None:
-            rlog.wire_bytes.append(sum(a.numpy().nbytes for a in arrays.values()))
+        # One ArrayRecord, under its documented name: the strategy reads that one, and Flower
+        # refuses replies whose records differ (an uncaught error that would end the run).
+        records = reply.content.array_records
+        arrays = records.get(ARRAYS_RECORD) if len(records) == 1 else None
+        if arrays is not None:  # as sent: no deserializing of what the sender claims
+            rlog.wire_bytes.append(sum(len(a.data) for a in arrays.values()))
         codec = update_codec.for_round(self.fed, self.s.seed, rnd)
         if codec is not None and arrays is not None:
             try:

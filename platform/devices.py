@@ -55,7 +55,9 @@ def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside (dicts, lists, tuples) on ``device``; anything else and
     tensors already there are returned as they are."""
     if isinstance(obj, torch.Tensor):
-        return obj if obj.device == device else obj.to(device, non_blocking=True)
+        # Asynchronous only towards a GPU: a non-blocking copy back to the CPU may be read
+        # before it has landed.
+        return obj if obj.device == device else obj.to(device, non_blocking=device.type == "cuda")
     if isinstance(obj, Mapping):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from veilfed.compress.registry import COMPRESSIONS, ModelCompression
+from veilfed.devices import to_device
 from veilfed.errors import UsageError
 
 
@@ -72,6 +73,7 @@ class Distill(ModelCompression):
         try:
             for _ in range(self.epochs):
                 for batch in self.loader:
+                    batch = to_device(batch, device)
                     with torch.no_grad():
                         target = self.forward(model, batch)
                     loss = self.loss(self.forward(student, batch), target, batch)

@@ -128,7 +128,7 @@ def decode(
         scales = _expect(payload, "scales", np.float32, len(tensors))
         if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
             raise _fail("'scales' must be finite and > 0")
-        if codec.scale is not None and not np.allclose(scales, np.float32(codec.scale)):
+        if codec.scale is not None and np.any(scales != np.float32(codec.scale)):
             raise _fail(f"'scales' must all be the run's shared scale {codec.scale:g}")
         values = scales
     else:

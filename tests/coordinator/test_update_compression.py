@@ -52,6 +52,31 @@ def test_uncompressed_rounds_log_a_ratio_of_one(tmp_path) -> None:
     assert ckpt.history[0]["metrics"]["comm/ratio"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("method", ["none", "topk"])
+def test_undecodable_or_misnamed_arrays_are_rejected_and_the_round_goes_on(
+    tmp_path, method
+) -> None:
+    """Bytes that do not deserialize, or the right arrays under another record name, used to
+    reach code with no error handling (the wire-size count, Flower's reply consistency check)."""
+
+    def forge(reply: Message) -> Message:
+        cid = reply.content["reply"]["client-id"]
+        if cid == client_name(1):
+            arrays = reply.content["arrays"]
+            key = next(iter(arrays))
+            arrays[key] = Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"junk")
+        if cid == client_name(2):
+            reply.content["x"] = reply.content.array_records["arrays"]
+            del reply.content["arrays"]
+        return reply
+
+    _, _, ckpt = _run(tmp_path, {"update_compression": method}, tamper=forge, rounds=1)
+    h = ckpt.history[0]
+    assert sorted(h["rejected"]) == [client_name(1), client_name(2)], h["rejected"]
+    assert h["rejected"][client_name(2)] == "no model arrays in the reply"
+    assert h["aggregated"] and h["metrics"]["round/accepted"] == 1
+
+
 def test_a_payload_that_lies_is_rejected_and_the_round_goes_on(tmp_path) -> None:
     def forge(reply: Message) -> Message:
         if reply.content["reply"]["client-id"] == client_name(1):
