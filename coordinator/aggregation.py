@@ -3,8 +3,10 @@
 Every strategy (FedAvg, FedProx, FedOpt, median, trimmed mean, and the DP wrappers around them)
 gets only updates that passed these checks, so one malformed or malicious reply cannot poison
 the global model or crash the round: it is rejected, logged with its reason, and the round goes
-on with the rest. Checks are on plaintext arrays; with HE the coordinator only sees ciphertexts
-and these checks move to the clients (attested in their signed reports, see docs/federated.md).
+on with the rest. A compressed update is decoded here first, against the global model it was
+trained from, so the checks and the strategies see whole weights either way. Checks are on
+plaintext arrays; with HE the coordinator only sees ciphertexts and these checks move to the
+clients (attested in their signed reports, see docs/federated.md).
 """
 
 from __future__ import annotations
@@ -14,15 +16,49 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord, Message
+
+from veilfed.compress.registry import UpdateCompressor
+from veilfed.errors import VeilfedError
+from veilfed.federation import update_codec
+from veilfed.federation.keys import ARRAYS_RECORD
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of screening one update: ``reason`` is None when accepted."""
+    """Outcome of screening one update: ``reason`` is None when accepted; ``wire_bytes`` the
+    bytes its arrays took on the wire (0 when it had none)."""
 
     reason: str | None
     update_norm: float
+    wire_bytes: int = 0
+
+
+def screen_reply(
+    reply: Message,
+    reference: Mapping[str, np.ndarray],
+    codec: UpdateCompressor | None,
+    norm_bound: float | None,
+) -> Verdict:
+    """Screen a plaintext train reply: its one ArrayRecord, under its documented name (the
+    strategy reads that one, and Flower refuses replies whose records differ), decoded by
+    ``codec`` when the run compresses updates (``veilfed.federation.update_codec``; the decoded
+    whole weights replace the payload in the reply, for the strategy), then
+    :func:`screen_update`."""
+    records = reply.content.array_records
+    arrays = records.get(ARRAYS_RECORD) if len(records) == 1 else None
+    sent = sum(len(a.data) for a in arrays.values()) if arrays is not None else 0  # as sent
+    if codec is not None and arrays is not None:
+        try:
+            payload = {k: a.numpy() for k, a in arrays.items()}
+            weights = update_codec.decode(codec, payload, reference)
+        except Exception as exc:  # any undecodable payload is the sender's problem
+            reason = str(exc) if isinstance(exc, VeilfedError) else f"undecodable update ({exc})"
+            return Verdict(reason, math.nan, sent)
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+        reply.content[ARRAYS_RECORD] = arrays
+    verdict = screen_update(arrays, reference, norm_bound)
+    return Verdict(verdict.reason, verdict.update_norm, sent)
 
 
 def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:

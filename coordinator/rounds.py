@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from veilfed.coordinator import checkpoint as ckpt_io
 from veilfed.coordinator.admission import Found, admit, discover, reply_info
-from veilfed.coordinator.aggregation import screen_update
+from veilfed.coordinator.aggregation import screen_reply
 from veilfed.coordinator.best import BestRound
 from veilfed.coordinator.evaluation import evaluate
 from veilfed.coordinator.report_checks import ReportChecks
@@ -275,24 +275,14 @@ class Coordinator:
             rlog.reported.append(cid)
         if self.secure is not None:
             return payload_problem(reply)
-        # One ArrayRecord, under its documented name: the strategy reads that one, and Flower
-        # refuses replies whose records differ (an uncaught error that would end the run).
-        records = reply.content.array_records
-        arrays = records.get(ARRAYS_RECORD) if len(records) == 1 else None
-        if arrays is not None:  # as sent: no deserializing of what the sender claims
-            rlog.wire_bytes.append(sum(len(a.data) for a in arrays.values()))
-        codec = update_codec.for_round(self.fed, self.s.seed, rnd)
-        if codec is not None and arrays is not None:
-            try:
-                payload = {k: a.numpy() for k, a in arrays.items()}
-                weights = update_codec.decode(codec, payload, self.arrays)
-            except Exception as exc:  # any undecodable payload is the sender's problem
-                return str(exc) if isinstance(exc, VeilfedError) else f"undecodable update ({exc})"
-            arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-            reply.content[ARRAYS_RECORD] = arrays  # what the strategy aggregates
-        verdict = screen_update(
-            arrays, self.arrays, self.fed.norm_bound if self.fed.norm_bound > 0 else None
+        verdict = screen_reply(
+            reply,
+            self.arrays,
+            update_codec.for_round(self.fed, self.s.seed, rnd),
+            self.fed.norm_bound if self.fed.norm_bound > 0 else None,
         )
+        if verdict.wire_bytes:
+            rlog.wire_bytes.append(verdict.wire_bytes)
         return verdict.reason
 
     def _evaluate(self, rnd: int, node_of: dict[str, int], rlog: RoundLog) -> None:
