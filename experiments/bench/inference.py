@@ -28,7 +28,8 @@ import torch
 
 from veilfed.config import load_config
 from veilfed.devices import DEVICES, resolve
-from veilfed.inference.export import Exported, export, onnx_session
+from veilfed.inference.export import Exported, export
+from veilfed.inference.measure import session_fn
 from veilfed.inference.quantize import quantize_file
 from veilfed.model import create_model
 
@@ -43,12 +44,6 @@ def timings(fn, inputs, reps: int) -> np.ndarray:
         fn(*inputs)
         out.append(time.perf_counter() - start)
     return np.array(out)
-
-
-def _session_runner(path: Path):
-    session = onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
-    return lambda *x: session.run(None, {k: t.numpy() for k, t in zip(names, x, strict=True)})
 
 
 def _gpu_runner(wrapper: Exported, device: torch.device):
@@ -77,10 +72,10 @@ def runners(wrapper: Exported, folder: Path, device: torch.device) -> dict[str, 
                 module = torch.jit.load(str(path))
                 out[fmt] = (lambda *x, m=module: m(*x), path.stat().st_size)
             else:
-                out["onnxruntime"] = (_session_runner(path), path.stat().st_size)
+                out["onnxruntime"] = (session_fn(path), path.stat().st_size)
                 int8 = folder / "model.int8.onnx"
                 quantize_file(path, int8)
-                out["onnx_int8"] = (_session_runner(int8), int8.stat().st_size)
+                out["onnx_int8"] = (session_fn(int8), int8.stat().st_size)
         if device.type == "cuda":
             out["eager_cuda"] = (_gpu_runner(wrapper, device), len(state.getvalue()))
     return out

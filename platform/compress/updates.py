@@ -15,7 +15,7 @@ from veilfed.compress.registry import COMPRESSIONS, Payload, Update, UpdateCompr
 from veilfed.errors import UsageError
 
 
-def _layout(update: Update) -> Payload:
+def layout(update: Update) -> Payload:
     """Shapes and dtypes so the flat payload can be cut back into the original arrays."""
     return {
         "ndims": np.array([a.ndim for a in update], dtype=np.int64),
@@ -73,7 +73,7 @@ class _Sparsifier(UpdateCompressor):
         if self.error_feedback:
             self.residual = flat.copy()
             self.residual[idx] = 0
-        return idx, flat[idx], {**_layout(update), "size": np.array([flat.size], dtype=np.int64)}
+        return idx, flat[idx], {**layout(update), "size": np.array([flat.size], dtype=np.int64)}
 
     def _densify(self, idx: np.ndarray, values: np.ndarray, payload: Payload) -> Update:
         flat = np.zeros(int(payload["size"][0]), dtype=np.float32)
@@ -156,7 +156,7 @@ class Int8Update(UpdateCompressor):
         self._rng = np.random.default_rng(seed)
 
     def compress(self, update: Update) -> Payload:
-        payload: Payload = _layout(update)
+        payload: Payload = layout(update)
         scales = []
         for i, a in enumerate(update):
             x = np.asarray(a, dtype=np.float64)

@@ -29,12 +29,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from veilfed.compress.registry import Payload, UpdateCompressor
-from veilfed.compress.updates import Int8Update, RandK, TopK
+from veilfed.compress.updates import Int8Update, RandK, TopK, layout
 from veilfed.errors import CheckFailed
 from veilfed.federation.sections import UPDATE_COMPRESSIONS, FederatedConfig
 
 RAW_PREFIX = "raw/"
-_LAYOUT = ("ndims", "dims", "dtypes")
 
 
 def float_keys(arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -97,15 +96,11 @@ def decode(
     keys = float_keys(reference)
     tensors = [np.asarray(reference[k], np.float32) for k in keys]
     size = sum(t.size for t in tensors)
-    layout = {
-        "ndims": np.array([t.ndim for t in tensors], dtype=np.int64),
-        "dims": np.array([d for t in tensors for d in t.shape], dtype=np.int64),
-        "dtypes": np.array(["float32"] * len(tensors)),
-    }
-    fields = set(_LAYOUT)
-    for name in _LAYOUT:
+    expected = layout(tensors)  # what encode's compressor wrote for these tensors
+    fields = set(expected)
+    for name, want in expected.items():
         got = payload.get(name)
-        if got is None or got.shape != layout[name].shape or not np.array_equal(got, layout[name]):
+        if got is None or got.shape != want.shape or not np.array_equal(got, want):
             raise _fail(f"field {name!r} does not describe the global model's tensors")
     if isinstance(codec, TopK | RandK):
         k = max(1, math.ceil(codec.fraction * size))
