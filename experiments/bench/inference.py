@@ -1,5 +1,6 @@
-"""Inference benchmark: the same model run eagerly, as TorchScript, as ONNX in onnxruntime and
-as its dynamic int8 quantization, side by side in one process on the same inputs; with a GPU
+"""Inference benchmark: the same model run eagerly, as TorchScript, as ONNX in onnxruntime, as
+its dynamic int8 quantization and structurally pruned to half of each prunable width (eager and
+in onnxruntime), side by side in one process on the same inputs; with a GPU
 (``--device auto`` on a machine where torch sees one, or ``cuda``) also eagerly on the GPU.
 
 Per runtime: latency of one window (batch 1) p50 / p95, throughput in windows/s at batch 8, the
@@ -30,6 +31,7 @@ from veilfed.config import load_config
 from veilfed.devices import DEVICES, resolve
 from veilfed.inference.export import Exported, export
 from veilfed.inference.measure import session_fn
+from veilfed.inference.prune import prune_widths, pruned_section
 from veilfed.inference.quantize import quantize_file
 from veilfed.model import create_model
 
@@ -58,6 +60,15 @@ def _gpu_runner(wrapper: Exported, device: torch.device):
     return run
 
 
+def _pruned(wrapper: Exported) -> Exported:
+    """The model with half of each prunable width's channels removed (``model compress
+    --method prune --keep 0.5`` before its fine-tuning, which does not change speed)."""
+    pruned, changed = prune_widths(wrapper.model, wrapper.world, 0.5)
+    model = create_model(pruned_section(wrapper.model.config, changed))
+    model.load_state_dict(pruned.state_dict())
+    return Exported(model, wrapper.world)
+
+
 def runners(wrapper: Exported, folder: Path, device: torch.device) -> dict[str, tuple[object, int]]:
     """{name: (callable on torch inputs, bytes of its file: the state dict for eager)}."""
     out: dict[str, tuple[object, int]] = {}
@@ -76,6 +87,13 @@ def runners(wrapper: Exported, folder: Path, device: torch.device) -> dict[str, 
                 int8 = folder / "model.int8.onnx"
                 quantize_file(path, int8)
                 out["onnx_int8"] = (session_fn(int8), int8.stat().st_size)
+        pruned = _pruned(wrapper)
+        state = io.BytesIO()
+        torch.save(pruned.model.state_dict(), state)
+        out["pruned"] = (lambda *x: pruned(*x), len(state.getvalue()))
+        path = folder / "pruned.onnx"
+        export(pruned.model, pruned.world, "onnx", path)
+        out["pruned_onnx"] = (session_fn(path), path.stat().st_size)
         if device.type == "cuda":
             out["eager_cuda"] = (_gpu_runner(wrapper, device), len(state.getvalue()))
     return out

@@ -111,8 +111,9 @@ def compress_cmd(
     method: str = typer.Option(
         "int8",
         "--method",
-        help="int8 (onnxruntime dynamic int8 of the ONNX export) or distill (a narrower model "
-        "trained on the config's training clips to match this one).",
+        help="int8 (onnxruntime dynamic int8 of the ONNX export), prune (whole channels of the "
+        "internal widths removed, then fine-tuned to match this model) or distill (a narrower "
+        "model trained on the config's training clips to match this one).",
     ),
     config: Path = typer.Option(
         ..., "--config", help="The experiment the model was trained with: its data and tasks."
@@ -123,11 +124,14 @@ def compress_cmd(
     student_dim: int | None = typer.Option(
         None, "--student-dim", help="distill: the student's [model] dim (default: half)."
     ),
-    epochs: int = typer.Option(5, "--epochs", min=1, help="distill: passes over the clips."),
+    keep: float = typer.Option(
+        0.5, "--keep", help="prune: the fraction of each prunable width's channels to keep."
+    ),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="distill, prune: passes over the clips."),
     register: str | None = typer.Option(
         None,
         "--register",
-        help="distill: register the student under this name (champion only as its first "
+        help="distill, prune: register the new model under this name (champion only as its first "
         "version: its test-clip value is not compared with trained versions').",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -142,22 +146,25 @@ def compress_cmd(
     from veilfed.data.splits import split_store
     from veilfed.errors import UsageError
     from veilfed.inference import model_source
-    from veilfed.inference.distill import distill_model, student_config
+    from veilfed.inference.distill import Clips, distill_model, student_config
+    from veilfed.inference.prune import prune_model
     from veilfed.inference.quantize import compress_int8
     from veilfed.io import write_text_atomic
     from veilfed.metrics import fit_baselines
     from veilfed.model import saved
     from veilfed.model.saved import load_with_input
 
-    if method not in ("int8", "distill"):
-        raise UsageError(
-            f"--method {method!r}; valid: int8, distill (structured pruning: not built)"
-        )
+    if method not in ("int8", "prune", "distill"):
+        raise UsageError(f"--method {method!r}; valid: int8, prune, distill")
     if method == "int8" and (register or student_dim is not None):
         raise UsageError(
             "--register and --student-dim are distill's: int8 writes ONNX files for "
             "`predict MODEL --onnx FILE`, not a new model"
         )
+    if method == "prune" and student_dim is not None:
+        raise UsageError("--student-dim is distill's; prune takes --keep")
+    if not 0.0 < keep < 1.0:
+        raise UsageError(f"--keep {keep}: give the fraction of channels to keep, in (0, 1)")
     if out.exists():
         raise UsageError(f"{out}: already exists; give --out a new folder")
     if (store is None) != (key_file is None):
@@ -176,23 +183,29 @@ def compress_cmd(
     with console.status("reading the held-out clips"):
         train, test, _ = loaders(cfg, split)
         baselines = fit_baselines(net.task_specs, baseline_batches(train))
+    clips = Clips(train, test, baselines)
     student = None
     if method == "int8":
         with console.status("exporting, quantizing and measuring"):
             report = compress_int8(net, world, test, baselines, out, seed=cfg.train.seed)
+    elif method == "prune":
+        with console.status(f"pruning to {keep:.0%} of each width, fine-tuning, measuring"):
+            student, student_cfg, report = prune_model(net, cfg, keep, clips, epochs)
+        report["files"] = {"model": str(saved.save_dir(out / "model", student, student_cfg))}
     else:
         dim = student_dim if student_dim is not None else cfg.model.dim // 2
         student_config(cfg, dim)  # a width that cannot be built is one line before training
         with console.status(f"distilling into dim {dim} ({epochs} epochs) and measuring"):
-            student, student_cfg, report = distill_model(
-                net, cfg, dim, train, test, baselines, epochs
-            )
+            student, student_cfg, report = distill_model(net, cfg, dim, clips, epochs)
         report["files"] = {"model": str(saved.save_dir(out / "model", student, student_cfg))}
     report["source_model"] = model
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n", overwrite=False)
     tracker = tracking.start_run(
         cfg.tracking.experiment or cfg.name,
-        params={"compress": {"method": method, "source_model": model}},
+        params={
+            "compress": {"method": method, "source_model": model}
+            | ({"keep": keep} if method == "prune" else {})
+        },
         run_name=f"compress-{cfg.name}",
         tags={"veilfed.kind": "compress"},
     )
@@ -220,7 +233,7 @@ def compress_cmd(
 
 
 def _show_compression(report: dict) -> None:
-    new = "int8" if report["method"] == "int8" else "student"
+    new = {"int8": "int8", "prune": "pruned"}.get(report["method"], "student")
     table = Table(title=f"{new} vs the trained model (held-out clips; run {report['run_id']})")
     for col in ("task", "metric", "before", new, "baseline", f"{new} margin (95 % CI)"):
         table.add_column(col)
@@ -234,10 +247,14 @@ def _show_compression(report: dict) -> None:
         table.add_row(task, r["metric"], before, after, base, margin)
     _stdout.print(table)
     b, lat = report["bytes"], report["latency_p50_ms"]
-    if report["method"] == "distill":
-        p, d = report["params"], report["dim"]
+    if report["method"] in ("distill", "prune"):
+        p = report["params"]
+        if report["method"] == "distill":
+            what = f"dim {report['dim']['teacher']} -> {report['dim']['student']}"
+        else:
+            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in report["widths"].items())
         _stdout.print(
-            f"dim {d['teacher']} -> {d['student']}: {p['teacher']:,} -> {p['student']:,} params, "
+            f"{what}: {p['teacher']:,} -> {p['student']:,} params, "
             f"{b['teacher'] / 2**20:.2f} -> {b['student'] / 2**20:.2f} MB; p50 per window "
             f"{lat['teacher']:.2f} -> {lat['student']:.2f} ms "
             f"({report['speedup_student_vs_teacher']}x faster)"

@@ -59,21 +59,9 @@ def _loss(student: Any) -> Any:
     return loss
 
 
-def distill_model(
-    teacher: Any,
-    cfg: Any,
-    dim: int,
-    train: Any,
-    test: Any,
-    baselines: Any,
-    epochs: int,
-    reps: int = 30,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """(student, its experiment config, report) (module docstring); ``train`` and ``test`` the
-    training and held-out loaders, ``baselines`` fitted on the training clips."""
-    student_cfg = student_config(cfg, dim)
-    torch.manual_seed(cfg.train.seed)
-    student = create_model(student_cfg)
+def finetune(teacher: Any, student: Any, cfg: Any, train: Any, epochs: int) -> None:
+    """Train ``student`` in place on the ``train`` loader for ``epochs`` passes to match
+    ``teacher`` (the loss above), with the experiment's ``[train]`` optimizer and lr."""
     teacher.eval()
     method = Distill(
         lambda: student,
@@ -83,6 +71,13 @@ def distill_model(
         optimizer=lambda params: build_optimizer(params, cfg.train),
     )
     method.compress(teacher)
+
+
+def compare(
+    teacher: Any, student: Any, cfg: Any, test: Any, baselines: Any, reps: int = 30
+) -> dict[str, Any]:
+    """The side-by-side part of a report (module docstring): ``params``, ``bytes``,
+    ``latency_p50_ms`` and ``speedup_student_vs_teacher``, ``tasks``."""
     seed = cfg.train.seed
     before = score(teacher, test, baselines, bootstrap=200, seed=seed)
     after = score(student, test, baselines, bootstrap=200, seed=seed)
@@ -91,10 +86,7 @@ def distill_model(
     example = big.example(batch=1)
     with torch.no_grad():
         latency = p50_ms({"teacher": big, "student": small}, example, reps)
-    report = {
-        "method": "distill",
-        "dim": {"teacher": cfg.model.dim, "student": dim},
-        "epochs": epochs,
+    return {
         "params": {
             "teacher": sum(p.numel() for p in teacher.parameters()),
             "student": sum(p.numel() for p in student.parameters()),
@@ -103,5 +95,31 @@ def distill_model(
         "latency_p50_ms": {k: round(v, 3) for k, v in latency.items()},
         "speedup_student_vs_teacher": round(latency["teacher"] / latency["student"], 2),
         "tasks": task_rows(before, after),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Clips:
+    """What compressing a model reads: the ``train`` and held-out ``test`` loaders and the
+    label-only ``baselines`` fitted on the training clips."""
+
+    train: Any
+    test: Any
+    baselines: Any
+
+
+def distill_model(
+    teacher: Any, cfg: Any, dim: int, clips: Clips, epochs: int, reps: int = 30
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(student, its experiment config, report) (module docstring)."""
+    student_cfg = student_config(cfg, dim)
+    torch.manual_seed(cfg.train.seed)
+    student = create_model(student_cfg)
+    finetune(teacher, student, cfg, clips.train, epochs)
+    report = {
+        "method": "distill",
+        "dim": {"teacher": cfg.model.dim, "student": dim},
+        "epochs": epochs,
+        **compare(teacher, student, cfg, clips.test, clips.baselines, reps),
     }
     return student, student_cfg, report

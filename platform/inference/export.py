@@ -61,6 +61,7 @@ class Exported(nn.Module):
             self.register_buffer(f"_target_{_safe(key)}", value.unsqueeze(0), persistent=False)
         self._target_keys = list(targets)
         self._names: list[str] | None = None
+        self.eval()  # an inference wrapper: exporters read its own mode too
 
     @property
     def input_names(self) -> list[str]:
@@ -93,7 +94,8 @@ class Exported(nn.Module):
         self._names = names
         return list(names)
 
-    def _preds(self, *inputs: Tensor | None) -> dict[str, Any]:
+    def batch(self, *inputs: Tensor | None) -> dict[str, Any]:
+        """The model's batch from the plain inputs, placeholder targets included."""
         batch: dict[str, Any] = dict(zip(INPUTS, inputs[:4], strict=True))
         b = batch["video"].shape[0]
         targets = {k: getattr(self, f"_target_{_safe(k)}") for k in self._target_keys}
@@ -101,7 +103,10 @@ class Exported(nn.Module):
         if self.qa is not None:
             targets[self.qa.key("questions")] = inputs[4]
         batch["targets"] = targets
-        outputs = self.model(batch)
+        return batch
+
+    def _preds(self, *inputs: Tensor | None) -> dict[str, Any]:
+        outputs = self.model(self.batch(*inputs))
         return {t: outputs[t] for t in self.tasks}
 
     def forward(

@@ -9,19 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from testkit.model import output_gap, trained_tiny
 from typer.testing import CliRunner
 
-from veilfed.centralized import baseline_batches, loaders
 from veilfed.cli.main import app
-from veilfed.compress import match_outputs
 from veilfed.config import load_config
 from veilfed.errors import UsageError
-from veilfed.inference.distill import distill_model, student_config
-from veilfed.metrics import fit_baselines
+from veilfed.inference.distill import Clips, distill_model, student_config
 from veilfed.model import create_model
 from veilfed.model.saved import save_dir
-from veilfed.train import train_steps
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.toml"
 TASKS = {"action": 1.0, "moderation": 1.0, "quality": 1.0}
@@ -29,35 +25,21 @@ TASKS = {"action": 1.0, "moderation": 1.0, "quality": 1.0}
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = load_config(TINY, overrides={"model": {"tasks": TASKS}, "privacy": {"enabled": False}})
-    train, test, _ = loaders(cfg)
-    torch.manual_seed(1)
-    teacher = create_model(cfg)
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=3e-3)
-    train_steps(teacher, train, optimizer, epochs=3)  # a teacher with something to teach
-    teacher.eval()
-    return cfg, teacher, train, test, fit_baselines(teacher.task_specs, baseline_batches(train))
-
-
-def _gap(student, teacher, loader) -> float:
-    """Mean output MSE between student and teacher over ``loader``."""
-    student.eval()
-    with torch.no_grad():
-        gaps = [float(match_outputs(student(b), teacher(b))) for b in loader]
-    return sum(gaps) / len(gaps)
+    overrides = {"model": {"tasks": TASKS}, "privacy": {"enabled": False}}
+    return trained_tiny(load_config(TINY, overrides=overrides))
 
 
 def test_the_student_is_narrower_and_learns_the_teachers_outputs(setup) -> None:
     cfg, teacher, train, test, baselines = setup
     untrained = create_model(student_config(cfg, 16))
     student, student_cfg, report = distill_model(
-        teacher, cfg, 16, train, test, baselines, epochs=10, reps=3
+        teacher, cfg, 16, Clips(train, test, baselines), epochs=10, reps=3
     )
     assert student_cfg.model.dim == 16 and student_cfg.model.pixel_dim == 16
     assert report["params"]["student"] < report["params"]["teacher"] / 2
     assert report["bytes"]["student"] < report["bytes"]["teacher"]
     # On held-out clips it never trained on, the student is closer to the teacher than before.
-    assert _gap(student, teacher, test) < 0.6 * _gap(untrained, teacher, test)
+    assert output_gap(student, teacher, test) < 0.6 * output_gap(untrained, teacher, test)
     action = report["tasks"]["action"]
     assert action["baseline"] is not None and action["margin_after"] == pytest.approx(
         action["after"] - action["baseline"]

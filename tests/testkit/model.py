@@ -7,11 +7,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from veilfed.centralized import baseline_batches, loaders
+from veilfed.compress import match_outputs
 from veilfed.config import ModelSection, parse_config
 from veilfed.data import schema
+from veilfed.metrics import fit_baselines
 from veilfed.model import create_model
 from veilfed.model.check import example_batch
 from veilfed.model.saved import save_dir
+from veilfed.train import train_steps
 
 B, T, H, W = 4, 4, 32, 32
 
@@ -65,3 +69,24 @@ def save_every_kind_model(folder: Any) -> Any:
     table["model"]["tasks"] = EVERY_KIND
     cfg = parse_config(table, "every-kind")
     return save_dir(folder, create_model(cfg), cfg)
+
+
+def trained_tiny(config: Any, epochs: int = 3) -> tuple[Any, Any, Any, Any, Any]:
+    """(cfg, a model trained ``epochs`` passes on ``config``'s synthetic clips in eval mode,
+    its training and held-out loaders, baselines fitted on the training clips): a teacher with
+    something to teach compression."""
+    train, test, _ = loaders(config)
+    torch.manual_seed(1)
+    model = create_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    train_steps(model, train, optimizer, epochs=epochs)
+    model.eval()
+    return config, model, train, test, fit_baselines(model.task_specs, baseline_batches(train))
+
+
+def output_gap(student: Any, teacher: Any, loader: Any) -> float:
+    """Mean output MSE (``veilfed.compress.match_outputs``) between two models over ``loader``."""
+    student.eval()
+    with torch.no_grad():
+        gaps = [float(match_outputs(student(b), teacher(b))) for b in loader]
+    return sum(gaps) / len(gaps)

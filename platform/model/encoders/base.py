@@ -29,3 +29,10 @@ class Encoder(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
+
+    def prunable_widths(self) -> dict[str, list[nn.Module]]:
+        """``{constructor argument: layers}``: a width internal to this encoder (not ``dim``)
+        and the conv/linear layers whose output channels have it. Removing the same number of
+        channels from each (and what consumes them) gives the encoder built with that argument
+        smaller (``veilfed.inference.prune``). None by default."""
+        return {}

@@ -169,6 +169,9 @@ class Conv2p1d(_GridEncoder):
         self.temporal = _conv(width, dim, (3, 1, 1), (t_stride, 1, 1), (1, 0, 0))
         self.mix = _conv(dim, dim, (1, 3, 3), (1, 1, 1), (0, 1, 1))
 
+    def prunable_widths(self) -> dict[str, list[nn.Module]]:
+        return {"width": [self.stem_conv, self.spatial[0]]}
+
     def forward(self, video: Tensor) -> Encoded:
         x = video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0  # [B, 3, T, H, W] in [-1, 1]
         stats = self.degradation(degradation_stats(x))

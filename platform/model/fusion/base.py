@@ -51,6 +51,11 @@ class Fusion(nn.Module):
         self.modalities = modalities
         self.dim = dim
 
+    def prunable_widths(self) -> dict[str, list[nn.Module]]:
+        """As :meth:`veilfed.model.encoders.base.Encoder.prunable_widths`, for
+        ``[model.fusion_kwargs]``; none by default."""
+        return {}
+
     def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor]) -> FusionOutput:
         raise NotImplementedError
 

@@ -26,6 +26,9 @@ class ConcatFusion(Fusion):
             nn.Linear(dim * m + m, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, dim)
         )
 
+    def prunable_widths(self) -> dict[str, list[nn.Module]]:
+        return {"hidden": [self.mlp[0]]}
+
     def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor]) -> FusionOutput:
         bits = presence(present, self.modalities)
         feats = [encoded[m].pooled * bits[:, i : i + 1] for i, m in enumerate(self.modalities)]

@@ -31,6 +31,10 @@ class PixelDecoder(nn.Module):
     def forward(self, grid: Tensor) -> Tensor:
         return flat_apply(self.net, grid)
 
+    def prunable_widths(self) -> dict[str, list[nn.Module]]:
+        """``{"pixel_dim": [its Linear]}`` (see ``Encoder.prunable_widths``)."""
+        return {"pixel_dim": [self.net[1]]}
+
 
 def to_8bit(frames: Tensor) -> Tensor:
     """Frames in [0, 1] rounded to 8-bit levels (k / 255)."""
@@ -134,7 +138,8 @@ class NextFrameHead(Head):
         self.out = _paint_layer(pixel_dim, self.frames * patch * patch)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        raw = flat_apply(self.out, inp.pixels[:, -1:])  # [B, 1, H', W', K*p*p*4]
+        # select, not slice: channel-pruning tools trace a select through to this layer
+        raw = flat_apply(self.out, inp.pixels.select(1, -1)).unsqueeze(1)  # [B, 1, H', W', K*p*p*4]
         raw = unpatchify(raw, self.frames, self.patch, self.patch, 4)
         last = inp.input_video()[:, -1:].expand(-1, self.frames, -1, -1, -1)
         return {"frames": blend(last, raw), "paint": torch.sigmoid(raw[:, :, :3])}
