@@ -306,6 +306,7 @@ def _train(
         after_step=after_step,
         lr=round_schedule(exp.train, rnd, settings.federated.rounds, plan.steps),
         clip_grad_norm=exp.train.clip_grad_norm,
+        adversarial=exp.train.adversarial,
     )
     report = None
     if acc is not None:

@@ -27,6 +27,7 @@ from veilfed.errors import UsageError
 from veilfed.federation.sections import FederatedConfig, HEConfig
 from veilfed.privacy.canary import CanarySettings
 from veilfed.privacy.targets import check_dp_target
+from veilfed.robust.settings import AdversarialSettings, check_model
 from veilfed.selection import check_select_metric
 from veilfed.tables import build
 from veilfed.tasks import TaskSpec, task_specs
@@ -121,6 +122,8 @@ class TrainSection:
     select_metric: str = "loss"  # veilfed.selection: "loss" or "<task>/<metric>", held out
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     device: str = "auto"  # veilfed.devices: auto | cpu | cuda (--device overrides)
+    # PGD adversarial training, e.g. { eps = 0.03, steps = 3, modality = "video" } (off: None).
+    adversarial: AdversarialSettings | None = None
 
 
 @dataclass
@@ -273,6 +276,7 @@ def validate(cfg: ExperimentConfig) -> None:
     check_freeze(m.freeze)
     check_select_metric(cfg.train.select_metric, m.tasks)
     check_device(cfg.train.device, "train.device")
+    check_model(cfg.train.adversarial, used, m.task_specs())
     for section, key in (
         ("world", "seed"),
         ("train", "seed"),

@@ -90,6 +90,7 @@ def train_epochs(
             on_step=report,
             lr=schedule_for(train, total, offset),
             clip_grad_norm=train.clip_grad_norm,
+            adversarial=train.adversarial,
             **kwargs,
         )
         _add(out.stats, part, sums)

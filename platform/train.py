@@ -28,6 +28,8 @@ from veilfed.data.dataset import collate
 from veilfed.devices import model_device, to_device
 from veilfed.errors import UsageError
 from veilfed.privacy.noise import protect
+from veilfed.robust.settings import AdversarialSettings
+from veilfed.robust.training import AdversarialTraining
 
 # Opacus' hooks fire on the first layer, whose input (the clip) needs no gradient: harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
@@ -263,6 +265,7 @@ def train_steps(
     after_step: Callable[[], None] | None = None,
     lr: Callable[[int], float] | None = None,
     clip_grad_norm: float = 0.0,
+    adversarial: AdversarialSettings | None = None,
 ) -> TrainStats:
     """Train for ``steps`` optimizer steps or ``epochs`` passes over ``loader``.
 
@@ -279,6 +282,8 @@ def train_steps(
     under DP it is not applied: Opacus already clips every per-sample gradient to the privacy
     section's ``max_grad_norm`` (its noiseless mean is bounded by it), and clipping the noised
     gradient again would be privacy-free post-processing that mostly scales the noise down.
+    ``adversarial`` (``[train] adversarial``) replaces each batch by its PGD-perturbed version
+    before the step, DP-safely (:mod:`veilfed.robust.training`).
     """
     if (steps is None) == (epochs is None):
         raise UsageError("train_steps: give exactly one of steps or epochs")
@@ -286,6 +291,7 @@ def train_steps(
     device = model_device(core)
     criterion = privacy.criterion if privacy is not None else None
     model.train()
+    attack = AdversarialTraining(model, adversarial) if adversarial is not None else None
     stats = TrainStats()
     sums: dict[str, float] = {}
     epoch_sums: dict[str, float] = {}
@@ -306,6 +312,8 @@ def train_steps(
             if augment is not None:
                 batch = augment(batch)
             batch = to_device(batch, device)
+            if attack is not None:
+                batch = attack(batch)
             optimizer.zero_grad(set_to_none=True)
             outputs = model(batch)
             if criterion is not None:

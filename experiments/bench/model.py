@@ -1,10 +1,12 @@
-"""Model benchmark: (a) DP-SGD step time / non-private step time, (b) fusions compared.
+"""Model benchmark: (a) DP-SGD and adversarial-training step time / non-private step time,
+(b) fusions compared.
 
     python experiments/bench/model.py [--quick] [--threads N]
 
 (a) On the default model (experiments/default.toml [model]) and a default batch (16 clips of
 16x64x64, every task), one optimizer step is timed non-private, with Opacus per-sample-gradient
-hooks and with ghost clipping, interleaved round by round so machine noise hits all three alike;
+hooks and with ghost clipping, and with ``[train] adversarial`` (PGD-3 at eps 4/255 on video and
+audio) non-private and with hooks, interleaved round by round so machine noise hits all alike;
 the ratios are of medians. (b) Each fusion trains for the same short budget on the synthetic world
 (all tasks, small geometry), then is evaluated clean and with each modality corrupted (video/audio
 replaced by noise, text by random tokens; the presence mask still says "present").
@@ -28,8 +30,10 @@ from veilfed.config import load_config
 from veilfed.data.text import PAD, Tokenizer
 from veilfed.model import create_model, evaluate
 from veilfed.model.check import OneBatchDataset, example_batch, stack_samples
+from veilfed.robust.settings import AdversarialSettings
 from veilfed.train import CachedDataset, make_private, train_steps
 
+ADVERSARIAL = AdversarialSettings(eps=4 / 255, steps=3, modality="all")
 ROOT = Path(__file__).resolve().parents[2]
 FUSIONS = ("concat", "vote", "gated", "cross_attention", "transformer")
 HEADLINE = {  # task -> metric shown in the fusion table
@@ -45,7 +49,8 @@ HEADLINE = {  # task -> metric shown in the fusion table
 
 
 def _step_timer(model_cfg: Any, batch: dict[str, Any], mode: str) -> Any:
-    """A closure running one optimizer step of ``mode`` ("plain", "hooks", "ghost")."""
+    """A closure running one optimizer step of ``mode`` ("plain", "hooks", "ghost"; "+adv":
+    with adversarial training)."""
     torch.manual_seed(0)
     model = create_model(model_cfg)
     n = batch["video"].shape[0]
@@ -54,14 +59,16 @@ def _step_timer(model_cfg: Any, batch: dict[str, Any], mode: str) -> Any:
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     privacy = None
-    if mode != "plain":
+    dp_mode, _, adv = mode.partition("+")
+    if dp_mode != "plain":
         model, opt, loader, privacy = make_private(
-            model, opt, loader, 1.0, 1.0, mode=mode, poisson_sampling=False
+            model, opt, loader, 1.0, 1.0, mode=dp_mode, poisson_sampling=False
         )
+    adversarial = ADVERSARIAL if adv else None
 
     def step() -> float:
         start = time.perf_counter()
-        train_steps(model, loader, opt, steps=1, privacy=privacy)
+        train_steps(model, loader, opt, steps=1, privacy=privacy, adversarial=adversarial)
         return time.perf_counter() - start
 
     step()  # warm-up (allocations, first-call overheads)
@@ -70,7 +77,8 @@ def _step_timer(model_cfg: Any, batch: dict[str, Any], mode: str) -> Any:
 
 def bench_dp(model_cfg: Any, rounds: int, batch_size: int, frames: int, size: int) -> dict:
     batch = example_batch(batch_size, frames, size, size)
-    timers = {mode: _step_timer(model_cfg, batch, mode) for mode in ("plain", "hooks", "ghost")}
+    modes = ("plain", "hooks", "ghost", "plain+adv", "hooks+adv")
+    timers = {mode: _step_timer(model_cfg, batch, mode) for mode in modes}
     times: dict[str, list[float]] = {mode: [] for mode in timers}
     for _ in range(rounds):
         for mode, step in timers.items():
@@ -83,7 +91,7 @@ def bench_dp(model_cfg: Any, rounds: int, batch_size: int, frames: int, size: in
         f"{frames}x{size}x{size}, median of {rounds} interleaved rounds"
     )
     for mode in timers:
-        print(f"  {mode:<6} {med[mode]:7.3f} s/step   x{med[mode] / med['plain']:.2f}")
+        print(f"  {mode:<9} {med[mode]:7.3f} s/step   x{med[mode] / med['plain']:.2f}")
     return {
         "params": params,
         "plain_s": round(med["plain"], 4),
@@ -91,6 +99,8 @@ def bench_dp(model_cfg: Any, rounds: int, batch_size: int, frames: int, size: in
         "ghost_ratio": round(med["ghost"] / med["plain"], 3),
         "dp_step_ratio": round(med[best] / med["plain"], 3),
         "best_mode": best,
+        "adversarial_ratio": round(med["plain+adv"] / med["plain"], 3),
+        "dp_adversarial_ratio": round(med["hooks+adv"] / med["hooks"], 3),
     }
 
 

@@ -32,6 +32,8 @@ _GROUPS: list[tuple[str, str | None, str]] = [
     ("train", None, "Centralized training (DP-SGD optional)."),
     ("tune", None, "Hyperparameter search (Optuna) on the public synthetic world."),
     ("predict", None, "Run a trained model on videos: per-window and per-video results."),
+    ("evaluate", None, "Score a trained model on held-out clips, clean or under attack."),
+    ("explain", None, "Attribute a trained model's decision to frames, regions and modalities."),
 ]
 
 for _module, _name, _help in _GROUPS:

@@ -141,18 +141,13 @@ def compress_cmd(
     import json
 
     from veilfed import tracking
-    from veilfed.centralized import baseline_batches, loaders
-    from veilfed.config import load_config
-    from veilfed.data.splits import split_store
     from veilfed.errors import UsageError
-    from veilfed.inference import model_source
     from veilfed.inference.distill import Clips, distill_model, student_config
+    from veilfed.inference.heldout import held_out, load_model
     from veilfed.inference.prune import prune_model
     from veilfed.inference.quantize import compress_int8
     from veilfed.io import write_text_atomic
-    from veilfed.metrics import fit_baselines
     from veilfed.model import saved
-    from veilfed.model.saved import load_with_input
 
     if method not in ("int8", "prune", "distill"):
         raise UsageError(f"--method {method!r}; valid: int8, prune, distill")
@@ -167,22 +162,10 @@ def compress_cmd(
         raise UsageError(f"--keep {keep}: give the fraction of channels to keep, in (0, 1)")
     if out.exists():
         raise UsageError(f"{out}: already exists; give --out a new folder")
-    if (store is None) != (key_file is None):
-        raise UsageError("--store and --key-file go together: give both or neither")
-    cfg = load_config(config)
-    net, world = load_with_input(model_source(model))
-    declared = {n: s.kind for n, s in cfg.model.task_specs().items()}
-    if declared != {n: s.kind for n, s in net.task_specs.items()}:
-        raise UsageError(
-            f"{config}: its tasks ({', '.join(declared)}) are not the model's "
-            f"({', '.join(net.task_specs)}); give the config the model was trained with"
-        )
-    split = None
-    if store is not None and key_file is not None:
-        split = split_store(store, key_file, cfg.federated.holdout, cfg.train.seed)
+    cfg, net, world = load_model(model, config)
     with console.status("reading the held-out clips"):
-        train, test, _ = loaders(cfg, split)
-        baselines = fit_baselines(net.task_specs, baseline_batches(train))
+        loaded = held_out(cfg, net, world, store, key_file)
+    train, test, baselines = loaded.train, loaded.test, loaded.baselines
     clips = Clips(train, test, baselines)
     student = None
     if method == "int8":

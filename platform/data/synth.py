@@ -38,7 +38,7 @@ import numpy as np
 
 from veilfed.data import schema
 from veilfed.data.synth_labels import make_labels
-from veilfed.data.synth_render import degrade, render, synthesize_audio
+from veilfed.data.synth_render import degrade, render, synthesize_audio, word_span
 from veilfed.errors import UsageError
 
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -116,6 +116,8 @@ class Clip:
     video: np.ndarray  # uint8 [T, H, W, 3]
     audio: np.ndarray | None  # float32 [S] or None when the clip has no audio stream
     labels: dict[str, Any]
+    # samples (start, stop) of the spoken forbidden word in ``audio``; None when not said
+    word_span: tuple[int, int] | None = None
 
 
 def generate_clip(cfg: WorldConfig, index: int) -> Clip:
@@ -127,10 +129,13 @@ def generate_clip(cfg: WorldConfig, index: int) -> Clip:
     if cfg.video_noise > 0:
         noisy = frames.astype(np.float32) + rng.normal(0, 255 * cfg.video_noise, frames.shape)
         frames = noisy.clip(0, 255).astype(np.uint8)
-    audio = None
+    audio, span = None, None
     if labels["modalities"]["audio"]:
-        audio = synthesize_audio(labels, cfg.sample_rate, cfg.audio_samples, cfg.audio_noise, rng)
-    return Clip(labels["clip_id"], frames, audio, labels)
+        span = word_span(labels, cfg.sample_rate, cfg.audio_samples, rng)
+        audio = synthesize_audio(
+            labels, cfg.sample_rate, cfg.audio_samples, cfg.audio_noise, rng, span
+        )
+    return Clip(labels["clip_id"], frames, audio, labels, span)
 
 
 def iter_world(cfg: WorldConfig, n: int, start: int = 0) -> Iterator[Clip]:

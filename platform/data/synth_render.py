@@ -144,10 +144,28 @@ def degrade(frames: np.ndarray, kind: str, level: float, rng: np.random.Generato
     return f.clip(0, 255).astype(np.uint8)
 
 
+def word_span(
+    labels: dict[str, Any], sample_rate: int, n_samples: int, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    """Where the spoken forbidden word (a quarter-second buzz) lies in the audio, as sample
+    indices ``(start, stop)``, or None when the clip has none. Draws from ``rng``: call it
+    right before :func:`synthesize_audio` with the same generator."""
+    if not labels["forbidden"]["word"]:
+        return None
+    start = int(rng.integers(0, max(1, n_samples - sample_rate // 4)))
+    return start, min(n_samples, start + sample_rate // 4)
+
+
 def synthesize_audio(
-    labels: dict[str, Any], sample_rate: int, n_samples: int, noise: float, rng: np.random.Generator
+    labels: dict[str, Any],
+    sample_rate: int,
+    n_samples: int,
+    noise: float,
+    rng: np.random.Generator,
+    span: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """float32 [S]: pitch <-> class, pulse rhythm <-> action, contour <-> sentiment cue."""
+    """float32 [S]: pitch <-> class, pulse rhythm <-> action, contour <-> sentiment cue; the
+    forbidden word's buzz over ``span`` (:func:`word_span`)."""
     t = np.arange(n_samples) / sample_rate
     u = t / max(t[-1], 1e-9)
     f0 = _CLASS_PITCH[labels["object_class"]]
@@ -156,9 +174,8 @@ def synthesize_audio(
     rate = 1.0 + 0.75 * labels["action"]  # pulses per second encode the action
     envelope = 0.55 + 0.45 * np.sign(np.sin(2 * math.pi * rate * t))
     wave = 0.4 * envelope * np.sin(phase)
-    if labels["forbidden"]["word"]:
-        start = int(rng.integers(0, max(1, n_samples - sample_rate // 4)))
-        seg = slice(start, start + sample_rate // 4)
+    if span is not None:
+        seg = slice(*span)
         wave[seg] += 0.3 * np.sign(np.sin(2 * math.pi * 1200.0 * t[seg]))
     wave += rng.normal(0.0, noise, size=n_samples)
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
