@@ -143,3 +143,35 @@ def _refused(res: object, message: str) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert message in lines[0], lines[0]
+
+
+def test_an_attack_on_the_test_clips_of_an_encrypted_store_of_real_videos(saved, tmp_path) -> None:
+    """The held-out clips are the store's test split: real MP4s (H.264 + AAC) decrypted in
+    memory and decoded, as `veilfed train --store` splits them."""
+    key, store = tmp_path / "owner.key", tmp_path / "store"
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "new", "--out", str(key)]).exit_code == 0
+    args = ["data", "synth", "--store", str(store), "--key-file", str(key), "--clips", "12"]
+    res = runner.invoke(app, [*args, "--frames", "4", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    res = _run(
+        str(saved["config_model"]),
+        "--config",
+        str(saved["config"]),
+        "--store",
+        str(store),
+        "--key-file",
+        str(key),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert 1 <= report["clips"] < 12  # the test split only
+    assert report["attack"]["method"] == "fgsm"
+    for task in ("action", "moderation"):
+        row = report["tasks"][task]
+        assert row["clean"] is not None and row["robust"] is not None

@@ -50,7 +50,12 @@ def test_segmentation_classes_match_objects(tiny_world):
 
 def test_dataloader_with_workers(tiny_world):
     ds = ClipDataset(MemorySource.world(tiny_world, 6, encode=True), tiny_world)
-    batches = list(DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=2))
+    # forkserver: a worker forked from this process could inherit a lock held by a decoder
+    # thread an earlier test left behind (FFmpeg's threads are not fork-safe) and hang
+    loader = DataLoader(
+        ds, batch_size=3, collate_fn=collate, num_workers=2, multiprocessing_context="forkserver"
+    )
+    batches = list(loader)
     assert len(batches) == 2
     _check_batch(batches[0], tiny_world, 3)
 

@@ -231,7 +231,9 @@ def test_dataset_loader_workers_read_from_store(tmp_path, key) -> None:
     store.put_many((c.clip_id, encode_clip(c), c.labels) for c in clips)
     plain = ClipDataset(MemorySource(clips, encode=True), world)
     enc = ClipDataset(EncryptedStore.open(tmp_path / "s", key), world)
-    loader = torch.utils.data.DataLoader(enc, batch_size=2, num_workers=2, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(  # forkserver: see test_dataloader_with_workers
+        enc, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="forkserver"
+    )
     batches = list(loader)
     assert sum(len(b["clip_id"]) for b in batches) == 4
     by_id = {cid: b["video"][i] for b in batches for i, cid in enumerate(b["clip_id"])}
