@@ -70,7 +70,8 @@ class Attribution:
             out["video"] = {"frame_share": [round(v, 4) for v in self.frame_shares()]}
         if self.audio is not None:
             per = self.audio.sum(dim=1)
-            out["audio"] = {"time_share": [round(v, 4) for v in (per / per.sum()).tolist()]}
+            share = per / per.sum().clamp(min=1e-12)  # all zero when the target ignores audio
+            out["audio"] = {"time_share": [round(v, 4) for v in share.tolist()]}
         if self.text is not None:
             share = self.text / self.text.sum().clamp(min=1e-12)
             out["text"] = {

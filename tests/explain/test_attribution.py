@@ -83,6 +83,7 @@ def test_all_video_attribution_falls_inside_the_region_the_oracle_reads(oracle, 
     assert int(text.argmax()) == READ_TOKEN and float(text[READ_TOKEN]) > 0.97
     assert float(text[6:].sum()) == 0.0  # PAD positions carry nothing
     assert attr.audio is not None and float(attr.audio.sum()) < 1e-6  # weight 0: no attribution
+    assert all(v == 0.0 for v in attr.to_json()["audio"]["time_share"])  # zeros, never NaN
 
 
 def test_modality_ablation_names_the_modality_the_oracle_reads(oracle) -> None:
