@@ -81,7 +81,7 @@ def evaluate_cmd(
     chosen = choose_tasks(net.task_specs, tasks, attack is not None)
     net.to(resolve(device))
     with console.status("reading the held-out clips"):
-        clips = held_out(cfg, net, None, store, key_file)
+        clips = held_out(cfg, net, store, key_file)
     test, baselines = clips.test, clips.baselines
     planned = None
     if attack is not None and eps is not None:

@@ -142,9 +142,9 @@ def compress_cmd(
 
     from veilfed import tracking
     from veilfed.errors import UsageError
-    from veilfed.inference.distill import Clips, distill_model, student_config
+    from veilfed.inference.distill import distill_model, student_config
     from veilfed.inference.heldout import held_out, load_model
-    from veilfed.inference.prune import prune_model
+    from veilfed.inference.prune import check_keep, prune_model
     from veilfed.inference.quantize import compress_int8
     from veilfed.io import write_text_atomic
     from veilfed.model import saved
@@ -158,19 +158,18 @@ def compress_cmd(
         )
     if method == "prune" and student_dim is not None:
         raise UsageError("--student-dim is distill's; prune takes --keep")
-    if not 0.0 < keep < 1.0:
-        raise UsageError(f"--keep {keep}: give the fraction of channels to keep, in (0, 1)")
+    check_keep(keep)
     if out.exists():
         raise UsageError(f"{out}: already exists; give --out a new folder")
     cfg, net, world = load_model(model, config)
     with console.status("reading the held-out clips"):
-        loaded = held_out(cfg, net, world, store, key_file)
-    train, test, baselines = loaded.train, loaded.test, loaded.baselines
-    clips = Clips(train, test, baselines)
+        clips = held_out(cfg, net, store, key_file)
     student = None
     if method == "int8":
         with console.status("exporting, quantizing and measuring"):
-            report = compress_int8(net, world, test, baselines, out, seed=cfg.train.seed)
+            report = compress_int8(
+                net, world, clips.test, clips.baselines, out, seed=cfg.train.seed
+            )
     elif method == "prune":
         with console.status(f"pruning to {keep:.0%} of each width, fine-tuning, measuring"):
             student, student_cfg, report = prune_model(net, cfg, keep, clips, epochs)

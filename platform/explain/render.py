@@ -31,6 +31,7 @@ from PIL import Image
 
 from veilfed.data.video import encode_mp4
 from veilfed.explain.attribute import Attribution
+from veilfed.inference.media import even_sides
 from veilfed.io import write_bytes_atomic
 
 MIN_SIDE = 192
@@ -150,7 +151,7 @@ def write(
     frames = overlays(video, attr.video)
     if attr.video is not None:
         images["frames"] = frames_png(frames)
-    movie = encode_mp4(_even(frames), None, fps) if attr.video is not None else b""
+    movie = encode_mp4(even_sides(frames), None, fps) if attr.video is not None else b""
     if attr.audio is not None:
         images["audio"] = audio_png(attr.audio)
     files = {f"{name}.png": data for name, data in images.items()}
@@ -165,9 +166,3 @@ def write(
         write_bytes_atomic(folder / name, data, overwrite=False)
         written.append(str(folder / name))
     return written
-
-
-def _even(frames: np.ndarray) -> np.ndarray:
-    """H.264 in yuv420p needs even sides."""
-    t, h, w, c = frames.shape
-    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

@@ -22,14 +22,7 @@ from veilfed.explain.attention import attention_map
 from veilfed.explain.attribute import METHODS, attribute
 from veilfed.explain.target import pick
 from veilfed.inference.inputs import VideoInput, spans_of, windows_dataset, with_windows
-
-
-def _folder(out: Path, stem: str) -> Path:
-    folder, n = out / stem, 1
-    while folder.exists():
-        n += 1
-        folder = out / f"{stem}-{n}"
-    return folder
+from veilfed.inference.media import unique_folder
 
 
 def explain_window(
@@ -70,6 +63,6 @@ def explain_window(
     result = {"source": item.name, "window": window, "start": round(start, 3)}
     result |= {"end": round(end, 3)} | attr.to_json() | {"ablation": ablation, "files": []}
     if out is not None:
-        folder = _folder(out, f"{Path(item.name).stem}-{task}")
+        folder = unique_folder(out, item.name, suffix=f"-{task}")
         result["files"] = render.write(folder, attr, ablation, sample["video"], world.fps)
     return result

@@ -28,6 +28,7 @@ import torch
 from veilfed.compress import Distill, match_outputs
 from veilfed.errors import UsageError
 from veilfed.inference.export import Exported
+from veilfed.inference.heldout import Clips
 from veilfed.inference.measure import p50_ms, state_bytes, task_rows
 from veilfed.model import create_model, score
 from veilfed.train import build_optimizer
@@ -96,16 +97,6 @@ def compare(
         "speedup_student_vs_teacher": round(latency["teacher"] / latency["student"], 2),
         "tasks": task_rows(before, after),
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class Clips:
-    """What compressing a model reads: the ``train`` and held-out ``test`` loaders and the
-    label-only ``baselines`` fitted on the training clips."""
-
-    train: Any
-    test: Any
-    baselines: Any
 
 
 def distill_model(

@@ -23,11 +23,11 @@ from veilfed.metrics import fit_baselines
 from veilfed.model.saved import load_with_input
 
 
-@dataclass
-class HeldOut:
-    cfg: Any  # the experiment config
-    model: Any  # the trained model, eval mode
-    world: Any  # its clip geometry (input.json)
+@dataclass(frozen=True)
+class Clips:
+    """What measuring a trained model reads: the ``train`` and held-out ``test`` loaders and the
+    label-only ``baselines`` fitted on the training clips."""
+
     train: Any
     test: Any
     baselines: Any
@@ -46,7 +46,7 @@ def load_model(model: str, config: Path) -> tuple[Any, Any, Any]:
     return cfg, net, world
 
 
-def held_out(cfg: Any, net: Any, world: Any, store: Path | None, key_file: Path | None) -> HeldOut:
+def held_out(cfg: Any, net: Any, store: Path | None, key_file: Path | None) -> Clips:
     """The clips of the module docstring for ``net`` trained with ``cfg``."""
     if (store is None) != (key_file is None):
         raise UsageError("--store and --key-file go together: give both or neither")
@@ -55,4 +55,4 @@ def held_out(cfg: Any, net: Any, world: Any, store: Path | None, key_file: Path 
         split = split_store(store, key_file, cfg.federated.holdout, cfg.train.seed)
     train, test, _ = loaders(cfg, split)
     baselines = fit_baselines(net.task_specs, baseline_batches(train))
-    return HeldOut(cfg, net, world, train, test, baselines)
+    return Clips(train, test, baselines)

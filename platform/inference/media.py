@@ -11,6 +11,7 @@ written atomically and never replaces one the command did not create (``overwrit
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def window_files(
             written.append(_write(stem.with_suffix(".png"), buf.getvalue()))
         elif spec.kind in MOVIES:
             frames = _uint8(pred.float())
-            data = encode_mp4(_even(frames), None, _fps(sample))
+            data = encode_mp4(even_sides(frames), None, _fps(sample))
             written.append(_write(stem.with_suffix(".mp4"), data))
     return written
 
@@ -64,7 +65,7 @@ def summary_clip(folder: Path, task: str, frames: list[torch.Tensor], fps: int) 
     """The keyframes of a video as one MP4 in its ``folder`` (its path); None without any."""
     if not frames:
         return None
-    data = encode_mp4(_even(_uint8(torch.stack(frames))), None, max(1, fps // 4))
+    data = encode_mp4(even_sides(_uint8(torch.stack(frames))), None, max(1, fps // 4))
     return _write(folder / f"summary-{task}.mp4", data)
 
 
@@ -76,7 +77,18 @@ def _fps(sample: dict[str, Any]) -> int:
     return max(1, round(1.0 / step)) if step > 0 else 8
 
 
-def _even(frames: np.ndarray) -> np.ndarray:
+def unique_folder(out: Path, name: str, taken: Iterable[Path] = (), suffix: str = "") -> Path:
+    """``out/<stem of name><suffix>``, or ``...-2``, ... when ``taken`` has it or it exists."""
+    stem = (Path(name).stem.replace("#", "_") or "video") + suffix
+    taken = set(taken)
+    folder, n = out / stem, 1
+    while folder in taken or folder.exists():
+        n += 1
+        folder = out / f"{stem}-{n}"
+    return folder
+
+
+def even_sides(frames: np.ndarray) -> np.ndarray:
     """H.264 with yuv420p needs even sides: pad by one edge row / column where odd."""
     _, h, w, _ = frames.shape
     return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

@@ -183,7 +183,7 @@ class Predictor:
         """This source's folder under ``--out``: a new one, shared with no other source."""
         if name not in self.folders:
             assert self.out is not None
-            self.folders[name] = _unique_folder(self.out, name, set(self.folders.values()))
+            self.folders[name] = media.unique_folder(self.out, name, self.folders.values())
         return self.folders[name]
 
     def _video_keyframes(
@@ -213,16 +213,6 @@ class Predictor:
                     out[t]["summary_clip"] = path
                     files.append(path)
         return out
-
-
-def _unique_folder(out: Path, name: str, taken: set[Path]) -> Path:
-    """``out/<stem>``, or ``out/<stem>-2``, ... when another source has it or it exists."""
-    stem = Path(name).stem.replace("#", "_") or "video"
-    folder, n = out / stem, 1
-    while folder in taken or folder.exists():
-        n += 1
-        folder = out / f"{stem}-{n}"
-    return folder
 
 
 def _index(pred: Any, j: int) -> Any:

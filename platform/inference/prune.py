@@ -30,8 +30,9 @@ import torch_pruning as tp
 from torch import nn
 
 from veilfed.errors import UsageError
-from veilfed.inference.distill import Clips, compare, finetune
+from veilfed.inference.distill import compare, finetune
 from veilfed.inference.export import Exported
+from veilfed.inference.heldout import Clips
 from veilfed.model import create_model
 from veilfed.model.saved import build, cpu_state
 
@@ -72,6 +73,11 @@ def _prune_fn(layer: nn.Module) -> Any:
     return tp.prune_linear_out_channels
 
 
+def check_keep(keep: float) -> None:
+    if not 0.0 < keep < 1.0:
+        raise UsageError(f"--keep {keep}: give the fraction of channels to keep, in (0, 1)")
+
+
 def kept(channels: int, keep: float) -> int:
     """How many of ``channels`` stay at fraction ``keep`` (module docstring)."""
     return min(channels, max(8, int(channels * keep) // 8 * 8))
@@ -103,8 +109,7 @@ def _prune(
 def prune_widths(model: Any, world: Any, keep: float) -> tuple[Any, dict[str, list[int]]]:
     """(a pruned copy of ``model``, ``{"a.field.path": [before, after]}``); ``model`` is not
     changed."""
-    if not 0.0 < keep < 1.0:
-        raise UsageError(f"--keep {keep}: give the fraction of channels to keep, in (0, 1)")
+    check_keep(keep)
     pruned = build(model.config, cpu_state(model))  # a fresh copy: no cached activations
     widths = prunable(pruned)
     if not widths:

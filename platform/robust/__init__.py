@@ -6,7 +6,7 @@ Public API (docs/robustness.md)::
     adv = perturb(model, batch, attack, ["action"], generator)   # batch with attacked inputs
     robust = score(model, Attacked(model, loader, attack, ["action"], seed=0), baselines)
     report = robustness_report(model, loader, baselines, ["action"], attack)  # clean + robust
-    batch = adversarial_batch(model, batch, settings, generator)  # [train] adversarial, DP-safe
+    batch = AdversarialTraining(model, settings)(batch)  # [train] adversarial, DP-safe
 
 One attack (:mod:`veilfed.robust.attack`: PGD, FGSM as its one-step case) serves evaluation
 (:mod:`veilfed.robust.evaluation`, ``veilfed evaluate``) and training
@@ -33,6 +33,7 @@ _WHERE = {
     "plan_attack": "evaluation",
     "robustness_report": "evaluation",
     "Attacked": "loader",
+    "AdversarialTraining": "training",
 }
 __all__ = sorted(_WHERE)
 

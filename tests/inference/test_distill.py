@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from veilfed.cli.main import app
 from veilfed.config import load_config
 from veilfed.errors import UsageError
-from veilfed.inference.distill import Clips, distill_model, student_config
+from veilfed.inference.distill import distill_model, student_config
+from veilfed.inference.heldout import Clips
 from veilfed.model import create_model
 from veilfed.model.saved import save_dir
 

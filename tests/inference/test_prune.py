@@ -18,7 +18,7 @@ from veilfed.cli.main import app
 from veilfed.compress import match_outputs
 from veilfed.config import load_config
 from veilfed.errors import UsageError
-from veilfed.inference.distill import Clips
+from veilfed.inference.heldout import Clips
 from veilfed.inference.prune import kept, prunable, prune_model, prune_widths, pruned_section
 from veilfed.model import create_model
 from veilfed.model.saved import save_dir
