@@ -5,8 +5,12 @@ Secrets and ConfigMaps from podman's own stores, but it has no kustomize, no Ser
 cluster DNS. So this script does for podman what kustomize and the cluster would do, and nothing
 else: the manifests it plays are deploy/k8s's, unchanged except as listed.
 
-- kustomization.yaml's ``secretGenerator``: each Secret is created as a podman secret holding
-  the Secret's YAML, from the same files (no content-hash suffix on names);
+- kustomization.yaml's ``secretGenerator``: each Secret's files are written to a directory of
+  their own under ``--workdir``, readable by the pod's user only, and its Secret volumes become
+  ``hostPath`` mounts of that directory: podman 4.3 writes a Secret volume's ``data`` without
+  base64-decoding it, so binary keys (the CKKS context) cannot pass through podman secrets;
+- ``emptyDir: {medium: Memory}``: played as a plain emptyDir, since podman 4.3 mounts that
+  tmpfs root-owned and the pod's user could not copy its keys into it;
 - its ``configMapGenerator``: a ConfigMap file passed with ``--configmap``;
 - its ``images``: the tag is applied to the containers' images, as kustomize would;
 - each Service: the Deployment it selects gets a static address on the network, and every pod a
@@ -27,8 +31,8 @@ rendered files stay in ``--workdir`` (default ``$TMPDIR/veilfed-podman-play``) f
 from __future__ import annotations
 
 import argparse
-import base64
 import ipaddress
+import os
 import shutil
 import subprocess
 import sys
@@ -112,22 +116,36 @@ def _run(*args: str, check: bool = True, stdin: bytes | None = None) -> None:
         sys.exit(f"{' '.join(args[:4])}...: {result.stderr.decode(errors='replace').strip()}")
 
 
-def _secret_yaml(name: str, files: dict[str, bytes]) -> bytes:
-    data = {k: base64.b64encode(v).decode() for k, v in files.items()}
-    doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}
-    return yaml.safe_dump(doc).encode()
+def _secret_dirs(plan: Plan, work: Path) -> None:
+    """Write each generated Secret's files; point its Secret volumes at them (read-only).
+
+    The files belong to the pod's ``runAsUser`` with mode 0400, as ``fsGroup`` and
+    ``defaultMode`` would make a Secret volume's files readable to it and to no one else.
+    """
+    for dep in plan.deployments:
+        spec = dep["spec"]["template"]["spec"]
+        uid = spec.get("securityContext", {}).get("runAsUser", os.getuid())
+        for vol in spec.get("volumes", []):
+            if "emptyDir" in vol:
+                vol["emptyDir"] = {}
+            if "secret" not in vol:
+                continue
+            name = vol.pop("secret")["secretName"]
+            folder = work / "secrets" / name
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for key, data in plan.secrets[name].items():
+                (folder / key).write_bytes(data)
+                (folder / key).chmod(0o400)
+                os.chown(folder / key, uid, -1)
+            os.chown(folder, uid, -1)
+            vol["hostPath"] = {"path": str(folder), "type": "Directory"}
 
 
 def up(plan: Plan, work: Path, network: str, subnet: str, engine: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     _run(engine, "network", "rm", "-f", network, check=False)
     _run(engine, "network", "create", "--subnet", subnet, network)
-    for name, files in plan.secrets.items():
-        _run(engine, "secret", "rm", name, check=False)
-        with tempfile.NamedTemporaryFile(dir=work, suffix=".yaml") as tmp:
-            tmp.write(_secret_yaml(name, files))
-            tmp.flush()
-            _run(engine, "secret", "create", name, tmp.name)
+    _secret_dirs(plan, work)
     configmaps = work / "configmaps.yaml"
     configmaps.write_text(yaml.safe_dump_all(plan.configmaps))
     if plan.volumes:
@@ -153,8 +171,6 @@ def down(plan: Plan, work: Path, network: str, engine: str, volumes: bool) -> No
         if path.name == VOLUMES_FILE:
             continue
         _run(engine, "kube", "down", str(path), check=False)
-    for name in plan.secrets:
-        _run(engine, "secret", "rm", name, check=False)
     if volumes:
         for pvc in plan.volumes:
             _run(engine, "volume", "rm", "-f", pvc["metadata"]["name"], check=False)
