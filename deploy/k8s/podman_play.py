@@ -9,8 +9,9 @@ else: the manifests it plays are deploy/k8s's, unchanged except as listed.
   their own under ``--workdir``, readable by the pod's user only, and its Secret volumes become
   ``hostPath`` mounts of that directory: podman 4.3 writes a Secret volume's ``data`` without
   base64-decoding it, so binary keys (the CKKS context) cannot pass through podman secrets;
-- ``emptyDir: {medium: Memory}``: played as a plain emptyDir, since podman 4.3 mounts that
-  tmpfs root-owned and the pod's user could not copy its keys into it;
+- each ``emptyDir`` (where the containers copy their keys): a fresh host directory per pod
+  under ``--workdir``, owned by the pod's user, since podman 4.3 hands a second pod's emptyDir
+  to root and its user could not write its keys there;
 - its ``configMapGenerator``: a ConfigMap file passed with ``--configmap``;
 - its ``images``: the tag is applied to the containers' images, as kustomize would;
 - each Service: the Deployment it selects gets a static address on the network, and every pod a
@@ -116,28 +117,34 @@ def _run(*args: str, check: bool = True, stdin: bytes | None = None) -> None:
         sys.exit(f"{' '.join(args[:4])}...: {result.stderr.decode(errors='replace').strip()}")
 
 
-def _secret_dirs(plan: Plan, work: Path) -> None:
-    """Write each generated Secret's files; point its Secret volumes at them (read-only).
+def _owned_dir(path: Path, uid: int) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(path, uid, -1)
+    return path
 
-    The files belong to the pod's ``runAsUser`` with mode 0400, as ``fsGroup`` and
-    ``defaultMode`` would make a Secret volume's files readable to it and to no one else.
+
+def _host_dirs(plan: Plan, work: Path) -> None:
+    """Secret and emptyDir volumes as host directories owned by the pod's ``runAsUser``.
+
+    A Secret's files get mode 0400, as ``fsGroup`` and ``defaultMode`` would make a Secret
+    volume's files readable to the pod's user and to no one else.
     """
     for dep in plan.deployments:
         spec = dep["spec"]["template"]["spec"]
         uid = spec.get("securityContext", {}).get("runAsUser", os.getuid())
         for vol in spec.get("volumes", []):
             if "emptyDir" in vol:
-                vol["emptyDir"] = {}
-            if "secret" not in vol:
+                del vol["emptyDir"]
+                folder = _owned_dir(work / "emptydir" / dep["metadata"]["name"] / vol["name"], uid)
+            elif "secret" in vol:
+                name = vol.pop("secret")["secretName"]
+                folder = _owned_dir(work / "secrets" / name, uid)
+                for key, data in plan.secrets[name].items():
+                    (folder / key).write_bytes(data)
+                    (folder / key).chmod(0o400)
+                    os.chown(folder / key, uid, -1)
+            else:
                 continue
-            name = vol.pop("secret")["secretName"]
-            folder = work / "secrets" / name
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for key, data in plan.secrets[name].items():
-                (folder / key).write_bytes(data)
-                (folder / key).chmod(0o400)
-                os.chown(folder / key, uid, -1)
-            os.chown(folder, uid, -1)
             vol["hostPath"] = {"path": str(folder), "type": "Directory"}
 
 
@@ -145,7 +152,7 @@ def up(plan: Plan, work: Path, network: str, subnet: str, engine: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     _run(engine, "network", "rm", "-f", network, check=False)
     _run(engine, "network", "create", "--subnet", subnet, network)
-    _secret_dirs(plan, work)
+    _host_dirs(plan, work)
     configmaps = work / "configmaps.yaml"
     configmaps.write_text(yaml.safe_dump_all(plan.configmaps))
     if plan.volumes:

@@ -198,7 +198,7 @@ def test_kube_play_runs_a_dp_he_federation_that_audits(kube_play: Path) -> None:
         assert sorted(held) == [
             "ca.pem",
             f"client-{i:04d}.key",
-            "data.key",
+            f"data-client-{i:04d}.key",
             "trusted-entities.yaml",
         ]
     assert pm.podman("exec", coord, "ls", "/he").stdout.split() == ["public.ctx"]
