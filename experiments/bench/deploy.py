@@ -1,6 +1,6 @@
 """Container images and start-up: image sizes, and containers vs processes to the first round.
 
-The same federation (experiments/nodes.toml: a coordinator and two nodes, TLS, node
+The same federation (deploy/k8s/experiment.toml: a coordinator and two nodes, TLS, node
 authentication, DP-SGD, CKKS secure aggregation, 2 rounds) is started twice on this machine:
 as deploy/compose.yaml under podman-compose (with MLflow in its own container), and as plain
 `veilfed coordinator start` / `veilfed node start` processes (MLflow in a local SQLite file).
@@ -51,6 +51,12 @@ def _sh(*args: str, env: dict[str, str] | None = None, check: bool = True) -> st
     return res.stdout
 
 
+def _logs(container: str) -> str:
+    """A container's log: podman passes the container's stdout and stderr through as its own."""
+    res = subprocess.run(["podman", "logs", container], capture_output=True, text=True)
+    return res.stdout + res.stderr
+
+
 def image_sizes() -> dict[str, float]:
     out = {}
     for image in IMAGES:
@@ -89,7 +95,7 @@ def containers(work: Path) -> dict[str, float]:
     start = time.monotonic()
     _sh(*args, "up", "-d", env=env)
     try:
-        return _timeline(lambda: _sh("podman", "logs", "vfbench_coordinator_1", check=False), start)
+        return _timeline(lambda: _logs("vfbench_coordinator_1"), start)
     finally:
         _sh(*args, "down", "-v", "-t", "30", env=env, check=False)
 
@@ -105,7 +111,7 @@ def processes(work: Path) -> dict[str, float]:
         procs.append(subprocess.Popen(
             [*VEILFED, "coordinator", "start", "--address", address, "--certs",
              str(secrets / "certs"), "--auth-keys", str(secrets / "certs/auth-keys"),
-             "--config", str(ROOT / "experiments/nodes.toml"), "--state", str(work / "cstate"),
+             "--config", str(ROOT / "deploy/k8s/experiment.toml"), "--state", str(work / "cstate"),
              "--he-context", str(secrets / "he/public.ctx")],
             cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT,
         ))  # fmt: skip
