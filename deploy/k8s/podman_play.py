@@ -32,6 +32,7 @@ rendered files stay in ``--workdir`` (default ``$TMPDIR/veilfed-podman-play``) f
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import os
 import shutil
@@ -66,9 +67,8 @@ class Plan:
 
     def __init__(self, root: Path, secrets: Path, subnet: str) -> None:
         kust = yaml.safe_load((root / "kustomization.yaml").read_text())
-        self.secrets = {
-            g["name"]: _files(secrets, g["files"]) for g in kust.get("secretGenerator", [])
-        }
+        self._secret_root = secrets
+        self._secret_entries = {g["name"]: g["files"] for g in kust.get("secretGenerator", [])}
         self.configmaps = [
             {
                 "apiVersion": "v1",
@@ -109,6 +109,14 @@ class Plan:
             spec["hostAliases"] = [*spec.get("hostAliases", []), *aliases]
             for c in [*spec.get("initContainers", []), *spec["containers"]]:
                 c["image"] = tags.get(c["image"], c["image"])
+
+    @functools.cached_property
+    def secrets(self) -> dict[str, dict[str, bytes]]:
+        """Secret name -> its files' bytes; read only by ``up`` (``down`` needs no key)."""
+        return {
+            name: _files(self._secret_root, entries)
+            for name, entries in self._secret_entries.items()
+        }
 
 
 def _run(*args: str, check: bool = True, stdin: bytes | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,7 +171,7 @@ def kube_play(images: None, tmp_path: Path) -> Iterator[Path]:
     )
     tag = uuid.uuid4().hex[:6]
     play = [
-        pm.sys.executable, str(DEPLOY / "k8s/podman_play.py"), "--secrets", str(secrets),
+        sys.executable, str(DEPLOY / "k8s/podman_play.py"), "--secrets", str(secrets),
         "--network", f"vf-k8s-{tag}", "--subnet", "10.89.178.0/24",
         "--workdir", str(tmp_path / "play"),
     ]  # fmt: skip
